@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause */
+/*
+ * Load-time knobs. The Go loader rewrites these in .rodata before loading, so
+ * the verifier sees constants and prunes dead branches.
+ */
+#ifndef FT_CONFIG_H
+#define FT_CONFIG_H
+
+/* Minimum gap between two PERIODIC reports of one flow entry. */
+volatile const __u64 ft_flow_report_interval_ns = 5000000000ULL;
+
+/* Emit drops of every netns instead of only those in ft_netns_scope. */
+volatile const __u8 ft_scope_all_netns = 0;
+
+/*
+ * enum skb_drop_reason values that are normal frees, not drops. The numbers
+ * differ between kernels, so the loader resolves them from kernel BTF; the
+ * defaults only matter for a loader that forgot to set them.
+ */
+volatile const __u32 ft_reason_not_dropped = 0;
+volatile const __u32 ft_reason_consumed = 0xffffffff;
+
+#endif /* FT_CONFIG_H */

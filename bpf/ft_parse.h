@@ -1,0 +1,232 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause */
+/*
+ * One packet parser for every hook. Headers are copied through ft_load so the
+ * same code serves tc (bpf_skb_load_bytes: handles non-linear skbs and never
+ * modifies the packet, unlike direct access + bpf_skb_pull_data) and the
+ * kfree_skb tracepoint (bpf_probe_read_kernel from skb->head, bounded by the
+ * end of the linear data since paged fragments cannot be read there).
+ */
+#ifndef FT_PARSE_H
+#define FT_PARSE_H
+
+#include "ft_event.h"
+
+#define FT_ETH_P_IP 0x0800
+#define FT_ETH_P_IPV6 0x86DD
+#define FT_ETH_P_8021Q 0x8100
+#define FT_ETH_P_8021AD 0x88A8
+
+#define FT_IPPROTO_HOPOPTS 0
+#define FT_IPPROTO_ICMP 1
+#define FT_IPPROTO_TCP 6
+#define FT_IPPROTO_UDP 17
+#define FT_IPPROTO_ROUTING 43
+#define FT_IPPROTO_FRAGMENT 44
+#define FT_IPPROTO_AH 51
+#define FT_IPPROTO_ICMPV6 58
+#define FT_IPPROTO_DSTOPTS 60
+#define FT_IPPROTO_SCTP 132
+
+/* Bounds of the IPv6 extension header walk; more is reported as malformed. */
+#define FT_MAX_IPV6_EXT 6
+#define FT_MAX_VLAN 2
+
+struct ft_src {
+	struct __sk_buff *skb;     /* tc: offsets relative to skb->data */
+	const unsigned char *head; /* tracepoint: offsets relative to skb->head */
+	__u32 end;                 /* tracepoint: offset of the end of linear data */
+};
+
+static __always_inline int ft_load(const struct ft_src *s, __u32 off, void *dst, __u32 len)
+{
+	if (s->skb)
+		return bpf_skb_load_bytes(s->skb, off, dst, len);
+	if (off > s->end || len > s->end - off)
+		return -1;
+	return bpf_probe_read_kernel(dst, len, s->head + off);
+}
+
+struct ft_ip4 {
+	__u8 vihl;
+	__u8 tos;
+	__be16 tot_len;
+	__be16 id;
+	__be16 frag_off;
+	__u8 ttl;
+	__u8 proto;
+	__be16 csum;
+	__be32 saddr;
+	__be32 daddr;
+};
+
+struct ft_ip6 {
+	__be32 vtcfl;
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+static __always_inline int ft_parse_l4(const struct ft_src *s, __u32 off, __u8 proto,
+				       struct ft_tuple *t)
+{
+	__u8 b[14];
+
+	t->proto = proto;
+	switch (proto) {
+	case FT_IPPROTO_TCP:
+		if (ft_load(s, off, b, 14))
+			return FT_PARSE_TRUNCATED;
+		t->tcp_flags = b[13];
+		break;
+	case FT_IPPROTO_UDP:
+	case FT_IPPROTO_SCTP:
+		if (ft_load(s, off, b, 4))
+			return FT_PARSE_TRUNCATED;
+		break;
+	case FT_IPPROTO_ICMP:
+	case FT_IPPROTO_ICMPV6:
+		if (ft_load(s, off, b, 2))
+			return FT_PARSE_TRUNCATED;
+		t->icmp_type = b[0];
+		t->icmp_code = b[1];
+		return FT_PARSE_OK;
+	default:
+		return FT_PARSE_OK; /* protocol number only */
+	}
+	t->sport = ((__u16)b[0] << 8) | b[1];
+	t->dport = ((__u16)b[2] << 8) | b[3];
+	return FT_PARSE_OK;
+}
+
+static __always_inline int ft_parse_ip4(const struct ft_src *s, __u32 off, struct ft_tuple *t)
+{
+	struct ft_ip4 ip;
+	__u32 ihl;
+
+	if (ft_load(s, off, &ip, sizeof(ip)))
+		return FT_PARSE_TRUNCATED;
+	ihl = ip.vihl & 0x0f;
+	if ((ip.vihl >> 4) != 4 || ihl < 5)
+		return FT_PARSE_MALFORMED;
+	/* Options must be present in full, even when no L4 header is read. */
+	if (ihl > 5 && ft_load(s, off + ihl * 4 - 1, &ip.tos, 1))
+		return FT_PARSE_TRUNCATED;
+	t->ip_version = 4;
+	__builtin_memcpy(t->saddr, &ip.saddr, 4);
+	__builtin_memcpy(t->daddr, &ip.daddr, 4);
+	/* A non-first fragment carries no L4 header: report the protocol only. */
+	if (bpf_ntohs(ip.frag_off) & 0x1fff) {
+		t->proto = ip.proto;
+		return FT_PARSE_OK;
+	}
+	return ft_parse_l4(s, off + ihl * 4, ip.proto, t);
+}
+
+static __always_inline int ft_parse_ip6(const struct ft_src *s, __u32 off, struct ft_tuple *t)
+{
+	struct ft_ip6 ip;
+	__u8 nh;
+	__u8 ext[4];
+	int i;
+
+	if (ft_load(s, off, &ip, sizeof(ip)))
+		return FT_PARSE_TRUNCATED;
+	if ((bpf_ntohl(ip.vtcfl) >> 28) != 6)
+		return FT_PARSE_MALFORMED;
+	t->ip_version = 6;
+	__builtin_memcpy(t->saddr, ip.saddr, 16);
+	__builtin_memcpy(t->daddr, ip.daddr, 16);
+	nh = ip.nexthdr;
+	off += sizeof(ip);
+
+	for (i = 0; i < FT_MAX_IPV6_EXT; i++) {
+		switch (nh) {
+		case FT_IPPROTO_HOPOPTS:
+		case FT_IPPROTO_ROUTING:
+		case FT_IPPROTO_DSTOPTS:
+			if (ft_load(s, off, ext, 2))
+				return FT_PARSE_TRUNCATED;
+			nh = ext[0];
+			off += ((__u32)ext[1] + 1) * 8;
+			break;
+		case FT_IPPROTO_AH:
+			if (ft_load(s, off, ext, 2))
+				return FT_PARSE_TRUNCATED;
+			nh = ext[0];
+			off += ((__u32)ext[1] + 2) * 4;
+			break;
+		case FT_IPPROTO_FRAGMENT:
+			if (ft_load(s, off, ext, 4))
+				return FT_PARSE_TRUNCATED;
+			nh = ext[0];
+			off += 8;
+			/* Offset != 0: a non-first fragment, no L4 header. */
+			if ((((__u16)ext[2] << 8) | ext[3]) & 0xfff8) {
+				t->proto = nh;
+				return FT_PARSE_OK;
+			}
+			break;
+		default:
+			return ft_parse_l4(s, off, nh, t);
+		}
+	}
+	return FT_PARSE_MALFORMED;
+}
+
+/* Parses from the L3 header at off; ethertype is in host order. */
+static __always_inline int ft_parse_l3(const struct ft_src *s, __u32 off, __u16 ethertype,
+				       struct ft_tuple *t)
+{
+	t->ethertype = ethertype;
+	if (ethertype == FT_ETH_P_IP)
+		return ft_parse_ip4(s, off, t);
+	if (ethertype == FT_ETH_P_IPV6)
+		return ft_parse_ip6(s, off, t);
+	return FT_PARSE_NON_IP;
+}
+
+/* tc entry point: Ethernet at offset 0, up to FT_MAX_VLAN in-band tags. */
+static __always_inline int ft_parse_eth(const struct ft_src *s, struct __sk_buff *skb,
+					struct ft_tuple *t)
+{
+	__u8 eth[14];
+	__u8 tag[4];
+	__u16 proto;
+	__u32 off = 14;
+	int i;
+
+	if (ft_load(s, 0, eth, sizeof(eth)))
+		return FT_PARSE_TRUNCATED;
+	proto = ((__u16)eth[12] << 8) | eth[13];
+	/* An offloaded (already stripped) tag is the outermost one. */
+	if (skb->vlan_present)
+		t->vlan = skb->vlan_tci & 0x0fff;
+	for (i = 0; i < FT_MAX_VLAN; i++) {
+		if (proto != FT_ETH_P_8021Q && proto != FT_ETH_P_8021AD)
+			break;
+		if (ft_load(s, off, tag, sizeof(tag)))
+			return FT_PARSE_TRUNCATED;
+		t->vlan = (((__u16)tag[0] << 8) | tag[1]) & 0x0fff;
+		proto = ((__u16)tag[2] << 8) | tag[3];
+		off += 4;
+	}
+	if (proto == FT_ETH_P_8021Q || proto == FT_ETH_P_8021AD) {
+		t->ethertype = proto;
+		return FT_PARSE_MALFORMED; /* more tags than we walk */
+	}
+	return ft_parse_l3(s, off, proto, t);
+}
+
+static __always_inline void ft_count_status(int status)
+{
+	if (status == FT_PARSE_NON_IP)
+		ft_stat_inc(FT_STAT_NON_IP);
+	else if (status == FT_PARSE_TRUNCATED)
+		ft_stat_inc(FT_STAT_TRUNCATED);
+	else if (status == FT_PARSE_MALFORMED)
+		ft_stat_inc(FT_STAT_MALFORMED);
+}
+
+#endif /* FT_PARSE_H */

@@ -1,0 +1,512 @@
+//go:build linux
+
+package datapath
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/bits"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowtrace/flowtrace/pkg/decode"
+)
+
+// Config holds load-time settings; zero values select the defaults.
+type Config struct {
+	FlowReportInterval time.Duration // default 5s
+	RingBufferBytes    int           // default 4 MiB, power of two
+	FlowTableEntries   int           // default 65536
+	ScopeAllNetns      bool
+
+	forceRawTP bool // tests: exercise the raw_tp fallback on a kernel with tp_btf
+}
+
+// Features reports which optional kernel paths are live.
+type Features struct {
+	DropHook string // "tp_btf" or "raw_tp"
+}
+
+// Drop hook names reported in Features.
+const (
+	DropHookTPBTF = "tp_btf"
+	DropHookRawTP = "raw_tp"
+)
+
+const (
+	defaultReportInterval = 5 * time.Second
+	defaultRingBytes      = 4 << 20
+	defaultFlowEntries    = 65536
+
+	// readPoll bounds how long a lone event can sit in the ring: the BPF side
+	// wakes the reader only every 64th event.
+	readPoll = 25 * time.Millisecond
+	// clockResync re-measures the boot-time to wall-time offset, which moves
+	// with NTP steps and suspend.
+	clockResync = 10 * time.Second
+)
+
+// statNames follows enum ft_stat. Keep in sync with bpf/ft_event.h.
+var statNames = [...]string{
+	"tc_packets",
+	"non_ip",
+	"truncated",
+	"malformed",
+	"drops_seen",
+	"drops_out_of_scope",
+	"flow_events",
+	"drop_events",
+}
+
+// coreObjects is what always loads: maps and tc programs. The kfree_skb
+// programs are loaded one at a time by attachDrops.
+type coreObjects struct {
+	ftMaps
+	FtTcIngress *ebpf.Program `ebpf:"ft_tc_ingress"`
+	FtTcEgress  *ebpf.Program `ebpf:"ft_tc_egress"`
+}
+
+func (o *coreObjects) Close() error {
+	return errors.Join(o.ftMaps.Close(), o.FtTcIngress.Close(), o.FtTcEgress.Close())
+}
+
+// Datapath is a loaded flowtrace BPF object.
+type Datapath struct {
+	cfg      Config
+	log      *slog.Logger
+	objs     coreObjects
+	dropProg *ebpf.Program
+	dropColl *ebpf.Collection
+	dropLink link.Link
+	features Features
+	rd       *ringbuf.Reader
+
+	decodeErrors atomic.Uint64
+	bootOffset   atomic.Int64 // wall ns - boot ns
+	closeOnce    sync.Once
+	closeErr     error
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.FlowReportInterval == 0 {
+		c.FlowReportInterval = defaultReportInterval
+	}
+	if c.FlowReportInterval < 0 {
+		return c, fmt.Errorf("flow report interval %v is negative", c.FlowReportInterval)
+	}
+	if c.RingBufferBytes == 0 {
+		c.RingBufferBytes = defaultRingBytes
+	}
+	if c.RingBufferBytes < os.Getpagesize() || bits.OnesCount(uint(c.RingBufferBytes)) != 1 {
+		return c, fmt.Errorf("ring buffer size %d is not a power of two >= page size", c.RingBufferBytes)
+	}
+	if c.FlowTableEntries == 0 {
+		c.FlowTableEntries = defaultFlowEntries
+	}
+	if c.FlowTableEntries < 0 {
+		return c, fmt.Errorf("flow table entries %d is negative", c.FlowTableEntries)
+	}
+	return c, nil
+}
+
+// Load loads the BPF object, configures it from cfg and the kernel's BTF and
+// attaches the kfree_skb drop hook (tp_btf, falling back to raw_tp). The tc
+// programs are returned unattached by Ingress and Egress.
+func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
+	}
+	spec, err := loadFt()
+	if err != nil {
+		return nil, fmt.Errorf("load bpf spec: %w", err)
+	}
+	notDropped, consumed, err := normalFreeReasons()
+	if err != nil {
+		return nil, err
+	}
+	consts := map[string]any{
+		"ft_flow_report_interval_ns": uint64(cfg.FlowReportInterval.Nanoseconds()),
+		"ft_scope_all_netns":         boolByte(cfg.ScopeAllNetns),
+		"ft_reason_not_dropped":      notDropped,
+		"ft_reason_consumed":         consumed,
+	}
+	for name, v := range consts {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return nil, fmt.Errorf("bpf variable %s missing from object", name)
+		}
+		if err := vs.Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	spec.Maps["ft_events"].MaxEntries = uint32(cfg.RingBufferBytes)
+	spec.Maps["ft_flows"].MaxEntries = uint32(cfg.FlowTableEntries)
+
+	// The drop programs are optional per kernel: load them separately so a
+	// refused tp_btf cannot break the tc programs and maps.
+	dropSpecs := map[string]*ebpf.ProgramSpec{}
+	for _, name := range []string{"ft_kfree_btf", "ft_kfree_raw"} {
+		dropSpecs[name] = spec.Programs[name]
+	}
+	coreSpec := spec.Copy()
+	for name := range dropSpecs {
+		delete(coreSpec.Programs, name)
+	}
+	d := &Datapath{cfg: cfg, log: log}
+	if err := coreSpec.LoadAndAssign(&d.objs, nil); err != nil {
+		return nil, fmt.Errorf("load bpf objects: %w", verifierDetail(err))
+	}
+	if err := d.attachDrops(spec); err != nil {
+		_ = d.objs.Close()
+		return nil, err
+	}
+	d.rd, err = ringbuf.NewReader(d.objs.FtEvents)
+	if err != nil {
+		_ = d.Close()
+		return nil, fmt.Errorf("open ring buffer reader: %w", err)
+	}
+	d.resyncClock()
+	log.Info("datapath loaded", "drop_hook", d.features.DropHook,
+		"ring_bytes", cfg.RingBufferBytes, "flow_entries", cfg.FlowTableEntries,
+		"report_interval", cfg.FlowReportInterval, "scope_all_netns", cfg.ScopeAllNetns)
+	return d, nil
+}
+
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func verifierDetail(err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("%+v", ve)
+	}
+	return err
+}
+
+// normalFreeReasons resolves SKB_NOT_DROPPED_YET and SKB_CONSUMED from the
+// running kernel: enum skb_drop_reason numbering differs between kernels.
+func normalFreeReasons() (notDropped, consumed uint32, err error) {
+	kspec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return 0, 0, fmt.Errorf("load kernel btf: %w", err)
+	}
+	var enum *btf.Enum
+	if err := kspec.TypeByName("skb_drop_reason", &enum); err != nil {
+		return 0, 0, fmt.Errorf("find enum skb_drop_reason in kernel btf: %w", err)
+	}
+	found := 0
+	for _, v := range enum.Values {
+		switch v.Name {
+		case "SKB_NOT_DROPPED_YET":
+			notDropped = uint32(v.Value)
+			found++
+		case "SKB_CONSUMED":
+			consumed = uint32(v.Value)
+			found++
+		}
+	}
+	if found != 2 {
+		return 0, 0, errors.New("kernel enum skb_drop_reason lacks SKB_NOT_DROPPED_YET or SKB_CONSUMED")
+	}
+	return notDropped, consumed, nil
+}
+
+// attachDrops loads and attaches one kfree_skb program, tp_btf first.
+func (d *Datapath) attachDrops(spec *ebpf.CollectionSpec) error {
+	btfErr := fmt.Errorf("tp_btf skipped by config: %w", ebpf.ErrNotSupported)
+	if !d.cfg.forceRawTP {
+		btfErr = d.tryDrop(spec, "ft_kfree_btf", func(p *ebpf.Program) (link.Link, error) {
+			return link.AttachTracing(link.TracingOptions{Program: p, AttachType: ebpf.AttachTraceRawTp})
+		})
+	}
+	if btfErr == nil {
+		d.features.DropHook = DropHookTPBTF
+		return nil
+	}
+	if !errors.Is(btfErr, ebpf.ErrNotSupported) && !errors.Is(btfErr, unix.EPERM) {
+		return fmt.Errorf("drop hook tp_btf/kfree_skb: %w", btfErr)
+	}
+	d.log.Warn("tp_btf/kfree_skb unavailable, falling back to raw_tp", "error", btfErr)
+	rawErr := d.tryDrop(spec, "ft_kfree_raw", func(p *ebpf.Program) (link.Link, error) {
+		return link.AttachRawTracepoint(link.RawTracepointOptions{Name: "kfree_skb", Program: p})
+	})
+	if rawErr != nil {
+		return fmt.Errorf("drop hook: tp_btf: %w; raw_tp: %w", btfErr, rawErr)
+	}
+	d.features.DropHook = DropHookRawTP
+	return nil
+}
+
+func (d *Datapath) tryDrop(spec *ebpf.CollectionSpec, prog string, attach func(*ebpf.Program) (link.Link, error)) error {
+	one := spec.Copy()
+	for name := range one.Programs {
+		if name != prog {
+			delete(one.Programs, name)
+		}
+	}
+	// Share the already-created maps; global-data sections (.rodata, .bss)
+	// are recreated from the same configured contents.
+	repl := map[string]*ebpf.Map{
+		"ft_events":      d.objs.FtEvents,
+		"ft_flows":       d.objs.FtFlows,
+		"ft_lost":        d.objs.FtLost,
+		"ft_netns_scope": d.objs.FtNetnsScope,
+		"ft_rb_seq":      d.objs.FtRbSeq,
+		"ft_stats":       d.objs.FtStats,
+	}
+	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: repl})
+	if err != nil {
+		return fmt.Errorf("load %s: %w", prog, verifierDetail(err))
+	}
+	l, err := attach(coll.Programs[prog])
+	if err != nil {
+		coll.Close()
+		return fmt.Errorf("attach %s: %w", prog, err)
+	}
+	d.dropColl, d.dropProg, d.dropLink = coll, coll.Programs[prog], l
+	return nil
+}
+
+// Ingress returns the tc program for the ingress hook (TCX or clsact).
+func (d *Datapath) Ingress() *ebpf.Program { return d.objs.FtTcIngress }
+
+// Egress returns the tc program for the egress hook (TCX or clsact).
+func (d *Datapath) Egress() *ebpf.Program { return d.objs.FtTcEgress }
+
+// DropProgram returns the loaded kfree_skb program.
+func (d *Datapath) DropProgram() *ebpf.Program { return d.dropProg }
+
+// Features reports the kernel paths in use.
+func (d *Datapath) Features() Features { return d.features }
+
+// AllowNetns reports drops of the network namespace with this inode.
+func (d *Datapath) AllowNetns(inode uint32) error {
+	if err := d.objs.FtNetnsScope.Put(inode, uint8(1)); err != nil {
+		return fmt.Errorf("allow netns %d: %w", inode, err)
+	}
+	return nil
+}
+
+// ForgetNetns stops reporting drops of the network namespace with this inode.
+func (d *Datapath) ForgetNetns(inode uint32) error {
+	if err := d.objs.FtNetnsScope.Delete(inode); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("forget netns %d: %w", inode, err)
+	}
+	return nil
+}
+
+// Run reads the ring buffer until ctx is done, calling fn for each decoded
+// event; the *decode.Event is reused, so fn must copy what it keeps. It also
+// flushes idle flow entries every FlowReportInterval. Decode errors are
+// counted (Stats "decode_errors"), not fatal. Run must not be called
+// concurrently with itself.
+func (d *Datapath) Run(ctx context.Context, fn func(*decode.Event)) error {
+	// Closing the reader is the only way to interrupt a blocked read early;
+	// the poll deadline bounds the wait anyway.
+	var rec ringbuf.Record
+	var ev decode.Event
+	lastFlush := time.Now()
+	lastSync := time.Now()
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil
+		}
+		now := time.Now()
+		if now.Sub(lastSync) >= clockResync {
+			d.resyncClock()
+			lastSync = now
+		}
+		if now.Sub(lastFlush) >= d.cfg.FlowReportInterval {
+			if _, err := d.FlushIdle(fn); err != nil {
+				d.log.Warn("idle flow flush failed", "error", err)
+			}
+			lastFlush = now
+		}
+		d.rd.SetDeadline(now.Add(readPoll))
+		err := d.rd.ReadInto(&rec)
+		switch {
+		case err == nil:
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			continue
+		case errors.Is(err, ringbuf.ErrClosed):
+			return nil
+		default:
+			return fmt.Errorf("read ring buffer: %w", err)
+		}
+		if err := decode.Decode(rec.RawSample, &ev); err != nil {
+			if d.decodeErrors.Add(1) == 1 {
+				d.log.Warn("undecodable ring buffer record", "error", err)
+			}
+			continue
+		}
+		ev.Time = d.wallTime(ev.TimeNs)
+		fn(&ev)
+	}
+}
+
+func bootNs() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano()
+}
+
+// resyncClock measures wall - boottime, bracketing the boot clock read
+// between two wall reads to halve the error of a preemption.
+func (d *Datapath) resyncClock() {
+	w1 := time.Now().UnixNano()
+	b := bootNs()
+	w2 := time.Now().UnixNano()
+	d.bootOffset.Store(w1 + (w2-w1)/2 - b)
+}
+
+func (d *Datapath) wallTime(boot uint64) time.Time {
+	return time.Unix(0, int64(boot)+d.bootOffset.Load())
+}
+
+// FlushIdle walks the flow table: entries idle for longer than the report
+// interval have their unreported counts emitted through fn (reason
+// IdleFlush) and zeroed; entries idle for more than twice the interval are
+// deleted. It returns the number of events emitted. A packet counted by the
+// kernel between the read and the write-back of an entry can be lost; the
+// entry was idle, so this is rare.
+func (d *Datapath) FlushIdle(fn func(*decode.Event)) (int, error) {
+	var (
+		key     ftFtFlowKey
+		val     ftFtFlowVal
+		ev      decode.Event
+		emitted int
+		stale   []ftFtFlowKey
+		errs    []error
+	)
+	now := uint64(bootNs())
+	interval := uint64(d.cfg.FlowReportInterval.Nanoseconds())
+	it := d.objs.FtFlows.Iterate()
+	for it.Next(&key, &val) {
+		if now < val.LastSeenNs || now-val.LastSeenNs <= interval {
+			continue
+		}
+		if val.Packets > 0 {
+			fillFlushEvent(&ev, &key, &val, now)
+			ev.Time = d.wallTime(now)
+			fn(&ev)
+			emitted++
+		}
+		if now-val.LastSeenNs > 2*interval {
+			stale = append(stale, key)
+			continue
+		}
+		if val.Packets > 0 {
+			val.Packets, val.Bytes, val.TcpFlags = 0, 0, 0
+			val.LastReportNs = now
+			if err := d.objs.FtFlows.Update(&key, &val, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, fmt.Errorf("reset flow entry: %w", err))
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		errs = append(errs, fmt.Errorf("iterate flow table: %w", err))
+	}
+	for i := range stale {
+		if err := d.objs.FtFlows.Delete(&stale[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete idle flow entry: %w", err))
+		}
+	}
+	return emitted, errors.Join(errs...)
+}
+
+func fillFlushEvent(ev *decode.Event, k *ftFtFlowKey, v *ftFtFlowVal, now uint64) {
+	*ev = decode.Event{
+		Kind: decode.KindFlow,
+		// CPU stays 0: the flush runs in user space, no BPF CPU produced it.
+		TimeNs:      now,
+		Ifindex:     k.Ifindex,
+		Netns:       v.Netns,
+		Direction:   decode.Direction(k.Dir),
+		EtherType:   v.Ethertype,
+		IPVersion:   k.IpVersion,
+		SrcPort:     k.Sport,
+		DstPort:     k.Dport,
+		Proto:       k.Proto,
+		TCPFlags:    uint8(v.TcpFlags),
+		VLAN:        v.Vlan,
+		ParseStatus: decode.ParseOK,
+		Packets:     v.Packets,
+		Bytes:       v.Bytes,
+		FlowReason:  decode.ReasonIdleFlush,
+	}
+	ev.Src, ev.Dst = decode.Addrs(k.IpVersion, k.Saddr[:], k.Daddr[:])
+}
+
+// Lost returns ring buffer reserve failures, total and per CPU.
+func (d *Datapath) Lost() (uint64, []uint64, error) {
+	var per []uint64
+	if err := d.objs.FtLost.Lookup(uint32(0), &per); err != nil {
+		return 0, nil, fmt.Errorf("read ft_lost: %w", err)
+	}
+	var total uint64
+	for _, v := range per {
+		total += v
+	}
+	return total, per, nil
+}
+
+// Stats returns the BPF counters summed over CPUs plus "decode_errors".
+func (d *Datapath) Stats() (map[string]uint64, error) {
+	out := make(map[string]uint64, len(statNames)+1)
+	var per []uint64
+	for i, name := range statNames {
+		if err := d.objs.FtStats.Lookup(uint32(i), &per); err != nil {
+			return nil, fmt.Errorf("read ft_stats[%s]: %w", name, err)
+		}
+		var sum uint64
+		for _, v := range per {
+			sum += v
+		}
+		out[name] = sum
+	}
+	out["decode_errors"] = d.decodeErrors.Load()
+	return out, nil
+}
+
+// Close detaches the drop hook and releases the reader, programs and maps.
+func (d *Datapath) Close() error {
+	d.closeOnce.Do(func() {
+		var errs []error
+		if d.dropLink != nil {
+			errs = append(errs, d.dropLink.Close())
+		}
+		if d.rd != nil {
+			errs = append(errs, d.rd.Close())
+		}
+		if d.dropColl != nil {
+			d.dropColl.Close()
+		}
+		errs = append(errs, d.objs.Close())
+		d.closeErr = errors.Join(errs...)
+	})
+	return d.closeErr
+}

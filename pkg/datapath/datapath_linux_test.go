@@ -1,0 +1,421 @@
+//go:build linux
+
+package datapath
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowtrace/flowtrace/pkg/decode"
+	"github.com/flowtrace/flowtrace/pkg/testutil"
+)
+
+const tcActUnspec = ^uint32(0) // TC_ACT_UNSPEC (-1) as returned by BPF_PROG_TEST_RUN
+
+func load(t *testing.T, cfg Config) *Datapath {
+	t.Helper()
+	testutil.RequirePrivileged(t)
+	d, err := Load(cfg, nil)
+	if err != nil {
+		t.Fatalf("load datapath: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := d.Close(); err != nil {
+			t.Errorf("close datapath: %v", err)
+		}
+	})
+	return d
+}
+
+// drain reads every record already in the ring buffer without waiting for
+// a wakeup (the BPF side only wakes every 64th event).
+func drain(t *testing.T, d *Datapath) []decode.Event {
+	t.Helper()
+	var out []decode.Event
+	for {
+		d.rd.SetDeadline(time.Now().Add(20 * time.Millisecond))
+		rec, err := d.rd.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("read ring buffer: %v", err)
+		}
+		var ev decode.Event
+		if err := decode.Decode(rec.RawSample, &ev); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
+		out = append(out, ev)
+	}
+}
+
+func run(t *testing.T, p *ebpf.Program, frame []byte) {
+	t.Helper()
+	ret, err := p.Run(&ebpf.RunOptions{Data: frame})
+	if err != nil {
+		t.Fatalf("test run: %v", err)
+	}
+	if ret != tcActUnspec {
+		t.Fatalf("return code %#x, want TC_ACT_UNSPEC", ret)
+	}
+}
+
+func selfNetns(t *testing.T) uint32 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+		t.Fatal(err)
+	}
+	return uint32(st.Ino)
+}
+
+func stats(t *testing.T, d *Datapath) map[string]uint64 {
+	t.Helper()
+	s, err := d.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// flowFields is what a parse test checks; time, CPU and counts are checked separately.
+type flowFields struct {
+	EtherType        uint16
+	IPVersion        uint8
+	Src, Dst         netip.Addr
+	SrcPort, DstPort uint16
+	Proto, TCPFlags  uint8
+	ICMPType         uint8
+	ICMPCode         uint8
+	VLAN             uint16
+}
+
+func fieldsOf(ev decode.Event) flowFields {
+	return flowFields{ev.EtherType, ev.IPVersion, ev.Src, ev.Dst, ev.SrcPort, ev.DstPort,
+		ev.Proto, ev.TCPFlags, ev.ICMPType, ev.ICMPCode, ev.VLAN}
+}
+
+func a(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func TestParse(t *testing.T) {
+	const (
+		h6a = "fd00::a"
+		h6b = "fd00::b"
+	)
+	v4 := func(proto uint8, sp, dp uint16, flags, it, ic uint8) flowFields {
+		return flowFields{0x0800, 4, a("10.0.0.1"), a("10.0.0.2"), sp, dp, proto, flags, it, ic, 0}
+	}
+	v6 := func(proto uint8, sp, dp uint16, flags, it, ic uint8) flowFields {
+		return flowFields{0x86dd, 6, a(h6a), a(h6b), sp, dp, proto, flags, it, ic, 0}
+	}
+	withVLAN := func(f flowFields, vid uint16) flowFields { f.VLAN = vid; return f }
+	opts := []byte{0x94, 0x04, 0, 0, 1, 1, 1, 0} // router alert + NOPs + EOL: 8 bytes
+	tcpSyn := tcp(40000, 80, 0x02)
+
+	cases := []struct {
+		name  string
+		frame []byte
+		want  *flowFields // nil: no event expected
+		stat  string      // counter that must move when want is nil
+	}{
+		{"ipv4 tcp syn", cat(eth(0x0800), ipv4(6, "10.0.0.1", "10.0.0.2", 0, nil, tcpSyn)),
+			ptr(v4(6, 40000, 80, 0x02, 0, 0)), ""},
+		{"ipv4 options", cat(eth(0x0800), ipv4(6, "10.0.0.1", "10.0.0.2", 0, opts, tcp(40001, 81, 0x10))),
+			ptr(v4(6, 40001, 81, 0x10, 0, 0)), ""},
+		{"802.1q", cat(eth(0x8100), vlanTag(100, 0x0800), ipv4(17, "10.0.0.1", "10.0.0.2", 0, nil, udp(5000, 53, nil))),
+			ptr(withVLAN(v4(17, 5000, 53, 0, 0, 0), 100)), ""},
+		{"qinq", cat(eth(0x88a8), vlanTag(200, 0x8100), vlanTag(300, 0x0800), ipv4(17, "10.0.0.1", "10.0.0.2", 0, nil, udp(5001, 53, nil))),
+			ptr(withVLAN(v4(17, 5001, 53, 0, 0, 0), 300)), ""},
+		{"three tags", cat(eth(0x88a8), vlanTag(1, 0x8100), vlanTag(2, 0x8100), vlanTag(3, 0x0800), ipv4(17, "10.0.0.1", "10.0.0.2", 0, nil, udp(1, 2, nil))),
+			nil, "malformed"},
+		{"ipv4 udp", cat(eth(0x0800), ipv4(17, "10.0.0.1", "10.0.0.2", 0, nil, udp(1234, 5678, []byte("hi")))),
+			ptr(v4(17, 1234, 5678, 0, 0, 0)), ""},
+		{"ipv4 non-first fragment", cat(eth(0x0800), ipv4(17, "10.0.0.1", "10.0.0.2", 185, nil, udp(1234, 5678, nil))),
+			ptr(v4(17, 0, 0, 0, 0, 0)), ""},
+		{"icmp echo", cat(eth(0x0800), ipv4(1, "10.0.0.1", "10.0.0.2", 0, nil, icmpEcho(8))),
+			ptr(v4(1, 0, 0, 0, 8, 0)), ""},
+		{"sctp", cat(eth(0x0800), ipv4(132, "10.0.0.1", "10.0.0.2", 0, nil, sctp(3868, 3869))),
+			ptr(v4(132, 3868, 3869, 0, 0, 0)), ""},
+		{"unknown l4", cat(eth(0x0800), ipv4(47, "10.0.0.1", "10.0.0.2", 0, nil, make([]byte, 8))),
+			ptr(v4(47, 0, 0, 0, 0, 0)), ""},
+		{"ipv6 tcp", cat(eth(0x86dd), ipv6(6, h6a, h6b, tcp(40002, 443, 0x12))),
+			ptr(v6(6, 40002, 443, 0x12, 0, 0)), ""},
+		{"ipv6 ext first fragment", cat(eth(0x86dd), ipv6(0, h6a, h6b,
+			cat(ext6(43, 0), ext6(60, 1), ext6(44, 0), frag6(17, 0, true), udp(7000, 7001, nil)))),
+			ptr(v6(17, 7000, 7001, 0, 0, 0)), ""},
+		{"ipv6 ext non-first fragment", cat(eth(0x86dd), ipv6(0, h6a, h6b,
+			cat(ext6(43, 0), ext6(60, 0), ext6(44, 0), frag6(17, 100, false), udp(7000, 7001, nil)))),
+			ptr(v6(17, 0, 0, 0, 0, 0)), ""},
+		{"ipv6 too many ext", cat(eth(0x86dd), ipv6(60, h6a, h6b,
+			cat(ext6(60, 0), ext6(60, 0), ext6(60, 0), ext6(60, 0), ext6(60, 0), ext6(60, 0), ext6(17, 0), udp(1, 2, nil)))),
+			nil, "malformed"},
+		{"icmpv6 echo", cat(eth(0x86dd), ipv6(58, h6a, h6b, icmpEcho(128))),
+			ptr(v6(58, 0, 0, 0, 128, 0)), ""},
+		{"arp", cat(eth(0x0806), make([]byte, 28)), nil, "non_ip"},
+		// The kernel refuses test frames shorter than a full IPv4 header, so the
+		// truncated-header cases use an IHL that points past the frame.
+		{"ipv4 options cut short", cat(eth(0x0800), []byte{0x4f}, make([]byte, 30)), nil, "truncated"},
+		{"ipv4 options cut short tcp", cat(eth(0x0800), ipv4(6, "10.0.0.1", "10.0.0.2", 0, make([]byte, 8), nil)), nil, "truncated"},
+		{"tcp header cut short", cat(eth(0x0800), ipv4(6, "10.0.0.1", "10.0.0.2", 0, nil, tcpSyn[:10])), nil, "truncated"},
+		{"ipv6 tcp cut short", cat(eth(0x86dd), ipv6(6, h6a, h6b, tcpSyn[:12])), nil, "truncated"},
+		{"ipv6 ext cut short", cat(eth(0x86dd), ipv6(0, h6a, h6b, ext6(6, 3)[:16])), nil, "truncated"},
+		{"bad ip version", cat(eth(0x0800), ipv6(6, h6a, h6b, tcpSyn)), nil, "malformed"},
+		{"bad ihl", cat(eth(0x0800), []byte{0x44}, make([]byte, 30)), nil, "malformed"},
+		{"garbage", []byte("\xff\xff\xff\xff\xff\xff\x01\x02\x03\x04\x05\x06\x12\x34garbage-garbage-garbage"), nil, "non_ip"},
+	}
+	netns := selfNetns(t)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			d := load(t, Config{})
+			for _, dir := range []struct {
+				p    *ebpf.Program
+				want decode.Direction
+			}{{d.Ingress(), decode.DirIngress}, {d.Egress(), decode.DirEgress}} {
+				before := stats(t, d)
+				run(t, dir.p, c.frame)
+				evs := drain(t, d)
+				after := stats(t, d)
+				if after["tc_packets"] != before["tc_packets"]+1 {
+					t.Fatalf("tc_packets %d -> %d", before["tc_packets"], after["tc_packets"])
+				}
+				if c.want == nil {
+					if len(evs) != 0 {
+						t.Fatalf("unexpected events: %+v", evs)
+					}
+					if after[c.stat] != before[c.stat]+1 {
+						t.Fatalf("stat %s %d -> %d", c.stat, before[c.stat], after[c.stat])
+					}
+					continue
+				}
+				if len(evs) != 1 {
+					t.Fatalf("got %d events, want 1: %+v", len(evs), evs)
+				}
+				ev := evs[0]
+				if got := fieldsOf(ev); got != *c.want {
+					t.Fatalf("%v:\n got  %+v\n want %+v", dir.want, got, *c.want)
+				}
+				if ev.Kind != decode.KindFlow || ev.Direction != dir.want || ev.FlowReason != decode.ReasonNew ||
+					ev.Packets != 1 || ev.Bytes != uint64(len(c.frame)) || ev.PktLen != uint32(len(c.frame)) ||
+					ev.Ifindex != 1 || ev.Netns != netns || ev.ParseStatus != decode.ParseOK {
+					t.Fatalf("%v: bad flow metadata: %+v", dir.want, ev)
+				}
+				if after["flow_events"] != before["flow_events"]+1 {
+					t.Fatalf("flow_events did not move")
+				}
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func tcpFrame(sport uint16, flags uint8, payload int) []byte {
+	return cat(eth(0x0800), ipv4(6, "10.1.0.1", "10.1.0.2", 0, nil, cat(tcp(sport, 443, flags), make([]byte, payload))))
+}
+
+func TestAggregation(t *testing.T) {
+	d := load(t, Config{})
+	var frames [][]byte
+	frames = append(frames, tcpFrame(50000, decode.TCPSyn, 0))
+	for i := 0; i < 998; i++ {
+		frames = append(frames, tcpFrame(50000, decode.TCPAck, i%100))
+	}
+	frames = append(frames, tcpFrame(50000, decode.TCPFin|decode.TCPAck, 0))
+	var total uint64
+	for _, f := range frames {
+		run(t, d.Ingress(), f)
+		total += uint64(len(f))
+	}
+	evs := drain(t, d)
+	if len(evs) != 2 {
+		t.Fatalf("got %d events for 1000 packets, want 2 (new, fin): %+v", len(evs), evs)
+	}
+	if evs[0].FlowReason != decode.ReasonNew || evs[0].Packets != 1 || evs[0].TCPFlags != decode.TCPSyn {
+		t.Fatalf("first event: %+v", evs[0])
+	}
+	if evs[1].FlowReason != decode.ReasonTCPFlags || evs[1].Packets != 999 ||
+		evs[1].TCPFlags != decode.TCPFin|decode.TCPAck {
+		t.Fatalf("second event: %+v", evs[1])
+	}
+	if got := evs[0].Bytes + evs[1].Bytes; got != total {
+		t.Fatalf("bytes %d, want %d", got, total)
+	}
+}
+
+func TestPeriodicAndIdleFlush(t *testing.T) {
+	const interval = 100 * time.Millisecond
+	d := load(t, Config{FlowReportInterval: interval})
+	f := tcpFrame(51000, decode.TCPAck, 10)
+	run(t, d.Egress(), f) // NEW
+	run(t, d.Egress(), f) // counted, not reported
+	time.Sleep(interval + 20*time.Millisecond)
+	run(t, d.Egress(), f) // PERIODIC with 2 packets
+	run(t, d.Egress(), f)
+	run(t, d.Egress(), f) // 2 unreported
+	evs := drain(t, d)
+	if len(evs) != 2 || evs[0].FlowReason != decode.ReasonNew || evs[1].FlowReason != decode.ReasonPeriodic ||
+		evs[1].Packets != 2 || evs[1].Bytes != 2*uint64(len(f)) {
+		t.Fatalf("events: %+v", evs)
+	}
+
+	var flushed []decode.Event
+	collect := func(ev *decode.Event) { flushed = append(flushed, *ev) }
+	if n, err := d.FlushIdle(collect); err != nil || n != 0 {
+		t.Fatalf("flush of a busy entry: n=%d err=%v", n, err)
+	}
+	time.Sleep(interval + 20*time.Millisecond)
+	if n, err := d.FlushIdle(collect); err != nil || n != 1 {
+		t.Fatalf("idle flush: n=%d err=%v", n, err)
+	}
+	ev := flushed[0]
+	if ev.FlowReason != decode.ReasonIdleFlush || ev.Packets != 2 || ev.Bytes != 2*uint64(len(f)) ||
+		ev.Direction != decode.DirEgress || ev.Src != a("10.1.0.1") || ev.DstPort != 443 || ev.SrcPort != 51000 ||
+		ev.TCPFlags != decode.TCPAck || ev.EtherType != 0x0800 || ev.Netns != selfNetns(t) || ev.Time.IsZero() {
+		t.Fatalf("idle flush event: %+v", ev)
+	}
+	if n, _ := d.FlushIdle(collect); n != 0 {
+		t.Fatalf("flushed the same counts twice")
+	}
+	time.Sleep(interval + 20*time.Millisecond) // now idle > 2x interval
+	if _, err := d.FlushIdle(collect); err != nil {
+		t.Fatal(err)
+	}
+	var k ftFtFlowKey
+	var v ftFtFlowVal
+	if it := d.objs.FtFlows.Iterate(); it.Next(&k, &v) {
+		t.Fatalf("entry not deleted after 2x interval: %+v", k)
+	}
+	run(t, d.Egress(), f)
+	if evs := drain(t, d); len(evs) != 1 || evs[0].FlowReason != decode.ReasonNew {
+		t.Fatalf("after delete, want NEW: %+v", evs)
+	}
+}
+
+// TestRunDeliversLoneEvent checks that a single event (no forced wakeup) is
+// delivered promptly through Run, with a plausible wall time.
+func TestRunDeliversLoneEvent(t *testing.T) {
+	d := load(t, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan decode.Event, 16)
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, func(ev *decode.Event) { got <- *ev }) }()
+	time.Sleep(100 * time.Millisecond) // let Run block in its read
+	start := time.Now()
+	run(t, d.Ingress(), tcpFrame(52000, decode.TCPSyn, 0))
+	select {
+	case ev := <-got:
+		lat := time.Since(start)
+		if lat > 80*time.Millisecond {
+			t.Errorf("lone event took %v", lat)
+		}
+		if skew := ev.Time.Sub(start); skew < -5*time.Millisecond || skew > 80*time.Millisecond {
+			t.Errorf("wall time %v is %v away from send time", ev.Time, skew)
+		}
+		if ev.SrcPort != 52000 {
+			t.Errorf("wrong event %+v", ev)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("no event within 1s")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+func TestLostCounter(t *testing.T) {
+	d := load(t, Config{RingBufferBytes: os.Getpagesize()})
+	for i := 0; i < 100; i++ { // 100 new flows * 104 bytes overflows one page
+		run(t, d.Ingress(), tcpFrame(uint16(1000+i), decode.TCPAck, 0))
+	}
+	total, per, err := d.Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum uint64
+	for _, v := range per {
+		sum += v
+	}
+	if total == 0 || sum != total {
+		t.Fatalf("lost total=%d per-cpu=%v", total, per)
+	}
+	if got := len(drain(t, d)); uint64(got)+total != 100 {
+		t.Fatalf("read %d + lost %d != 100", got, total)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	for _, c := range []Config{{RingBufferBytes: 3 << 20}, {RingBufferBytes: 100}, {FlowReportInterval: -1}, {FlowTableEntries: -5}} {
+		if _, err := c.withDefaults(); err == nil {
+			t.Errorf("config %+v accepted", c)
+		}
+	}
+}
+
+// TestABIMatchesGenerated ties pkg/decode's offsets to the C layout as
+// compiled (bpf2go output), so a change in bpf/ft_event.h cannot silently
+// desynchronize the decoder.
+func TestABIMatchesGenerated(t *testing.T) {
+	var f ftFtFlowEvent
+	var dr ftFtDropEvent
+	var tu ftFtTuple
+	var h ftFtEventHdr
+	checks := []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"hdr size", unsafe.Sizeof(h), decode.HdrSize},
+		{"hdr type", unsafe.Offsetof(h.Type), decode.OffHdrType},
+		{"hdr version", unsafe.Offsetof(h.Version), decode.OffHdrVersion},
+		{"hdr len", unsafe.Offsetof(h.Len), decode.OffHdrLen},
+		{"hdr cpu", unsafe.Offsetof(h.Cpu), decode.OffHdrCPU},
+		{"hdr ts", unsafe.Offsetof(h.TsNs), decode.OffHdrTsNs},
+		{"tuple size", unsafe.Sizeof(tu), decode.TupleSize},
+		{"tuple saddr", unsafe.Offsetof(tu.Saddr), decode.OffTupleSaddr},
+		{"tuple daddr", unsafe.Offsetof(tu.Daddr), decode.OffTupleDaddr},
+		{"tuple sport", unsafe.Offsetof(tu.Sport), decode.OffTupleSport},
+		{"tuple dport", unsafe.Offsetof(tu.Dport), decode.OffTupleDport},
+		{"tuple ethertype", unsafe.Offsetof(tu.Ethertype), decode.OffTupleEtherType},
+		{"tuple vlan", unsafe.Offsetof(tu.Vlan), decode.OffTupleVLAN},
+		{"tuple ipver", unsafe.Offsetof(tu.IpVersion), decode.OffTupleIPVersion},
+		{"tuple proto", unsafe.Offsetof(tu.Proto), decode.OffTupleProto},
+		{"tuple flags", unsafe.Offsetof(tu.TcpFlags), decode.OffTupleTCPFlags},
+		{"tuple icmp type", unsafe.Offsetof(tu.IcmpType), decode.OffTupleICMPType},
+		{"tuple icmp code", unsafe.Offsetof(tu.IcmpCode), decode.OffTupleICMPCode},
+		{"tuple status", unsafe.Offsetof(tu.Status), decode.OffTupleStatus},
+		{"flow size", unsafe.Sizeof(f), decode.FlowSize},
+		{"flow tuple", unsafe.Offsetof(f.Tuple), decode.OffFlowTuple},
+		{"flow packets", unsafe.Offsetof(f.Packets), decode.OffFlowPackets},
+		{"flow bytes", unsafe.Offsetof(f.Bytes), decode.OffFlowBytes},
+		{"flow ifindex", unsafe.Offsetof(f.Ifindex), decode.OffFlowIfindex},
+		{"flow netns", unsafe.Offsetof(f.Netns), decode.OffFlowNetns},
+		{"flow pktlen", unsafe.Offsetof(f.PktLen), decode.OffFlowPktLen},
+		{"flow dir", unsafe.Offsetof(f.Dir), decode.OffFlowDir},
+		{"flow reason", unsafe.Offsetof(f.Reason), decode.OffFlowReason},
+		{"drop size", unsafe.Sizeof(dr), decode.DropSize},
+		{"drop tuple", unsafe.Offsetof(dr.Tuple), decode.OffDropTuple},
+		{"drop location", unsafe.Offsetof(dr.Location), decode.OffDropLocation},
+		{"drop first", unsafe.Offsetof(dr.FirstNs), decode.OffDropFirstNs},
+		{"drop last", unsafe.Offsetof(dr.LastNs), decode.OffDropLastNs},
+		{"drop reason", unsafe.Offsetof(dr.Reason), decode.OffDropReason},
+		{"drop ifindex", unsafe.Offsetof(dr.Ifindex), decode.OffDropIfindex},
+		{"drop skb_iif", unsafe.Offsetof(dr.SkbIif), decode.OffDropSkbIif},
+		{"drop netns", unsafe.Offsetof(dr.Netns), decode.OffDropNetns},
+		{"drop pktlen", unsafe.Offsetof(dr.PktLen), decode.OffDropPktLen},
+		{"drop count", unsafe.Offsetof(dr.Count), decode.OffDropCount},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: C layout %d, decode constant %d", c.name, c.got, c.want)
+		}
+	}
+}

@@ -1,0 +1,258 @@
+//go:build linux
+
+package datapath
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/btf"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowtrace/flowtrace/pkg/decode"
+)
+
+func dropReasonNames(t *testing.T) map[uint32]string {
+	t.Helper()
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var enum *btf.Enum
+	if err := spec.TypeByName("skb_drop_reason", &enum); err != nil {
+		t.Fatal(err)
+	}
+	names := make(map[uint32]string, len(enum.Values))
+	for _, v := range enum.Values {
+		names[uint32(v.Value)] = strings.TrimPrefix(v.Name, "SKB_DROP_REASON_")
+	}
+	return names
+}
+
+// testNetns creates a named netns with lo up and returns its name and inode.
+func testNetns(t *testing.T) (string, uint32) {
+	t.Helper()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	name := "ftt" + hex.EncodeToString(b[:])
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	h, err := netns.NewNamed(name) // also switches this thread into it
+	if serr := netns.Set(orig); serr != nil {
+		panic("cannot restore netns: " + serr.Error()) // thread state is unrecoverable
+	}
+	if err != nil {
+		t.Fatalf("create netns %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		h.Close()
+		if err := netns.DeleteNamed(name); err != nil {
+			t.Errorf("delete netns %s: %v", name, err)
+		}
+	})
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h), &st); err != nil {
+		t.Fatal(err)
+	}
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	lo, err := nl.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	return name, uint32(st.Ino)
+}
+
+// sendUDPIn sends one datagram to addr from inside the named netns.
+func sendUDPIn(t *testing.T, name, addr string) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		t.Fatal(err)
+	}
+	// The socket belongs to the netns it is created in; restoring the
+	// thread afterwards does not move it.
+	conn, err := net.Dial("udp", addr)
+	if serr := netns.Set(orig); serr != nil {
+		panic("cannot restore netns: " + serr.Error())
+	}
+	if err != nil {
+		t.Fatalf("dial %s in %s: %v", addr, name, err)
+	}
+	defer conn.Close()
+	// EPERM is how a local sender learns that netfilter dropped its packet.
+	if _, err := conn.Write([]byte("flowtrace")); err != nil && !errors.Is(err, unix.EPERM) {
+		t.Fatalf("send to %s in %s: %v", addr, name, err)
+	}
+}
+
+func waitDrops(t *testing.T, d *Datapath, netnsIno uint32) []decode.Event {
+	t.Helper()
+	var out []decode.Event
+	deadline := time.Now().Add(500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		for _, ev := range drain(t, d) {
+			if ev.Kind == decode.KindDrop && ev.Netns == netnsIno {
+				out = append(out, ev)
+			}
+		}
+		if len(out) > 0 {
+			return out
+		}
+	}
+	return out
+}
+
+func TestDropNoSocket(t *testing.T) {
+	d := load(t, Config{})
+	if got := d.Features().DropHook; got != DropHookTPBTF {
+		t.Fatalf("drop hook %q on a kernel with tp_btf", got)
+	}
+	names := dropReasonNames(t)
+	inScope, inIno := testNetns(t)
+	outScope, outIno := testNetns(t)
+	if err := d.AllowNetns(inIno); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, c := range []struct {
+		addr     string
+		src, dst string
+		ethType  uint16
+	}{
+		{"127.0.0.1:9", "127.0.0.1", "127.0.0.1", 0x0800},
+		{"[::1]:9", "::1", "::1", 0x86dd},
+	} {
+		before := stats(t, d)
+		sendUDPIn(t, inScope, c.addr)
+		evs := waitDrops(t, d, inIno)
+		var found *decode.Event
+		for i := range evs {
+			if names[evs[i].DropReason] == "NO_SOCKET" {
+				found = &evs[i]
+			}
+		}
+		if found == nil {
+			t.Fatalf("%s: no NO_SOCKET drop in %+v", c.addr, evs)
+		}
+		ev := *found
+		if ev.Proto != 17 || ev.DstPort != 9 || ev.SrcPort == 0 || ev.Src != a(c.src) || ev.Dst != a(c.dst) ||
+			ev.EtherType != c.ethType || ev.ParseStatus != decode.ParseOK || ev.Count != 1 ||
+			ev.FirstNs != ev.TimeNs || ev.LastNs != ev.TimeNs || ev.Location == 0 || ev.Ifindex != 1 ||
+			ev.PktLen == 0 {
+			t.Fatalf("%s: bad drop event %+v", c.addr, ev)
+		}
+		after := stats(t, d)
+		if after["drop_events"] <= before["drop_events"] || after["drops_seen"] <= before["drops_seen"] {
+			t.Fatalf("drop counters did not move: %v -> %v", before, after)
+		}
+	}
+
+	before := stats(t, d)
+	sendUDPIn(t, outScope, "127.0.0.1:9")
+	if evs := waitDrops(t, d, outIno); len(evs) != 0 {
+		t.Fatalf("drop from a netns outside the scope was emitted: %+v", evs)
+	}
+	if after := stats(t, d); after["drops_out_of_scope"] <= before["drops_out_of_scope"] {
+		t.Fatalf("drops_out_of_scope did not move")
+	}
+
+	// Forgetting the netns stops its drops too.
+	if err := d.ForgetNetns(inIno); err != nil {
+		t.Fatal(err)
+	}
+	sendUDPIn(t, inScope, "127.0.0.1:9")
+	if evs := waitDrops(t, d, inIno); len(evs) != 0 {
+		t.Fatalf("drop after ForgetNetns: %+v", evs)
+	}
+}
+
+func TestDropScopeAll(t *testing.T) {
+	d := load(t, Config{ScopeAllNetns: true})
+	name, ino := testNetns(t)
+	sendUDPIn(t, name, "127.0.0.1:7")
+	if evs := waitDrops(t, d, ino); len(evs) == 0 {
+		t.Fatal("scope_all_netns did not report a drop from an unlisted netns")
+	}
+}
+
+func TestDropNetfilter(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Fatalf("nft not installed: %v", err)
+	}
+	d := load(t, Config{})
+	names := dropReasonNames(t)
+	name, ino := testNetns(t)
+	if err := d.AllowNetns(ino); err != nil {
+		t.Fatal(err)
+	}
+	// The table lives inside the test netns and disappears with it.
+	rules := "table inet " + name + " {\n chain out {\n  type filter hook output priority 0; policy accept;\n  udp dport 9999 drop\n }\n}\n"
+	cmd := exec.Command("ip", "netns", "exec", name, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	sendUDPIn(t, name, "127.0.0.1:9999")
+	evs := waitDrops(t, d, ino)
+	for _, ev := range evs {
+		if names[ev.DropReason] == "NETFILTER_DROP" {
+			if ev.DstPort != 9999 || ev.Proto != 17 || ev.Dst != a("127.0.0.1") {
+				t.Fatalf("bad netfilter drop event: %+v", ev)
+			}
+			return
+		}
+	}
+	t.Fatalf("no NETFILTER_DROP event in %+v", evs)
+}
+
+func TestDropRawTPFallback(t *testing.T) {
+	d := load(t, Config{forceRawTP: true})
+	if got := d.Features().DropHook; got != DropHookRawTP {
+		t.Fatalf("drop hook %q, want %q", got, DropHookRawTP)
+	}
+	names := dropReasonNames(t)
+	name, ino := testNetns(t)
+	if err := d.AllowNetns(ino); err != nil {
+		t.Fatal(err)
+	}
+	sendUDPIn(t, name, "127.0.0.1:9")
+	for _, ev := range waitDrops(t, d, ino) {
+		if names[ev.DropReason] == "NO_SOCKET" && ev.DstPort == 9 && ev.Proto == 17 && ev.Src == a("127.0.0.1") {
+			return
+		}
+	}
+	t.Fatal("raw_tp hook produced no NO_SOCKET drop")
+}

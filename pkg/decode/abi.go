@@ -1,0 +1,72 @@
+package decode
+
+// Wire layout of the events written by the BPF programs.
+// Keep in sync with bpf/ft_event.h; TestABIMatchesGenerated in pkg/datapath
+// compares these numbers with the bpf2go-generated structs.
+const (
+	// Version is FT_EVENT_VERSION.
+	Version = 1
+
+	OffHdrType    = 0
+	OffHdrVersion = 1
+	OffHdrLen     = 2
+	OffHdrCPU     = 4
+	OffHdrTsNs    = 8
+	HdrSize       = 16
+
+	// Offsets inside struct ft_tuple.
+	OffTupleSaddr     = 0
+	OffTupleDaddr     = 16
+	OffTupleSport     = 32
+	OffTupleDport     = 34
+	OffTupleEtherType = 36
+	OffTupleVLAN      = 38
+	OffTupleIPVersion = 40
+	OffTupleProto     = 41
+	OffTupleTCPFlags  = 42
+	OffTupleICMPType  = 43
+	OffTupleICMPCode  = 44
+	OffTupleStatus    = 45
+	TupleSize         = 48
+
+	// Offsets inside struct ft_flow_event.
+	OffFlowTuple   = 16
+	OffFlowPackets = 64
+	OffFlowBytes   = 72
+	OffFlowIfindex = 80
+	OffFlowNetns   = 84
+	OffFlowPktLen  = 88
+	OffFlowDir     = 92
+	OffFlowReason  = 93
+	FlowSize       = 96
+
+	// Offsets inside struct ft_drop_event.
+	OffDropTuple    = 16
+	OffDropLocation = 64
+	OffDropFirstNs  = 72
+	OffDropLastNs   = 80
+	OffDropReason   = 88
+	OffDropIfindex  = 92
+	OffDropSkbIif   = 96
+	OffDropNetns    = 100
+	OffDropPktLen   = 104
+	OffDropCount    = 108
+	DropSize        = 112
+)
+
+// Parse status values (enum ft_parse_status). Keep in sync with bpf/ft_event.h.
+const (
+	ParseOK        = 0
+	ParseNonIP     = 1
+	ParseTruncated = 2
+	ParseMalformed = 3
+)
+
+// TCP flag bits as on the wire. Keep in sync with bpf/ft_event.h.
+const (
+	TCPFin = 0x01
+	TCPSyn = 0x02
+	TCPRst = 0x04
+	TCPPsh = 0x08
+	TCPAck = 0x10
+)

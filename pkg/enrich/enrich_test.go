@@ -1,0 +1,102 @@
+package enrich
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flowtrace/flowtrace/pkg/decode"
+	"github.com/flowtrace/flowtrace/pkg/dropreason"
+	"github.com/flowtrace/flowtrace/pkg/identity"
+	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
+)
+
+type fakeIDs map[netip.Addr]*identity.Pod
+
+func (f fakeIDs) PodByIP(ip netip.Addr) (*identity.Pod, bool)      { p, ok := f[ip]; return p, ok }
+func (f fakeIDs) ServiceByIP(netip.Addr) (*identity.Service, bool) { return nil, false }
+func (fakeReasons) Lookup(c uint32) dropreason.Reason {
+	return dropreason.Reason{Code: c, Kernel: "NETFILTER_DROP", Stable: flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP}
+}
+func (fakeSyms) Resolve(a uint64) string { return "nf_hook_slow+0x8d" }
+func (fakeIfaces) InterfaceName(ns, idx uint32) (string, string) {
+	return map[uint32]string{7: "ftv-frontend", 9: "ftbr0"}[idx], "node"
+}
+
+type (
+	fakeReasons struct{}
+	fakeSyms    struct{}
+	fakeIfaces  struct{}
+)
+
+var (
+	frontend = netip.MustParseAddr("10.244.0.10")
+	db       = netip.MustParseAddr("10.244.0.30")
+	ids      = fakeIDs{
+		frontend: {Namespace: "shop", Name: "frontend-1", Labels: map[string]string{"app": "frontend"}, Workload: identity.Workload{Kind: "Deployment", Name: "frontend"}, Node: "n1"},
+		db:       {Namespace: "shop", Name: "db-0", Node: "n1"},
+	}
+)
+
+func TestDrop(t *testing.T) {
+	e := New("n1", ids, fakeReasons{}, fakeSyms{}, fakeIfaces{})
+	now := time.Date(2026, 11, 23, 15, 0, 0, 0, time.UTC)
+	ev := &decode.Event{Kind: decode.KindDrop, Time: now, IPVersion: 4, Src: frontend, Dst: db, SrcPort: 40000, DstPort: 5432,
+		Proto: 6, TCPFlags: 0x02, DropReason: 77, Location: 0xffffffff81001010, Ifindex: 9, SkbIif: 7, Netns: 4026531840, PktLen: 60, Count: 1}
+	f := e.Flow(ev)
+	if f.Verdict != flowtracev1.Verdict_VERDICT_DROPPED || f.DropReason != flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP ||
+		f.DropReasonKernel != "NETFILTER_DROP" || f.DropReasonCode != 77 || f.DropLocation != "nf_hook_slow+0x8d" {
+		t.Fatalf("drop fields: %v", f)
+	}
+	if f.Source.GetPodName() != "frontend-1" || f.Destination.GetPodName() != "db-0" || f.Source.Workload.GetName() != "frontend" {
+		t.Errorf("endpoints: %v %v", f.Source, f.Destination)
+	}
+	if f.Interface.GetName() != "ftbr0" || f.InputInterface.GetName() != "ftv-frontend" {
+		t.Errorf("interfaces: %v %v", f.Interface, f.InputInterface)
+	}
+	tcp := f.L4.GetTcp()
+	if tcp.GetDestinationPort() != 5432 || !tcp.GetFlags().GetSyn() || tcp.GetFlags().GetAck() {
+		t.Errorf("l4: %v", f.L4)
+	}
+	if !f.Time.AsTime().Equal(now) || f.NodeName != "n1" || f.EventCount != 1 {
+		t.Errorf("meta: %v", f)
+	}
+	if !strings.Contains(f.Summary, "NETFILTER_DROP at nf_hook_slow") {
+		t.Errorf("summary %q", f.Summary)
+	}
+}
+
+func TestFlowAndUnknowns(t *testing.T) {
+	e := New("n1", ids, nil, nil, nil)
+	ev := &decode.Event{Kind: decode.KindFlow, IPVersion: 6, Src: netip.MustParseAddr("fd00::1"), Dst: netip.MustParseAddr("fd00::2"),
+		Proto: 17, SrcPort: 1, DstPort: 53, Packets: 3, Bytes: 300, Direction: decode.DirEgress, FlowReason: decode.ReasonPeriodic, Ifindex: 3}
+	f := e.Flow(ev)
+	if f.Verdict != flowtracev1.Verdict_VERDICT_FORWARDED || f.Report != flowtracev1.FlowReport_FLOW_REPORT_PERIODIC ||
+		f.ObservationPoint != flowtracev1.ObservationPoint_OBSERVATION_POINT_TC_EGRESS || f.Packets != 3 || f.Bytes != 300 {
+		t.Fatalf("flow fields: %v", f)
+	}
+	if f.Source != nil || f.Destination != nil {
+		t.Errorf("unknown IPs got names: %v %v", f.Source, f.Destination)
+	}
+	if f.Ip.IpVersion != flowtracev1.IPVersion_IP_VERSION_IPV6 || f.L4.GetUdp().GetDestinationPort() != 53 {
+		t.Errorf("network: %v %v", f.Ip, f.L4)
+	}
+	// A drop on a kernel without reasons is still a drop, with an honest unknown.
+	d := e.Flow(&decode.Event{Kind: decode.KindDrop, DropReason: 5})
+	if d.Verdict != flowtracev1.Verdict_VERDICT_DROPPED || d.DropReason != flowtracev1.DropReason_DROP_REASON_UNKNOWN || d.Ip != nil {
+		t.Errorf("reasonless drop: %v", d)
+	}
+	if f.Uuid == d.Uuid || len(f.Uuid) != 36 {
+		t.Errorf("uuids %q %q", f.Uuid, d.Uuid)
+	}
+}
+
+func BenchmarkFlow(b *testing.B) {
+	e := New("n1", ids, fakeReasons{}, fakeSyms{}, fakeIfaces{})
+	ev := &decode.Event{Kind: decode.KindDrop, IPVersion: 4, Src: frontend, Dst: db, Proto: 6, SrcPort: 1, DstPort: 5432, Ifindex: 9}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = e.Flow(ev)
+	}
+}
