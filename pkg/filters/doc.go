@@ -1,0 +1,21 @@
+// Package filters compiles the allow/deny FlowFilter lists of a GetFlows
+// request into a Matcher that is evaluated once per flow.
+//
+// Semantics follow Hubble: a flow passes when it matches any allowlist filter
+// (or the allowlist is empty) and no denylist filter. Inside one filter every
+// non-empty field must match (AND); inside one field any value may match (OR).
+//
+// Field values:
+//   - pods: "namespace/name-prefix"; "namespace/" matches every pod of the
+//     namespace. A value without "/" is a pod-name prefix in ANY namespace
+//     (unlike Hubble, which assumes the "default" namespace).
+//   - IPs: an address or a CIDR, IPv4 or IPv6, compared with ip.source /
+//     ip.destination.
+//   - ports: 1..65535, compared with the TCP, UDP or SCTP ports.
+//   - protocol: tcp, udp, sctp, icmpv4, icmpv6 (case-insensitive).
+//   - interface: an exact device name, or "prefix*". It matches the device the
+//     flow was observed on, or the input device of a drop.
+//   - namespaces: exact Kubernetes namespace names.
+//
+// All parsing happens in Build; Match does not allocate.
+package filters

@@ -1,0 +1,190 @@
+package filters
+
+import (
+	"strings"
+	"testing"
+
+	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
+)
+
+type ff = flowtracev1.FlowFilter
+
+func tcpFlow() *flowtracev1.Flow {
+	return &flowtracev1.Flow{
+		Verdict:    flowtracev1.Verdict_VERDICT_DROPPED,
+		DropReason: flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP,
+		Ip:         &flowtracev1.IP{Source: "10.244.0.10", Destination: "10.244.0.30", IpVersion: flowtracev1.IPVersion_IP_VERSION_IPV4},
+		L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Tcp{Tcp: &flowtracev1.TCP{
+			SourcePort: 43512, DestinationPort: 5432,
+		}}},
+		Source:         &flowtracev1.Endpoint{Namespace: "shop", PodName: "frontend-6c9f7d"},
+		Destination:    &flowtracev1.Endpoint{Namespace: "shop", PodName: "db-0"},
+		Interface:      &flowtracev1.Interface{Name: "ftv-frontend"},
+		InputInterface: &flowtracev1.Interface{Name: "eth0"},
+	}
+}
+
+func udp6Flow() *flowtracev1.Flow {
+	return &flowtracev1.Flow{
+		Verdict: flowtracev1.Verdict_VERDICT_FORWARDED,
+		Ip:      &flowtracev1.IP{Source: "fd00::1", Destination: "fd00:1::53", IpVersion: flowtracev1.IPVersion_IP_VERSION_IPV6},
+		L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Udp{Udp: &flowtracev1.UDP{
+			SourcePort: 5353, DestinationPort: 53,
+		}}},
+		Source:      &flowtracev1.Endpoint{Namespace: "kube-system", PodName: "coredns-abc"},
+		Destination: &flowtracev1.Endpoint{},
+		Interface:   &flowtracev1.Interface{Name: "lxc12345"},
+	}
+}
+
+func icmpFlow() *flowtracev1.Flow {
+	return &flowtracev1.Flow{
+		Verdict: flowtracev1.Verdict_VERDICT_MTU_EXCEEDED,
+		Ip:      &flowtracev1.IP{Source: "10.0.0.1", Destination: "10.0.1.1"},
+		L4:      &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Icmpv4{Icmpv4: &flowtracev1.ICMPv4{Type: 3, Code: 4}}},
+	}
+}
+
+func TestMatch(t *testing.T) {
+	tests := []struct {
+		name        string
+		allow, deny []*ff
+		flow        *flowtracev1.Flow
+		want        bool
+	}{
+		{"no filters", nil, nil, tcpFlow(), true},
+		{"empty filter matches all", []*ff{{}}, nil, tcpFlow(), true},
+		{"deny empty filter drops all", nil, []*ff{{}}, tcpFlow(), false},
+		{"verdict match", []*ff{{Verdict: []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_DROPPED}}}, nil, tcpFlow(), true},
+		{"verdict no match", []*ff{{Verdict: []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_FORWARDED}}}, nil, tcpFlow(), false},
+		{"verdict OR", []*ff{{Verdict: []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_FORWARDED, flowtracev1.Verdict_VERDICT_DROPPED}}}, nil, tcpFlow(), true},
+		{"drop reason", []*ff{{DropReason: []flowtracev1.DropReason{flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP}}}, nil, tcpFlow(), true},
+		{"drop reason miss", []*ff{{DropReason: []flowtracev1.DropReason{flowtracev1.DropReason_DROP_REASON_NO_SOCKET}}}, nil, tcpFlow(), false},
+		{"source pod ns/prefix", []*ff{{SourcePod: []string{"shop/frontend"}}}, nil, tcpFlow(), true},
+		{"source pod ns/", []*ff{{SourcePod: []string{"shop/"}}}, nil, tcpFlow(), true},
+		{"source pod other ns", []*ff{{SourcePod: []string{"default/frontend"}}}, nil, tcpFlow(), false},
+		{"pod bare prefix any ns", []*ff{{DestinationPod: []string{"db-"}}}, nil, tcpFlow(), true},
+		{"pod bare prefix miss", []*ff{{DestinationPod: []string{"frontend"}}}, nil, tcpFlow(), false},
+		{"pod bare prefix unknown pod", []*ff{{DestinationPod: []string{"x"}}}, nil, udp6Flow(), false},
+		{"source ip exact", []*ff{{SourceIp: []string{"10.244.0.10"}}}, nil, tcpFlow(), true},
+		{"source ip cidr", []*ff{{SourceIp: []string{"10.244.0.0/16"}}}, nil, tcpFlow(), true},
+		{"dest ip cidr miss", []*ff{{DestinationIp: []string{"10.245.0.0/16"}}}, nil, tcpFlow(), false},
+		{"v6 cidr", []*ff{{DestinationIp: []string{"fd00:1::/64"}}}, nil, udp6Flow(), true},
+		{"v4 cidr vs v6 flow", []*ff{{DestinationIp: []string{"0.0.0.0/0"}}}, nil, udp6Flow(), false},
+		{"v4-mapped address", []*ff{{SourceIp: []string{"::ffff:10.244.0.10"}}}, nil, tcpFlow(), true},
+		{"dest port", []*ff{{DestinationPort: []uint32{80, 5432}}}, nil, tcpFlow(), true},
+		{"source port miss", []*ff{{SourcePort: []uint32{5432}}}, nil, tcpFlow(), false},
+		{"port vs icmp", []*ff{{DestinationPort: []uint32{53}}}, nil, icmpFlow(), false},
+		{"udp port", []*ff{{DestinationPort: []uint32{53}}}, nil, udp6Flow(), true},
+		{"protocol case-insensitive", []*ff{{Protocol: []string{"TCP"}}}, nil, tcpFlow(), true},
+		{"protocol miss", []*ff{{Protocol: []string{"udp"}}}, nil, tcpFlow(), false},
+		{"protocol icmpv4", []*ff{{Protocol: []string{"icmpv4"}}}, nil, icmpFlow(), true},
+		{"interface exact", []*ff{{Interface: []string{"ftv-frontend"}}}, nil, tcpFlow(), true},
+		{"interface prefix", []*ff{{Interface: []string{"ftv-*"}}}, nil, tcpFlow(), true},
+		{"interface input device", []*ff{{Interface: []string{"eth0"}}}, nil, tcpFlow(), true},
+		{"interface exact is not prefix", []*ff{{Interface: []string{"ftv"}}}, nil, tcpFlow(), false},
+		{"namespace", []*ff{{SourceNamespace: []string{"kube-system"}}}, nil, udp6Flow(), true},
+		{"namespace unknown endpoint", []*ff{{DestinationNamespace: []string{"kube-system"}}}, nil, udp6Flow(), false},
+		{"AND inside filter", []*ff{{Protocol: []string{"tcp"}, DestinationPort: []uint32{80}}}, nil, tcpFlow(), false},
+		{"OR across filters", []*ff{{DestinationPort: []uint32{80}}, {SourcePod: []string{"shop/"}}}, nil, tcpFlow(), true},
+		{"deny wins", []*ff{{SourcePod: []string{"shop/"}}}, []*ff{{Protocol: []string{"tcp"}}}, tcpFlow(), false},
+		{"deny miss", nil, []*ff{{Protocol: []string{"udp"}}}, tcpFlow(), true},
+		{"nil l4 and ip", []*ff{{SourceIp: []string{"0.0.0.0/0"}}}, nil, &flowtracev1.Flow{}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := Build(tt.allow, tt.deny)
+			if err != nil {
+				t.Fatalf("Build: %v", err)
+			}
+			if got := m.Match(tt.flow); got != tt.want {
+				t.Errorf("Match = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestBuildErrors(t *testing.T) {
+	tests := []struct {
+		name        string
+		allow, deny []*ff
+		want        string
+	}{
+		{"bad ip", []*ff{{SourceIp: []string{"10.0.0.300"}}}, nil, `allowlist[0].source_ip: "10.0.0.300" is not an IP address or CIDR`},
+		{"bad cidr", nil, []*ff{{}, {DestinationIp: []string{"10.0.0.0/33"}}}, `denylist[1].destination_ip: "10.0.0.0/33" is not an IP address or CIDR`},
+		{"bad port", []*ff{{DestinationPort: []uint32{70000}}}, nil, `allowlist[0].destination_port: 70000 is not a port (1-65535)`},
+		{"zero port", []*ff{{SourcePort: []uint32{0}}}, nil, `allowlist[0].source_port: 0 is not a port`},
+		{"bad protocol", []*ff{{Protocol: []string{"icmp"}}}, nil, `allowlist[0].protocol: "icmp" is not a protocol (want one of tcp, udp, sctp, icmpv4, icmpv6)`},
+		{"bad verdict", []*ff{{Verdict: []flowtracev1.Verdict{42}}}, nil, `allowlist[0].verdict: 42 is not a known verdict`},
+		{"unspecified verdict", []*ff{{Verdict: []flowtracev1.Verdict{0}}}, nil, `allowlist[0].verdict: 0 is not a known verdict`},
+		{"bad reason", []*ff{{DropReason: []flowtracev1.DropReason{9999}}}, nil, `allowlist[0].drop_reason: 9999 is not a known drop reason`},
+		{"empty pod", []*ff{{SourcePod: []string{""}}}, nil, `allowlist[0].source_pod: "" is not a pod`},
+		{"pod without ns", []*ff{{SourcePod: []string{"/x"}}}, nil, `allowlist[0].source_pod: "/x" is not a pod`},
+		{"bad iface", []*ff{{Interface: []string{"*"}}}, nil, ``},
+		{"iface too long", []*ff{{Interface: []string{"abcdefghijklmnopq"}}}, nil, `allowlist[0].interface: "abcdefghijklmnopq" is not an interface name`},
+		{"bad namespace", []*ff{{SourceNamespace: []string{"a/b"}}}, nil, `allowlist[0].source_namespace: "a/b" is not a namespace name`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Build(tt.allow, tt.deny)
+			if tt.want == "" {
+				// "*" alone is a valid "every interface" prefix pattern.
+				if err != nil {
+					t.Fatalf("Build: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Build succeeded, want error %q", tt.want)
+			}
+			if !strings.HasPrefix(err.Error(), tt.want) {
+				t.Errorf("error = %q, want prefix %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestMatchDoesNotAllocate(t *testing.T) {
+	m, err := Build([]*ff{{
+		SourcePod: []string{"shop/"}, DestinationIp: []string{"10.244.0.0/16"},
+		DestinationPort: []uint32{5432}, Protocol: []string{"tcp"}, Interface: []string{"ftv-*"},
+		Verdict: []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_DROPPED},
+	}}, []*ff{{SourceNamespace: []string{"kube-system"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := tcpFlow()
+	if allocs := testing.AllocsPerRun(100, func() {
+		if !m.Match(f) {
+			t.Fatal("no match")
+		}
+	}); allocs != 0 {
+		t.Errorf("Match allocates %.1f times per call", allocs)
+	}
+}
+
+func FuzzBuild(f *testing.F) {
+	f.Add("10.0.0.0/8", "shop/db", "tcp", "eth*", uint32(80), int32(2))
+	f.Add("fd00::1", "db", "ICMPv6", "lo", uint32(0), int32(0))
+	f.Add("", "/", "", "*", uint32(65536), int32(-1))
+	f.Fuzz(func(t *testing.T, ip, pod, proto, iface string, port uint32, verdict int32) {
+		flt := &ff{
+			SourceIp: []string{ip}, DestinationPod: []string{pod}, Protocol: []string{proto},
+			Interface: []string{iface}, DestinationPort: []uint32{port},
+			Verdict: []flowtracev1.Verdict{flowtracev1.Verdict(verdict)},
+		}
+		m, err := Build([]*ff{flt}, []*ff{flt})
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "allowlist[0].") {
+				t.Fatalf("error without location: %v", err)
+			}
+			return
+		}
+		// A flow can never pass when the same filter is in both lists.
+		for _, fl := range []*flowtracev1.Flow{tcpFlow(), udp6Flow(), icmpFlow(), {}} {
+			if m.Match(fl) {
+				t.Fatalf("flow passed allow and deny of the same filter %v", flt)
+			}
+		}
+	})
+}

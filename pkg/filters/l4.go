@@ -1,0 +1,147 @@
+package filters
+
+import (
+	"fmt"
+	"strings"
+
+	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
+)
+
+// ports returns the flow's transport ports, ok=false when it has none.
+func ports(f *flowtracev1.Flow) (src, dst uint32, ok bool) {
+	switch p := f.GetL4().GetProtocol().(type) {
+	case *flowtracev1.Layer4_Tcp:
+		return p.Tcp.GetSourcePort(), p.Tcp.GetDestinationPort(), true
+	case *flowtracev1.Layer4_Udp:
+		return p.Udp.GetSourcePort(), p.Udp.GetDestinationPort(), true
+	case *flowtracev1.Layer4_Sctp:
+		return p.Sctp.GetSourcePort(), p.Sctp.GetDestinationPort(), true
+	}
+	return 0, 0, false
+}
+
+func buildPort(values []uint32, source bool) (predicate, error) {
+	if len(values) == 0 {
+		return nil, nil
+	}
+	for _, v := range values {
+		if v == 0 || v > 65535 {
+			return nil, fmt.Errorf("%d is not a port (1-65535)", v)
+		}
+	}
+	vals := append([]uint32(nil), values...)
+	return func(f *flowtracev1.Flow) bool {
+		s, d, ok := ports(f)
+		if !ok {
+			return false
+		}
+		p := d
+		if source {
+			p = s
+		}
+		for _, v := range vals {
+			if v == p {
+				return true
+			}
+		}
+		return false
+	}, nil
+}
+
+type protoKind uint8
+
+const (
+	protoNone protoKind = iota
+	protoTCP
+	protoUDP
+	protoSCTP
+	protoICMPv4
+	protoICMPv6
+)
+
+// protocolNames are the values FlowFilter.protocol accepts.
+var protocolNames = map[string]protoKind{
+	"tcp":    protoTCP,
+	"udp":    protoUDP,
+	"sctp":   protoSCTP,
+	"icmpv4": protoICMPv4,
+	"icmpv6": protoICMPv6,
+}
+
+// Protocols lists the accepted protocol names, for help and error texts.
+func Protocols() []string { return []string{"tcp", "udp", "sctp", "icmpv4", "icmpv6"} }
+
+func kindOf(f *flowtracev1.Flow) protoKind {
+	switch f.GetL4().GetProtocol().(type) {
+	case *flowtracev1.Layer4_Tcp:
+		return protoTCP
+	case *flowtracev1.Layer4_Udp:
+		return protoUDP
+	case *flowtracev1.Layer4_Sctp:
+		return protoSCTP
+	case *flowtracev1.Layer4_Icmpv4:
+		return protoICMPv4
+	case *flowtracev1.Layer4_Icmpv6:
+		return protoICMPv6
+	}
+	return protoNone
+}
+
+func buildProtocol(ff *flowtracev1.FlowFilter) (predicate, error) {
+	vs := ff.GetProtocol()
+	if len(vs) == 0 {
+		return nil, nil
+	}
+	var mask uint8
+	for _, v := range vs {
+		k, ok := protocolNames[strings.ToLower(v)]
+		if !ok {
+			return nil, fmt.Errorf("%q is not a protocol (want one of %s)", v, strings.Join(Protocols(), ", "))
+		}
+		mask |= 1 << k
+	}
+	return func(f *flowtracev1.Flow) bool {
+		k := kindOf(f)
+		return k != protoNone && mask&(1<<k) != 0
+	}, nil
+}
+
+type ifacePattern struct {
+	name   string
+	prefix bool
+}
+
+func (p ifacePattern) match(name string) bool {
+	if name == "" {
+		return false
+	}
+	if p.prefix {
+		return strings.HasPrefix(name, p.name)
+	}
+	return name == p.name
+}
+
+func buildInterface(ff *flowtracev1.FlowFilter) (predicate, error) {
+	vs := ff.GetInterface()
+	if len(vs) == 0 {
+		return nil, nil
+	}
+	pats := make([]ifacePattern, 0, len(vs))
+	for _, v := range vs {
+		name, prefix := strings.CutSuffix(v, "*")
+		// Linux device names are at most 15 bytes and contain no '/', blanks or '*'.
+		if (name == "" && !prefix) || len(name) > 15 || strings.ContainsAny(name, "/*: \t") {
+			return nil, fmt.Errorf("%q is not an interface name or \"prefix*\"", v)
+		}
+		pats = append(pats, ifacePattern{name: name, prefix: prefix})
+	}
+	return func(f *flowtracev1.Flow) bool {
+		in, din := f.GetInterface().GetName(), f.GetInputInterface().GetName()
+		for _, p := range pats {
+			if p.match(in) || p.match(din) {
+				return true
+			}
+		}
+		return false
+	}, nil
+}

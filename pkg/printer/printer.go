@@ -1,0 +1,398 @@
+// Package printer renders GetFlowsResponses for people (compact, table) and
+// for programs (json: one protojson object per line).
+package printer
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// Output formats.
+const (
+	Compact = "compact"
+	JSON    = "json"
+	Table   = "table"
+)
+
+// Formats lists the accepted output formats.
+func Formats() []string { return []string{Compact, JSON, Table} }
+
+// Options configure a Printer.
+type Options struct {
+	// Location for printed times; nil means time.Local.
+	Location *time.Location
+	// TableFlushEvery flushes the table every N rows so that --follow shows
+	// output; columns are aligned within each batch. 0 means 50.
+	TableFlushEvery int
+}
+
+// Printer writes responses in one format. Call Flush when done.
+type Printer struct {
+	format string
+	w      *bufio.Writer
+	tw     *tabwriter.Writer
+	loc    *time.Location
+	every  int
+	rows   int
+	sb     strings.Builder
+	jb     bytes.Buffer
+}
+
+// New returns a printer of format writing to w.
+func New(format string, w io.Writer, opts Options) (*Printer, error) {
+	switch format {
+	case Compact, JSON, Table:
+	default:
+		return nil, fmt.Errorf("unknown output format %q (want one of %s)", format, strings.Join(Formats(), ", "))
+	}
+	p := &Printer{format: format, w: bufio.NewWriter(w), loc: opts.Location, every: opts.TableFlushEvery}
+	if p.loc == nil {
+		p.loc = time.Local
+	}
+	if p.every <= 0 {
+		p.every = 50
+	}
+	if format == Table {
+		p.tw = tabwriter.NewWriter(p.w, 2, 8, 2, ' ', 0)
+	}
+	return p, nil
+}
+
+// Print writes one response. Compact and json lines are flushed at once so
+// that a followed stream shows up as it happens.
+func (p *Printer) Print(r *flowtracev1.GetFlowsResponse) error {
+	switch p.format {
+	case JSON:
+		return p.printJSON(r)
+	case Table:
+		return p.printTable(r)
+	default:
+		p.sb.Reset()
+		p.compact(r)
+		p.sb.WriteByte('\n')
+		if _, err := p.w.WriteString(p.sb.String()); err != nil {
+			return err
+		}
+		return p.w.Flush()
+	}
+}
+
+// Flush writes out anything buffered (the table's last rows).
+func (p *Printer) Flush() error {
+	if p.tw != nil {
+		if err := p.tw.Flush(); err != nil {
+			return err
+		}
+	}
+	return p.w.Flush()
+}
+
+func (p *Printer) printJSON(r *flowtracev1.GetFlowsResponse) error {
+	b, err := protojson.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("marshal response: %w", err)
+	}
+	// protojson randomizes whitespace on purpose; compacting gives one stable
+	// object per line for scripts and golden files.
+	p.jb.Reset()
+	if err := json.Compact(&p.jb, b); err != nil {
+		return fmt.Errorf("compact json: %w", err)
+	}
+	p.jb.WriteByte('\n')
+	if _, err := p.w.Write(p.jb.Bytes()); err != nil {
+		return err
+	}
+	return p.w.Flush()
+}
+
+const timeLayout = "Jan _2 15:04:05.000"
+
+func (p *Printer) timeOf(r *flowtracev1.GetFlowsResponse) string {
+	ts := r.GetTime()
+	if ts == nil {
+		ts = r.GetFlow().GetTime()
+	}
+	if ts == nil {
+		return "-"
+	}
+	return ts.AsTime().In(p.loc).Format(timeLayout)
+}
+
+func (p *Printer) compact(r *flowtracev1.GetFlowsResponse) {
+	sb := &p.sb
+	sb.WriteString(p.timeOf(r))
+	sb.WriteString(": ")
+	if le := r.GetLostEvents(); le != nil {
+		sb.WriteString(LostText(le))
+		return
+	}
+	f := r.GetFlow()
+	sb.WriteString(endpointText(f.GetSource(), f.GetIp().GetSource(), srcPort(f)))
+	sb.WriteString(" -> ")
+	sb.WriteString(endpointText(f.GetDestination(), f.GetIp().GetDestination(), dstPort(f)))
+	if l4 := L4Text(f); l4 != "" {
+		sb.WriteByte(' ')
+		sb.WriteString(l4)
+	}
+	sb.WriteByte(' ')
+	sb.WriteString(VerdictText(f.GetVerdict()))
+	if reason := ReasonText(f); reason != "" {
+		sb.WriteString(" (")
+		sb.WriteString(reason)
+		sb.WriteByte(')')
+	}
+	if f.GetEventCount() > 1 {
+		fmt.Fprintf(sb, " x%d", f.GetEventCount())
+	}
+	if f.GetVerdict() == flowtracev1.Verdict_VERDICT_FORWARDED {
+		if rep := ReportText(f.GetReport()); rep != "" {
+			sb.WriteString(" [")
+			sb.WriteString(rep)
+			sb.WriteByte(']')
+		}
+		fmt.Fprintf(sb, " %d pkts %d bytes", f.GetPackets(), f.GetBytes())
+	}
+	if loc := f.GetDropLocation(); loc != "" {
+		sb.WriteString(" at ")
+		sb.WriteString(loc)
+	}
+	if ifc := InterfaceText(flowInterface(f)); ifc != "" {
+		sb.WriteString(" on ")
+		sb.WriteString(ifc)
+	}
+}
+
+// flowInterface is the observation device, or the input device of a drop
+// seen without one (kfree_skb after the device was cleared).
+func flowInterface(f *flowtracev1.Flow) *flowtracev1.Interface {
+	if f.GetInterface().GetName() != "" {
+		return f.GetInterface()
+	}
+	return f.GetInputInterface()
+}
+
+func (p *Printer) printTable(r *flowtracev1.GetFlowsResponse) error {
+	if p.rows%p.every == 0 {
+		if p.rows > 0 {
+			if err := p.Flush(); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintln(p.tw, "TIME\tSOURCE\tDESTINATION\tPROTO\tVERDICT\tDETAIL\tINTERFACE")
+	}
+	p.rows++
+	t := p.timeOf(r)
+	if le := r.GetLostEvents(); le != nil {
+		_, err := fmt.Fprintf(p.tw, "%s\t-\t-\t-\tLOST\t%s\t-\n", t, LostText(le))
+		return err
+	}
+	f := r.GetFlow()
+	detail := ReasonText(f)
+	if f.GetVerdict() == flowtracev1.Verdict_VERDICT_FORWARDED {
+		detail = fmt.Sprintf("%s %d pkts %d bytes", ReportText(f.GetReport()), f.GetPackets(), f.GetBytes())
+		detail = strings.TrimSpace(detail)
+	}
+	if loc := f.GetDropLocation(); loc != "" {
+		detail += " at " + loc
+	}
+	_, err := fmt.Fprintf(p.tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t,
+		endpointText(f.GetSource(), f.GetIp().GetSource(), srcPort(f)),
+		endpointText(f.GetDestination(), f.GetIp().GetDestination(), dstPort(f)),
+		dash(L4Text(f)), VerdictText(f.GetVerdict()), dash(detail), dash(InterfaceText(flowInterface(f))))
+	return err
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func srcPort(f *flowtracev1.Flow) uint32 { s, _ := ports(f); return s }
+func dstPort(f *flowtracev1.Flow) uint32 { _, d := ports(f); return d }
+
+func ports(f *flowtracev1.Flow) (uint32, uint32) {
+	switch p := f.GetL4().GetProtocol().(type) {
+	case *flowtracev1.Layer4_Tcp:
+		return p.Tcp.GetSourcePort(), p.Tcp.GetDestinationPort()
+	case *flowtracev1.Layer4_Udp:
+		return p.Udp.GetSourcePort(), p.Udp.GetDestinationPort()
+	case *flowtracev1.Layer4_Sctp:
+		return p.Sctp.GetSourcePort(), p.Sctp.GetDestinationPort()
+	}
+	return 0, 0
+}
+
+// endpointText is "ns/pod (ip:port)", or "ip:port" when the pod is unknown.
+func endpointText(ep *flowtracev1.Endpoint, ip string, port uint32) string {
+	addr := ip
+	if addr == "" {
+		addr = "?"
+	}
+	if port != 0 {
+		addr = net.JoinHostPort(addr, strconv.FormatUint(uint64(port), 10))
+	}
+	if ep.GetPodName() == "" {
+		return addr
+	}
+	name := ep.GetPodName()
+	if ns := ep.GetNamespace(); ns != "" {
+		name = ns + "/" + name
+	}
+	return name + " (" + addr + ")"
+}
+
+// InterfaceText is the device name, qualified with its namespace when that is
+// not the node's: "eth0@shop/db-0".
+func InterfaceText(i *flowtracev1.Interface) string {
+	name := i.GetName()
+	if name == "" {
+		return ""
+	}
+	if ns := i.GetNetns(); ns != "" && ns != "node" {
+		return name + "@" + ns
+	}
+	return name
+}
+
+// VerdictText is the verdict without its enum prefix.
+func VerdictText(v flowtracev1.Verdict) string {
+	return strings.TrimPrefix(v.String(), "VERDICT_")
+}
+
+// ReasonText is the kernel's drop reason name, followed by flowtrace's own
+// name when they differ (e.g. "FOO_NEW, UNKNOWN").
+func ReasonText(f *flowtracev1.Flow) string {
+	ours := ""
+	if r := f.GetDropReason(); r != flowtracev1.DropReason_DROP_REASON_UNSPECIFIED {
+		ours = strings.TrimPrefix(r.String(), "DROP_REASON_")
+	}
+	kernel := f.GetDropReasonKernel()
+	switch {
+	case kernel == "":
+		return ours
+	case ours == "" || ours == kernel:
+		return kernel
+	default:
+		return kernel + ", " + ours
+	}
+}
+
+// ReportText names why a FORWARDED record was emitted.
+func ReportText(r flowtracev1.FlowReport) string {
+	switch r {
+	case flowtracev1.FlowReport_FLOW_REPORT_NEW:
+		return "new"
+	case flowtracev1.FlowReport_FLOW_REPORT_TCP_FLAGS:
+		return "tcp-flags"
+	case flowtracev1.FlowReport_FLOW_REPORT_PERIODIC:
+		return "periodic"
+	case flowtracev1.FlowReport_FLOW_REPORT_IDLE_FLUSH:
+		return "idle"
+	}
+	return ""
+}
+
+// L4Text is the protocol with TCP flags or the ICMP type: "tcp SYN|ACK",
+// "icmpv4 echo-request".
+func L4Text(f *flowtracev1.Flow) string {
+	switch p := f.GetL4().GetProtocol().(type) {
+	case *flowtracev1.Layer4_Tcp:
+		if fl := tcpFlags(p.Tcp.GetFlags()); fl != "" {
+			return "tcp " + fl
+		}
+		return "tcp"
+	case *flowtracev1.Layer4_Udp:
+		return "udp"
+	case *flowtracev1.Layer4_Sctp:
+		return "sctp"
+	case *flowtracev1.Layer4_Icmpv4:
+		return "icmpv4 " + icmpText(icmp4Names, p.Icmpv4.GetType(), p.Icmpv4.GetCode())
+	case *flowtracev1.Layer4_Icmpv6:
+		return "icmpv6 " + icmpText(icmp6Names, p.Icmpv6.GetType(), p.Icmpv6.GetCode())
+	case *flowtracev1.Layer4_Other:
+		return "proto-" + strconv.FormatUint(uint64(p.Other), 10)
+	}
+	return ""
+}
+
+func tcpFlags(fl *flowtracev1.TCPFlags) string {
+	if fl == nil {
+		return ""
+	}
+	var parts [8]string
+	n := 0
+	add := func(set bool, name string) {
+		if set {
+			parts[n] = name
+			n++
+		}
+	}
+	add(fl.GetSyn(), "SYN")
+	add(fl.GetAck(), "ACK")
+	add(fl.GetFin(), "FIN")
+	add(fl.GetRst(), "RST")
+	add(fl.GetPsh(), "PSH")
+	add(fl.GetUrg(), "URG")
+	add(fl.GetEce(), "ECE")
+	add(fl.GetCwr(), "CWR")
+	return strings.Join(parts[:n], "|")
+}
+
+var icmp4Names = map[uint32]string{
+	0: "echo-reply", 3: "dest-unreachable", 5: "redirect", 8: "echo-request",
+	11: "time-exceeded", 12: "parameter-problem",
+}
+
+var icmp6Names = map[uint32]string{
+	1: "dest-unreachable", 2: "packet-too-big", 3: "time-exceeded", 4: "parameter-problem",
+	128: "echo-request", 129: "echo-reply", 133: "router-solicitation", 134: "router-advertisement",
+	135: "neighbor-solicitation", 136: "neighbor-advertisement",
+}
+
+func icmpText(names map[uint32]string, typ, code uint32) string {
+	name, ok := names[typ]
+	if !ok {
+		return fmt.Sprintf("type %d code %d", typ, code)
+	}
+	if code != 0 {
+		return fmt.Sprintf("%s code %d", name, code)
+	}
+	return name
+}
+
+// LostText is "EVENTS LOST: 42 (kernel ring buffer, cpu 1)".
+func LostText(le *flowtracev1.LostEvents) string {
+	src := SourceText(le.GetSource())
+	if le.Cpu != nil {
+		src += ", cpu " + strconv.FormatUint(uint64(le.GetCpu()), 10)
+	}
+	return fmt.Sprintf("EVENTS LOST: %d (%s)", le.GetNumEventsLost(), src)
+}
+
+// SourceText names a loss stage for people.
+func SourceText(s flowtracev1.LostEventsSource) string {
+	switch s {
+	case flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_RING_BUFFER:
+		return "kernel ring buffer"
+	case flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_AGENT_QUEUE:
+		return "agent queue"
+	case flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_HISTORY_EVICTED:
+		return "history evicted"
+	case flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_CLIENT_QUEUE:
+		return "client too slow"
+	}
+	return "unknown stage"
+}
