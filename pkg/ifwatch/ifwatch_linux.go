@@ -40,6 +40,9 @@ type Link struct {
 type Event struct {
 	Added bool
 	Link  Link
+	// Synced marks the end of the first listing: every interface present
+	// at start has been reported. It is sent once, with no Link.
+	Synced bool
 }
 
 // Watcher follows the links of one namespace.
@@ -117,8 +120,9 @@ func (w *Watcher) Run(ctx context.Context, out chan<- Event) error {
 		ns = h
 	}
 	known := map[int]Link{}
+	synced := false
 	for attempt := 0; ; attempt++ {
-		err := w.follow(ctx, ns, known, out)
+		err := w.follow(ctx, ns, known, &synced, out)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -135,7 +139,7 @@ func (w *Watcher) Run(ctx context.Context, out chan<- Event) error {
 }
 
 // follow runs one subscription until it fails or ctx ends.
-func (w *Watcher) follow(ctx context.Context, ns netns.NsHandle, known map[int]Link, out chan<- Event) error {
+func (w *Watcher) follow(ctx context.Context, ns netns.NsHandle, known map[int]Link, synced *bool, out chan<- Event) error {
 	updates := make(chan netlink.LinkUpdate, 512)
 	done := make(chan struct{})
 	resync := make(chan error, 1)
@@ -166,6 +170,12 @@ func (w *Watcher) follow(ctx context.Context, ns netns.NsHandle, known map[int]L
 	// in the listing or the stream, never in neither.
 	if err := w.resync(ctx, ns, known, out); err != nil {
 		return err
+	}
+	if !*synced {
+		*synced = true
+		if err := send(ctx, out, Event{Synced: true}); err != nil {
+			return err
+		}
 	}
 	for {
 		select {

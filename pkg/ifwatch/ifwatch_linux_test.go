@@ -42,24 +42,37 @@ func TestClassify(t *testing.T) {
 	}
 }
 
-// next waits for one event, failing after d.
+// next waits for one link event, failing after d; the one-off Synced
+// marker is skipped (TestWatch checks it where it must appear).
 func next(t *testing.T, ch <-chan Event, d time.Duration) Event {
 	t.Helper()
-	select {
-	case ev := <-ch:
-		return ev
-	case <-time.After(d):
-		t.Fatalf("no event within %v", d)
-		return Event{}
+	timeout := time.After(d)
+	for {
+		select {
+		case ev := <-ch:
+			if ev.Synced {
+				continue
+			}
+			return ev
+		case <-timeout:
+			t.Fatalf("no event within %v", d)
+			return Event{}
+		}
 	}
 }
 
 func quiet(t *testing.T, ch <-chan Event, d time.Duration) {
 	t.Helper()
-	select {
-	case ev := <-ch:
-		t.Fatalf("unexpected event %+v", ev)
-	case <-time.After(d):
+	timeout := time.After(d)
+	for {
+		select {
+		case ev := <-ch:
+			if !ev.Synced {
+				t.Fatalf("unexpected event %+v", ev)
+			}
+		case <-timeout:
+			return
+		}
 	}
 }
 
@@ -95,6 +108,14 @@ func TestWatch(t *testing.T) {
 		t.Errorf("pre0 peer not reported: %+v", ev.Link)
 	}
 	pre := ev.Link
+	select {
+	case ev := <-events:
+		if !ev.Synced {
+			t.Fatalf("after the initial listing got %+v, want the Synced marker", ev)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("no Synced marker after the initial listing")
+	}
 	quiet(t, events, 200*time.Millisecond) // lo, and nothing twice
 
 	// Neither a bridge nor an excluded name may show up; the new veth must,

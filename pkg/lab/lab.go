@@ -174,7 +174,12 @@ func (l *Lab) build(ctx context.Context) error {
 	inNode := func(argv ...string) []string { return append([]string{"ip", "netns", "exec", node}, argv...) }
 	var steps [][]string
 	for _, ns := range l.namespaces() {
-		steps = append(steps, []string{"ip", "netns", "add", ns}, []string{"ip", "-n", ns, "link", "set", "lo", "up"})
+		steps = append(steps, []string{"ip", "netns", "add", ns}, []string{"ip", "-n", ns, "link", "set", "lo", "up"},
+			// No router advertisements exist in the lab: soliciting them
+			// only makes multicast the kernel drops (ip6_mc_input), noise
+			// in every drop listing. Set before the links exist so they
+			// inherit it.
+			[]string{"ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.router_solicitations=0"})
 	}
 	steps = append(steps,
 		// Routing and bridge netfilter are per namespace: only the node

@@ -1,0 +1,247 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/flowtrace/flowtrace/pkg/attach"
+	"github.com/flowtrace/flowtrace/pkg/datapath"
+	"github.com/flowtrace/flowtrace/pkg/decode"
+	"github.com/flowtrace/flowtrace/pkg/dropreason"
+	"github.com/flowtrace/flowtrace/pkg/enrich"
+	"github.com/flowtrace/flowtrace/pkg/identity"
+	"github.com/flowtrace/flowtrace/pkg/ifwatch"
+	"github.com/flowtrace/flowtrace/pkg/kallsyms"
+	"github.com/flowtrace/flowtrace/pkg/netnsutil"
+	"github.com/flowtrace/flowtrace/pkg/observer"
+	"github.com/flowtrace/flowtrace/pkg/server"
+)
+
+// Config configures the agent. Zero values select defaults.
+type Config struct {
+	Socket       string   // unix socket for the API
+	IdentityFile string   // static identity file; "" for none
+	NodeName     string   // default: the hostname
+	Include      []string // interface name globs to attach to (default: every veth and NIC)
+	Exclude      []string // interface name globs to skip
+	AttachMode   string   // "" (auto: tcx, else clsact), "tcx" or "clsact"
+
+	FlowReportInterval time.Duration // per-connection report interval (default 5s)
+	MaxFlows           int           // history bound by count (default 65536)
+	MaxFlowAge         time.Duration // history bound by age (default 1h)
+	QueueSize          int           // agent queue between ring buffer and enrichment (default 8192)
+	ScopeAllNetns      bool          // report drops from every netns, not only ours and our pods'
+	Version            string
+
+	// Ready, when set, is closed once the agent serves the API with the
+	// datapath attached: tests and `make demo` wait on it or on the socket.
+	Ready chan<- struct{}
+}
+
+func (c *Config) defaults() error {
+	if c.Socket == "" {
+		return errors.New("agent: no socket path")
+	}
+	if c.NodeName == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("agent: node name: %w", err)
+		}
+		c.NodeName = h
+	}
+	if c.FlowReportInterval <= 0 {
+		c.FlowReportInterval = 5 * time.Second
+	}
+	if c.MaxFlows <= 0 {
+		c.MaxFlows = 65536
+	}
+	if c.MaxFlowAge < 0 {
+		return errors.New("agent: max flow age must not be negative")
+	}
+	if c.MaxFlowAge == 0 {
+		c.MaxFlowAge = time.Hour
+	}
+	if c.QueueSize <= 0 {
+		c.QueueSize = 8192
+	}
+	switch c.AttachMode {
+	case "", string(attach.ModeTCX), string(attach.ModeClsact):
+	default:
+		return fmt.Errorf("agent: attach mode %q: want tcx or clsact", c.AttachMode)
+	}
+	return nil
+}
+
+// Agent is a running flowtrace node agent.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	start time.Time
+
+	selfNetns uint32
+	dp        *datapath.Datapath
+	attacher  *attach.Attacher
+	watcher   *ifwatch.Watcher
+	resolver  *netnsutil.Resolver
+	reasons   *dropreason.Table
+	ids       identity.Chain
+	obs       *observer.Observer
+	srv       *server.Server
+	enricher  *enrich.Enricher
+
+	queue     chan decode.Event
+	queueLost atomic.Uint64
+
+	mu    sync.Mutex
+	links map[int]linkState // attached interfaces by ifindex
+	// netnsRefs counts the veths whose peer lives in a namespace, so the
+	// namespace leaves the drop scope when its last veth goes.
+	netnsRefs map[uint32]int
+	netnsName map[uint32]string
+	// otherNames caches names of devices in our namespace we do not attach
+	// to (bridges, vxlan) for naming drops on them.
+	otherNames map[uint32]string
+}
+
+type linkState struct {
+	link      ifwatch.Link
+	mode      attach.Mode
+	peerNetns uint32
+	peerName  string
+}
+
+// New validates the configuration. Nothing touches the kernel until Run.
+func New(cfg Config, log *slog.Logger) (*Agent, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	return &Agent{
+		cfg:        cfg,
+		log:        log,
+		queue:      make(chan decode.Event, cfg.QueueSize),
+		links:      map[int]linkState{},
+		netnsRefs:  map[uint32]int{},
+		netnsName:  map[uint32]string{},
+		otherNames: map[uint32]string{},
+	}, nil
+}
+
+// Run starts the agent and blocks until ctx is done or a component fails.
+// It always detaches everything it attached before returning.
+func (a *Agent) Run(ctx context.Context) (err error) {
+	a.start = time.Now()
+	if err := a.setup(); err != nil {
+		return errors.Join(err, a.teardown())
+	}
+	defer func() { err = errors.Join(err, a.teardown()) }()
+
+	lis, err := server.ListenUnix(a.cfg.Socket)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", a.cfg.Socket, err)
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	events := make(chan ifwatch.Event, 64)
+	synced := make(chan struct{})
+	g.Go(func() error { return a.watcher.Run(ctx, events) })
+	g.Go(func() error { a.followLinks(ctx, events, synced); return nil })
+	for _, s := range a.ids {
+		g.Go(func() error { return s.Run(ctx) })
+	}
+	g.Go(func() error { return a.dp.Run(ctx, a.offer) })
+	g.Go(func() error { a.enrichLoop(ctx); return nil })
+	g.Go(func() error { a.reportLosses(ctx); return nil })
+
+	// Serve only once the interfaces present at start are attached: a
+	// client that can connect sees a complete agent.
+	select {
+	case <-synced:
+	case <-ctx.Done():
+		lis.Close()
+		return g.Wait()
+	}
+	g.Go(func() error { return a.srv.Serve(ctx, lis) })
+
+	a.log.Info("flowtrace agent ready", "socket", a.cfg.Socket, "node", a.cfg.NodeName,
+		"drop_hook", a.dp.Features().DropHook, "version", a.cfg.Version)
+	if a.cfg.Ready != nil {
+		close(a.cfg.Ready)
+	}
+	return g.Wait()
+}
+
+func (a *Agent) setup() error {
+	var err error
+	if a.selfNetns, err = netnsutil.SelfInode(); err != nil {
+		return err
+	}
+	if n, err := attach.CleanupStale(a.log); err != nil {
+		a.log.Warn("removing a previous agent's tc filters failed", "error", err)
+	} else if n > 0 {
+		a.log.Info("removed tc filters left by a previous agent", "count", n)
+	}
+	if a.reasons, err = dropreason.FromKernel(); err != nil {
+		// Kernels before 5.17 have no reasons: drops are still reported.
+		a.log.Warn("drop reasons unavailable; drops are reported without a reason", "error", err)
+		a.reasons = nil
+	}
+	syms, err := kallsyms.Load()
+	if err != nil {
+		a.log.Warn("kernel symbols unavailable; drop locations are shown as addresses", "error", err)
+	}
+	a.dp, err = datapath.Load(datapath.Config{
+		FlowReportInterval: a.cfg.FlowReportInterval,
+		ScopeAllNetns:      a.cfg.ScopeAllNetns,
+	}, a.log)
+	if err != nil {
+		return fmt.Errorf("load datapath: %w", err)
+	}
+	if err := a.dp.AllowNetns(a.selfNetns); err != nil {
+		return fmt.Errorf("scope drops to our netns: %w", err)
+	}
+	a.attacher = attach.New(a.log, attach.Mode(a.cfg.AttachMode))
+	if a.watcher, err = ifwatch.New(ifwatch.Config{Include: a.cfg.Include, Exclude: a.cfg.Exclude}, a.log); err != nil {
+		return err
+	}
+	a.resolver = netnsutil.NewResolver(a.log)
+	if a.cfg.IdentityFile != "" {
+		f, err := identity.NewFile(a.cfg.IdentityFile, time.Second, a.log)
+		if err != nil {
+			return err
+		}
+		a.ids = append(a.ids, f)
+	}
+	a.obs = observer.New(observer.Config{MaxFlows: a.cfg.MaxFlows, MaxAge: a.cfg.MaxFlowAge, NodeName: a.cfg.NodeName}, a.log)
+	a.srv = server.New(a.obs, a, a.log)
+	var reasons enrich.Reasons
+	if a.reasons != nil {
+		reasons = a.reasons
+	}
+	var resolver enrich.SymbolResolver
+	if syms != nil {
+		resolver = syms
+	}
+	a.enricher = enrich.New(a.cfg.NodeName, a.ids, reasons, resolver, a)
+	return nil
+}
+
+// teardown detaches before closing the datapath, so no interface is ever
+// left pointing at programs that are going away.
+func (a *Agent) teardown() error {
+	var errs []error
+	if a.attacher != nil {
+		errs = append(errs, a.attacher.Close())
+	}
+	if a.dp != nil {
+		errs = append(errs, a.dp.Close())
+	}
+	return errors.Join(errs...)
+}

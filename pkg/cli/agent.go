@@ -1,0 +1,64 @@
+package cli
+
+import (
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flowtrace/flowtrace/pkg/agent"
+)
+
+func newAgentCmd(version string) *cobra.Command {
+	cfg := agent.Config{Version: version}
+	var logLevel string
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent: attach the datapath and serve flows",
+		Long: `Run the flowtrace node agent in the current network namespace.
+
+It attaches tc programs (TCX, or clsact on kernels before 6.6) to every veth
+and physical NIC, follows interfaces as pods come and go, reports packets the
+kernel drops with the kernel's own drop reason, aggregates forwarded traffic
+per connection, and serves the flows on a unix socket for 'flowtrace observe'.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return usageErrorf("--log-level %q: want debug, info, warn or error", logLevel)
+			}
+			if cfg.FlowReportInterval < 100*time.Millisecond {
+				return usageErrorf("--flow-report-interval %s: must be at least 100ms", cfg.FlowReportInterval)
+			}
+			if cfg.MaxFlows < 1 {
+				return usageErrorf("--max-flows %d: must be at least 1", cfg.MaxFlows)
+			}
+			if cfg.MaxFlowAge < 0 {
+				return usageErrorf("--max-flow-age %s: must not be negative", cfg.MaxFlowAge)
+			}
+			if cfg.AttachMode != "" && cfg.AttachMode != "tcx" && cfg.AttachMode != "clsact" {
+				return usageErrorf("--attach-mode %q: want tcx or clsact (default: tcx when the kernel has it)", cfg.AttachMode)
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			a, err := agent.New(cfg, log)
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Socket, "socket", DefaultSocket, "unix socket to serve the API on (mode 0600)")
+	f.StringVar(&cfg.IdentityFile, "identity-file", "", "static identity file (JSON) naming pods and Services; reloaded when it changes")
+	f.StringVar(&cfg.NodeName, "node-name", "", "node name reported with every flow (default: the hostname)")
+	f.StringSliceVar(&cfg.Include, "include", nil, "attach only to interfaces matching these globs (default: every veth and NIC)")
+	f.StringSliceVar(&cfg.Exclude, "exclude", nil, "never attach to interfaces matching these globs")
+	f.StringVar(&cfg.AttachMode, "attach-mode", "", "tc attach mode: tcx or clsact (default: tcx when supported)")
+	f.DurationVar(&cfg.FlowReportInterval, "flow-report-interval", 5*time.Second, "report each connection's counts at most this often")
+	f.IntVar(&cfg.MaxFlows, "max-flows", 65536, "flows held in history (count bound)")
+	f.DurationVar(&cfg.MaxFlowAge, "max-flow-age", time.Hour, "flows held in history (age bound)")
+	f.BoolVar(&cfg.ScopeAllNetns, "all-netns", false, "report drops from every network namespace on the machine, not only the node's and its pods'")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return cmd
+}

@@ -1,0 +1,109 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/flowtrace/flowtrace/pkg/client"
+	"github.com/flowtrace/flowtrace/pkg/printer"
+	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
+	"github.com/spf13/cobra"
+)
+
+func newStatusCmd(g *globalOpts) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the agent's status: history, losses, interfaces, features",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmdContext(cmd), g.timeout)
+			defer cancel()
+			conn, err := client.Dial(ctx, g.server)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			r, err := flowtracev1.NewObserverServiceClient(conn).ServerStatus(ctx, &flowtracev1.ServerStatusRequest{})
+			if err != nil {
+				return fmt.Errorf("get agent status: %w", err)
+			}
+			return printStatus(cmd.OutOrStdout(), r)
+		},
+	}
+}
+
+func printStatus(out io.Writer, r *flowtracev1.ServerStatusResponse) error {
+	w := tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
+	row := func(k, format string, args ...any) { fmt.Fprintf(w, "%s:\t"+format+"\n", append([]any{k}, args...)...) }
+	orDash := func(s string) string {
+		if s == "" {
+			return "-"
+		}
+		return s
+	}
+	row("Node", "%s", orDash(r.GetNodeName()))
+	uptime := "-"
+	if r.GetUptime() != nil {
+		uptime = r.GetUptime().AsDuration().Round(time.Second).String()
+	}
+	row("Version", "%s (uptime %s)", orDash(r.GetVersion()), uptime)
+	age := "none"
+	if d := r.GetMaxFlowAge().AsDuration(); d > 0 {
+		age = d.String()
+	}
+	row("Flows", "%d/%d held, %d seen, max age %s", r.GetNumFlows(), r.GetMaxFlows(), r.GetSeenFlows(), age)
+	ts := func(t interface{ AsTime() time.Time }, ok bool) string {
+		if !ok {
+			return "-"
+		}
+		return t.AsTime().Local().Format(time.RFC3339Nano)
+	}
+	row("Oldest flow", "%s", ts(r.GetOldestFlowTime(), r.GetOldestFlowTime() != nil))
+	row("Newest flow", "%s", ts(r.GetNewestFlowTime(), r.GetNewestFlowTime() != nil))
+	f := r.GetFeatures()
+	row("Datapath", "tc %s, drops %s, %d kernel drop reasons", orDash(f.GetTcAttach()), orDash(f.GetDropHook()), f.GetDropReasons())
+
+	fmt.Fprintln(w, "Lost events:\t")
+	for _, lc := range r.GetLostEvents() {
+		fmt.Fprintf(w, "  %s\t%d\n", printer.SourceText(lc.GetSource()), lc.GetCount())
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+
+	w = tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
+	fmt.Fprintf(w, "Interfaces (%d):\n", len(r.GetInterfaces()))
+	if len(r.GetInterfaces()) > 0 {
+		fmt.Fprintln(w, "  NAME\tINDEX\tMODE\tKIND\tPEER NETNS")
+		for _, i := range r.GetInterfaces() {
+			fmt.Fprintf(w, "  %s\t%d\t%s\t%s\t%s\n", i.GetName(), i.GetIndex(), orDash(i.GetMode()), orDash(i.GetKind()), orDash(i.GetPeerNetns()))
+		}
+	}
+	fmt.Fprintf(w, "Identity sources (%d):\n", len(r.GetIdentitySources()))
+	for _, s := range r.GetIdentitySources() {
+		state := "not synced"
+		if s.GetSynced() {
+			state = "synced"
+		}
+		fmt.Fprintf(w, "  %s\t%s\t%s\n", s.GetName(), state, s.GetDetail())
+	}
+	if len(r.GetDatapathCounters()) > 0 {
+		fmt.Fprintln(w, "Datapath counters:")
+		names := make([]string, 0, len(r.GetDatapathCounters()))
+		for k := range r.GetDatapathCounters() {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			fmt.Fprintf(w, "  %s\t%d\n", k, r.GetDatapathCounters()[k])
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	return nil
+}
