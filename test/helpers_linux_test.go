@@ -1,0 +1,311 @@
+package test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+
+	"github.com/flowtrace/flowtrace/pkg/client"
+	"github.com/flowtrace/flowtrace/pkg/lab"
+	"github.com/flowtrace/flowtrace/pkg/testutil"
+	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
+)
+
+// flowtraceBin is the binary under test, built once by TestMain.
+var flowtraceBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "flowtrace-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	flowtraceBin = filepath.Join(dir, "flowtrace")
+	build := exec.Command("go", "build", "-o", flowtraceBin, "../cmd/flowtrace")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build flowtrace:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// newLab brings up a lab with a unique prefix and tears it down after t.
+func newLab(t *testing.T) (*lab.Lab, string) {
+	t.Helper()
+	testutil.RequirePrivileged(t)
+	b := make([]byte, 2)
+	_, _ = rand.Read(b)
+	prefix := "e" + hex.EncodeToString(b)
+	ids := filepath.Join(t.TempDir(), "identity.json")
+	cfg := lab.Config{Prefix: prefix, IdentityFile: ids}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l, err := lab.Up(ctx, cfg)
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := lab.Down(context.Background(), cfg); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+	})
+	return l, ids
+}
+
+// agentProc is a flowtrace agent running in the lab's node namespace.
+type agentProc struct {
+	cmd  *exec.Cmd
+	sock string
+	log  *syncBuffer
+	done chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func startAgent(t *testing.T, l *lab.Lab, ids string, args ...string) *agentProc {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "ft.sock")
+	argv := append([]string{"netns", "exec", l.NodeNetns, flowtraceBin, "agent", "--socket", sock,
+		"--identity-file", ids, "--node-name", "lab-node", "--log-level", "debug"}, args...)
+	a := &agentProc{cmd: exec.Command("ip", argv...), sock: sock, log: &syncBuffer{}, done: make(chan error, 1)}
+	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
+	// The agent must not outlive the test binary.
+	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := a.cmd.Start(); err != nil {
+		t.Fatalf("start agent: %v", err)
+	}
+	go func() { a.done <- a.cmd.Wait() }()
+	t.Cleanup(func() {
+		a.stop(t, syscall.SIGTERM)
+		if t.Failed() {
+			t.Logf("agent log:\n%s", a.log.String())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := a.status(); err == nil {
+			return a
+		}
+		select {
+		case err := <-a.done:
+			a.done <- err
+			t.Fatalf("agent exited during start: %v\n%s", err, a.log.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent not ready after 20s\n%s", a.log.String())
+		}
+	}
+}
+
+// stop signals the agent and waits for it; stopping twice is harmless.
+func (a *agentProc) stop(t *testing.T, sig syscall.Signal) error {
+	t.Helper()
+	if a.cmd.ProcessState != nil {
+		return nil
+	}
+	_ = a.cmd.Process.Signal(sig)
+	select {
+	case err := <-a.done:
+		a.done <- err
+		return err
+	case <-time.After(15 * time.Second):
+		_ = a.cmd.Process.Kill()
+		t.Errorf("agent did not exit within 15s of %v", sig)
+		return errors.New("timeout")
+	}
+}
+
+func (a *agentProc) client(ctx context.Context) (flowtracev1.ObserverServiceClient, func(), error) {
+	conn, err := client.Dial(ctx, a.sock)
+	if err != nil {
+		return nil, nil, err
+	}
+	return flowtracev1.NewObserverServiceClient(conn), func() { conn.Close() }, nil
+}
+
+func (a *agentProc) status() (*flowtracev1.ServerStatusResponse, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c, closeFn, err := a.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer closeFn()
+	return c.ServerStatus(ctx, &flowtracev1.ServerStatusRequest{})
+}
+
+// flows returns the held flows matching the allowlist.
+func (a *agentProc) flows(t *testing.T, allow ...*flowtracev1.FlowFilter) []*flowtracev1.Flow {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, closeFn, err := a.client(ctx)
+	if err != nil {
+		t.Fatalf("dial agent: %v", err)
+	}
+	defer closeFn()
+	stream, err := c.GetFlows(ctx, &flowtracev1.GetFlowsRequest{Allowlist: allow})
+	if err != nil {
+		t.Fatalf("GetFlows: %v", err)
+	}
+	var out []*flowtracev1.Flow
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("GetFlows recv: %v", err)
+		}
+		if f := resp.GetFlow(); f != nil {
+			out = append(out, f)
+		}
+	}
+}
+
+// waitFlows polls until cond holds on the matching flows.
+func (a *agentProc) waitFlows(t *testing.T, what string, cond func([]*flowtracev1.Flow) bool, allow ...*flowtracev1.FlowFilter) []*flowtracev1.Flow {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		fs := a.flows(t, allow...)
+		if cond(fs) {
+			return fs
+		}
+		if time.Now().After(deadline) {
+			for _, f := range fs {
+				t.Logf("flow: %v", f)
+			}
+			t.Fatalf("%s: not seen within 15s (%d matching flows)", what, len(fs))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// dial connects from a pod to ip:port inside the lab.
+func dial(l *lab.Lab, from string, to netip.Addr, port int, timeout time.Duration) (net.Conn, error) {
+	p, ok := l.Pod(from)
+	if !ok {
+		return nil, fmt.Errorf("no pod %s", from)
+	}
+	var c net.Conn
+	err := l.Do(p.Netns, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(to, uint16(port)).String(), timeout)
+		return err
+	})
+	return c, err
+}
+
+// listen starts a TCP server in a pod; handle runs per connection.
+func listen(t *testing.T, l *lab.Lab, pod string, port int, handle func(net.Conn)) {
+	t.Helper()
+	p, _ := l.Pod(pod)
+	var ln net.Listener
+	err := l.Do(p.Netns, func() error {
+		var err error
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(p.IPv4, uint16(port)).String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen in %s: %v", pod, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); handle(c) }()
+		}
+	}()
+}
+
+// tcState lists flowtrace's (or anyone's) tc attachments in a namespace:
+// TCX programs, clsact qdiscs and bpf filters, one line each.
+func tcState(t *testing.T, l *lab.Lab) []string {
+	t.Helper()
+	var out []string
+	err := l.Do(l.NodeNetns, func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return err
+		}
+		for _, lk := range links {
+			idx := lk.Attrs().Index
+			for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+				res, err := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: at})
+				if err == nil && len(res.Programs) > 0 {
+					out = append(out, fmt.Sprintf("%s: %d tcx programs (%v)", lk.Attrs().Name, len(res.Programs), at))
+				}
+			}
+			qds, err := netlink.QdiscList(lk)
+			if err != nil {
+				return err
+			}
+			for _, q := range qds {
+				if q.Type() == "clsact" {
+					out = append(out, lk.Attrs().Name+": clsact qdisc")
+				}
+			}
+			for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+				fs, err := netlink.FilterList(lk, parent)
+				if err != nil {
+					continue
+				}
+				for _, f := range fs {
+					if bf, ok := f.(*netlink.BpfFilter); ok {
+						out = append(out, fmt.Sprintf("%s: bpf filter %q", lk.Attrs().Name, bf.Name))
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("list tc state: %v", err)
+	}
+	return out
+}
+
+func hasLine(lines []string, sub string) bool {
+	for _, l := range lines {
+		if strings.Contains(l, sub) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,276 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flowtrace/flowtrace/pkg/lab"
+	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
+)
+
+var (
+	dropped   = &flowtracev1.FlowFilter{Verdict: []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_DROPPED}}
+	forwarded = &flowtracev1.FlowFilter{Verdict: []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_FORWARDED}}
+)
+
+func ip4(t *testing.T, l *lab.Lab, pod string) (p lab.Pod) {
+	t.Helper()
+	p, ok := l.Pod(pod)
+	if !ok {
+		t.Fatalf("lab has no pod %s", pod)
+	}
+	return p
+}
+
+// The product's core promise on the lab: drops named with pods and the
+// kernel's reason, per-connection aggregation, live interfaces, following.
+func TestLabAgent(t *testing.T) {
+	l, ids := newLab(t)
+	a := startAgent(t, l, ids, "--flow-report-interval", "1s")
+	frontend, backend, db := ip4(t, l, "frontend"), ip4(t, l, "backend"), ip4(t, l, "db")
+
+	st, err := a.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Interfaces) != 3 || st.Features.GetDropHook() != "tp_btf" || st.Features.GetTcAttach() != "tcx" {
+		t.Fatalf("status after start: interfaces %v, features %v", st.Interfaces, st.Features)
+	}
+
+	t.Run("policy drop is NETFILTER_DROP naming frontend and db", func(t *testing.T) {
+		if _, err := dial(l, "frontend", db.IPv4, lab.BlockedPort, 1500*time.Millisecond); err == nil {
+			t.Fatal("frontend reached db:5432 through the policy")
+		}
+		var f *flowtracev1.Flow
+		a.waitFlows(t, "policy drop", func(fs []*flowtracev1.Flow) bool {
+			for _, c := range fs {
+				if c.DropReason == flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP &&
+					c.Source.GetPodName() == frontend.Name && c.Destination.GetPodName() == db.Name &&
+					c.L4.GetTcp().GetDestinationPort() == lab.BlockedPort && c.L4.GetTcp().GetFlags().GetSyn() {
+					f = c
+					return true
+				}
+			}
+			return false
+		}, dropped)
+		if f.DropReasonKernel != "NETFILTER_DROP" || f.Source.GetNamespace() != "shop" || f.Ip.GetSource() != frontend.IPv4.String() ||
+			f.Interface.GetName() == "" || !strings.Contains(f.DropLocation, "+0x") {
+			t.Errorf("drop fields: %v", f)
+		}
+
+		// And through the CLI, as a user types it.
+		out, err := exec.Command(flowtraceBin, "observe", "--server", a.sock, "--verdict", "DROPPED", "--to-port", "5432").CombinedOutput()
+		if err != nil {
+			t.Fatalf("flowtrace observe: %v\n%s", err, out)
+		}
+		if s := string(out); !strings.Contains(s, "NETFILTER_DROP") || !strings.Contains(s, "shop/"+frontend.Name) || !strings.Contains(s, "shop/"+db.Name) {
+			t.Errorf("observe output lacks the drop:\n%s", s)
+		}
+	})
+
+	t.Run("closed port is NO_SOCKET", func(t *testing.T) {
+		if _, err := dial(l, "frontend", backend.IPv4, 9999, time.Second); err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("dial closed port: %v, want connection refused", err)
+		}
+		a.waitFlows(t, "NO_SOCKET drop", func(fs []*flowtracev1.Flow) bool {
+			for _, f := range fs {
+				if f.DropReason == flowtracev1.DropReason_DROP_REASON_NO_SOCKET && f.L4.GetTcp().GetDestinationPort() == 9999 &&
+					f.Source.GetPodName() == frontend.Name && f.Destination.GetPodName() == backend.Name {
+					return true
+				}
+			}
+			return false
+		}, dropped)
+	})
+
+	t.Run("a 1000-packet connection yields a handful of events", func(t *testing.T) {
+		listen(t, l, "backend", 8080, func(c net.Conn) {
+			b := make([]byte, 100)
+			for {
+				if _, err := io.ReadFull(c, b); err != nil {
+					return
+				}
+				if _, err := c.Write(b[:1]); err != nil {
+					return
+				}
+			}
+		})
+		c, err := dial(l, "frontend", backend.IPv4, 8080, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := uint32(c.LocalAddr().(*net.TCPAddr).Port)
+		msg, ack := make([]byte, 100), make([]byte, 1)
+		for i := 0; i < 1000; i++ { // ping-pong: every message is its own packet
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, ack); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.Close()
+		conn := &flowtracev1.FlowFilter{Verdict: forwarded.Verdict, SourcePort: []uint32{port}}
+		// The final counts arrive with the idle flush (interval 1s).
+		fs := a.waitFlows(t, "aggregated counts", func(fs []*flowtracev1.Flow) bool {
+			var pkts uint64
+			for _, f := range fs {
+				if f.ObservationPoint == flowtracev1.ObservationPoint_OBSERVATION_POINT_TC_INGRESS {
+					pkts += f.Packets
+				}
+			}
+			return pkts >= 1000
+		}, conn)
+		var pkts, bytes uint64
+		for _, f := range fs {
+			if f.ObservationPoint == flowtracev1.ObservationPoint_OBSERVATION_POINT_TC_INGRESS {
+				pkts += f.Packets
+				bytes += f.Bytes
+			}
+		}
+		t.Logf("client->server: %d events at both observation points, %d packets, %d bytes at the frontend veth ingress", len(fs), pkts, bytes)
+		// Two observation points (frontend veth ingress, backend veth egress),
+		// each: new, FIN, periodic reports (the test runs ~1s), idle flush.
+		if len(fs) > 16 {
+			t.Errorf("%d events for one direction of one connection, want a handful", len(fs))
+		}
+		if bytes < 100*1000 {
+			t.Errorf("%d bytes reported, want >= 100000", bytes)
+		}
+	})
+
+	t.Run("a veth created after start is observed", func(t *testing.T) {
+		prefix := strings.TrimSuffix(l.NodeNetns, "-node")
+		ns, veth := prefix+"-late", prefix+"v-late"
+		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+		start := time.Now()
+		if out, err := exec.Command("ip", "-n", l.NodeNetns, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		for {
+			st, err := a.status()
+			if err == nil && hasIface(st, veth) {
+				break
+			}
+			if time.Since(start) > 5*time.Second {
+				t.Fatalf("%s not attached within 5s: %v", veth, st.GetInterfaces())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Logf("new veth attached %v after creation", time.Since(start).Round(time.Millisecond))
+		if time.Since(start) > time.Second {
+			t.Errorf("new veth attached after %v, want within a second", time.Since(start))
+		}
+		if out, err := exec.Command("ip", "-n", l.NodeNetns, "link", "del", veth).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for st, _ := a.status(); hasIface(st, veth); st, _ = a.status() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still listed after deletion", veth)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+
+	t.Run("a follower receives a drop within a second", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, closeFn, err := a.client(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closeFn()
+		stream, err := c.GetFlows(ctx, &flowtracev1.GetFlowsRequest{Follow: true, Allowlist: []*flowtracev1.FlowFilter{{
+			Verdict: dropped.Verdict, DestinationPort: []uint32{7777}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Let the subscription settle before making the drop: a follow
+		// request with number 0 sends nothing from history.
+		time.Sleep(200 * time.Millisecond)
+		got := make(chan time.Time, 1)
+		go func() {
+			for {
+				resp, err := stream.Recv()
+				if err != nil {
+					return
+				}
+				if resp.GetFlow() != nil {
+					got <- time.Now()
+					return
+				}
+			}
+		}()
+		sent := time.Now()
+		_, _ = dial(l, "frontend", backend.IPv4, 7777, time.Second)
+		select {
+		case at := <-got:
+			t.Logf("drop reached the follower %v after the connection attempt", at.Sub(sent).Round(time.Millisecond))
+			if at.Sub(sent) > time.Second {
+				t.Errorf("drop delivered after %v, want within a second", at.Sub(sent))
+			}
+		case <-ctx.Done():
+			t.Fatal("follower received no drop")
+		}
+	})
+
+	t.Run("clean exit leaves no tc state", func(t *testing.T) {
+		if err := a.stop(t, syscall.SIGTERM); err != nil {
+			t.Fatalf("agent exit: %v\n%s", err, a.log.String())
+		}
+		if st := tcState(t, l); len(st) != 0 {
+			t.Errorf("left behind after exit: %v", st)
+		}
+	})
+}
+
+func hasIface(st *flowtracev1.ServerStatusResponse, name string) bool {
+	for _, i := range st.GetInterfaces() {
+		if i.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// A killed agent's clsact filters survive it; the next agent removes them at
+// start, and its own exit leaves nothing.
+func TestKilledAgentLeavesNothingAfterRestart(t *testing.T) {
+	l, ids := newLab(t)
+	a := startAgent(t, l, ids, "--attach-mode", "clsact")
+	if st := tcState(t, l); !hasLine(st, `bpf filter "flowtrace_ingress"`) {
+		t.Fatalf("clsact mode attached nothing: %v", st)
+	}
+	_ = a.stop(t, syscall.SIGKILL)
+	left := tcState(t, l)
+	if !hasLine(left, "flowtrace_") {
+		t.Fatalf("kill -9 left no filters; the test would prove nothing: %v", left)
+	}
+	t.Logf("after kill -9: %d tc entries left", len(left))
+
+	b := startAgent(t, l, ids) // auto mode: TCX on this kernel
+	st := tcState(t, l)
+	if hasLine(st, "flowtrace_") || hasLine(st, "clsact") {
+		t.Errorf("restarted agent kept the stale clsact state: %v", st)
+	}
+	if !hasLine(st, "tcx programs") {
+		t.Errorf("restarted agent attached nothing: %v", st)
+	}
+	if err := b.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("agent exit: %v", err)
+	}
+	if st := tcState(t, l); len(st) != 0 {
+		t.Errorf("left behind after exit: %v", st)
+	}
+}
