@@ -382,7 +382,9 @@ func runObserve(ctx context.Context, g *globalOpts, req *flowtracev1.GetFlowsReq
 // rejects is a usage error, anything else is a failure.
 func streamError(ctx context.Context, err error, p *printer.Printer) error {
 	ferr := p.Flush()
-	if ctx.Err() != nil {
+	// gRPC enforces a deadline with its own timer, so the stream can end
+	// with DeadlineExceeded an instant before ctx itself reports it.
+	if dl, ok := ctx.Deadline(); ctx.Err() != nil || ok && !time.Now().Before(dl) {
 		return ferr
 	}
 	if st, ok := status.FromError(err); ok && st.Code() == codes.InvalidArgument {
