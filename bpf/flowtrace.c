@@ -12,6 +12,8 @@
 #include "ft_config.h"
 #include "ft_maps.h"
 #include "ft_parse.h"
+#include "ft_ct.h"
+#include "ft_mtu.h"
 #include "ft_flow.h"
 #include "ft_drop.h"
 
@@ -23,5 +25,7 @@ const struct ft_flow_event *ft_unused_flow __attribute__((unused));
 const struct ft_drop_event *ft_unused_drop __attribute__((unused));
 const struct ft_flow_key *ft_unused_key __attribute__((unused));
 const struct ft_flow_val *ft_unused_val __attribute__((unused));
+const struct ft_xlate_event *ft_unused_xlate __attribute__((unused));
+const struct ft_mtu_event *ft_unused_mtu __attribute__((unused));
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -20,4 +20,19 @@ volatile const __u8 ft_scope_all_netns = 0;
 volatile const __u32 ft_reason_not_dropped = 0;
 volatile const __u32 ft_reason_consumed = 0xffffffff;
 
+/*
+ * Optional kernel paths, switched off by the loader when the kernel refuses
+ * them (see pkg/datapath Features). 0 prunes the branch at verification.
+ */
+volatile const __u8 ft_ct_cast_enabled = 1;   /* skb->_nfct via bpf_rdonly_cast */
+volatile const __u8 ft_ct_lookup_enabled = 1; /* bpf_skb_ct_lookup kfunc */
+volatile const __u8 ft_fib_enabled = 1;       /* bpf_fib_lookup + bpf_check_mtu */
+
+/*
+ * MTU checks skip packets with an L3 length at or below this: no real link is
+ * smaller than 576 (IPv4 minimum reassembly size; IPv6 needs >= 1280), and
+ * it keeps small packets (ACKs) free of the FIB lookup.
+ */
+volatile const __u32 ft_mtu_min_len = 576;
+
 #endif /* FT_CONFIG_H */

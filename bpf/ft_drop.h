@@ -12,6 +12,7 @@
 #include "ft_maps.h"
 #include "ft_config.h"
 #include "ft_parse.h"
+#include "ft_ct.h"
 
 /* skb->network_header when it was never set (see skb_network_header_was_set). */
 #define FT_HDR_UNSET 0xffff
@@ -77,9 +78,12 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 		e->tuple.ethertype = bpf_ntohs(BPF_CORE_READ(skb, protocol));
 		e->tuple.status = FT_PARSE_TRUNCATED;
 	} else {
+		struct ft_pmeta m = {};
+
 		e->tuple.status = ft_parse_l3(&src, nh, bpf_ntohs(BPF_CORE_READ(skb, protocol)),
-					      &e->tuple);
+					      &e->tuple, &m);
 	}
+	ft_ct_from_kskb(skb, &e->tuple, &e->ct, 0);
 	bpf_ringbuf_submit(e, ft_rb_flags());
 	ft_stat_inc(FT_STAT_DROP_EVENTS);
 	return 0;

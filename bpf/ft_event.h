@@ -11,12 +11,28 @@
 #ifndef FT_EVENT_H
 #define FT_EVENT_H
 
-#define FT_EVENT_VERSION 1
+#define FT_EVENT_VERSION 2
 
-/* Event types. Values 3 and 4 are reserved for TRANSLATED and MTU events. */
 enum ft_event_type {
 	FT_EV_FLOW = 1,
 	FT_EV_DROP = 2,
+	FT_EV_TRANSLATED = 3, /* struct ft_xlate_event: a connection's NAT, once */
+	FT_EV_MTU = 4,        /* struct ft_mtu_event: too big, or an ICMP PMTU error */
+};
+
+/* ft_ct.flags */
+#define FT_CT_KNOWN 0x01 /* conntrack had the connection; the tuple is valid */
+#define FT_CT_REPLY 0x02 /* this packet travels in the REPLY direction */
+#define FT_CT_DNAT 0x04  /* destination translated (orig dst != reply src) */
+#define FT_CT_SNAT 0x08  /* source translated (orig src != reply dst) */
+#define FT_CT_VIA_NFCT 0x10   /* learned from skb->_nfct */
+#define FT_CT_VIA_LOOKUP 0x20 /* learned from the bpf_skb_ct_lookup kfunc */
+
+/* ft_mtu_event.kind */
+enum ft_mtu_kind {
+	FT_MTU_EXCEEDED = 1,        /* packet larger than the egress device MTU */
+	FT_MTU_ICMP_FRAG_NEEDED = 2, /* ICMP type 3 code 4 seen */
+	FT_MTU_ICMP6_PKT_TOO_BIG = 3, /* ICMPv6 type 2 seen */
 };
 
 enum ft_direction {
@@ -73,7 +89,37 @@ struct ft_tuple {
 	__u8 _pad[2];
 };
 
-/* 96 bytes. */
+/* 36 bytes: a conntrack tuple (addresses in network order, ports host order). */
+struct ft_ct_tuple {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+};
+
+/*
+ * 40 bytes. The connection as conntrack first saw it (ORIGINAL direction):
+ * daddr:dport is the Service VIP when FT_CT_DNAT is set, saddr:sport the
+ * client before masquerade. All zero when flags == 0.
+ */
+struct ft_ct {
+	struct ft_ct_tuple orig;
+	__u8 flags;      /* FT_CT_* */
+	__u8 ip_version; /* of orig */
+	__u8 _pad[2];
+};
+
+/* 40 bytes. Outer header of a VXLAN packet; all zero when not encapsulated. */
+struct ft_encap {
+	__u8 saddr[16]; /* outer (underlay) addresses */
+	__u8 daddr[16];
+	__u32 vni;
+	__u16 dport;     /* 4789 or 8472 */
+	__u8 ip_version; /* outer; 0 = not encapsulated */
+	__u8 _pad;
+};
+
+/* 176 bytes. For VXLAN the tuple is the inner one and encap the outer. */
 struct ft_flow_event {
 	struct ft_event_hdr hdr;
 	struct ft_tuple tuple; /* tcp_flags: OR of the flags since the last report */
@@ -85,9 +131,11 @@ struct ft_flow_event {
 	__u8 dir;      /* enum ft_direction */
 	__u8 reason;   /* enum ft_flow_reason */
 	__u8 _pad[2];
+	struct ft_ct ct;       /* 96 */
+	struct ft_encap encap; /* 136 */
 };
 
-/* 112 bytes. */
+/* 152 bytes. */
 struct ft_drop_event {
 	struct ft_event_hdr hdr;
 	struct ft_tuple tuple;
@@ -100,6 +148,46 @@ struct ft_drop_event {
 	__u32 netns;
 	__u32 pkt_len; /* skb->len */
 	__u32 count;   /* identical drops folded into this event (1 for now) */
+	struct ft_ct ct; /* 112: from skb->_nfct */
+};
+
+/*
+ * 152 bytes. One per connection and network namespace: ct.orig is the
+ * original tuple (client -> VIP), xlat the same packet after NAT (source
+ * after masquerade -> backend), i.e. the REPLY tuple reversed.
+ */
+struct ft_xlate_event {
+	struct ft_event_hdr hdr;
+	struct ft_tuple tuple;   /* 16: the packet that revealed it */
+	struct ft_ct ct;         /* 64 */
+	struct ft_ct_tuple xlat; /* 104 */
+	__u32 ifindex;           /* 140 */
+	__u32 netns;             /* 144 */
+	__u8 dir;                /* 148 */
+	__u8 _pad[3];
+};
+
+/*
+ * 128 bytes. FT_MTU_EXCEEDED: tuple is the too-big packet seen at tc ingress,
+ * pkt_len its L3 length, mtu and egress_ifindex the device the FIB picked.
+ * FT_MTU_ICMP_*: tuple is the ICMP error itself, emb the flow it is about
+ * (the embedded original header, as that flow's sender sent it), mtu the
+ * next-hop MTU it announces, pkt_len the embedded packet's L3 length.
+ */
+struct ft_mtu_event {
+	struct ft_event_hdr hdr;
+	struct ft_tuple tuple;  /* 16 */
+	struct ft_ct_tuple emb; /* 64 */
+	__u8 emb_proto;         /* 100 */
+	__u8 emb_ip_version;    /* 101 */
+	__u8 kind;              /* 102: enum ft_mtu_kind */
+	__u8 dir;               /* 103 */
+	__u32 pkt_len;          /* 104 */
+	__u32 mtu;              /* 108 */
+	__u32 ifindex;          /* 112: where it was seen (ingress for EXCEEDED) */
+	__u32 egress_ifindex;   /* 116: 0 for ICMP */
+	__u32 netns;            /* 120 */
+	__u32 _pad;
 };
 
 /* Per-CPU counters in ft_stats; names in pkg/datapath must follow this order. */
@@ -112,6 +200,12 @@ enum ft_stat {
 	FT_STAT_DROPS_OUT_OF_SCOPE,
 	FT_STAT_FLOW_EVENTS,
 	FT_STAT_DROP_EVENTS,
+	FT_STAT_XLATE_EVENTS,
+	FT_STAT_MTU_EVENTS,
+	FT_STAT_ICMP_EVENTS,
+	FT_STAT_VXLAN,
+	FT_STAT_CT_LOOKUPS,
+	FT_STAT_FIB_LOOKUPS,
 	FT_STAT_MAX,
 };
 
@@ -126,7 +220,7 @@ struct ft_flow_key {
 	__u8 dir;
 	__u8 _pad;
 	__u32 ifindex;
-	__u32 _pad2;
+	__u32 vni; /* VXLAN: inner tuples of different VNIs stay apart */
 };
 
 /* Aggregation value. Counters are updated with atomics: tc runs on all CPUs. */
@@ -140,6 +234,12 @@ struct ft_flow_val {
 	__u16 ethertype;
 	__u16 vlan;
 	__u32 _pad;
+	__u64 mtu_report_ns;  /* last MTU_EXCEEDED of this entry (rate limit) */
+	__u64 mtu_checked_ns; /* when egress_mtu was learned */
+	__u32 egress_mtu;     /* MTU of the FIB's egress device, 0 = unknown */
+	__u32 _pad3;
+	struct ft_ct ct;       /* last conntrack view, for the idle flush */
+	struct ft_encap encap; /* outer header, for the idle flush */
 };
 
 #endif /* FT_EVENT_H */

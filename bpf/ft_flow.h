@@ -3,6 +3,10 @@
  * tc programs: observe forwarded traffic and aggregate it per connection.
  * They never decide: TC_ACT_UNSPEC (== TCX_NEXT) keeps flowtrace transparent
  * next to any other tc user.
+ *
+ * Per-packet work is parse + one flow-table update. Conntrack reads, the
+ * TRANSLATED check and the ring buffer only happen when an entry reports
+ * (new, SYN/FIN/RST, periodic), so they cost per connection, not per packet.
  */
 #ifndef FT_FLOW_H
 #define FT_FLOW_H
@@ -11,12 +15,61 @@
 #include "ft_maps.h"
 #include "ft_config.h"
 #include "ft_parse.h"
+#include "ft_ct.h"
+#include "ft_mtu.h"
 
 #define FT_TC_ACT_UNSPEC (-1)
+#define FT_VXLAN_PORT 4789
+#define FT_VXLAN_PORT_FLANNEL 8472
 
-extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+/* One TRANSLATED per connection and netns, whatever the number of hooks it crosses. */
+struct ft_xlate_key {
+	struct ft_ct_tuple orig;
+	__u8 proto;
+	__u8 ip_version;
+	__u16 _pad;
+	__u32 netns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ft_xlate_key);
+	__type(value, __u64); /* unused */
+} ft_xlated SEC(".maps");
+
+/*
+ * Per-CPU scratch space: the packet's tuple, a new flow entry and the
+ * conntrack reads do not fit the 512-byte BPF stack of the deepest call chain
+ * (tc -> account -> conntrack). tc runs to completion on its CPU, so one slot
+ * per CPU is enough.
+ */
+struct ft_scratch {
+	struct ft_tuple t; /* the packet being handled */
+	struct ft_pmeta m;
+	struct ft_encap enc;
+	struct ft_flow_val nv;
+	struct ft_ct_raw raw;
+	struct ft_xlate_key xk;
+	struct ft_ct_tuple xlat;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ft_scratch);
+} ft_scratch SEC(".maps");
+
+static __always_inline __u32 ft_tc_netns(struct __sk_buff *skb)
+{
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+
+	return BPF_CORE_READ(kskb, dev, nd_net.net, ns.inum);
+}
 
 static __always_inline void ft_emit_flow(const struct ft_tuple *t, const struct ft_flow_key *k,
+					 const struct ft_ct *ct, const struct ft_encap *enc,
 					 __u32 netns, __u32 pkt_len, __u64 now, __u8 reason,
 					 __u64 packets, __u64 bytes, __u8 flags)
 {
@@ -36,23 +89,77 @@ static __always_inline void ft_emit_flow(const struct ft_tuple *t, const struct 
 	e->reason = reason;
 	e->_pad[0] = 0;
 	e->_pad[1] = 0;
+	e->ct = *ct;
+	e->encap = *enc;
 	bpf_ringbuf_submit(e, ft_rb_flags());
 	ft_stat_inc(FT_STAT_FLOW_EVENTS);
 }
 
-static __always_inline __u32 ft_tc_netns(struct __sk_buff *skb)
+/* Emits TRANSLATED the first time this netns shows the connection NATed. */
+static __always_inline void ft_xlate_once(const struct ft_tuple *t, const struct ft_ct *ct,
+					  struct ft_scratch *sc, __u8 ctproto,
+					  __u32 ifindex, __u32 netns, __u8 dir, __u64 now)
 {
-	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	struct ft_xlate_key *xk = &sc->xk;
+	struct ft_xlate_event *e;
+	__u64 one = 1;
 
-	return BPF_CORE_READ(kskb, dev, nd_net.net, ns.inum);
+	if (!(ct->flags & (FT_CT_DNAT | FT_CT_SNAT)))
+		return;
+	xk->orig = ct->orig;
+	xk->proto = ctproto;
+	xk->ip_version = ct->ip_version;
+	xk->_pad = 0;
+	xk->netns = netns;
+	if (bpf_map_update_elem(&ft_xlated, xk, &one, BPF_NOEXIST))
+		return; /* already reported (or another CPU is reporting it) */
+	e = ft_rb_reserve(sizeof(*e));
+	if (!e)
+		return;
+	ft_fill_hdr(&e->hdr, FT_EV_TRANSLATED, sizeof(*e), now);
+	e->tuple = *t;
+	e->ct = *ct;
+	e->xlat = sc->xlat;
+	e->ifindex = ifindex;
+	e->netns = netns;
+	e->dir = dir;
+	e->_pad[0] = 0;
+	e->_pad[1] = 0;
+	e->_pad[2] = 0;
+	bpf_ringbuf_submit(e, ft_rb_flags());
+	ft_stat_inc(FT_STAT_XLATE_EVENTS);
 }
 
-static __always_inline void ft_flow_account(struct __sk_buff *skb, const struct ft_tuple *t,
-					    __u8 dir)
+/*
+ * Conntrack for a report, and TRANSLATED when it shows NAT for the first
+ * time. Not for encapsulated packets: their skb's conntrack is the tunnel's
+ * UDP flow, not the inner connection's. A subprogram: inlined, the conntrack
+ * scratch space would not fit the 512-byte stack next to the flow entry.
+ */
+static __noinline void ft_report_ct(struct __sk_buff *skb, const struct ft_tuple *t,
+				    const struct ft_flow_key *k, struct ft_ct *ct, __u32 netns)
+{
+	__u32 zero = 0;
+	struct ft_scratch *sc = bpf_map_lookup_elem(&ft_scratch, &zero);
+	__u8 proto;
+
+	if (!sc)
+		return;
+	__builtin_memset(&sc->raw, 0, sizeof(sc->raw));
+	__builtin_memset(&sc->xlat, 0, sizeof(sc->xlat));
+	proto = ft_ct_tc(skb, t, &sc->raw, ct, &sc->xlat);
+	if (proto)
+		ft_xlate_once(t, ct, sc, proto, k->ifindex, netns, k->dir,
+			      bpf_ktime_get_boot_ns());
+}
+
+static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb,
+						      const struct ft_tuple *t,
+						      const struct ft_encap *enc, __u8 dir, __u64 now)
 {
 	struct ft_flow_key k = {};
 	struct ft_flow_val *v;
-	__u64 now = bpf_ktime_get_boot_ns();
+	struct ft_ct ct = {};
 	__u32 len = skb->len;
 	__u32 netns;
 	__u64 pk, by;
@@ -67,25 +174,36 @@ static __always_inline void ft_flow_account(struct __sk_buff *skb, const struct 
 	k.ip_version = t->ip_version;
 	k.dir = dir;
 	k.ifindex = skb->ifindex;
+	k.vni = enc->vni;
 
 	v = bpf_map_lookup_elem(&ft_flows, &k);
 	if (!v) {
-		struct ft_flow_val nv = {};
+		__u32 zero = 0;
+		struct ft_scratch *sc = bpf_map_lookup_elem(&ft_scratch, &zero);
+		struct ft_flow_val *nv;
 
+		if (!sc)
+			return 0;
+		nv = &sc->nv;
+		__builtin_memset(nv, 0, sizeof(*nv));
 		netns = ft_tc_netns(skb);
-		nv.last_report_ns = now;
-		nv.last_seen_ns = now;
-		nv.netns = netns;
-		nv.ethertype = t->ethertype;
-		nv.vlan = t->vlan;
-		if (bpf_map_update_elem(&ft_flows, &k, &nv, BPF_NOEXIST) == 0) {
-			ft_emit_flow(t, &k, netns, len, now, FT_REASON_NEW, 1, len, t->tcp_flags);
-			return;
+		nv->last_report_ns = now;
+		nv->last_seen_ns = now;
+		nv->netns = netns;
+		nv->ethertype = t->ethertype;
+		nv->vlan = t->vlan;
+		nv->encap = *enc;
+		if (!enc->ip_version)
+			ft_report_ct(skb, t, &k, &nv->ct, netns);
+		if (bpf_map_update_elem(&ft_flows, &k, nv, BPF_NOEXIST) == 0) {
+			ft_emit_flow(t, &k, &nv->ct, enc, netns, len, now, FT_REASON_NEW, 1, len,
+				     t->tcp_flags);
+			return bpf_map_lookup_elem(&ft_flows, &k);
 		}
 		/* Another CPU created it first: account into its entry. */
 		v = bpf_map_lookup_elem(&ft_flows, &k);
 		if (!v)
-			return;
+			return 0;
 	}
 
 	__sync_fetch_and_add(&v->packets, 1);
@@ -99,7 +217,7 @@ static __always_inline void ft_flow_account(struct __sk_buff *skb, const struct 
 	else if (now - v->last_report_ns >= ft_flow_report_interval_ns)
 		reason = FT_REASON_PERIODIC;
 	if (!reason)
-		return;
+		return v;
 
 	v->last_report_ns = now;
 	/*
@@ -111,23 +229,94 @@ static __always_inline void ft_flow_account(struct __sk_buff *skb, const struct 
 	by = __sync_lock_test_and_set(&v->bytes, 0);
 	fl = (__u8)__sync_lock_test_and_set(&v->tcp_flags, 0);
 	if (!pk)
-		return; /* a concurrent report already took them */
-	ft_emit_flow(t, &k, v->netns, len, now, reason, pk, by, fl);
+		return v; /* a concurrent report already took them */
+	if (!enc->ip_version)
+		ft_report_ct(skb, t, &k, &ct, v->netns);
+	/*
+	 * Keep the last known view: e.g. a client-side ingress entry whose first
+	 * packet came before conntrack had the connection learns it later.
+	 */
+	if (ct.flags)
+		v->ct = ct;
+	else
+		ct = v->ct;
+	ft_emit_flow(t, &k, &ct, &v->encap, v->netns, len, now, reason, pk, by, fl);
+	return v;
 }
 
-static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
+/*
+ * VXLAN (IANA 4789, and flannel's 8472): replace the outer tuple with the
+ * inner one and keep the outer addresses and VNI in enc, so flows on the
+ * underlay NIC name the pods. A frame whose inner part does not parse stays
+ * an outer UDP flow.
+ */
+static __always_inline void ft_vxlan(const struct ft_src *s, struct ft_tuple *t,
+				     const struct ft_pmeta *m, struct ft_encap *enc)
+{
+	struct ft_tuple in = {};
+	struct ft_pmeta im = {};
+	__u8 vx[8];
+
+	if (t->proto != FT_IPPROTO_UDP || !m->l4_off ||
+	    (t->dport != FT_VXLAN_PORT && t->dport != FT_VXLAN_PORT_FLANNEL))
+		return;
+	if (ft_load(s, m->l4_off + 8, vx, sizeof(vx)) || !(vx[0] & 0x08))
+		return; /* no valid-VNI flag: not VXLAN after all */
+	if (ft_parse_eth_at(s, 0, m->l4_off + 16, &in, &im) != FT_PARSE_OK)
+		return;
+	__builtin_memcpy(enc->saddr, t->saddr, 16);
+	__builtin_memcpy(enc->daddr, t->daddr, 16);
+	enc->vni = ((__u32)vx[4] << 16) | ((__u32)vx[5] << 8) | vx[6];
+	enc->dport = t->dport;
+	enc->ip_version = t->ip_version;
+	*t = in;
+	ft_stat_inc(FT_STAT_VXLAN);
+}
+
+/* Outer parse, then VXLAN's inner one. */
+static __noinline int ft_tc_parse(struct __sk_buff *skb, struct ft_tuple *t, struct ft_pmeta *m,
+				  struct ft_encap *enc)
 {
 	struct ft_src src = { .skb = skb };
-	struct ft_tuple t = {};
 	int status;
 
-	ft_stat_inc(FT_STAT_TC_PACKETS);
-	status = ft_parse_eth(&src, skb, &t);
+	status = ft_parse_eth(&src, skb, t, m);
 	if (status != FT_PARSE_OK) {
 		ft_count_status(status);
-		return FT_TC_ACT_UNSPEC;
+		return status;
 	}
-	ft_flow_account(skb, &t, dir);
+	ft_vxlan(&src, t, m, enc);
+	return FT_PARSE_OK;
+}
+
+/*
+ * The stages are subprograms so that no call chain needs more than the
+ * 512-byte BPF stack: each stage's parse buffers live only in its own frame.
+ */
+static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
+{
+	__u32 zero = 0;
+	struct ft_scratch *sc;
+	struct ft_flow_val *v;
+	__u64 now;
+
+	ft_stat_inc(FT_STAT_TC_PACKETS);
+	sc = bpf_map_lookup_elem(&ft_scratch, &zero);
+	if (!sc)
+		return FT_TC_ACT_UNSPEC;
+	__builtin_memset(&sc->t, 0, sizeof(sc->t));
+	__builtin_memset(&sc->m, 0, sizeof(sc->m));
+	__builtin_memset(&sc->enc, 0, sizeof(sc->enc));
+	if (ft_tc_parse(skb, &sc->t, &sc->m, &sc->enc) != FT_PARSE_OK)
+		return FT_TC_ACT_UNSPEC;
+	now = bpf_ktime_get_boot_ns();
+	v = ft_flow_account(skb, &sc->t, &sc->enc, dir, now);
+	if (!v || sc->enc.ip_version)
+		return FT_TC_ACT_UNSPEC;
+	if (sc->t.proto == FT_IPPROTO_ICMP || sc->t.proto == FT_IPPROTO_ICMPV6)
+		ft_icmp_pmtu(skb, &sc->t, &sc->m, dir, v->netns);
+	else if (dir == FT_DIR_INGRESS)
+		ft_mtu_check(skb, &sc->t, &sc->m, v, now);
 	return FT_TC_ACT_UNSPEC;
 }
 

@@ -46,6 +46,16 @@ static __always_inline int ft_load(const struct ft_src *s, __u32 off, void *dst,
 	return bpf_probe_read_kernel(dst, len, s->head + off);
 }
 
+/* Side results of a parse that are not part of the event tuple. */
+struct ft_pmeta {
+	__u32 l3_off;
+	__u32 l4_off;    /* 0 when no L4 header was reached */
+	__u32 l3_len;    /* IPv4 tot_len, IPv6 40 + payload_len */
+	__u8 df;         /* IPv4 don't-fragment bit */
+	__u8 ports_only; /* in: TCP needs only its ports (ICMP-embedded headers are cut short) */
+	__u8 _pad[2];
+};
+
 struct ft_ip4 {
 	__u8 vihl;
 	__u8 tos;
@@ -69,13 +79,19 @@ struct ft_ip6 {
 };
 
 static __always_inline int ft_parse_l4(const struct ft_src *s, __u32 off, __u8 proto,
-				       struct ft_tuple *t)
+				       struct ft_tuple *t, struct ft_pmeta *m)
 {
 	__u8 b[14];
 
 	t->proto = proto;
+	m->l4_off = off;
 	switch (proto) {
 	case FT_IPPROTO_TCP:
+		if (m->ports_only) {
+			if (ft_load(s, off, b, 4))
+				return FT_PARSE_TRUNCATED;
+			break;
+		}
 		if (ft_load(s, off, b, 14))
 			return FT_PARSE_TRUNCATED;
 		t->tcp_flags = b[13];
@@ -100,7 +116,8 @@ static __always_inline int ft_parse_l4(const struct ft_src *s, __u32 off, __u8 p
 	return FT_PARSE_OK;
 }
 
-static __always_inline int ft_parse_ip4(const struct ft_src *s, __u32 off, struct ft_tuple *t)
+static __always_inline int ft_parse_ip4(const struct ft_src *s, __u32 off, struct ft_tuple *t,
+					struct ft_pmeta *m)
 {
 	struct ft_ip4 ip;
 	__u32 ihl;
@@ -114,6 +131,9 @@ static __always_inline int ft_parse_ip4(const struct ft_src *s, __u32 off, struc
 	if (ihl > 5 && ft_load(s, off + ihl * 4 - 1, &ip.tos, 1))
 		return FT_PARSE_TRUNCATED;
 	t->ip_version = 4;
+	m->l3_off = off;
+	m->l3_len = bpf_ntohs(ip.tot_len);
+	m->df = !!(bpf_ntohs(ip.frag_off) & 0x4000);
 	__builtin_memcpy(t->saddr, &ip.saddr, 4);
 	__builtin_memcpy(t->daddr, &ip.daddr, 4);
 	/* A non-first fragment carries no L4 header: report the protocol only. */
@@ -121,10 +141,11 @@ static __always_inline int ft_parse_ip4(const struct ft_src *s, __u32 off, struc
 		t->proto = ip.proto;
 		return FT_PARSE_OK;
 	}
-	return ft_parse_l4(s, off + ihl * 4, ip.proto, t);
+	return ft_parse_l4(s, off + ihl * 4, ip.proto, t, m);
 }
 
-static __always_inline int ft_parse_ip6(const struct ft_src *s, __u32 off, struct ft_tuple *t)
+static __always_inline int ft_parse_ip6(const struct ft_src *s, __u32 off, struct ft_tuple *t,
+					struct ft_pmeta *m)
 {
 	struct ft_ip6 ip;
 	__u8 nh;
@@ -136,6 +157,8 @@ static __always_inline int ft_parse_ip6(const struct ft_src *s, __u32 off, struc
 	if ((bpf_ntohl(ip.vtcfl) >> 28) != 6)
 		return FT_PARSE_MALFORMED;
 	t->ip_version = 6;
+	m->l3_off = off;
+	m->l3_len = 40 + (__u32)bpf_ntohs(ip.payload_len);
 	__builtin_memcpy(t->saddr, ip.saddr, 16);
 	__builtin_memcpy(t->daddr, ip.daddr, 16);
 	nh = ip.nexthdr;
@@ -169,7 +192,7 @@ static __always_inline int ft_parse_ip6(const struct ft_src *s, __u32 off, struc
 			}
 			break;
 		default:
-			return ft_parse_l4(s, off, nh, t);
+			return ft_parse_l4(s, off, nh, t, m);
 		}
 	}
 	return FT_PARSE_MALFORMED;
@@ -177,31 +200,35 @@ static __always_inline int ft_parse_ip6(const struct ft_src *s, __u32 off, struc
 
 /* Parses from the L3 header at off; ethertype is in host order. */
 static __always_inline int ft_parse_l3(const struct ft_src *s, __u32 off, __u16 ethertype,
-				       struct ft_tuple *t)
+				       struct ft_tuple *t, struct ft_pmeta *m)
 {
 	t->ethertype = ethertype;
 	if (ethertype == FT_ETH_P_IP)
-		return ft_parse_ip4(s, off, t);
+		return ft_parse_ip4(s, off, t, m);
 	if (ethertype == FT_ETH_P_IPV6)
-		return ft_parse_ip6(s, off, t);
+		return ft_parse_ip6(s, off, t, m);
 	return FT_PARSE_NON_IP;
 }
 
-/* tc entry point: Ethernet at offset 0, up to FT_MAX_VLAN in-band tags. */
-static __always_inline int ft_parse_eth(const struct ft_src *s, struct __sk_buff *skb,
-					struct ft_tuple *t)
+/*
+ * Ethernet at off (0 at tc, the inner frame for VXLAN), up to FT_MAX_VLAN
+ * in-band tags. skb is NULL for an inner frame: the offloaded tag belongs to
+ * the outer one.
+ */
+static __always_inline int ft_parse_eth_at(const struct ft_src *s, struct __sk_buff *skb,
+					   __u32 off, struct ft_tuple *t, struct ft_pmeta *m)
 {
 	__u8 eth[14];
 	__u8 tag[4];
 	__u16 proto;
-	__u32 off = 14;
 	int i;
 
-	if (ft_load(s, 0, eth, sizeof(eth)))
+	if (ft_load(s, off, eth, sizeof(eth)))
 		return FT_PARSE_TRUNCATED;
+	off += 14;
 	proto = ((__u16)eth[12] << 8) | eth[13];
 	/* An offloaded (already stripped) tag is the outermost one. */
-	if (skb->vlan_present)
+	if (skb && skb->vlan_present)
 		t->vlan = skb->vlan_tci & 0x0fff;
 	for (i = 0; i < FT_MAX_VLAN; i++) {
 		if (proto != FT_ETH_P_8021Q && proto != FT_ETH_P_8021AD)
@@ -216,7 +243,13 @@ static __always_inline int ft_parse_eth(const struct ft_src *s, struct __sk_buff
 		t->ethertype = proto;
 		return FT_PARSE_MALFORMED; /* more tags than we walk */
 	}
-	return ft_parse_l3(s, off, proto, t);
+	return ft_parse_l3(s, off, proto, t, m);
+}
+
+static __always_inline int ft_parse_eth(const struct ft_src *s, struct __sk_buff *skb,
+					struct ft_tuple *t, struct ft_pmeta *m)
+{
+	return ft_parse_eth_at(s, skb, 0, t, m);
 }
 
 static __always_inline void ft_count_status(int status)

@@ -31,6 +31,8 @@ func TestTCCost(t *testing.T) {
 		{"ipv4 tcp ack (aggregated)", tcpFrame(53000, decode.TCPAck, 100)},
 		{"ipv6 tcp ack (aggregated)", cat(eth(0x86dd), ipv6(6, "fd00::1", "fd00::2", tcp(53001, 443, decode.TCPAck)))},
 		{"arp (not ip)", cat(eth(0x0806), make([]byte, 28))},
+		// DF and above the MTU-check threshold: one FIB lookup, then the per-flow cache.
+		{"ipv4 tcp 1400B DF (aggregated, mtu check)", cat(eth(0x0800), ipv4(6, "10.1.0.1", "10.1.0.2", 0x4000, nil, cat(tcp(53002, 443, decode.TCPAck), make([]byte, 1380))))},
 	} {
 		before, err := d.Ingress().Stats()
 		if err != nil {

@@ -29,13 +29,26 @@ type Config struct {
 	RingBufferBytes    int           // default 4 MiB, power of two
 	FlowTableEntries   int           // default 65536
 	ScopeAllNetns      bool
+	// MTUCheckMinLen: packets with an L3 length at or below this skip the
+	// ingress MTU check (default 576; no real link is smaller).
+	MTUCheckMinLen int
 
 	forceRawTP bool // tests: exercise the raw_tp fallback on a kernel with tp_btf
+	// tests: pretend the kernel refused these paths.
+	denyCTCast, denyCTLookup, denyFIB bool
 }
 
 // Features reports which optional kernel paths are live.
 type Features struct {
 	DropHook string // "tp_btf" or "raw_tp"
+	// ConntrackNfct: tc reads skb->_nfct (bpf_cast_to_kern_ctx +
+	// bpf_rdonly_cast): NAT at egress, including a connection's first packet.
+	ConntrackNfct bool
+	// ConntrackLookup: tc calls the bpf_skb_ct_lookup kfunc where _nfct is
+	// empty (ingress): replies and the client side from the 2nd packet.
+	ConntrackLookup bool
+	// MTUCheck: tc ingress runs bpf_fib_lookup + bpf_check_mtu (MTU_EXCEEDED).
+	MTUCheck bool
 }
 
 // Drop hook names reported in Features.
@@ -48,6 +61,7 @@ const (
 	defaultReportInterval = 5 * time.Second
 	defaultRingBytes      = 4 << 20
 	defaultFlowEntries    = 65536
+	defaultMTUCheckMinLen = 576
 
 	// readPoll bounds how long a lone event can sit in the ring: the BPF side
 	// wakes the reader only every 64th event.
@@ -67,6 +81,12 @@ var statNames = [...]string{
 	"drops_out_of_scope",
 	"flow_events",
 	"drop_events",
+	"translated_events",
+	"mtu_events",
+	"icmp_pmtu_events",
+	"vxlan_packets",
+	"ct_lookups",
+	"fib_lookups",
 }
 
 // coreObjects is what always loads: maps and tc programs. The kfree_skb
@@ -117,6 +137,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.FlowTableEntries < 0 {
 		return c, fmt.Errorf("flow table entries %d is negative", c.FlowTableEntries)
 	}
+	if c.MTUCheckMinLen == 0 {
+		c.MTUCheckMinLen = defaultMTUCheckMinLen
+	}
+	if c.MTUCheckMinLen < 0 || c.MTUCheckMinLen > 65535 {
+		return c, fmt.Errorf("mtu check minimum length %d out of range", c.MTUCheckMinLen)
+	}
 	return c, nil
 }
 
@@ -147,6 +173,7 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 		"ft_scope_all_netns":         boolByte(cfg.ScopeAllNetns),
 		"ft_reason_not_dropped":      notDropped,
 		"ft_reason_consumed":         consumed,
+		"ft_mtu_min_len":             uint32(cfg.MTUCheckMinLen),
 	}
 	for name, v := range consts {
 		vs, ok := spec.Variables[name]
@@ -171,8 +198,8 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 		delete(coreSpec.Programs, name)
 	}
 	d := &Datapath{cfg: cfg, log: log}
-	if err := coreSpec.LoadAndAssign(&d.objs, nil); err != nil {
-		return nil, fmt.Errorf("load bpf objects: %w", verifierDetail(err))
+	if err := d.loadCore(coreSpec, spec); err != nil {
+		return nil, err
 	}
 	if err := d.attachDrops(spec); err != nil {
 		_ = d.objs.Close()
@@ -185,9 +212,75 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 	}
 	d.resyncClock()
 	log.Info("datapath loaded", "drop_hook", d.features.DropHook,
+		"ct_nfct", d.features.ConntrackNfct, "ct_lookup", d.features.ConntrackLookup,
+		"mtu_check", d.features.MTUCheck,
 		"ring_bytes", cfg.RingBufferBytes, "flow_entries", cfg.FlowTableEntries,
 		"report_interval", cfg.FlowReportInterval, "scope_all_netns", cfg.ScopeAllNetns)
 	return d, nil
+}
+
+// optionalPaths are the tc features a kernel may refuse, in the order they
+// are given up: the kfunc lookup first (newest, 6.1+), then the _nfct cast
+// (bpf_rdonly_cast, 6.2+ with BTF), then the FIB/MTU helpers (5.12+).
+var optionalPaths = []struct {
+	variable string
+	set      func(*Features, bool)
+	denied   func(Config) bool
+}{
+	{"ft_ct_lookup_enabled", func(f *Features, on bool) { f.ConntrackLookup = on }, func(c Config) bool { return c.denyCTLookup }},
+	{"ft_ct_cast_enabled", func(f *Features, on bool) { f.ConntrackNfct = on }, func(c Config) bool { return c.denyCTCast }},
+	{"ft_fib_enabled", func(f *Features, on bool) { f.MTUCheck = on }, func(c Config) bool { return c.denyFIB }},
+}
+
+// loadCore loads maps and tc programs with every optional path on, and on a
+// verifier/kernel refusal retries with one more path switched off (the
+// constant prunes its branch, and the loader poisons a missing weak kfunc),
+// so an older kernel still gets flows and drops. dropSpec gets the same
+// constants: its .rodata is recreated from it.
+func (d *Datapath) loadCore(coreSpec, dropSpec *ebpf.CollectionSpec) error {
+	on := make([]bool, len(optionalPaths))
+	for i, p := range optionalPaths {
+		on[i] = !p.denied(d.cfg)
+	}
+	var firstErr error
+	for off := 0; off <= len(optionalPaths); off++ {
+		if off > 0 {
+			on[off-1] = false
+		}
+		for i, p := range optionalPaths {
+			for _, sp := range []*ebpf.CollectionSpec{coreSpec, dropSpec} {
+				if err := sp.Variables[p.variable].Set(boolByte(on[i])); err != nil {
+					return fmt.Errorf("set %s: %w", p.variable, err)
+				}
+			}
+		}
+		err := coreSpec.LoadAndAssign(&d.objs, nil)
+		if err == nil {
+			for i, p := range optionalPaths {
+				p.set(&d.features, on[i])
+			}
+			if firstErr != nil {
+				d.log.Warn("optional datapath features unavailable on this kernel",
+					"error", firstErr, "ct_lookup", on[0], "ct_nfct", on[1], "mtu_check", on[2])
+			}
+			return nil
+		}
+		if firstErr == nil {
+			firstErr = verifierDetail(err)
+		}
+		if !isRefusal(err) {
+			return fmt.Errorf("load bpf objects: %w", verifierDetail(err))
+		}
+	}
+	return fmt.Errorf("load bpf objects: %w", firstErr)
+}
+
+// isRefusal: the kernel (verifier, missing kfunc or helper) said no, as
+// opposed to e.g. a memory limit that no feature switch would fix.
+func isRefusal(err error) bool {
+	var ve *ebpf.VerifierError
+	return errors.As(err, &ve) || errors.Is(err, ebpf.ErrNotSupported) ||
+		errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.ENOENT)
 }
 
 func boolByte(b bool) uint8 {
@@ -275,6 +368,7 @@ func (d *Datapath) tryDrop(spec *ebpf.CollectionSpec, prog string, attach func(*
 		"ft_netns_scope": d.objs.FtNetnsScope,
 		"ft_rb_seq":      d.objs.FtRbSeq,
 		"ft_stats":       d.objs.FtStats,
+		"ft_xlated":      d.objs.FtXlated,
 	}
 	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
@@ -459,6 +553,15 @@ func fillFlushEvent(ev *decode.Event, k *ftFtFlowKey, v *ftFtFlowVal, now uint64
 		FlowReason:  decode.ReasonIdleFlush,
 	}
 	ev.Src, ev.Dst = decode.Addrs(k.IpVersion, k.Saddr[:], k.Daddr[:])
+	if f := decode.CTFlags(v.Ct.Flags); f.Has(decode.CTKnown) {
+		ev.CT = decode.Conntrack{Flags: f, IPVersion: v.Ct.IpVersion,
+			OrigSrcPort: v.Ct.Orig.Sport, OrigDstPort: v.Ct.Orig.Dport}
+		ev.CT.OrigSrc, ev.CT.OrigDst = decode.Addrs(v.Ct.IpVersion, v.Ct.Orig.Saddr[:], v.Ct.Orig.Daddr[:])
+	}
+	if v.Encap.IpVersion != 0 {
+		ev.Encap = decode.Encap{IPVersion: v.Encap.IpVersion, DstPort: v.Encap.Dport, VNI: v.Encap.Vni}
+		ev.Encap.Src, ev.Encap.Dst = decode.Addrs(v.Encap.IpVersion, v.Encap.Saddr[:], v.Encap.Daddr[:])
+	}
 }
 
 // Lost returns ring buffer reserve failures, total and per CPU.

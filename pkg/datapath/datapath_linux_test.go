@@ -334,7 +334,7 @@ func TestRunDeliversLoneEvent(t *testing.T) {
 
 func TestLostCounter(t *testing.T) {
 	d := load(t, Config{RingBufferBytes: os.Getpagesize()})
-	for i := 0; i < 100; i++ { // 100 new flows * 104 bytes overflows one page
+	for i := 0; i < 100; i++ { // 100 new flows * 184 bytes overflows one page
 		run(t, d.Ingress(), tcpFrame(uint16(1000+i), decode.TCPAck, 0))
 	}
 	total, per, err := d.Lost()
@@ -354,7 +354,8 @@ func TestLostCounter(t *testing.T) {
 }
 
 func TestConfigValidation(t *testing.T) {
-	for _, c := range []Config{{RingBufferBytes: 3 << 20}, {RingBufferBytes: 100}, {FlowReportInterval: -1}, {FlowTableEntries: -5}} {
+	for _, c := range []Config{{RingBufferBytes: 3 << 20}, {RingBufferBytes: 100}, {FlowReportInterval: -1}, {FlowTableEntries: -5},
+		{MTUCheckMinLen: -1}, {MTUCheckMinLen: 70000}} {
 		if _, err := c.withDefaults(); err == nil {
 			t.Errorf("config %+v accepted", c)
 		}
@@ -369,6 +370,11 @@ func TestABIMatchesGenerated(t *testing.T) {
 	var dr ftFtDropEvent
 	var tu ftFtTuple
 	var h ftFtEventHdr
+	var ct ftFtCt
+	var ctt ftFtCtTuple
+	var en ftFtEncap
+	var x ftFtXlateEvent
+	var m ftFtMtuEvent
 	checks := []struct {
 		name      string
 		got, want uintptr
@@ -412,6 +418,43 @@ func TestABIMatchesGenerated(t *testing.T) {
 		{"drop netns", unsafe.Offsetof(dr.Netns), decode.OffDropNetns},
 		{"drop pktlen", unsafe.Offsetof(dr.PktLen), decode.OffDropPktLen},
 		{"drop count", unsafe.Offsetof(dr.Count), decode.OffDropCount},
+		{"drop ct", unsafe.Offsetof(dr.Ct), decode.OffDropCT},
+		{"flow ct", unsafe.Offsetof(f.Ct), decode.OffFlowCT},
+		{"flow encap", unsafe.Offsetof(f.Encap), decode.OffFlowEncap},
+		{"ct tuple size", unsafe.Sizeof(ctt), decode.CTTupleSize},
+		{"ct tuple saddr", unsafe.Offsetof(ctt.Saddr), decode.OffCTTupleSaddr},
+		{"ct tuple daddr", unsafe.Offsetof(ctt.Daddr), decode.OffCTTupleDaddr},
+		{"ct tuple sport", unsafe.Offsetof(ctt.Sport), decode.OffCTTupleSport},
+		{"ct tuple dport", unsafe.Offsetof(ctt.Dport), decode.OffCTTupleDport},
+		{"ct size", unsafe.Sizeof(ct), decode.CTSize},
+		{"ct orig", unsafe.Offsetof(ct.Orig), decode.OffCTOrig},
+		{"ct flags", unsafe.Offsetof(ct.Flags), decode.OffCTFlags},
+		{"ct ipver", unsafe.Offsetof(ct.IpVersion), decode.OffCTIPVersion},
+		{"encap size", unsafe.Sizeof(en), decode.EncapSize},
+		{"encap saddr", unsafe.Offsetof(en.Saddr), decode.OffEncapSaddr},
+		{"encap daddr", unsafe.Offsetof(en.Daddr), decode.OffEncapDaddr},
+		{"encap vni", unsafe.Offsetof(en.Vni), decode.OffEncapVNI},
+		{"encap dport", unsafe.Offsetof(en.Dport), decode.OffEncapDport},
+		{"encap ipver", unsafe.Offsetof(en.IpVersion), decode.OffEncapIPVersion},
+		{"xlate size", unsafe.Sizeof(x), decode.XlateSize},
+		{"xlate tuple", unsafe.Offsetof(x.Tuple), decode.OffXlateTuple},
+		{"xlate ct", unsafe.Offsetof(x.Ct), decode.OffXlateCT},
+		{"xlate xlat", unsafe.Offsetof(x.Xlat), decode.OffXlateXlat},
+		{"xlate ifindex", unsafe.Offsetof(x.Ifindex), decode.OffXlateIfindex},
+		{"xlate netns", unsafe.Offsetof(x.Netns), decode.OffXlateNetns},
+		{"xlate dir", unsafe.Offsetof(x.Dir), decode.OffXlateDir},
+		{"mtu size", unsafe.Sizeof(m), decode.MTUSize},
+		{"mtu tuple", unsafe.Offsetof(m.Tuple), decode.OffMTUTuple},
+		{"mtu emb", unsafe.Offsetof(m.Emb), decode.OffMTUEmb},
+		{"mtu emb proto", unsafe.Offsetof(m.EmbProto), decode.OffMTUEmbProto},
+		{"mtu emb ipver", unsafe.Offsetof(m.EmbIpVersion), decode.OffMTUEmbIPVersion},
+		{"mtu kind", unsafe.Offsetof(m.Kind), decode.OffMTUKind},
+		{"mtu dir", unsafe.Offsetof(m.Dir), decode.OffMTUDir},
+		{"mtu pktlen", unsafe.Offsetof(m.PktLen), decode.OffMTUPktLen},
+		{"mtu mtu", unsafe.Offsetof(m.Mtu), decode.OffMTUMTU},
+		{"mtu ifindex", unsafe.Offsetof(m.Ifindex), decode.OffMTUIfindex},
+		{"mtu egress", unsafe.Offsetof(m.EgressIfindex), decode.OffMTUEgressIfindex},
+		{"mtu netns", unsafe.Offsetof(m.Netns), decode.OffMTUNetns},
 	}
 	for _, c := range checks {
 		if c.got != c.want {

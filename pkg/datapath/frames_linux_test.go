@@ -5,6 +5,7 @@ package datapath
 import (
 	"encoding/binary"
 	"net/netip"
+	"time"
 )
 
 // Hand-built frames for BPF_PROG_TEST_RUN. Checksums are left zero: the tc
@@ -98,3 +99,5 @@ func sctp(sport, dport uint16) []byte {
 }
 
 func icmpEcho(typ uint8) []byte { return []byte{typ, 0, 0, 0, 0x12, 0x34, 0, 1} }
+
+func waitMs(n int) { time.Sleep(time.Duration(n) * time.Millisecond) }

@@ -13,6 +13,22 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type ftFtCt struct {
+	_         structs.HostLayout
+	Orig      ftFtCtTuple
+	Flags     uint8
+	IpVersion uint8
+	Pad       [2]uint8
+}
+
+type ftFtCtTuple struct {
+	_     structs.HostLayout
+	Saddr [16]uint8
+	Daddr [16]uint8
+	Sport uint16
+	Dport uint16
+}
+
 type ftFtDropEvent struct {
 	_        structs.HostLayout
 	Hdr      ftFtEventHdr
@@ -26,6 +42,17 @@ type ftFtDropEvent struct {
 	Netns    uint32
 	PktLen   uint32
 	Count    uint32
+	Ct       ftFtCt
+}
+
+type ftFtEncap struct {
+	_         structs.HostLayout
+	Saddr     [16]uint8
+	Daddr     [16]uint8
+	Vni       uint32
+	Dport     uint16
+	IpVersion uint8
+	Pad       uint8
 }
 
 type ftFtEventHdr struct {
@@ -49,6 +76,8 @@ type ftFtFlowEvent struct {
 	Dir     uint8
 	Reason  uint8
 	Pad     [2]uint8
+	Ct      ftFtCt
+	Encap   ftFtEncap
 }
 
 type ftFtFlowKey struct {
@@ -62,7 +91,7 @@ type ftFtFlowKey struct {
 	Dir       uint8
 	Pad       uint8
 	Ifindex   uint32
-	Pad2      uint32
+	Vni       uint32
 }
 
 type ftFtFlowVal struct {
@@ -76,6 +105,56 @@ type ftFtFlowVal struct {
 	Ethertype    uint16
 	Vlan         uint16
 	Pad          uint32
+	MtuReportNs  uint64
+	MtuCheckedNs uint64
+	EgressMtu    uint32
+	Pad3         uint32
+	Ct           ftFtCt
+	Encap        ftFtEncap
+}
+
+type ftFtMtuEvent struct {
+	_             structs.HostLayout
+	Hdr           ftFtEventHdr
+	Tuple         ftFtTuple
+	Emb           ftFtCtTuple
+	EmbProto      uint8
+	EmbIpVersion  uint8
+	Kind          uint8
+	Dir           uint8
+	PktLen        uint32
+	Mtu           uint32
+	Ifindex       uint32
+	EgressIfindex uint32
+	Netns         uint32
+	Pad           uint32
+}
+
+type ftFtScratch struct {
+	_ structs.HostLayout
+	T ftFtTuple
+	M struct {
+		_         structs.HostLayout
+		L3Off     uint32
+		L4Off     uint32
+		L3Len     uint32
+		Df        uint8
+		PortsOnly uint8
+		Pad       [2]uint8
+	}
+	Enc ftFtEncap
+	Nv  ftFtFlowVal
+	Raw struct {
+		_        structs.HostLayout
+		Orig     ftFtCtTuple
+		Reply    ftFtCtTuple
+		L3num    uint16
+		Protonum uint8
+		_        [1]byte
+	}
+	Xk   ftFtXlateKey
+	Xlat ftFtCtTuple
+	_    [4]byte
 }
 
 type ftFtTuple struct {
@@ -95,6 +174,27 @@ type ftFtTuple struct {
 	Pad       [2]uint8
 }
 
+type ftFtXlateEvent struct {
+	_       structs.HostLayout
+	Hdr     ftFtEventHdr
+	Tuple   ftFtTuple
+	Ct      ftFtCt
+	Xlat    ftFtCtTuple
+	Ifindex uint32
+	Netns   uint32
+	Dir     uint8
+	Pad     [3]uint8
+}
+
+type ftFtXlateKey struct {
+	_         structs.HostLayout
+	Orig      ftFtCtTuple
+	Proto     uint8
+	IpVersion uint8
+	Pad       uint16
+	Netns     uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -104,19 +204,27 @@ const (
 	ftMapFtLost                 = "ft_lost"
 	ftMapFtNetnsScope           = "ft_netns_scope"
 	ftMapFtRbSeq                = "ft_rb_seq"
+	ftMapFtScratch              = "ft_scratch"
 	ftMapFtStats                = "ft_stats"
+	ftMapFtXlated               = "ft_xlated"
 	ftProgFtKfreeBtf            = "ft_kfree_btf"
 	ftProgFtKfreeRaw            = "ft_kfree_raw"
 	ftProgFtTcEgress            = "ft_tc_egress"
 	ftProgFtTcIngress           = "ft_tc_ingress"
+	ftVarFtCtCastEnabled        = "ft_ct_cast_enabled"
+	ftVarFtCtLookupEnabled      = "ft_ct_lookup_enabled"
+	ftVarFtFibEnabled           = "ft_fib_enabled"
 	ftVarFtFlowReportIntervalNs = "ft_flow_report_interval_ns"
+	ftVarFtMtuMinLen            = "ft_mtu_min_len"
 	ftVarFtReasonConsumed       = "ft_reason_consumed"
 	ftVarFtReasonNotDropped     = "ft_reason_not_dropped"
 	ftVarFtScopeAllNetns        = "ft_scope_all_netns"
 	ftVarFtUnusedDrop           = "ft_unused_drop"
 	ftVarFtUnusedFlow           = "ft_unused_flow"
 	ftVarFtUnusedKey            = "ft_unused_key"
+	ftVarFtUnusedMtu            = "ft_unused_mtu"
 	ftVarFtUnusedVal            = "ft_unused_val"
+	ftVarFtUnusedXlate          = "ft_unused_xlate"
 )
 
 // loadFt returns the embedded CollectionSpec for ft.
@@ -176,21 +284,29 @@ type ftMapSpecs struct {
 	FtLost       *ebpf.MapSpec `ebpf:"ft_lost"`
 	FtNetnsScope *ebpf.MapSpec `ebpf:"ft_netns_scope"`
 	FtRbSeq      *ebpf.MapSpec `ebpf:"ft_rb_seq"`
+	FtScratch    *ebpf.MapSpec `ebpf:"ft_scratch"`
 	FtStats      *ebpf.MapSpec `ebpf:"ft_stats"`
+	FtXlated     *ebpf.MapSpec `ebpf:"ft_xlated"`
 }
 
 // ftVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ftVariableSpecs struct {
+	FtCtCastEnabled        *ebpf.VariableSpec `ebpf:"ft_ct_cast_enabled"`
+	FtCtLookupEnabled      *ebpf.VariableSpec `ebpf:"ft_ct_lookup_enabled"`
+	FtFibEnabled           *ebpf.VariableSpec `ebpf:"ft_fib_enabled"`
 	FtFlowReportIntervalNs *ebpf.VariableSpec `ebpf:"ft_flow_report_interval_ns"`
+	FtMtuMinLen            *ebpf.VariableSpec `ebpf:"ft_mtu_min_len"`
 	FtReasonConsumed       *ebpf.VariableSpec `ebpf:"ft_reason_consumed"`
 	FtReasonNotDropped     *ebpf.VariableSpec `ebpf:"ft_reason_not_dropped"`
 	FtScopeAllNetns        *ebpf.VariableSpec `ebpf:"ft_scope_all_netns"`
 	FtUnusedDrop           *ebpf.VariableSpec `ebpf:"ft_unused_drop"`
 	FtUnusedFlow           *ebpf.VariableSpec `ebpf:"ft_unused_flow"`
 	FtUnusedKey            *ebpf.VariableSpec `ebpf:"ft_unused_key"`
+	FtUnusedMtu            *ebpf.VariableSpec `ebpf:"ft_unused_mtu"`
 	FtUnusedVal            *ebpf.VariableSpec `ebpf:"ft_unused_val"`
+	FtUnusedXlate          *ebpf.VariableSpec `ebpf:"ft_unused_xlate"`
 }
 
 // ftObjects contains all objects after they have been loaded into the kernel.
@@ -218,7 +334,9 @@ type ftMaps struct {
 	FtLost       *ebpf.Map `ebpf:"ft_lost"`
 	FtNetnsScope *ebpf.Map `ebpf:"ft_netns_scope"`
 	FtRbSeq      *ebpf.Map `ebpf:"ft_rb_seq"`
+	FtScratch    *ebpf.Map `ebpf:"ft_scratch"`
 	FtStats      *ebpf.Map `ebpf:"ft_stats"`
+	FtXlated     *ebpf.Map `ebpf:"ft_xlated"`
 }
 
 func (m *ftMaps) Close() error {
@@ -228,7 +346,9 @@ func (m *ftMaps) Close() error {
 		m.FtLost,
 		m.FtNetnsScope,
 		m.FtRbSeq,
+		m.FtScratch,
 		m.FtStats,
+		m.FtXlated,
 	)
 }
 
@@ -236,14 +356,20 @@ func (m *ftMaps) Close() error {
 //
 // It can be passed to loadFtObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ftVariables struct {
+	FtCtCastEnabled        *ebpf.Variable `ebpf:"ft_ct_cast_enabled"`
+	FtCtLookupEnabled      *ebpf.Variable `ebpf:"ft_ct_lookup_enabled"`
+	FtFibEnabled           *ebpf.Variable `ebpf:"ft_fib_enabled"`
 	FtFlowReportIntervalNs *ebpf.Variable `ebpf:"ft_flow_report_interval_ns"`
+	FtMtuMinLen            *ebpf.Variable `ebpf:"ft_mtu_min_len"`
 	FtReasonConsumed       *ebpf.Variable `ebpf:"ft_reason_consumed"`
 	FtReasonNotDropped     *ebpf.Variable `ebpf:"ft_reason_not_dropped"`
 	FtScopeAllNetns        *ebpf.Variable `ebpf:"ft_scope_all_netns"`
 	FtUnusedDrop           *ebpf.Variable `ebpf:"ft_unused_drop"`
 	FtUnusedFlow           *ebpf.Variable `ebpf:"ft_unused_flow"`
 	FtUnusedKey            *ebpf.Variable `ebpf:"ft_unused_key"`
+	FtUnusedMtu            *ebpf.Variable `ebpf:"ft_unused_mtu"`
 	FtUnusedVal            *ebpf.Variable `ebpf:"ft_unused_val"`
+	FtUnusedXlate          *ebpf.Variable `ebpf:"ft_unused_xlate"`
 }
 
 // ftPrograms contains all programs after they have been loaded into the kernel.

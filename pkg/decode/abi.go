@@ -5,7 +5,7 @@ package decode
 // compares these numbers with the bpf2go-generated structs.
 const (
 	// Version is FT_EVENT_VERSION.
-	Version = 1
+	Version = 2
 
 	OffHdrType    = 0
 	OffHdrVersion = 1
@@ -38,7 +38,9 @@ const (
 	OffFlowPktLen  = 88
 	OffFlowDir     = 92
 	OffFlowReason  = 93
-	FlowSize       = 96
+	OffFlowCT      = 96
+	OffFlowEncap   = 136
+	FlowSize       = 176
 
 	// Offsets inside struct ft_drop_event.
 	OffDropTuple    = 16
@@ -51,7 +53,62 @@ const (
 	OffDropNetns    = 100
 	OffDropPktLen   = 104
 	OffDropCount    = 108
-	DropSize        = 112
+	OffDropCT       = 112
+	DropSize        = 152
+
+	// Offsets inside struct ft_ct_tuple.
+	OffCTTupleSaddr = 0
+	OffCTTupleDaddr = 16
+	OffCTTupleSport = 32
+	OffCTTupleDport = 34
+	CTTupleSize     = 36
+
+	// Offsets inside struct ft_ct.
+	OffCTOrig      = 0
+	OffCTFlags     = 36
+	OffCTIPVersion = 37
+	CTSize         = 40
+
+	// Offsets inside struct ft_encap.
+	OffEncapSaddr     = 0
+	OffEncapDaddr     = 16
+	OffEncapVNI       = 32
+	OffEncapDport     = 36
+	OffEncapIPVersion = 38
+	EncapSize         = 40
+
+	// Offsets inside struct ft_xlate_event.
+	OffXlateTuple   = 16
+	OffXlateCT      = 64
+	OffXlateXlat    = 104
+	OffXlateIfindex = 140
+	OffXlateNetns   = 144
+	OffXlateDir     = 148
+	XlateSize       = 152
+
+	// Offsets inside struct ft_mtu_event.
+	OffMTUTuple         = 16
+	OffMTUEmb           = 64
+	OffMTUEmbProto      = 100
+	OffMTUEmbIPVersion  = 101
+	OffMTUKind          = 102
+	OffMTUDir           = 103
+	OffMTUPktLen        = 104
+	OffMTUMTU           = 108
+	OffMTUIfindex       = 112
+	OffMTUEgressIfindex = 116
+	OffMTUNetns         = 120
+	MTUSize             = 128
+)
+
+// Conntrack flags (ft_ct.flags). Keep in sync with bpf/ft_event.h.
+const (
+	CTKnown     CTFlags = 0x01
+	CTReply     CTFlags = 0x02
+	CTDNAT      CTFlags = 0x04
+	CTSNAT      CTFlags = 0x08
+	CTViaNfct   CTFlags = 0x10
+	CTViaLookup CTFlags = 0x20
 )
 
 // Parse status values (enum ft_parse_status). Keep in sync with bpf/ft_event.h.

@@ -16,11 +16,12 @@ import (
 // Kind is the event type (enum ft_event_type).
 type Kind uint8
 
-// Event kinds. Keep in sync with bpf/ft_event.h; 3 and 4 are reserved for
-// TRANSLATED and MTU events.
+// Event kinds. Keep in sync with bpf/ft_event.h.
 const (
-	KindFlow Kind = 1
-	KindDrop Kind = 2
+	KindFlow       Kind = 1
+	KindDrop       Kind = 2
+	KindTranslated Kind = 3 // a connection's NAT, once per connection and netns
+	KindMTU        Kind = 4 // MTU exceeded, or an ICMP PMTU error seen
 )
 
 func (k Kind) String() string {
@@ -29,6 +30,10 @@ func (k Kind) String() string {
 		return "flow"
 	case KindDrop:
 		return "drop"
+	case KindTranslated:
+		return "translated"
+	case KindMTU:
+		return "mtu"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -78,7 +83,63 @@ func (r FlowReason) String() string {
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }
 
-// Event is one decoded flow or drop. Fields that do not apply to Kind are zero.
+// CTFlags describe the conntrack view of a packet (ft_ct.flags).
+type CTFlags uint8
+
+// Has reports whether all bits of f are set.
+func (c CTFlags) Has(f CTFlags) bool { return c&f == f }
+
+// MTUKind says what an MTU event reports (enum ft_mtu_kind).
+type MTUKind uint8
+
+// MTU event kinds. Keep in sync with bpf/ft_event.h.
+const (
+	MTUExceeded           MTUKind = 1 // packet larger than its egress device's MTU
+	MTUICMPFragNeeded     MTUKind = 2 // ICMP type 3 code 4
+	MTUICMPv6PacketTooBig MTUKind = 3 // ICMPv6 type 2
+)
+
+func (m MTUKind) String() string {
+	switch m {
+	case MTUExceeded:
+		return "mtu_exceeded"
+	case MTUICMPFragNeeded:
+		return "icmp_frag_needed"
+	case MTUICMPv6PacketTooBig:
+		return "icmpv6_packet_too_big"
+	}
+	return fmt.Sprintf("mtu_kind(%d)", uint8(m))
+}
+
+// Conntrack is the connection of a packet as conntrack first saw it (the
+// ORIGINAL direction). With CTDNAT set, OrigDst:OrigDstPort is the Service
+// VIP, in both directions of the connection; OrigSrc is the client before
+// masquerade. Zero when Flags lacks CTKnown.
+type Conntrack struct {
+	Flags                    CTFlags
+	IPVersion                uint8
+	OrigSrc, OrigDst         netip.Addr
+	OrigSrcPort, OrigDstPort uint16
+}
+
+// Encap is the outer header of a VXLAN packet; zero when not encapsulated.
+type Encap struct {
+	IPVersion uint8
+	Src, Dst  netip.Addr // underlay (node) addresses
+	DstPort   uint16     // 4789 or 8472
+	VNI       uint32
+}
+
+// Embedded is the header quoted by an ICMP error: the flow it is about, as
+// that flow's sender sent it.
+type Embedded struct {
+	IPVersion        uint8
+	Proto            uint8
+	Src, Dst         netip.Addr
+	SrcPort, DstPort uint16
+}
+
+// Event is one decoded event. Fields that do not apply to Kind are zero.
 type Event struct {
 	Kind      Kind
 	CPU       uint32
@@ -111,6 +172,23 @@ type Event struct {
 	Count      uint32
 	FirstNs    uint64
 	LastNs     uint64
+
+	// Flow, drop and translated events.
+	CT Conntrack
+
+	// Translated events: the original packet after NAT (the REPLY tuple
+	// reversed): XlatDst is the backend, XlatSrc the source after SNAT.
+	XlatSrc, XlatDst         netip.Addr
+	XlatSrcPort, XlatDstPort uint16
+
+	// Flow events seen on a VXLAN underlay: the tuple is the inner one.
+	Encap Encap
+
+	// MTU events. PktLen is the L3 length of the too-big (or quoted) packet.
+	MTUKind       MTUKind
+	MTU           uint32
+	EgressIfindex uint32
+	Embedded      Embedded
 }
 
 // Sentinel errors; Decode wraps them with the offending values.
@@ -142,6 +220,10 @@ func Decode(b []byte, ev *Event) error {
 		want = FlowSize
 	case KindDrop:
 		want = DropSize
+	case KindTranslated:
+		want = XlateSize
+	case KindMTU:
+		want = MTUSize
 	default:
 		return fmt.Errorf("%w: %d", ErrKind, b[OffHdrType])
 	}
@@ -163,6 +245,8 @@ func Decode(b []byte, ev *Event) error {
 		ev.PktLen = le.Uint32(b[OffFlowPktLen:])
 		ev.Direction = Direction(b[OffFlowDir])
 		ev.FlowReason = FlowReason(b[OffFlowReason])
+		decodeCT(b[OffFlowCT:OffFlowCT+CTSize], ev)
+		decodeEncap(b[OffFlowEncap:OffFlowEncap+EncapSize], ev)
 	case KindDrop:
 		decodeTuple(b[OffDropTuple:OffDropTuple+TupleSize], ev)
 		ev.Location = le.Uint64(b[OffDropLocation:])
@@ -174,8 +258,60 @@ func Decode(b []byte, ev *Event) error {
 		ev.Netns = le.Uint32(b[OffDropNetns:])
 		ev.PktLen = le.Uint32(b[OffDropPktLen:])
 		ev.Count = le.Uint32(b[OffDropCount:])
+		decodeCT(b[OffDropCT:OffDropCT+CTSize], ev)
+	case KindTranslated:
+		decodeTuple(b[OffXlateTuple:OffXlateTuple+TupleSize], ev)
+		decodeCT(b[OffXlateCT:OffXlateCT+CTSize], ev)
+		x := b[OffXlateXlat : OffXlateXlat+CTTupleSize]
+		ev.XlatSrc, ev.XlatDst = Addrs(ev.CT.IPVersion, x[OffCTTupleSaddr:OffCTTupleSaddr+16], x[OffCTTupleDaddr:OffCTTupleDaddr+16])
+		ev.XlatSrcPort = le.Uint16(x[OffCTTupleSport:])
+		ev.XlatDstPort = le.Uint16(x[OffCTTupleDport:])
+		ev.Ifindex = le.Uint32(b[OffXlateIfindex:])
+		ev.Netns = le.Uint32(b[OffXlateNetns:])
+		ev.Direction = Direction(b[OffXlateDir])
+	case KindMTU:
+		decodeTuple(b[OffMTUTuple:OffMTUTuple+TupleSize], ev)
+		e := b[OffMTUEmb : OffMTUEmb+CTTupleSize]
+		ev.Embedded.IPVersion = b[OffMTUEmbIPVersion]
+		ev.Embedded.Proto = b[OffMTUEmbProto]
+		ev.Embedded.Src, ev.Embedded.Dst = Addrs(ev.Embedded.IPVersion, e[OffCTTupleSaddr:OffCTTupleSaddr+16], e[OffCTTupleDaddr:OffCTTupleDaddr+16])
+		ev.Embedded.SrcPort = le.Uint16(e[OffCTTupleSport:])
+		ev.Embedded.DstPort = le.Uint16(e[OffCTTupleDport:])
+		ev.MTUKind = MTUKind(b[OffMTUKind])
+		ev.Direction = Direction(b[OffMTUDir])
+		ev.PktLen = le.Uint32(b[OffMTUPktLen:])
+		ev.MTU = le.Uint32(b[OffMTUMTU:])
+		ev.Ifindex = le.Uint32(b[OffMTUIfindex:])
+		ev.EgressIfindex = le.Uint32(b[OffMTUEgressIfindex:])
+		ev.Netns = le.Uint32(b[OffMTUNetns:])
 	}
 	return nil
+}
+
+// decodeCT leaves ev.CT zero unless the kernel marked it known, so a
+// consumer can compare Conntrack values without looking at stray bytes.
+func decodeCT(c []byte, ev *Event) {
+	f := CTFlags(c[OffCTFlags])
+	if !f.Has(CTKnown) {
+		return
+	}
+	o := c[OffCTOrig : OffCTOrig+CTTupleSize]
+	ev.CT.Flags = f
+	ev.CT.IPVersion = c[OffCTIPVersion]
+	ev.CT.OrigSrc, ev.CT.OrigDst = Addrs(ev.CT.IPVersion, o[OffCTTupleSaddr:OffCTTupleSaddr+16], o[OffCTTupleDaddr:OffCTTupleDaddr+16])
+	ev.CT.OrigSrcPort = le.Uint16(o[OffCTTupleSport:])
+	ev.CT.OrigDstPort = le.Uint16(o[OffCTTupleDport:])
+}
+
+func decodeEncap(c []byte, ev *Event) {
+	v := c[OffEncapIPVersion]
+	if v == 0 {
+		return
+	}
+	ev.Encap.IPVersion = v
+	ev.Encap.Src, ev.Encap.Dst = Addrs(v, c[OffEncapSaddr:OffEncapSaddr+16], c[OffEncapDaddr:OffEncapDaddr+16])
+	ev.Encap.DstPort = le.Uint16(c[OffEncapDport:])
+	ev.Encap.VNI = le.Uint32(c[OffEncapVNI:])
 }
 
 func decodeTuple(t []byte, ev *Event) {

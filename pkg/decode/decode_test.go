@@ -27,10 +27,24 @@ func putTuple(b []byte, ver uint8, src, dst netip.Addr, sport, dport, ethertype,
 	b[40], b[41], b[42], b[43], b[44], b[45] = ver, proto, flags, itype, icode, status
 }
 
+func putCTTuple(b []byte, ver uint8, src, dst netip.Addr, sport, dport uint16) {
+	if ver == 4 {
+		s4, d4 := src.As4(), dst.As4()
+		copy(b[0:4], s4[:])
+		copy(b[16:20], d4[:])
+	} else {
+		s, d := src.As16(), dst.As16()
+		copy(b[0:16], s[:])
+		copy(b[16:32], d[:])
+	}
+	binary.LittleEndian.PutUint16(b[32:], sport)
+	binary.LittleEndian.PutUint16(b[34:], dport)
+}
+
 func flowImage() []byte {
-	b := make([]byte, 96)
-	b[0], b[1] = 1, 1
-	binary.LittleEndian.PutUint16(b[2:], 96)
+	b := make([]byte, 176)
+	b[0], b[1] = 1, 2
+	binary.LittleEndian.PutUint16(b[2:], 176)
 	binary.LittleEndian.PutUint32(b[4:], 3)
 	binary.LittleEndian.PutUint64(b[8:], 123456789)
 	putTuple(b[16:64], 4, netip.MustParseAddr("10.1.2.3"), netip.MustParseAddr("10.4.5.6"),
@@ -41,13 +55,21 @@ func flowImage() []byte {
 	binary.LittleEndian.PutUint32(b[84:], 4026531840)
 	binary.LittleEndian.PutUint32(b[88:], 74)
 	b[92], b[93] = 2, 2
+	// ct at 96: DNAT'd connection seen in the reply direction.
+	putCTTuple(b[96:], 4, netip.MustParseAddr("10.4.5.6"), netip.MustParseAddr("10.96.0.10"), 443, 80)
+	b[132], b[133] = 0x01|0x02|0x04|0x10, 4
+	// encap at 136: VXLAN over IPv6.
+	putCTTuple(b[136:], 6, netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"), 0, 0)
+	binary.LittleEndian.PutUint32(b[168:], 42)
+	binary.LittleEndian.PutUint16(b[172:], 4789)
+	b[174] = 6
 	return b
 }
 
 func dropImage() []byte {
-	b := make([]byte, 112)
-	b[0], b[1] = 2, 1
-	binary.LittleEndian.PutUint16(b[2:], 112)
+	b := make([]byte, 152)
+	b[0], b[1] = 2, 2
+	binary.LittleEndian.PutUint16(b[2:], 152)
 	binary.LittleEndian.PutUint32(b[4:], 1)
 	binary.LittleEndian.PutUint64(b[8:], 99)
 	putTuple(b[16:64], 6, netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2"),
@@ -61,7 +83,80 @@ func dropImage() []byte {
 	binary.LittleEndian.PutUint32(b[100:], 4026532000)
 	binary.LittleEndian.PutUint32(b[104:], 61)
 	binary.LittleEndian.PutUint32(b[108:], 1)
+	// ct at 112 with stray bytes but no KNOWN flag: must decode as zero.
+	b[112], b[148] = 0xaa, 0x04
 	return b
+}
+
+func xlateImage() []byte {
+	b := make([]byte, 152)
+	b[0], b[1] = 3, 2
+	binary.LittleEndian.PutUint16(b[2:], 152)
+	binary.LittleEndian.PutUint64(b[8:], 7)
+	putTuple(b[16:64], 6, netip.MustParseAddr("fd00:10::5"), netip.MustParseAddr("fd00:20::7"),
+		40000, 8080, 0x86dd, 0, 6, 0x02, 0, 0, 0)
+	putCTTuple(b[64:], 6, netip.MustParseAddr("fd00:10::5"), netip.MustParseAddr("fd00:96::10"), 40000, 80)
+	b[100], b[101] = 0x01|0x04|0x08|0x10, 6
+	putCTTuple(b[104:], 6, netip.MustParseAddr("fd00:20::1"), netip.MustParseAddr("fd00:20::7"), 61000, 8080)
+	binary.LittleEndian.PutUint32(b[140:], 9)
+	binary.LittleEndian.PutUint32(b[144:], 4026532001)
+	b[148] = 2
+	return b
+}
+
+func mtuImage() []byte {
+	b := make([]byte, 128)
+	b[0], b[1] = 4, 2
+	binary.LittleEndian.PutUint16(b[2:], 128)
+	binary.LittleEndian.PutUint64(b[8:], 8)
+	putTuple(b[16:64], 4, netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.1.1"),
+		0, 0, 0x0800, 0, 1, 0, 3, 4, 0)
+	putCTTuple(b[64:], 4, netip.MustParseAddr("10.0.1.1"), netip.MustParseAddr("10.0.2.2"), 5000, 6000)
+	b[100], b[101], b[102], b[103] = 17, 4, 2, 2
+	binary.LittleEndian.PutUint32(b[104:], 1428)
+	binary.LittleEndian.PutUint32(b[108:], 1400)
+	binary.LittleEndian.PutUint32(b[112:], 3)
+	binary.LittleEndian.PutUint32(b[116:], 0)
+	binary.LittleEndian.PutUint32(b[120:], 4026532002)
+	return b
+}
+
+func TestDecodeTranslated(t *testing.T) {
+	var ev Event
+	if err := Decode(xlateImage(), &ev); err != nil {
+		t.Fatal(err)
+	}
+	want := Event{
+		Kind: KindTranslated, TimeNs: 7, Ifindex: 9, Netns: 4026532001, Direction: DirEgress,
+		EtherType: 0x86dd, IPVersion: 6, Src: netip.MustParseAddr("fd00:10::5"), Dst: netip.MustParseAddr("fd00:20::7"),
+		SrcPort: 40000, DstPort: 8080, Proto: 6, TCPFlags: TCPSyn,
+		CT: Conntrack{Flags: CTKnown | CTDNAT | CTSNAT | CTViaNfct, IPVersion: 6,
+			OrigSrc: netip.MustParseAddr("fd00:10::5"), OrigDst: netip.MustParseAddr("fd00:96::10"), OrigSrcPort: 40000, OrigDstPort: 80},
+		XlatSrc: netip.MustParseAddr("fd00:20::1"), XlatDst: netip.MustParseAddr("fd00:20::7"), XlatSrcPort: 61000, XlatDstPort: 8080,
+	}
+	if ev != want {
+		t.Fatalf("got  %+v\nwant %+v", ev, want)
+	}
+}
+
+func TestDecodeMTU(t *testing.T) {
+	var ev Event
+	if err := Decode(mtuImage(), &ev); err != nil {
+		t.Fatal(err)
+	}
+	want := Event{
+		Kind: KindMTU, TimeNs: 8, Ifindex: 3, Netns: 4026532002, Direction: DirEgress,
+		EtherType: 0x0800, IPVersion: 4, Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.1.1"),
+		Proto: 1, ICMPType: 3, ICMPCode: 4, PktLen: 1428,
+		MTUKind: MTUICMPFragNeeded, MTU: 1400,
+		Embedded: Embedded{IPVersion: 4, Proto: 17, Src: netip.MustParseAddr("10.0.1.1"), Dst: netip.MustParseAddr("10.0.2.2"), SrcPort: 5000, DstPort: 6000},
+	}
+	if ev != want {
+		t.Fatalf("got  %+v\nwant %+v", ev, want)
+	}
+	if ev.MTUKind.String() != "icmp_frag_needed" || KindMTU.String() != "mtu" || KindTranslated.String() != "translated" {
+		t.Fatalf("names: %v %v %v", ev.MTUKind, KindMTU, KindTranslated)
+	}
 }
 
 func TestDecodeFlow(t *testing.T) {
@@ -75,6 +170,9 @@ func TestDecodeFlow(t *testing.T) {
 		Src: netip.MustParseAddr("10.1.2.3"), Dst: netip.MustParseAddr("10.4.5.6"),
 		SrcPort: 40000, DstPort: 443, Proto: 6, TCPFlags: TCPSyn | TCPAck, VLAN: 7, PktLen: 74,
 		Packets: 10, Bytes: 1500, FlowReason: ReasonTCPFlags,
+		CT: Conntrack{Flags: CTKnown | CTReply | CTDNAT | CTViaNfct, IPVersion: 4,
+			OrigSrc: netip.MustParseAddr("10.4.5.6"), OrigDst: netip.MustParseAddr("10.96.0.10"), OrigSrcPort: 443, OrigDstPort: 80},
+		Encap: Encap{IPVersion: 6, Src: netip.MustParseAddr("fd00::1"), Dst: netip.MustParseAddr("fd00::2"), DstPort: 4789, VNI: 42},
 	}
 	if ev != want {
 		t.Fatalf("got  %+v\nwant %+v", ev, want)
@@ -120,13 +218,16 @@ func TestDecodeErrors(t *testing.T) {
 	}{
 		{"empty", nil, ErrShort},
 		{"header only", flowImage()[:15], ErrShort},
-		{"bad version", mut(func(b []byte) []byte { b[1] = 2; return b }), ErrVersion},
+		{"bad version", mut(func(b []byte) []byte { b[1] = 1; return b }), ErrVersion},
 		{"unknown kind", mut(func(b []byte) []byte { b[0] = 9; return b }), ErrKind},
 		{"kind zero", mut(func(b []byte) []byte { b[0] = 0; return b }), ErrKind},
-		{"truncated record", flowImage()[:95], ErrLength},
+		{"truncated record", flowImage()[:175], ErrLength},
+		{"v1 flow size", mut(func(b []byte) []byte { b[2] = 96; return b[:96] }), ErrLength},
 		{"len field too small", mut(func(b []byte) []byte { b[2] = 64; return b }), ErrLength},
-		{"drop len on flow", mut(func(b []byte) []byte { b[2] = 112; return b }), ErrLength},
+		{"drop len on flow", mut(func(b []byte) []byte { b[2] = 152; return b }), ErrLength},
 		{"flow kind with drop image", func() []byte { b := dropImage(); b[0] = 1; return b }(), ErrLength},
+		{"mtu kind with xlate image", func() []byte { b := xlateImage(); b[0] = 4; return b }(), ErrLength},
+		{"truncated mtu", mtuImage()[:127], ErrLength},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -143,11 +244,13 @@ func TestDecodeErrors(t *testing.T) {
 }
 
 func TestDecodeAllocs(t *testing.T) {
-	f, d := flowImage(), dropImage()
+	f, d, x, m := flowImage(), dropImage(), xlateImage(), mtuImage()
 	var ev Event
 	n := testing.AllocsPerRun(1000, func() {
 		_ = Decode(f, &ev)
 		_ = Decode(d, &ev)
+		_ = Decode(x, &ev)
+		_ = Decode(m, &ev)
 	})
 	if n != 0 {
 		t.Fatalf("Decode allocates %v times per run", n)
@@ -168,6 +271,8 @@ func BenchmarkDecode(b *testing.B) {
 func FuzzDecode(f *testing.F) {
 	f.Add(flowImage())
 	f.Add(dropImage())
+	f.Add(xlateImage())
+	f.Add(mtuImage())
 	f.Add([]byte{})
 	f.Add(make([]byte, 16))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -181,18 +286,29 @@ func FuzzDecode(f *testing.F) {
 		}
 		switch ev.Kind {
 		case KindFlow:
-			if len(b) < 96 {
+			if len(b) < 176 {
 				t.Fatalf("accepted short flow event (%d bytes)", len(b))
 			}
 		case KindDrop:
-			if len(b) < 112 {
+			if len(b) < 152 {
 				t.Fatalf("accepted short drop event (%d bytes)", len(b))
+			}
+		case KindTranslated:
+			if len(b) < 152 {
+				t.Fatalf("accepted short translated event (%d bytes)", len(b))
+			}
+		case KindMTU:
+			if len(b) < 128 {
+				t.Fatalf("accepted short mtu event (%d bytes)", len(b))
 			}
 		default:
 			t.Fatalf("accepted unknown kind %d", ev.Kind)
 		}
 		if ev.IPVersion != 4 && ev.IPVersion != 6 && (ev.Src.IsValid() || ev.Dst.IsValid()) {
 			t.Fatalf("addresses for ip version %d", ev.IPVersion)
+		}
+		if !ev.CT.Flags.Has(CTKnown) && ev.CT != (Conntrack{}) {
+			t.Fatalf("conntrack without KNOWN flag: %+v", ev.CT)
 		}
 	})
 }

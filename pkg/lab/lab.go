@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -45,6 +46,14 @@ func ValidatePrefix(p string) error {
 type Config struct {
 	Prefix       string // default "ft"
 	IdentityFile string // written by Up when set, removed by Down
+
+	// Extended adds, to the v0 one-node lab, what issue 3 needs: a second
+	// backend pod, kube-proxy-like Services (ClusterIP, NodePort, one with
+	// no endpoints) in nftables, a second node joined by an underlay veth
+	// with a flannel-like VXLAN overlay and a pod of its own, and a
+	// mis-sized MTU on the way between the nodes. Without it Up builds
+	// exactly the v0 lab.
+	Extended bool
 }
 
 func (c Config) prefix() string {
@@ -63,13 +72,16 @@ type Pod struct {
 	IPv4      netip.Addr
 	IPv6      netip.Addr
 	Labels    map[string]string
+	Node      string // Kubernetes node name of the node it runs on
+	NodeNetns string // the namespace holding HostVeth and the bridge
 
-	app          string // short role: frontend, backend, db
+	app          string // short role: frontend, backend, db, backend2, api
 	workloadKind string
 	workload     string
 }
 
-// Lab is a running lab.
+// Lab is a running lab. The flat node fields describe the first node
+// (the one the agent watches); Nodes lists every node, that one first.
 type Lab struct {
 	Node      string // Kubernetes node name
 	NodeNetns string // the router namespace, <prefix>-node
@@ -77,17 +89,88 @@ type Lab struct {
 	GatewayV4 netip.Addr
 	GatewayV6 netip.Addr
 	Pods      []Pod
+
+	// Set by Config.Extended; otherwise Nodes holds the one node and the
+	// rest is empty or zero.
+	Extended bool
+	Nodes    []Node
+	Services []Service
+	// PodMTU is the MTU of every pod's eth0 and host veth (and so of the
+	// bridges); OverlayMTU the VXLAN devices'; UnderlayMTU the veth between
+	// the nodes. The constants of the same names say why they disagree.
+	PodMTU, OverlayMTU, UnderlayMTU int
+	VNI                             int // VXLAN network identifier
+	VXLANPort                       int // UDP destination port of the overlay
+}
+
+// Node is one lab node: a router namespace with a bridge for its pods and,
+// in the extended lab, an underlay link and a VXLAN device.
+type Node struct {
+	Name      string // Kubernetes node name
+	Netns     string
+	Bridge    string
+	PodCIDRv4 netip.Prefix
+	PodCIDRv6 netip.Prefix
+	GatewayV4 netip.Addr // the bridge's addresses, the pods' default gateways
+	GatewayV6 netip.Addr
+
+	// Extended lab only.
+	Underlay   string     // veth to the other node (same name on both)
+	UnderlayV4 netip.Addr // node address: VXLAN endpoint and NodePort address
+	UnderlayV6 netip.Addr
+	Overlay    string           // VXLAN device, flannel.1's role
+	OverlayMAC net.HardwareAddr // its fixed MAC: the other node's FDB and neighbour entries name it
+	VTEPv4     netip.Addr       // the overlay device's address, PodCIDRv4's .0 as flannel does
+	VTEPv6     netip.Addr       // PodCIDRv6's first address: the other node's next hop (neighbour entry only)
+	ServiceDev string           // a portless bridge the Service CIDRs route to, standing in for a default route
+}
+
+// Service is a kube-proxy-like Service of the extended lab.
+type Service struct {
+	Namespace  string
+	Name       string
+	VIPs       []netip.Addr // ClusterIPs, IPv4 then IPv6
+	PortName   string
+	Protocol   string // TCP
+	Port       uint16 // ClusterIP port
+	TargetPort uint16 // the endpoints' port
+	NodePort   uint16 // 0: none
+	// Endpoints are the backing pods' names; none means kube-proxy rejects
+	// connections to the Service.
+	Endpoints []string
+}
+
+// Key returns "namespace/name".
+func (s Service) Key() string { return s.Namespace + "/" + s.Name }
+
+// VIP returns the Service's ClusterIP of the family of like.
+func (s Service) VIP(like netip.Addr) (netip.Addr, bool) {
+	for _, v := range s.VIPs {
+		if v.Is4() == like.Is4() {
+			return v, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 type podSpec struct {
 	app, name, kind, workload string
+	node                      int // index into the lab's nodes
 	host                      byte
+	label                     string // app label when it differs from app
 }
 
 var specs = []podSpec{
-	{"frontend", "frontend-6c9f7d", "Deployment", "frontend", 10},
-	{"backend", "backend-5d8b9c", "Deployment", "backend", 20},
-	{"db", "db-0", "StatefulSet", "db", 30},
+	{app: "frontend", name: "frontend-6c9f7d", kind: "Deployment", workload: "frontend", host: 10},
+	{app: "backend", name: "backend-5d8b9c", kind: "Deployment", workload: "backend", host: 20},
+	{app: "db", name: "db-0", kind: "StatefulSet", workload: "db", host: 30},
+}
+
+// extSpecs are the extended lab's extra pods: a second replica of the
+// backend Deployment on the first node, and a pod on the second node.
+var extSpecs = []podSpec{
+	{app: "backend2", name: "backend-5d8b9c-2", kind: "Deployment", workload: "backend", host: 21, label: "backend"},
+	{app: "api", name: "api-7b9d4c", kind: "Deployment", workload: "api", node: 1, host: 10},
 }
 
 // describe returns the lab Up would build, without touching the system.
@@ -99,16 +182,34 @@ func describe(cfg Config) *Lab {
 		Bridge:    p + "br0",
 		GatewayV4: netip.MustParseAddr("10.244.0.1"),
 		GatewayV6: netip.MustParseAddr("fd00:10:244::1"),
+		Extended:  cfg.Extended,
 	}
-	for _, s := range specs {
+	l.Nodes = []Node{{
+		Name: l.Node, Netns: l.NodeNetns, Bridge: l.Bridge,
+		PodCIDRv4: netip.MustParsePrefix("10.244.0.0/24"), PodCIDRv6: netip.MustParsePrefix("fd00:10:244::/64"),
+		GatewayV4: l.GatewayV4, GatewayV6: l.GatewayV6,
+	}}
+	all := specs
+	if cfg.Extended {
+		describeExtended(l, p)
+		all = append(append([]podSpec{}, specs...), extSpecs...)
+	}
+	for _, s := range all {
+		n := l.Nodes[s.node]
+		label := s.label
+		if label == "" {
+			label = s.app
+		}
 		l.Pods = append(l.Pods, Pod{
 			Name:         s.name,
 			Namespace:    "shop",
 			Netns:        p + "-" + s.app,
 			HostVeth:     p + "v-" + s.app,
-			IPv4:         netip.AddrFrom4([4]byte{10, 244, 0, s.host}),
-			IPv6:         netip.MustParseAddr(fmt.Sprintf("fd00:10:244::%d", s.host)),
-			Labels:       map[string]string{"app": s.app},
+			IPv4:         hostAddr(n.PodCIDRv4, s.host),
+			IPv6:         hostAddr(n.PodCIDRv6, s.host),
+			Labels:       map[string]string{"app": label},
+			Node:         n.Name,
+			NodeNetns:    n.Netns,
 			app:          s.app,
 			workloadKind: s.kind,
 			workload:     s.workload,
@@ -117,8 +218,27 @@ func describe(cfg Config) *Lab {
 	return l
 }
 
+// hostAddr returns the address of prefix whose last byte is host. IPv6
+// pods take the same decimal digits as hex (fd00:10:244::10 for .10), as
+// the v0 lab always did, so the two addresses read alike.
+func hostAddr(prefix netip.Prefix, host byte) netip.Addr {
+	a := prefix.Masked().Addr()
+	if a.Is4() {
+		b := a.As4()
+		b[3] = host
+		return netip.AddrFrom4(b)
+	}
+	b := a.As16()
+	v := uint16(host/10)<<4 | uint16(host%10)
+	b[14], b[15] = byte(v>>8), byte(v)
+	return netip.AddrFrom16(b)
+}
+
 func (l *Lab) namespaces() []string {
-	out := []string{l.NodeNetns}
+	var out []string
+	for _, n := range l.Nodes {
+		out = append(out, n.Netns)
+	}
 	for _, p := range l.Pods {
 		out = append(out, p.Netns)
 	}
@@ -170,8 +290,6 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 }
 
 func (l *Lab) build(ctx context.Context) error {
-	node := l.NodeNetns
-	inNode := func(argv ...string) []string { return append([]string{"ip", "netns", "exec", node}, argv...) }
 	var steps [][]string
 	for _, ns := range l.namespaces() {
 		steps = append(steps, []string{"ip", "netns", "add", ns}, []string{"ip", "-n", ns, "link", "set", "lo", "up"},
@@ -181,42 +299,73 @@ func (l *Lab) build(ctx context.Context) error {
 			// inherit it.
 			[]string{"ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.router_solicitations=0"})
 	}
-	steps = append(steps,
-		// Routing and bridge netfilter are per namespace: only the node
-		// forwards, and the host's settings stay untouched.
-		inNode("sysctl", "-qw", "net.ipv4.ip_forward=1"),
-		inNode("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"),
-		inNode("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"),
-		inNode("sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1"),
-		[]string{"ip", "-n", node, "link", "add", l.Bridge, "type", "bridge"},
-		[]string{"ip", "-n", node, "addr", "add", l.GatewayV4.String() + "/24", "dev", l.Bridge},
-		[]string{"ip", "-n", node, "addr", "add", l.GatewayV6.String() + "/64", "dev", l.Bridge, "nodad"},
-		[]string{"ip", "-n", node, "link", "set", l.Bridge, "up"},
-	)
+	for _, n := range l.Nodes {
+		steps = append(steps, nodeSteps(n)...)
+	}
 	for _, p := range l.Pods {
-		steps = append(steps,
-			// Created inside the node namespace with the peer placed
-			// straight into the pod: nothing ever exists in the host's
-			// namespace.
-			[]string{"ip", "-n", node, "link", "add", p.HostVeth, "type", "veth", "peer", "name", "eth0", "netns", p.Netns},
-			[]string{"ip", "-n", node, "link", "set", p.HostVeth, "master", l.Bridge},
-			[]string{"ip", "-n", node, "link", "set", p.HostVeth, "up"},
-			[]string{"ip", "-n", p.Netns, "addr", "add", p.IPv4.String() + "/24", "dev", "eth0"},
-			[]string{"ip", "-n", p.Netns, "addr", "add", p.IPv6.String() + "/64", "dev", "eth0", "nodad"},
-			[]string{"ip", "-n", p.Netns, "link", "set", "eth0", "up"},
-			[]string{"ip", "-n", p.Netns, "route", "add", "default", "via", l.GatewayV4.String(), "dev", "eth0"},
-			[]string{"ip", "-n", p.Netns, "-6", "route", "add", "default", "via", l.GatewayV6.String(), "dev", "eth0"},
-		)
+		steps = append(steps, l.podSteps(p)...)
+	}
+	if l.Extended {
+		steps = append(steps, l.overlaySteps()...)
 	}
 	for _, argv := range steps {
 		if _, err := run(ctx, "", argv...); err != nil {
 			return err
 		}
 	}
-	if _, err := run(ctx, l.policy(), inNode("nft", "-f", "-")...); err != nil {
+	if _, err := run(ctx, l.policy(), "ip", "netns", "exec", l.NodeNetns, "nft", "-f", "-"); err != nil {
 		return fmt.Errorf("load lab policy: %w", err)
 	}
+	if l.Extended {
+		// kube-proxy runs on every node: a client on either node reaches
+		// the Services, and NodePorts answer on both nodes.
+		for i, n := range l.Nodes {
+			if _, err := run(ctx, l.kubeProxyRules(i), "ip", "netns", "exec", n.Netns, "nft", "-f", "-"); err != nil {
+				return fmt.Errorf("load kube-proxy rules on %s: %w", n.Name, err)
+			}
+		}
+	}
 	return nil
+}
+
+func nodeSteps(n Node) [][]string {
+	inNode := func(argv ...string) []string { return append([]string{"ip", "netns", "exec", n.Netns}, argv...) }
+	return [][]string{
+		// Routing and bridge netfilter are per namespace: only the nodes
+		// forward, and the host's settings stay untouched.
+		inNode("sysctl", "-qw", "net.ipv4.ip_forward=1"),
+		inNode("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"),
+		inNode("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"),
+		inNode("sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1"),
+		{"ip", "-n", n.Netns, "link", "add", n.Bridge, "type", "bridge"},
+		{"ip", "-n", n.Netns, "addr", "add", n.GatewayV4.String() + "/24", "dev", n.Bridge},
+		{"ip", "-n", n.Netns, "addr", "add", n.GatewayV6.String() + "/64", "dev", n.Bridge, "nodad"},
+		{"ip", "-n", n.Netns, "link", "set", n.Bridge, "up"},
+	}
+}
+
+func (l *Lab) podSteps(p Pod) [][]string {
+	node := p.NodeNetns
+	var gw4, gw6 netip.Addr
+	var bridge string
+	for _, n := range l.Nodes {
+		if n.Netns == node {
+			gw4, gw6, bridge = n.GatewayV4, n.GatewayV6, n.Bridge
+		}
+	}
+	return [][]string{
+		// Created inside the node namespace with the peer placed
+		// straight into the pod: nothing ever exists in the host's
+		// namespace.
+		{"ip", "-n", node, "link", "add", p.HostVeth, "type", "veth", "peer", "name", "eth0", "netns", p.Netns},
+		{"ip", "-n", node, "link", "set", p.HostVeth, "master", bridge},
+		{"ip", "-n", node, "link", "set", p.HostVeth, "up"},
+		{"ip", "-n", p.Netns, "addr", "add", p.IPv4.String() + "/24", "dev", "eth0"},
+		{"ip", "-n", p.Netns, "addr", "add", p.IPv6.String() + "/64", "dev", "eth0", "nodad"},
+		{"ip", "-n", p.Netns, "link", "set", "eth0", "up"},
+		{"ip", "-n", p.Netns, "route", "add", "default", "via", gw4.String(), "dev", "eth0"},
+		{"ip", "-n", p.Netns, "-6", "route", "add", "default", "via", gw6.String(), "dev", "eth0"},
+	}
 }
 
 // policy is the lab's "NetworkPolicy": db accepts nothing from frontend on
@@ -242,7 +391,11 @@ func Down(ctx context.Context, cfg Config) error {
 		return err
 	}
 	var errs []error
-	for _, ns := range describe(cfg).namespaces() {
+	// Whatever Extended says, remove both nodes: a lab brought up extended
+	// and taken down by a caller that does not know it must not leak.
+	all := cfg
+	all.Extended = true
+	for _, ns := range describe(all).namespaces() {
 		if _, err := os.Lstat(filepath.Join(netnsDir, ns)); errors.Is(err, os.ErrNotExist) {
 			continue
 		}
@@ -271,11 +424,12 @@ func (l *Lab) Exec(ctx context.Context, pod string, argv ...string) ([]byte, err
 	return run(ctx, "", append([]string{"ip", "netns", "exec", p.Netns}, argv...)...)
 }
 
-// Identity file schema, read by the agent's static identity source.
+// Identity file schema, read by the agent's static identity source
+// (pkg/identity, which rejects unknown fields: keep the two in step).
 type identityFile struct {
 	Node     string            `json:"node"`
 	Pods     []identityPod     `json:"pods"`
-	Services []json.RawMessage `json:"services"`
+	Services []identityService `json:"services"`
 }
 
 type identityPod struct {
@@ -292,17 +446,41 @@ type identityWorkload struct {
 	Name string `json:"name"`
 }
 
+type identityService struct {
+	Namespace string         `json:"namespace"`
+	Name      string         `json:"name"`
+	VIPs      []string       `json:"vips"`
+	Ports     []identityPort `json:"ports"`
+}
+
+type identityPort struct {
+	Name     string `json:"name"`
+	Port     uint16 `json:"port"`
+	Protocol string `json:"protocol"`
+}
+
 func (l *Lab) identity() identityFile {
-	f := identityFile{Node: l.Node, Services: []json.RawMessage{}}
+	f := identityFile{Node: l.Node, Services: []identityService{}}
 	for _, p := range l.Pods {
 		f.Pods = append(f.Pods, identityPod{
 			Namespace: p.Namespace,
 			Name:      p.Name,
 			Labels:    p.Labels,
 			Workload:  identityWorkload{Kind: p.workloadKind, Name: p.workload},
-			Node:      l.Node,
+			Node:      p.Node,
 			IPs:       []string{p.IPv4.String(), p.IPv6.String()},
 		})
+	}
+	for _, s := range l.Services {
+		is := identityService{
+			Namespace: s.Namespace,
+			Name:      s.Name,
+			Ports:     []identityPort{{Name: s.PortName, Port: s.Port, Protocol: s.Protocol}},
+		}
+		for _, v := range s.VIPs {
+			is.VIPs = append(is.VIPs, v.String())
+		}
+		f.Services = append(f.Services, is)
 	}
 	return f
 }
