@@ -22,6 +22,112 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// MTUEvent says what an MTU_EXCEEDED flow reports.
+type MTUEvent int32
+
+const (
+	MTUEvent_MTU_EVENT_UNSPECIFIED MTUEvent = 0
+	// MTU_EVENT_EXCEEDED: a packet that may not be fragmented (IPv4 DF, or
+	// IPv6) is larger than the MTU of the device it must leave through.
+	MTUEvent_MTU_EVENT_EXCEEDED MTUEvent = 1
+	// MTU_EVENT_ICMP_FRAG_NEEDED: an ICMP "fragmentation needed" crossed the node.
+	MTUEvent_MTU_EVENT_ICMP_FRAG_NEEDED MTUEvent = 2
+	// MTU_EVENT_ICMPV6_PACKET_TOO_BIG: an ICMPv6 "packet too big" crossed the node.
+	MTUEvent_MTU_EVENT_ICMPV6_PACKET_TOO_BIG MTUEvent = 3
+)
+
+// Enum value maps for MTUEvent.
+var (
+	MTUEvent_name = map[int32]string{
+		0: "MTU_EVENT_UNSPECIFIED",
+		1: "MTU_EVENT_EXCEEDED",
+		2: "MTU_EVENT_ICMP_FRAG_NEEDED",
+		3: "MTU_EVENT_ICMPV6_PACKET_TOO_BIG",
+	}
+	MTUEvent_value = map[string]int32{
+		"MTU_EVENT_UNSPECIFIED":           0,
+		"MTU_EVENT_EXCEEDED":              1,
+		"MTU_EVENT_ICMP_FRAG_NEEDED":      2,
+		"MTU_EVENT_ICMPV6_PACKET_TOO_BIG": 3,
+	}
+)
+
+func (x MTUEvent) Enum() *MTUEvent {
+	p := new(MTUEvent)
+	*p = x
+	return p
+}
+
+func (x MTUEvent) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MTUEvent) Descriptor() protoreflect.EnumDescriptor {
+	return file_flowtrace_v1_flow_proto_enumTypes[0].Descriptor()
+}
+
+func (MTUEvent) Type() protoreflect.EnumType {
+	return &file_flowtrace_v1_flow_proto_enumTypes[0]
+}
+
+func (x MTUEvent) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MTUEvent.Descriptor instead.
+func (MTUEvent) EnumDescriptor() ([]byte, []int) {
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{0}
+}
+
+// DropCause is flowtrace's explanation of a drop beyond the kernel's reason.
+type DropCause int32
+
+const (
+	DropCause_DROP_CAUSE_UNSPECIFIED DropCause = 0
+	// DROP_CAUSE_SERVICE_NO_ENDPOINTS: the destination is a Service VIP with no
+	// endpoints (kube-proxy rejects such traffic).
+	DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS DropCause = 1
+)
+
+// Enum value maps for DropCause.
+var (
+	DropCause_name = map[int32]string{
+		0: "DROP_CAUSE_UNSPECIFIED",
+		1: "DROP_CAUSE_SERVICE_NO_ENDPOINTS",
+	}
+	DropCause_value = map[string]int32{
+		"DROP_CAUSE_UNSPECIFIED":          0,
+		"DROP_CAUSE_SERVICE_NO_ENDPOINTS": 1,
+	}
+)
+
+func (x DropCause) Enum() *DropCause {
+	p := new(DropCause)
+	*p = x
+	return p
+}
+
+func (x DropCause) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DropCause) Descriptor() protoreflect.EnumDescriptor {
+	return file_flowtrace_v1_flow_proto_enumTypes[1].Descriptor()
+}
+
+func (DropCause) Type() protoreflect.EnumType {
+	return &file_flowtrace_v1_flow_proto_enumTypes[1]
+}
+
+func (x DropCause) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DropCause.Descriptor instead.
+func (DropCause) EnumDescriptor() ([]byte, []int) {
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{1}
+}
+
 // Verdict is what happened to the traffic.
 type Verdict int32
 
@@ -66,11 +172,11 @@ func (x Verdict) String() string {
 }
 
 func (Verdict) Descriptor() protoreflect.EnumDescriptor {
-	return file_flowtrace_v1_flow_proto_enumTypes[0].Descriptor()
+	return file_flowtrace_v1_flow_proto_enumTypes[2].Descriptor()
 }
 
 func (Verdict) Type() protoreflect.EnumType {
-	return &file_flowtrace_v1_flow_proto_enumTypes[0]
+	return &file_flowtrace_v1_flow_proto_enumTypes[2]
 }
 
 func (x Verdict) Number() protoreflect.EnumNumber {
@@ -79,7 +185,7 @@ func (x Verdict) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Verdict.Descriptor instead.
 func (Verdict) EnumDescriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{0}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{2}
 }
 
 // FlowReport says why a FORWARDED record was emitted.
@@ -126,11 +232,11 @@ func (x FlowReport) String() string {
 }
 
 func (FlowReport) Descriptor() protoreflect.EnumDescriptor {
-	return file_flowtrace_v1_flow_proto_enumTypes[1].Descriptor()
+	return file_flowtrace_v1_flow_proto_enumTypes[3].Descriptor()
 }
 
 func (FlowReport) Type() protoreflect.EnumType {
-	return &file_flowtrace_v1_flow_proto_enumTypes[1]
+	return &file_flowtrace_v1_flow_proto_enumTypes[3]
 }
 
 func (x FlowReport) Number() protoreflect.EnumNumber {
@@ -139,7 +245,7 @@ func (x FlowReport) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FlowReport.Descriptor instead.
 func (FlowReport) EnumDescriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{1}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{3}
 }
 
 // TrafficDirection is the direction at the observation point.
@@ -176,11 +282,11 @@ func (x TrafficDirection) String() string {
 }
 
 func (TrafficDirection) Descriptor() protoreflect.EnumDescriptor {
-	return file_flowtrace_v1_flow_proto_enumTypes[2].Descriptor()
+	return file_flowtrace_v1_flow_proto_enumTypes[4].Descriptor()
 }
 
 func (TrafficDirection) Type() protoreflect.EnumType {
-	return &file_flowtrace_v1_flow_proto_enumTypes[2]
+	return &file_flowtrace_v1_flow_proto_enumTypes[4]
 }
 
 func (x TrafficDirection) Number() protoreflect.EnumNumber {
@@ -189,7 +295,7 @@ func (x TrafficDirection) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TrafficDirection.Descriptor instead.
 func (TrafficDirection) EnumDescriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{2}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{4}
 }
 
 // ObservationPoint is where in the kernel the flow was seen.
@@ -229,11 +335,11 @@ func (x ObservationPoint) String() string {
 }
 
 func (ObservationPoint) Descriptor() protoreflect.EnumDescriptor {
-	return file_flowtrace_v1_flow_proto_enumTypes[3].Descriptor()
+	return file_flowtrace_v1_flow_proto_enumTypes[5].Descriptor()
 }
 
 func (ObservationPoint) Type() protoreflect.EnumType {
-	return &file_flowtrace_v1_flow_proto_enumTypes[3]
+	return &file_flowtrace_v1_flow_proto_enumTypes[5]
 }
 
 func (x ObservationPoint) Number() protoreflect.EnumNumber {
@@ -242,7 +348,7 @@ func (x ObservationPoint) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ObservationPoint.Descriptor instead.
 func (ObservationPoint) EnumDescriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{3}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{5}
 }
 
 // IPVersion of a flow.
@@ -279,11 +385,11 @@ func (x IPVersion) String() string {
 }
 
 func (IPVersion) Descriptor() protoreflect.EnumDescriptor {
-	return file_flowtrace_v1_flow_proto_enumTypes[4].Descriptor()
+	return file_flowtrace_v1_flow_proto_enumTypes[6].Descriptor()
 }
 
 func (IPVersion) Type() protoreflect.EnumType {
-	return &file_flowtrace_v1_flow_proto_enumTypes[4]
+	return &file_flowtrace_v1_flow_proto_enumTypes[6]
 }
 
 func (x IPVersion) Number() protoreflect.EnumNumber {
@@ -292,7 +398,7 @@ func (x IPVersion) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use IPVersion.Descriptor instead.
 func (IPVersion) EnumDescriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{4}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{6}
 }
 
 // DropReason is flowtrace's stable drop reason taxonomy. Values are matched
@@ -707,11 +813,11 @@ func (x DropReason) String() string {
 }
 
 func (DropReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_flowtrace_v1_flow_proto_enumTypes[5].Descriptor()
+	return file_flowtrace_v1_flow_proto_enumTypes[7].Descriptor()
 }
 
 func (DropReason) Type() protoreflect.EnumType {
-	return &file_flowtrace_v1_flow_proto_enumTypes[5]
+	return &file_flowtrace_v1_flow_proto_enumTypes[7]
 }
 
 func (x DropReason) Number() protoreflect.EnumNumber {
@@ -720,7 +826,7 @@ func (x DropReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DropReason.Descriptor instead.
 func (DropReason) EnumDescriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{5}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{7}
 }
 
 // Flow is one observation of the datapath: a dropped packet, or a report of a
@@ -766,7 +872,22 @@ type Flow struct {
 	// input_interface is the device the dropped packet arrived on, when known.
 	InputInterface *Interface `protobuf:"bytes,22,opt,name=input_interface,json=inputInterface,proto3" json:"input_interface,omitempty"`
 	// summary is a one-line human description of the flow.
-	Summary       string `protobuf:"bytes,23,opt,name=summary,proto3" json:"summary,omitempty"`
+	Summary string `protobuf:"bytes,23,opt,name=summary,proto3" json:"summary,omitempty"`
+	// source_service / destination_service name the Service an end belongs to
+	// for this connection: the Service whose VIP the client addressed (set on
+	// the backend's side of a DNAT'd connection too, in both directions).
+	SourceService      *Service `protobuf:"bytes,24,opt,name=source_service,json=sourceService,proto3" json:"source_service,omitempty"`
+	DestinationService *Service `protobuf:"bytes,25,opt,name=destination_service,json=destinationService,proto3" json:"destination_service,omitempty"`
+	// translation is set on TRANSLATED flows: what the client addressed and
+	// what conntrack translated it to.
+	Translation *Translation `protobuf:"bytes,26,opt,name=translation,proto3" json:"translation,omitempty"`
+	// mtu is set on MTU_EXCEEDED flows.
+	Mtu *MTUInfo `protobuf:"bytes,27,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// encapsulation is set when the flow was seen inside a VXLAN tunnel; ip
+	// and l4 then describe the inner packet.
+	Encapsulation *Encapsulation `protobuf:"bytes,28,opt,name=encapsulation,proto3" json:"encapsulation,omitempty"`
+	// drop_cause is what flowtrace could tell beyond the kernel's reason.
+	DropCause     DropCause `protobuf:"varint,29,opt,name=drop_cause,json=dropCause,proto3,enum=flowtrace.v1.DropCause" json:"drop_cause,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -962,6 +1083,377 @@ func (x *Flow) GetSummary() string {
 	return ""
 }
 
+func (x *Flow) GetSourceService() *Service {
+	if x != nil {
+		return x.SourceService
+	}
+	return nil
+}
+
+func (x *Flow) GetDestinationService() *Service {
+	if x != nil {
+		return x.DestinationService
+	}
+	return nil
+}
+
+func (x *Flow) GetTranslation() *Translation {
+	if x != nil {
+		return x.Translation
+	}
+	return nil
+}
+
+func (x *Flow) GetMtu() *MTUInfo {
+	if x != nil {
+		return x.Mtu
+	}
+	return nil
+}
+
+func (x *Flow) GetEncapsulation() *Encapsulation {
+	if x != nil {
+		return x.Encapsulation
+	}
+	return nil
+}
+
+func (x *Flow) GetDropCause() DropCause {
+	if x != nil {
+		return x.DropCause
+	}
+	return DropCause_DROP_CAUSE_UNSPECIFIED
+}
+
+// Service is a Kubernetes Service, with the port the flow used.
+type Service struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	PortName      string                 `protobuf:"bytes,3,opt,name=port_name,json=portName,proto3" json:"port_name,omitempty"`
+	Port          uint32                 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Service) Reset() {
+	*x = Service{}
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Service) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Service) ProtoMessage() {}
+
+func (x *Service) ProtoReflect() protoreflect.Message {
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Service.ProtoReflect.Descriptor instead.
+func (*Service) Descriptor() ([]byte, []int) {
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Service) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Service) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Service) GetPortName() string {
+	if x != nil {
+		return x.PortName
+	}
+	return ""
+}
+
+func (x *Service) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+// Translation is a destination NAT (Service VIP to backend), with the source
+// NAT (masquerade) of the same connection when there is one.
+type Translation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// original_ip:original_port is what the client addressed (the VIP).
+	OriginalIp   string `protobuf:"bytes,1,opt,name=original_ip,json=originalIp,proto3" json:"original_ip,omitempty"`
+	OriginalPort uint32 `protobuf:"varint,2,opt,name=original_port,json=originalPort,proto3" json:"original_port,omitempty"`
+	// translated_ip:translated_port is the backend conntrack chose.
+	TranslatedIp   string `protobuf:"bytes,3,opt,name=translated_ip,json=translatedIp,proto3" json:"translated_ip,omitempty"`
+	TranslatedPort uint32 `protobuf:"varint,4,opt,name=translated_port,json=translatedPort,proto3" json:"translated_port,omitempty"`
+	// translated_source_ip:port is the client's address after source NAT;
+	// empty when the source was not translated.
+	TranslatedSourceIp   string `protobuf:"bytes,5,opt,name=translated_source_ip,json=translatedSourceIp,proto3" json:"translated_source_ip,omitempty"`
+	TranslatedSourcePort uint32 `protobuf:"varint,6,opt,name=translated_source_port,json=translatedSourcePort,proto3" json:"translated_source_port,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *Translation) Reset() {
+	*x = Translation{}
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Translation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Translation) ProtoMessage() {}
+
+func (x *Translation) ProtoReflect() protoreflect.Message {
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Translation.ProtoReflect.Descriptor instead.
+func (*Translation) Descriptor() ([]byte, []int) {
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Translation) GetOriginalIp() string {
+	if x != nil {
+		return x.OriginalIp
+	}
+	return ""
+}
+
+func (x *Translation) GetOriginalPort() uint32 {
+	if x != nil {
+		return x.OriginalPort
+	}
+	return 0
+}
+
+func (x *Translation) GetTranslatedIp() string {
+	if x != nil {
+		return x.TranslatedIp
+	}
+	return ""
+}
+
+func (x *Translation) GetTranslatedPort() uint32 {
+	if x != nil {
+		return x.TranslatedPort
+	}
+	return 0
+}
+
+func (x *Translation) GetTranslatedSourceIp() string {
+	if x != nil {
+		return x.TranslatedSourceIp
+	}
+	return ""
+}
+
+func (x *Translation) GetTranslatedSourcePort() uint32 {
+	if x != nil {
+		return x.TranslatedSourcePort
+	}
+	return 0
+}
+
+// MTUInfo describes a packet too big for its path.
+type MTUInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Event MTUEvent               `protobuf:"varint,1,opt,name=event,proto3,enum=flowtrace.v1.MTUEvent" json:"event,omitempty"`
+	// mtu of the egress device (EXCEEDED) or announced by the ICMP error.
+	Mtu uint32 `protobuf:"varint,2,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// packet_length is the IP length of the too-big packet.
+	PacketLength uint32 `protobuf:"varint,3,opt,name=packet_length,json=packetLength,proto3" json:"packet_length,omitempty"`
+	// egress_interface is the device the packet could not leave through; for
+	// an encapsulated path, the overlay device.
+	EgressInterface *Interface `protobuf:"bytes,4,opt,name=egress_interface,json=egressInterface,proto3" json:"egress_interface,omitempty"`
+	// icmp_sent: an ICMP error for this flow was seen going back toward the
+	// sender shortly after (Path MTU discovery can work).
+	IcmpSent bool `protobuf:"varint,5,opt,name=icmp_sent,json=icmpSent,proto3" json:"icmp_sent,omitempty"`
+	// quoted_ip / quoted_l4: for ICMP errors, the flow the error is about, as
+	// its sender sent it.
+	QuotedIp      *IP     `protobuf:"bytes,6,opt,name=quoted_ip,json=quotedIp,proto3" json:"quoted_ip,omitempty"`
+	QuotedL4      *Layer4 `protobuf:"bytes,7,opt,name=quoted_l4,json=quotedL4,proto3" json:"quoted_l4,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MTUInfo) Reset() {
+	*x = MTUInfo{}
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MTUInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MTUInfo) ProtoMessage() {}
+
+func (x *MTUInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MTUInfo.ProtoReflect.Descriptor instead.
+func (*MTUInfo) Descriptor() ([]byte, []int) {
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *MTUInfo) GetEvent() MTUEvent {
+	if x != nil {
+		return x.Event
+	}
+	return MTUEvent_MTU_EVENT_UNSPECIFIED
+}
+
+func (x *MTUInfo) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *MTUInfo) GetPacketLength() uint32 {
+	if x != nil {
+		return x.PacketLength
+	}
+	return 0
+}
+
+func (x *MTUInfo) GetEgressInterface() *Interface {
+	if x != nil {
+		return x.EgressInterface
+	}
+	return nil
+}
+
+func (x *MTUInfo) GetIcmpSent() bool {
+	if x != nil {
+		return x.IcmpSent
+	}
+	return false
+}
+
+func (x *MTUInfo) GetQuotedIp() *IP {
+	if x != nil {
+		return x.QuotedIp
+	}
+	return nil
+}
+
+func (x *MTUInfo) GetQuotedL4() *Layer4 {
+	if x != nil {
+		return x.QuotedL4
+	}
+	return nil
+}
+
+// Encapsulation is the outer header of a tunnelled packet.
+type Encapsulation struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	OuterSource      string                 `protobuf:"bytes,1,opt,name=outer_source,json=outerSource,proto3" json:"outer_source,omitempty"`
+	OuterDestination string                 `protobuf:"bytes,2,opt,name=outer_destination,json=outerDestination,proto3" json:"outer_destination,omitempty"`
+	Vni              uint32                 `protobuf:"varint,3,opt,name=vni,proto3" json:"vni,omitempty"`
+	Port             uint32                 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Encapsulation) Reset() {
+	*x = Encapsulation{}
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Encapsulation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Encapsulation) ProtoMessage() {}
+
+func (x *Encapsulation) ProtoReflect() protoreflect.Message {
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Encapsulation.ProtoReflect.Descriptor instead.
+func (*Encapsulation) Descriptor() ([]byte, []int) {
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Encapsulation) GetOuterSource() string {
+	if x != nil {
+		return x.OuterSource
+	}
+	return ""
+}
+
+func (x *Encapsulation) GetOuterDestination() string {
+	if x != nil {
+		return x.OuterDestination
+	}
+	return ""
+}
+
+func (x *Encapsulation) GetVni() uint32 {
+	if x != nil {
+		return x.Vni
+	}
+	return 0
+}
+
+func (x *Encapsulation) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
 // IP holds the network layer addresses.
 type IP struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -974,7 +1466,7 @@ type IP struct {
 
 func (x *IP) Reset() {
 	*x = IP{}
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[1]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1478,7 @@ func (x *IP) String() string {
 func (*IP) ProtoMessage() {}
 
 func (x *IP) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[1]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1491,7 @@ func (x *IP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IP.ProtoReflect.Descriptor instead.
 func (*IP) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{1}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *IP) GetSource() string {
@@ -1041,7 +1533,7 @@ type Layer4 struct {
 
 func (x *Layer4) Reset() {
 	*x = Layer4{}
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[2]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1545,7 @@ func (x *Layer4) String() string {
 func (*Layer4) ProtoMessage() {}
 
 func (x *Layer4) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[2]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1558,7 @@ func (x *Layer4) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Layer4.ProtoReflect.Descriptor instead.
 func (*Layer4) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{2}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Layer4) GetProtocol() isLayer4_Protocol {
@@ -1183,7 +1675,7 @@ type TCP struct {
 
 func (x *TCP) Reset() {
 	*x = TCP{}
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[3]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1687,7 @@ func (x *TCP) String() string {
 func (*TCP) ProtoMessage() {}
 
 func (x *TCP) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[3]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1700,7 @@ func (x *TCP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TCP.ProtoReflect.Descriptor instead.
 func (*TCP) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{3}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TCP) GetSourcePort() uint32 {
@@ -1249,7 +1741,7 @@ type TCPFlags struct {
 
 func (x *TCPFlags) Reset() {
 	*x = TCPFlags{}
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[4]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1261,7 +1753,7 @@ func (x *TCPFlags) String() string {
 func (*TCPFlags) ProtoMessage() {}
 
 func (x *TCPFlags) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[4]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1274,7 +1766,7 @@ func (x *TCPFlags) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TCPFlags.ProtoReflect.Descriptor instead.
 func (*TCPFlags) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{4}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TCPFlags) GetFin() bool {
@@ -1344,7 +1836,7 @@ type UDP struct {
 
 func (x *UDP) Reset() {
 	*x = UDP{}
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[5]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1848,7 @@ func (x *UDP) String() string {
 func (*UDP) ProtoMessage() {}
 
 func (x *UDP) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[5]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1861,7 @@ func (x *UDP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UDP.ProtoReflect.Descriptor instead.
 func (*UDP) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{5}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UDP) GetSourcePort() uint32 {
@@ -1397,7 +1889,7 @@ type SCTP struct {
 
 func (x *SCTP) Reset() {
 	*x = SCTP{}
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[6]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1409,7 +1901,7 @@ func (x *SCTP) String() string {
 func (*SCTP) ProtoMessage() {}
 
 func (x *SCTP) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[6]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1422,7 +1914,7 @@ func (x *SCTP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SCTP.ProtoReflect.Descriptor instead.
 func (*SCTP) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{6}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SCTP) GetSourcePort() uint32 {
@@ -1450,7 +1942,7 @@ type ICMPv4 struct {
 
 func (x *ICMPv4) Reset() {
 	*x = ICMPv4{}
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[7]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1954,7 @@ func (x *ICMPv4) String() string {
 func (*ICMPv4) ProtoMessage() {}
 
 func (x *ICMPv4) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[7]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1967,7 @@ func (x *ICMPv4) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ICMPv4.ProtoReflect.Descriptor instead.
 func (*ICMPv4) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{7}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ICMPv4) GetType() uint32 {
@@ -1503,7 +1995,7 @@ type ICMPv6 struct {
 
 func (x *ICMPv6) Reset() {
 	*x = ICMPv6{}
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[8]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1515,7 +2007,7 @@ func (x *ICMPv6) String() string {
 func (*ICMPv6) ProtoMessage() {}
 
 func (x *ICMPv6) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[8]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1528,7 +2020,7 @@ func (x *ICMPv6) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ICMPv6.ProtoReflect.Descriptor instead.
 func (*ICMPv6) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{8}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ICMPv6) GetType() uint32 {
@@ -1560,7 +2052,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[9]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1572,7 +2064,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[9]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1585,7 +2077,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{9}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Endpoint) GetNamespace() string {
@@ -1634,7 +2126,7 @@ type Workload struct {
 
 func (x *Workload) Reset() {
 	*x = Workload{}
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[10]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +2138,7 @@ func (x *Workload) String() string {
 func (*Workload) ProtoMessage() {}
 
 func (x *Workload) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[10]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +2151,7 @@ func (x *Workload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Workload.ProtoReflect.Descriptor instead.
 func (*Workload) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{10}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Workload) GetKind() string {
@@ -1692,7 +2184,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[11]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1704,7 +2196,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_flow_proto_msgTypes[11]
+	mi := &file_flowtrace_v1_flow_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1717,7 +2209,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{11}
+	return file_flowtrace_v1_flow_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Interface) GetName() string {
@@ -1752,7 +2244,8 @@ var File_flowtrace_v1_flow_proto protoreflect.FileDescriptor
 
 const file_flowtrace_v1_flow_proto_rawDesc = "" +
 	"\n" +
-	"\x17flowtrace/v1/flow.proto\x12\fflowtrace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\a\n" +
+	"\x17flowtrace/v1/flow.proto\x12\fflowtrace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\n" +
+	"\n" +
 	"\x04Flow\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x1b\n" +
@@ -1779,7 +2272,40 @@ const file_flowtrace_v1_flow_proto_rawDesc = "" +
 	"\avlan_id\x18\x14 \x01(\rR\x06vlanId\x12#\n" +
 	"\rpacket_length\x18\x15 \x01(\rR\fpacketLength\x12@\n" +
 	"\x0finput_interface\x18\x16 \x01(\v2\x17.flowtrace.v1.InterfaceR\x0einputInterface\x12\x18\n" +
-	"\asummary\x18\x17 \x01(\tR\asummary\"v\n" +
+	"\asummary\x18\x17 \x01(\tR\asummary\x12<\n" +
+	"\x0esource_service\x18\x18 \x01(\v2\x15.flowtrace.v1.ServiceR\rsourceService\x12F\n" +
+	"\x13destination_service\x18\x19 \x01(\v2\x15.flowtrace.v1.ServiceR\x12destinationService\x12;\n" +
+	"\vtranslation\x18\x1a \x01(\v2\x19.flowtrace.v1.TranslationR\vtranslation\x12'\n" +
+	"\x03mtu\x18\x1b \x01(\v2\x15.flowtrace.v1.MTUInfoR\x03mtu\x12A\n" +
+	"\rencapsulation\x18\x1c \x01(\v2\x1b.flowtrace.v1.EncapsulationR\rencapsulation\x126\n" +
+	"\n" +
+	"drop_cause\x18\x1d \x01(\x0e2\x17.flowtrace.v1.DropCauseR\tdropCause\"l\n" +
+	"\aService\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
+	"\tport_name\x18\x03 \x01(\tR\bportName\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\"\x89\x02\n" +
+	"\vTranslation\x12\x1f\n" +
+	"\voriginal_ip\x18\x01 \x01(\tR\n" +
+	"originalIp\x12#\n" +
+	"\roriginal_port\x18\x02 \x01(\rR\foriginalPort\x12#\n" +
+	"\rtranslated_ip\x18\x03 \x01(\tR\ftranslatedIp\x12'\n" +
+	"\x0ftranslated_port\x18\x04 \x01(\rR\x0etranslatedPort\x120\n" +
+	"\x14translated_source_ip\x18\x05 \x01(\tR\x12translatedSourceIp\x124\n" +
+	"\x16translated_source_port\x18\x06 \x01(\rR\x14translatedSourcePort\"\xb1\x02\n" +
+	"\aMTUInfo\x12,\n" +
+	"\x05event\x18\x01 \x01(\x0e2\x16.flowtrace.v1.MTUEventR\x05event\x12\x10\n" +
+	"\x03mtu\x18\x02 \x01(\rR\x03mtu\x12#\n" +
+	"\rpacket_length\x18\x03 \x01(\rR\fpacketLength\x12B\n" +
+	"\x10egress_interface\x18\x04 \x01(\v2\x17.flowtrace.v1.InterfaceR\x0fegressInterface\x12\x1b\n" +
+	"\ticmp_sent\x18\x05 \x01(\bR\bicmpSent\x12-\n" +
+	"\tquoted_ip\x18\x06 \x01(\v2\x10.flowtrace.v1.IPR\bquotedIp\x121\n" +
+	"\tquoted_l4\x18\a \x01(\v2\x14.flowtrace.v1.Layer4R\bquotedL4\"\x85\x01\n" +
+	"\rEncapsulation\x12!\n" +
+	"\fouter_source\x18\x01 \x01(\tR\vouterSource\x12+\n" +
+	"\x11outer_destination\x18\x02 \x01(\tR\x10outerDestination\x12\x10\n" +
+	"\x03vni\x18\x03 \x01(\rR\x03vni\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\"v\n" +
 	"\x02IP\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x126\n" +
@@ -1836,7 +2362,15 @@ const file_flowtrace_v1_flow_proto_rawDesc = "" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x12\x1f\n" +
 	"\vnetns_inode\x18\x03 \x01(\rR\n" +
 	"netnsInode\x12\x14\n" +
-	"\x05netns\x18\x04 \x01(\tR\x05netns*\x80\x01\n" +
+	"\x05netns\x18\x04 \x01(\tR\x05netns*\x82\x01\n" +
+	"\bMTUEvent\x12\x19\n" +
+	"\x15MTU_EVENT_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12MTU_EVENT_EXCEEDED\x10\x01\x12\x1e\n" +
+	"\x1aMTU_EVENT_ICMP_FRAG_NEEDED\x10\x02\x12#\n" +
+	"\x1fMTU_EVENT_ICMPV6_PACKET_TOO_BIG\x10\x03*L\n" +
+	"\tDropCause\x12\x1a\n" +
+	"\x16DROP_CAUSE_UNSPECIFIED\x10\x00\x12#\n" +
+	"\x1fDROP_CAUSE_SERVICE_NO_ENDPOINTS\x10\x01*\x80\x01\n" +
 	"\aVerdict\x12\x17\n" +
 	"\x13VERDICT_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11VERDICT_FORWARDED\x10\x01\x12\x13\n" +
@@ -2007,55 +2541,71 @@ func file_flowtrace_v1_flow_proto_rawDescGZIP() []byte {
 	return file_flowtrace_v1_flow_proto_rawDescData
 }
 
-var file_flowtrace_v1_flow_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_flowtrace_v1_flow_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_flowtrace_v1_flow_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_flowtrace_v1_flow_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_flowtrace_v1_flow_proto_goTypes = []any{
-	(Verdict)(0),                  // 0: flowtrace.v1.Verdict
-	(FlowReport)(0),               // 1: flowtrace.v1.FlowReport
-	(TrafficDirection)(0),         // 2: flowtrace.v1.TrafficDirection
-	(ObservationPoint)(0),         // 3: flowtrace.v1.ObservationPoint
-	(IPVersion)(0),                // 4: flowtrace.v1.IPVersion
-	(DropReason)(0),               // 5: flowtrace.v1.DropReason
-	(*Flow)(nil),                  // 6: flowtrace.v1.Flow
-	(*IP)(nil),                    // 7: flowtrace.v1.IP
-	(*Layer4)(nil),                // 8: flowtrace.v1.Layer4
-	(*TCP)(nil),                   // 9: flowtrace.v1.TCP
-	(*TCPFlags)(nil),              // 10: flowtrace.v1.TCPFlags
-	(*UDP)(nil),                   // 11: flowtrace.v1.UDP
-	(*SCTP)(nil),                  // 12: flowtrace.v1.SCTP
-	(*ICMPv4)(nil),                // 13: flowtrace.v1.ICMPv4
-	(*ICMPv6)(nil),                // 14: flowtrace.v1.ICMPv6
-	(*Endpoint)(nil),              // 15: flowtrace.v1.Endpoint
-	(*Workload)(nil),              // 16: flowtrace.v1.Workload
-	(*Interface)(nil),             // 17: flowtrace.v1.Interface
-	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(MTUEvent)(0),                 // 0: flowtrace.v1.MTUEvent
+	(DropCause)(0),                // 1: flowtrace.v1.DropCause
+	(Verdict)(0),                  // 2: flowtrace.v1.Verdict
+	(FlowReport)(0),               // 3: flowtrace.v1.FlowReport
+	(TrafficDirection)(0),         // 4: flowtrace.v1.TrafficDirection
+	(ObservationPoint)(0),         // 5: flowtrace.v1.ObservationPoint
+	(IPVersion)(0),                // 6: flowtrace.v1.IPVersion
+	(DropReason)(0),               // 7: flowtrace.v1.DropReason
+	(*Flow)(nil),                  // 8: flowtrace.v1.Flow
+	(*Service)(nil),               // 9: flowtrace.v1.Service
+	(*Translation)(nil),           // 10: flowtrace.v1.Translation
+	(*MTUInfo)(nil),               // 11: flowtrace.v1.MTUInfo
+	(*Encapsulation)(nil),         // 12: flowtrace.v1.Encapsulation
+	(*IP)(nil),                    // 13: flowtrace.v1.IP
+	(*Layer4)(nil),                // 14: flowtrace.v1.Layer4
+	(*TCP)(nil),                   // 15: flowtrace.v1.TCP
+	(*TCPFlags)(nil),              // 16: flowtrace.v1.TCPFlags
+	(*UDP)(nil),                   // 17: flowtrace.v1.UDP
+	(*SCTP)(nil),                  // 18: flowtrace.v1.SCTP
+	(*ICMPv4)(nil),                // 19: flowtrace.v1.ICMPv4
+	(*ICMPv6)(nil),                // 20: flowtrace.v1.ICMPv6
+	(*Endpoint)(nil),              // 21: flowtrace.v1.Endpoint
+	(*Workload)(nil),              // 22: flowtrace.v1.Workload
+	(*Interface)(nil),             // 23: flowtrace.v1.Interface
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
 }
 var file_flowtrace_v1_flow_proto_depIdxs = []int32{
-	18, // 0: flowtrace.v1.Flow.time:type_name -> google.protobuf.Timestamp
-	0,  // 1: flowtrace.v1.Flow.verdict:type_name -> flowtrace.v1.Verdict
-	5,  // 2: flowtrace.v1.Flow.drop_reason:type_name -> flowtrace.v1.DropReason
-	7,  // 3: flowtrace.v1.Flow.ip:type_name -> flowtrace.v1.IP
-	8,  // 4: flowtrace.v1.Flow.l4:type_name -> flowtrace.v1.Layer4
-	15, // 5: flowtrace.v1.Flow.source:type_name -> flowtrace.v1.Endpoint
-	15, // 6: flowtrace.v1.Flow.destination:type_name -> flowtrace.v1.Endpoint
-	17, // 7: flowtrace.v1.Flow.interface:type_name -> flowtrace.v1.Interface
-	2,  // 8: flowtrace.v1.Flow.traffic_direction:type_name -> flowtrace.v1.TrafficDirection
-	3,  // 9: flowtrace.v1.Flow.observation_point:type_name -> flowtrace.v1.ObservationPoint
-	1,  // 10: flowtrace.v1.Flow.report:type_name -> flowtrace.v1.FlowReport
-	17, // 11: flowtrace.v1.Flow.input_interface:type_name -> flowtrace.v1.Interface
-	4,  // 12: flowtrace.v1.IP.ip_version:type_name -> flowtrace.v1.IPVersion
-	9,  // 13: flowtrace.v1.Layer4.tcp:type_name -> flowtrace.v1.TCP
-	11, // 14: flowtrace.v1.Layer4.udp:type_name -> flowtrace.v1.UDP
-	13, // 15: flowtrace.v1.Layer4.icmpv4:type_name -> flowtrace.v1.ICMPv4
-	14, // 16: flowtrace.v1.Layer4.icmpv6:type_name -> flowtrace.v1.ICMPv6
-	12, // 17: flowtrace.v1.Layer4.sctp:type_name -> flowtrace.v1.SCTP
-	10, // 18: flowtrace.v1.TCP.flags:type_name -> flowtrace.v1.TCPFlags
-	16, // 19: flowtrace.v1.Endpoint.workload:type_name -> flowtrace.v1.Workload
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	24, // 0: flowtrace.v1.Flow.time:type_name -> google.protobuf.Timestamp
+	2,  // 1: flowtrace.v1.Flow.verdict:type_name -> flowtrace.v1.Verdict
+	7,  // 2: flowtrace.v1.Flow.drop_reason:type_name -> flowtrace.v1.DropReason
+	13, // 3: flowtrace.v1.Flow.ip:type_name -> flowtrace.v1.IP
+	14, // 4: flowtrace.v1.Flow.l4:type_name -> flowtrace.v1.Layer4
+	21, // 5: flowtrace.v1.Flow.source:type_name -> flowtrace.v1.Endpoint
+	21, // 6: flowtrace.v1.Flow.destination:type_name -> flowtrace.v1.Endpoint
+	23, // 7: flowtrace.v1.Flow.interface:type_name -> flowtrace.v1.Interface
+	4,  // 8: flowtrace.v1.Flow.traffic_direction:type_name -> flowtrace.v1.TrafficDirection
+	5,  // 9: flowtrace.v1.Flow.observation_point:type_name -> flowtrace.v1.ObservationPoint
+	3,  // 10: flowtrace.v1.Flow.report:type_name -> flowtrace.v1.FlowReport
+	23, // 11: flowtrace.v1.Flow.input_interface:type_name -> flowtrace.v1.Interface
+	9,  // 12: flowtrace.v1.Flow.source_service:type_name -> flowtrace.v1.Service
+	9,  // 13: flowtrace.v1.Flow.destination_service:type_name -> flowtrace.v1.Service
+	10, // 14: flowtrace.v1.Flow.translation:type_name -> flowtrace.v1.Translation
+	11, // 15: flowtrace.v1.Flow.mtu:type_name -> flowtrace.v1.MTUInfo
+	12, // 16: flowtrace.v1.Flow.encapsulation:type_name -> flowtrace.v1.Encapsulation
+	1,  // 17: flowtrace.v1.Flow.drop_cause:type_name -> flowtrace.v1.DropCause
+	0,  // 18: flowtrace.v1.MTUInfo.event:type_name -> flowtrace.v1.MTUEvent
+	23, // 19: flowtrace.v1.MTUInfo.egress_interface:type_name -> flowtrace.v1.Interface
+	13, // 20: flowtrace.v1.MTUInfo.quoted_ip:type_name -> flowtrace.v1.IP
+	14, // 21: flowtrace.v1.MTUInfo.quoted_l4:type_name -> flowtrace.v1.Layer4
+	6,  // 22: flowtrace.v1.IP.ip_version:type_name -> flowtrace.v1.IPVersion
+	15, // 23: flowtrace.v1.Layer4.tcp:type_name -> flowtrace.v1.TCP
+	17, // 24: flowtrace.v1.Layer4.udp:type_name -> flowtrace.v1.UDP
+	19, // 25: flowtrace.v1.Layer4.icmpv4:type_name -> flowtrace.v1.ICMPv4
+	20, // 26: flowtrace.v1.Layer4.icmpv6:type_name -> flowtrace.v1.ICMPv6
+	18, // 27: flowtrace.v1.Layer4.sctp:type_name -> flowtrace.v1.SCTP
+	16, // 28: flowtrace.v1.TCP.flags:type_name -> flowtrace.v1.TCPFlags
+	22, // 29: flowtrace.v1.Endpoint.workload:type_name -> flowtrace.v1.Workload
+	30, // [30:30] is the sub-list for method output_type
+	30, // [30:30] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_flowtrace_v1_flow_proto_init() }
@@ -2063,7 +2613,7 @@ func file_flowtrace_v1_flow_proto_init() {
 	if File_flowtrace_v1_flow_proto != nil {
 		return
 	}
-	file_flowtrace_v1_flow_proto_msgTypes[2].OneofWrappers = []any{
+	file_flowtrace_v1_flow_proto_msgTypes[6].OneofWrappers = []any{
 		(*Layer4_Tcp)(nil),
 		(*Layer4_Udp)(nil),
 		(*Layer4_Icmpv4)(nil),
@@ -2076,8 +2626,8 @@ func file_flowtrace_v1_flow_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowtrace_v1_flow_proto_rawDesc), len(file_flowtrace_v1_flow_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   12,
+			NumEnums:      8,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -203,8 +203,12 @@ type FlowFilter struct {
 	Interface            []string `protobuf:"bytes,10,rep,name=interface,proto3" json:"interface,omitempty"`
 	SourceNamespace      []string `protobuf:"bytes,11,rep,name=source_namespace,json=sourceNamespace,proto3" json:"source_namespace,omitempty"`
 	DestinationNamespace []string `protobuf:"bytes,12,rep,name=destination_namespace,json=destinationNamespace,proto3" json:"destination_namespace,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// source_service / destination_service: "namespace/name" prefixes of the
+	// flow's source_service / destination_service.
+	SourceService      []string `protobuf:"bytes,13,rep,name=source_service,json=sourceService,proto3" json:"source_service,omitempty"`
+	DestinationService []string `protobuf:"bytes,14,rep,name=destination_service,json=destinationService,proto3" json:"destination_service,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *FlowFilter) Reset() {
@@ -317,6 +321,20 @@ func (x *FlowFilter) GetSourceNamespace() []string {
 func (x *FlowFilter) GetDestinationNamespace() []string {
 	if x != nil {
 		return x.DestinationNamespace
+	}
+	return nil
+}
+
+func (x *FlowFilter) GetSourceService() []string {
+	if x != nil {
+		return x.SourceService
+	}
+	return nil
+}
+
+func (x *FlowFilter) GetDestinationService() []string {
+	if x != nil {
+		return x.DestinationService
 	}
 	return nil
 }
@@ -814,7 +832,13 @@ type DatapathFeatures struct {
 	// drop_hook: "tp_btf" or "raw_tp".
 	DropHook string `protobuf:"bytes,2,opt,name=drop_hook,json=dropHook,proto3" json:"drop_hook,omitempty"`
 	// drop_reasons is the number of drop reasons the running kernel names.
-	DropReasons   uint32 `protobuf:"varint,3,opt,name=drop_reasons,json=dropReasons,proto3" json:"drop_reasons,omitempty"`
+	DropReasons uint32 `protobuf:"varint,3,opt,name=drop_reasons,json=dropReasons,proto3" json:"drop_reasons,omitempty"`
+	// conntrack_nfct: Service translation read from skb->_nfct at tc.
+	ConntrackNfct bool `protobuf:"varint,4,opt,name=conntrack_nfct,json=conntrackNfct,proto3" json:"conntrack_nfct,omitempty"`
+	// conntrack_lookup: the bpf_skb_ct_lookup kfunc (replies, client side).
+	ConntrackLookup bool `protobuf:"varint,5,opt,name=conntrack_lookup,json=conntrackLookup,proto3" json:"conntrack_lookup,omitempty"`
+	// mtu_check: FIB lookups at tc ingress check packets against the egress MTU.
+	MtuCheck      bool `protobuf:"varint,6,opt,name=mtu_check,json=mtuCheck,proto3" json:"mtu_check,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -868,6 +892,27 @@ func (x *DatapathFeatures) GetDropReasons() uint32 {
 		return x.DropReasons
 	}
 	return 0
+}
+
+func (x *DatapathFeatures) GetConntrackNfct() bool {
+	if x != nil {
+		return x.ConntrackNfct
+	}
+	return false
+}
+
+func (x *DatapathFeatures) GetConntrackLookup() bool {
+	if x != nil {
+		return x.ConntrackLookup
+	}
+	return false
+}
+
+func (x *DatapathFeatures) GetMtuCheck() bool {
+	if x != nil {
+		return x.MtuCheck
+	}
+	return false
 }
 
 // IdentitySourceStatus is one identity source's state.
@@ -943,7 +988,7 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
 	"\x05until\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x126\n" +
 	"\tallowlist\x18\x06 \x03(\v2\x18.flowtrace.v1.FlowFilterR\tallowlist\x124\n" +
-	"\bdenylist\x18\a \x03(\v2\x18.flowtrace.v1.FlowFilterR\bdenylist\"\xea\x03\n" +
+	"\bdenylist\x18\a \x03(\v2\x18.flowtrace.v1.FlowFilterR\bdenylist\"\xc2\x04\n" +
 	"\n" +
 	"FlowFilter\x12/\n" +
 	"\averdict\x18\x01 \x03(\x0e2\x15.flowtrace.v1.VerdictR\averdict\x129\n" +
@@ -961,7 +1006,9 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\tinterface\x18\n" +
 	" \x03(\tR\tinterface\x12)\n" +
 	"\x10source_namespace\x18\v \x03(\tR\x0fsourceNamespace\x123\n" +
-	"\x15destination_namespace\x18\f \x03(\tR\x14destinationNamespace\"\xd8\x01\n" +
+	"\x15destination_namespace\x18\f \x03(\tR\x14destinationNamespace\x12%\n" +
+	"\x0esource_service\x18\r \x03(\tR\rsourceService\x12/\n" +
+	"\x13destination_service\x18\x0e \x03(\tR\x12destinationService\"\xd8\x01\n" +
 	"\x10GetFlowsResponse\x12(\n" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowtrace.v1.FlowH\x00R\x04flow\x12;\n" +
 	"\vlost_events\x18\x02 \x01(\v2\x18.flowtrace.v1.LostEventsH\x00R\n" +
@@ -1009,11 +1056,14 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x04mode\x18\x03 \x01(\tR\x04mode\x12\x12\n" +
 	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x1d\n" +
 	"\n" +
-	"peer_netns\x18\x05 \x01(\tR\tpeerNetns\"o\n" +
+	"peer_netns\x18\x05 \x01(\tR\tpeerNetns\"\xde\x01\n" +
 	"\x10DatapathFeatures\x12\x1b\n" +
 	"\ttc_attach\x18\x01 \x01(\tR\btcAttach\x12\x1b\n" +
 	"\tdrop_hook\x18\x02 \x01(\tR\bdropHook\x12!\n" +
-	"\fdrop_reasons\x18\x03 \x01(\rR\vdropReasons\"Z\n" +
+	"\fdrop_reasons\x18\x03 \x01(\rR\vdropReasons\x12%\n" +
+	"\x0econntrack_nfct\x18\x04 \x01(\bR\rconntrackNfct\x12)\n" +
+	"\x10conntrack_lookup\x18\x05 \x01(\bR\x0fconntrackLookup\x12\x1b\n" +
+	"\tmtu_check\x18\x06 \x01(\bR\bmtuCheck\"Z\n" +
 	"\x14IdentitySourceStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06synced\x18\x02 \x01(\bR\x06synced\x12\x16\n" +
