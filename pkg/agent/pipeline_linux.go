@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/flowtrace/flowtrace/pkg/decode"
+	"github.com/flowtrace/flowtrace/pkg/enrich"
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 )
 
@@ -18,17 +19,38 @@ func (a *Agent) offer(ev *decode.Event) {
 	}
 }
 
-// enrichLoop is the single producer of the observer.
+// enrichLoop is the single producer of the observer. MTU_EXCEEDED flows
+// wait up to pmtuWait for the ICMP error that answers them.
 func (a *Agent) enrichLoop(ctx context.Context) {
+	pmtu := enrich.NewPMTU(pmtuWait, 1024)
+	tick := time.NewTicker(pmtuWait / 4)
+	defer tick.Stop()
+	publish := func(fs []*flowtracev1.Flow) {
+		for _, f := range fs {
+			a.obs.Publish(f)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
+			publish(pmtu.Expire(time.Now().Add(pmtuWait)))
 			return
+		case now := <-tick.C:
+			publish(pmtu.Expire(now))
 		case ev := <-a.queue:
-			a.obs.Publish(a.enricher.Flow(&ev))
+			f := a.enricher.Flow(&ev)
+			if f.Mtu == nil {
+				a.obs.Publish(f)
+				continue
+			}
+			publish(pmtu.Add(f, time.Now()))
 		}
 	}
 }
+
+// pmtuWait is how long a too-big packet waits for its ICMP error: the
+// router answers within microseconds, so this only absorbs scheduling.
+const pmtuWait = 200 * time.Millisecond
 
 // reportLosses turns the kernel's per-CPU reserve failures and the agent
 // queue's drops into LostEvents for followers, once a second at most: a

@@ -16,7 +16,12 @@ func (a *Agent) Status(context.Context) *flowtracev1.ServerStatusResponse {
 		Version:  a.cfg.Version,
 		Uptime:   durationpb.New(time.Since(a.start)),
 		NodeName: a.cfg.NodeName,
-		Features: &flowtracev1.DatapathFeatures{DropHook: a.dp.Features().DropHook},
+		Features: &flowtracev1.DatapathFeatures{
+			DropHook:        a.dp.Features().DropHook,
+			ConntrackNfct:   a.dp.Features().ConntrackNfct,
+			ConntrackLookup: a.dp.Features().ConntrackLookup,
+			MtuCheck:        a.dp.Features().MTUCheck,
+		},
 	}
 	if a.reasons != nil {
 		st.Features.DropReasons = uint32(a.reasons.Len())

@@ -17,13 +17,18 @@ const DefaultLabIdentityFile = "/run/flowtrace/lab-identity.json"
 
 func newLabCmd() *cobra.Command {
 	cfg := lab.Config{}
+	var singleNode bool
 	cmd := &cobra.Command{
 		Use:   "lab",
-		Short: "Build or remove a local lab: a node namespace routing for three pod namespaces",
+		Short: "Build or remove a local lab: two node namespaces routing for pod namespaces",
 		Long: `The lab needs no cluster: network namespaces <prefix>-node (router and bridge),
-<prefix>-frontend, <prefix>-backend and <prefix>-db, a policy in the node dropping
-TCP frontend -> db:5432, and an identity file naming the pods. Nothing in the lab
-can reach outside it. Needs root.`,
+<prefix>-frontend, <prefix>-backend(-2) and <prefix>-db, a policy in the node dropping
+TCP frontend -> db:5432, kube-proxy-like Services (shop/web 10.96.0.10:80 -> the
+backends :8080, shop/ghost without endpoints, NodePort 30080), a second node
+<prefix>-node2 with pod api over a VXLAN overlay whose MTU is smaller than the
+pods', and an identity file naming pods and Services. --single-node builds only
+the first node with frontend, backend and db. Nothing in the lab can reach outside
+it. Needs root.`,
 	}
 	cmd.PersistentFlags().StringVar(&cfg.Prefix, "prefix", lab.DefaultPrefix, "name prefix of the lab's namespaces and links (1-5 characters)")
 	cmd.PersistentFlags().StringVar(&cfg.IdentityFile, "identity-file", DefaultLabIdentityFile, "where to write (up) or remove (down) the pods' identity file; empty to skip")
@@ -46,6 +51,7 @@ can reach outside it. Needs root.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			cfg.Extended = !singleNode
 			l, err := lab.Up(ctx, cfg)
 			if err != nil {
 				return fmt.Errorf("lab up: %w", err)
@@ -66,6 +72,7 @@ can reach outside it. Needs root.`,
 			return err
 		},
 	}
+	up.Flags().BoolVar(&singleNode, "single-node", false, "build only the first node with frontend, backend and db (no Services, overlay or second node)")
 	cmd.AddCommand(up, down)
 	return cmd
 }
@@ -79,6 +86,13 @@ func printLab(w io.Writer, l *lab.Lab, cfg lab.Config) error {
 		p("%-16s %-14s %-14s %-13s %-17s %s\n", pod.Name, pod.Namespace, pod.Netns, pod.IPv4, pod.IPv6, pod.HostVeth)
 	}
 	p("\npolicy: nft table inet %s in %s drops TCP frontend -> db:%d\n", lab.TableName, l.NodeNetns, lab.BlockedPort)
+	for _, n := range l.Nodes[1:] {
+		p("node %s: netns %s, bridge %s, overlay %s (MTU %d) over %s (MTU %d); pods at MTU %d\n",
+			n.Name, n.Netns, n.Bridge, n.Overlay, l.OverlayMTU, n.Underlay, l.UnderlayMTU, l.PodMTU)
+	}
+	for _, svc := range l.Services {
+		p("service %s: %v port %d (%s) -> %v :%d\n", svc.Key(), svc.VIPs, svc.Port, svc.PortName, svc.Endpoints, svc.TargetPort)
+	}
 	if cfg.IdentityFile != "" {
 		p("identity file: %s\n", cfg.IdentityFile)
 	}

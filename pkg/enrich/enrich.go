@@ -95,20 +95,20 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 		f.Destination = e.endpoint(ev.Dst)
 	}
 	f.Interface = e.iface(ev.Netns, ev.Ifindex)
+	e.services(ev, f)
+	if ev.Encap.Src.IsValid() {
+		f.Encapsulation = &flowtracev1.Encapsulation{
+			OuterSource: ev.Encap.Src.String(), OuterDestination: ev.Encap.Dst.String(),
+			Vni: ev.Encap.VNI, Port: uint32(ev.Encap.DstPort),
+		}
+	}
 
 	switch ev.Kind {
 	case decode.KindFlow:
 		f.Verdict = flowtracev1.Verdict_VERDICT_FORWARDED
 		f.Packets, f.Bytes = ev.Packets, ev.Bytes
 		f.Report = report(ev.FlowReason)
-		switch ev.Direction {
-		case decode.DirIngress:
-			f.TrafficDirection = flowtracev1.TrafficDirection_TRAFFIC_DIRECTION_INGRESS
-			f.ObservationPoint = flowtracev1.ObservationPoint_OBSERVATION_POINT_TC_INGRESS
-		case decode.DirEgress:
-			f.TrafficDirection = flowtracev1.TrafficDirection_TRAFFIC_DIRECTION_EGRESS
-			f.ObservationPoint = flowtracev1.ObservationPoint_OBSERVATION_POINT_TC_EGRESS
-		}
+		f.ObservationPoint, f.TrafficDirection = observation(ev.Direction)
 		f.Summary = summaryFlow(ev)
 	case decode.KindDrop:
 		f.Verdict = flowtracev1.Verdict_VERDICT_DROPPED
@@ -128,9 +128,126 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 		if ev.SkbIif != 0 && ev.SkbIif != ev.Ifindex {
 			f.InputInterface = e.iface(ev.Netns, ev.SkbIif)
 		}
+		if f.DestinationService != nil { // implies e.ids != nil
+			if s, ok := e.ids.ServiceByIP(e.serviceVIP(ev)); ok && s.NoEndpoints() {
+				f.DropCause = flowtracev1.DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS
+			}
+		}
 		f.Summary = summaryDrop(f)
+	case decode.KindTranslated:
+		e.translated(ev, f)
+	case decode.KindMTU:
+		e.mtu(ev, f)
 	}
 	return f
+}
+
+// services names the Service of the connection on both ends. conntrack's
+// original tuple keeps the VIP the client addressed for the whole life of a
+// DNAT'd connection, so flows seen at the backend and replies are named too;
+// without conntrack, a VIP in the packet itself still names it.
+func (e *Enricher) services(ev *decode.Event, f *flowtracev1.Flow) {
+	if e.ids == nil {
+		return
+	}
+	if ev.CT.Flags.Has(decode.CTKnown | decode.CTDNAT) {
+		svc := e.service(ev.CT.OrigDst, ev.CT.OrigDstPort)
+		if ev.CT.Flags.Has(decode.CTReply) {
+			f.SourceService = svc
+		} else {
+			f.DestinationService = svc
+		}
+		return
+	}
+	if ev.Dst.IsValid() {
+		f.DestinationService = e.service(ev.Dst, ev.DstPort)
+	}
+	if ev.Src.IsValid() {
+		f.SourceService = e.service(ev.Src, ev.SrcPort)
+	}
+}
+
+// serviceVIP is the address the client addressed.
+func (e *Enricher) serviceVIP(ev *decode.Event) netip.Addr {
+	if ev.CT.Flags.Has(decode.CTKnown | decode.CTDNAT) {
+		return ev.CT.OrigDst
+	}
+	return ev.Dst
+}
+
+func (e *Enricher) service(ip netip.Addr, port uint16) *flowtracev1.Service {
+	if !ip.IsValid() {
+		return nil
+	}
+	s, ok := e.ids.ServiceByIP(ip)
+	if !ok {
+		return nil
+	}
+	return &flowtracev1.Service{Namespace: s.Namespace, Name: s.Name, Port: uint32(port), PortName: s.PortName(port)}
+}
+
+// translated describes a connection's NAT. The flow's addresses are what
+// the client sent (client -> VIP); the translation says where it went.
+func (e *Enricher) translated(ev *decode.Event, f *flowtracev1.Flow) {
+	f.Verdict = flowtracev1.Verdict_VERDICT_TRANSLATED
+	f.ObservationPoint, f.TrafficDirection = observation(ev.Direction)
+	ct := ev.CT
+	orig := *ev
+	orig.Src, orig.Dst, orig.SrcPort, orig.DstPort = ct.OrigSrc, ct.OrigDst, ct.OrigSrcPort, ct.OrigDstPort
+	orig.IPVersion = ct.IPVersion
+	f.Ip, f.L4 = network(&orig)
+	f.Source = e.endpoint(ct.OrigSrc)
+	f.Destination = e.endpoint(ev.XlatDst)
+	t := &flowtracev1.Translation{
+		OriginalIp: ct.OrigDst.String(), OriginalPort: uint32(ct.OrigDstPort),
+		TranslatedIp: ev.XlatDst.String(), TranslatedPort: uint32(ev.XlatDstPort),
+	}
+	if ct.Flags.Has(decode.CTSNAT) && ev.XlatSrc.IsValid() {
+		t.TranslatedSourceIp, t.TranslatedSourcePort = ev.XlatSrc.String(), uint32(ev.XlatSrcPort)
+	}
+	f.Translation = t
+	f.SourceService = nil
+	if e.ids != nil {
+		f.DestinationService = e.service(ct.OrigDst, ct.OrigDstPort)
+	}
+	svc := ""
+	if s := f.DestinationService; s != nil {
+		svc = " (" + s.Namespace + "/" + s.Name + ")"
+	}
+	f.Summary = fmt.Sprintf("%s ⇒ %s%s", netip.AddrPortFrom(ct.OrigDst, ct.OrigDstPort), netip.AddrPortFrom(ev.XlatDst, ev.XlatDstPort), svc)
+}
+
+// mtu describes a too-big packet or an ICMP error about one.
+func (e *Enricher) mtu(ev *decode.Event, f *flowtracev1.Flow) {
+	f.Verdict = flowtracev1.Verdict_VERDICT_MTU_EXCEEDED
+	f.ObservationPoint, f.TrafficDirection = observation(ev.Direction)
+	m := &flowtracev1.MTUInfo{Mtu: ev.MTU, PacketLength: ev.PktLen}
+	switch ev.MTUKind {
+	case decode.MTUExceeded:
+		m.Event = flowtracev1.MTUEvent_MTU_EVENT_EXCEEDED
+		m.EgressInterface = e.iface(ev.Netns, ev.EgressIfindex)
+		f.Summary = fmt.Sprintf("%d-byte packet exceeds MTU %d of %s", ev.PktLen, ev.MTU, m.EgressInterface.GetName())
+	case decode.MTUICMPFragNeeded, decode.MTUICMPv6PacketTooBig:
+		m.Event = flowtracev1.MTUEvent_MTU_EVENT_ICMP_FRAG_NEEDED
+		if ev.MTUKind == decode.MTUICMPv6PacketTooBig {
+			m.Event = flowtracev1.MTUEvent_MTU_EVENT_ICMPV6_PACKET_TOO_BIG
+		}
+		q := decode.Event{IPVersion: ev.Embedded.IPVersion, Proto: ev.Embedded.Proto, Src: ev.Embedded.Src, Dst: ev.Embedded.Dst,
+			SrcPort: ev.Embedded.SrcPort, DstPort: ev.Embedded.DstPort}
+		m.QuotedIp, m.QuotedL4 = network(&q)
+		f.Summary = fmt.Sprintf("path MTU %d announced for %s -> %s", ev.MTU, ev.Embedded.Src, ev.Embedded.Dst)
+	}
+	f.Mtu = m
+}
+
+func observation(d decode.Direction) (flowtracev1.ObservationPoint, flowtracev1.TrafficDirection) {
+	switch d {
+	case decode.DirIngress:
+		return flowtracev1.ObservationPoint_OBSERVATION_POINT_TC_INGRESS, flowtracev1.TrafficDirection_TRAFFIC_DIRECTION_INGRESS
+	case decode.DirEgress:
+		return flowtracev1.ObservationPoint_OBSERVATION_POINT_TC_EGRESS, flowtracev1.TrafficDirection_TRAFFIC_DIRECTION_EGRESS
+	}
+	return flowtracev1.ObservationPoint_OBSERVATION_POINT_UNSPECIFIED, flowtracev1.TrafficDirection_TRAFFIC_DIRECTION_UNSPECIFIED
 }
 
 func (e *Enricher) iface(netns, ifindex uint32) *flowtracev1.Interface {
@@ -265,6 +382,9 @@ func summaryFlow(ev *decode.Event) string {
 
 func summaryDrop(f *flowtracev1.Flow) string {
 	s := "dropped: " + f.DropReasonKernel
+	if f.DropCause == flowtracev1.DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS {
+		s += " (Service " + f.DestinationService.GetNamespace() + "/" + f.DestinationService.GetName() + " has no endpoints)"
+	}
 	if f.DropLocation != "" {
 		s += " at " + f.DropLocation
 	}

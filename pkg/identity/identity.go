@@ -53,6 +53,27 @@ type Service struct {
 	Name      string        `json:"name"`
 	VIPs      []netip.Addr  `json:"vips"`
 	Ports     []ServicePort `json:"ports,omitempty"`
+	// Endpoints are the backends (pod IP:targetPort). nil means unknown; an
+	// empty list means the Service has none, so kube-proxy rejects its
+	// traffic.
+	Endpoints *[]netip.AddrPort `json:"endpoints,omitempty"`
+}
+
+// Key returns "namespace/name".
+func (s *Service) Key() string { return s.Namespace + "/" + s.Name }
+
+// NoEndpoints reports whether the Service is known to have no endpoints.
+func (s *Service) NoEndpoints() bool { return s.Endpoints != nil && len(*s.Endpoints) == 0 }
+
+// PortName names the Service port number, "" when it has no name or the
+// Service does not expose it.
+func (s *Service) PortName(port uint16) string {
+	for _, p := range s.Ports {
+		if p.Port == port {
+			return p.Name
+		}
+	}
+	return ""
 }
 
 // Getter resolves addresses. Implementations must be safe for concurrent use

@@ -451,6 +451,7 @@ type identityService struct {
 	Name      string         `json:"name"`
 	VIPs      []string       `json:"vips"`
 	Ports     []identityPort `json:"ports"`
+	Endpoints []string       `json:"endpoints"`
 }
 
 type identityPort struct {
@@ -479,6 +480,15 @@ func (l *Lab) identity() identityFile {
 		}
 		for _, v := range s.VIPs {
 			is.VIPs = append(is.VIPs, v.String())
+		}
+		// An explicit empty list tells flowtrace the Service has no
+		// endpoints, so its rejected traffic is explained as such.
+		is.Endpoints = []string{}
+		for _, name := range s.Endpoints {
+			if p, ok := l.Pod(name); ok {
+				is.Endpoints = append(is.Endpoints,
+					netip.AddrPortFrom(p.IPv4, s.TargetPort).String(), netip.AddrPortFrom(p.IPv6, s.TargetPort).String())
+			}
 		}
 		f.Services = append(f.Services, is)
 	}
