@@ -55,3 +55,6 @@ check-generate: generate
 
 clean:
 	rm -rf bin
+
+# Other kernels under qemu (make vm-test) and the Vagrantfile check.
+include test/vm/vm.mk
