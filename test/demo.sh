@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# make demo: the built-in lab end to end. Brings up the lab, runs the agent in
-# the lab's node namespace, makes traffic (a policy-blocked connection and a
-# closed port), shows what `flowtrace observe --verdict DROPPED` reports, and
-# tears everything down.
+# make demo: the built-in lab end to end. Brings up the two-node lab, runs the
+# agent in the first node's namespace, makes traffic (a policy-blocked
+# connection, a closed port, a Service, a Service without endpoints, a packet
+# too big for the overlay), shows what `flowtrace observe` reports for each,
+# and tears everything down.
 set -euo pipefail
 BIN=$(realpath "${1:-bin/flowtrace}")
 PREFIX=${FLOWTRACE_LAB_PREFIX:-ft}
@@ -44,20 +45,39 @@ for _ in $(seq 100); do
 done
 "$BIN" status --server "$SOCK"
 
-say "# traffic: frontend -> backend:8080 (allowed), frontend -> db:5432 (blocked by policy), frontend -> backend:9999 (closed port)"
+say "# traffic"
 inpod backend nc -l -k 10.244.0.20 8080 >/dev/null 2>&1 &
-NC_PID=$!
+NC1=$!
+inpod backend2 nc -l -k 10.244.0.21 8080 >/dev/null 2>&1 &
+NC2=$!
 sleep 0.3
-inpod frontend sh -c 'echo hello | nc -N -w 2 10.244.0.20 8080' || true
-inpod frontend nc -z -w 2 10.244.0.30 5432 || echo "frontend -> db:5432: connection timed out (dropped)"
-inpod frontend nc -z -w 2 10.244.0.20 9999 || echo "frontend -> backend:9999: connection refused"
-kill "$NC_PID" 2>/dev/null || true
+echo "frontend -> db:5432 (a NetworkPolicy-like nftables rule drops it):"
+inpod frontend nc -z -w 2 10.244.0.30 5432 || echo "  connection timed out"
+echo "frontend -> backend:9999 (nothing listens there):"
+inpod frontend nc -z -w 2 10.244.0.20 9999 || echo "  connection refused"
+echo "frontend -> shop/web 10.96.0.10:80 (kube-proxy DNATs it to a backend :8080):"
+inpod frontend nc -z -w 2 10.96.0.10 80 && echo "  connected"
+echo "frontend -> shop/ghost 10.96.0.20:80 (a Service without endpoints):"
+inpod frontend nc -z -w 2 10.96.0.20 80 || echo "  connection refused"
+echo "frontend -> api on lab-node2, a 1400-byte ping that may not be fragmented (the overlay carries 1350):"
+inpod frontend ping -M do -s 1400 -c 1 -W 1 10.244.1.10 2>&1 | grep -E "mtu|too long" | head -1 || true
+kill "$NC1" "$NC2" 2>/dev/null || true
 sleep 0.5
 
 say "# flowtrace observe --verdict DROPPED"
+echo "# which packets the kernel dropped, where, why, and between which pods:"
 "$BIN" observe --server "$SOCK" --verdict DROPPED --last 20
 
-say "# flowtrace observe --pod shop/frontend --last 8"
-"$BIN" observe --server "$SOCK" --pod shop/frontend --last 8
+say "# flowtrace observe --verdict TRANSLATED"
+echo "# each connection through a Service: the VIP the client used and the backend it reached:"
+"$BIN" observe --server "$SOCK" --verdict TRANSLATED --last 20
+
+say "# flowtrace observe --verdict MTU_EXCEEDED"
+echo "# a packet too big for its path, the device whose MTU it exceeds, and the ICMP error that went back:"
+"$BIN" observe --server "$SOCK" --verdict MTU_EXCEEDED --last 20
+
+say "# flowtrace observe --to-service shop/web --last 6"
+echo "# the Service stays on the connection's flows after DNAT, at the backend too:"
+"$BIN" observe --server "$SOCK" --to-service shop/web --last 6 2>/dev/null || "$BIN" observe --server "$SOCK" --last 6
 
 say "# flowtrace lab down"

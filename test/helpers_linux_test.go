@@ -56,15 +56,27 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// newLab brings up a lab with a unique prefix and tears it down after t.
+// newLab brings up the single-node lab with a unique prefix and tears it
+// down after t.
 func newLab(t *testing.T) (*lab.Lab, string) {
+	t.Helper()
+	return upLab(t, false)
+}
+
+// newExtendedLab brings up the two-node lab with Services and the overlay.
+func newExtendedLab(t *testing.T) (*lab.Lab, string) {
+	t.Helper()
+	return upLab(t, true)
+}
+
+func upLab(t *testing.T, extended bool) (*lab.Lab, string) {
 	t.Helper()
 	testutil.RequirePrivileged(t)
 	b := make([]byte, 2)
 	_, _ = rand.Read(b)
 	prefix := "e" + hex.EncodeToString(b)
 	ids := filepath.Join(t.TempDir(), "identity.json")
-	cfg := lab.Config{Prefix: prefix, IdentityFile: ids}
+	cfg := lab.Config{Prefix: prefix, IdentityFile: ids, Extended: extended}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	l, err := lab.Up(ctx, cfg)

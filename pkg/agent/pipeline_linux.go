@@ -39,6 +39,9 @@ func (a *Agent) enrichLoop(ctx context.Context) {
 			publish(pmtu.Expire(now))
 		case ev := <-a.queue:
 			f := a.enricher.Flow(&ev)
+			if f == nil {
+				continue
+			}
 			if f.Mtu == nil {
 				a.obs.Publish(f)
 				continue

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -37,6 +38,7 @@ type observeOpts struct {
 	namespaces, fromNamespaces, toNamespaces []string
 	ips, fromIPs, toIPs                      []string
 	ports, fromPorts, toPorts                []string
+	services, fromServices, toServices       []string
 
 	lastSet bool
 }
@@ -50,12 +52,16 @@ func newObserveCmd(g *globalOpts) *cobra.Command {
 
 Without --follow, --last, --first or a time range, the last 20 flows are shown.
 Filters of different flags must all match; repeated values of one flag are alternatives.
---pod, --namespace, --ip and --port match either end of a flow; the --from-/--to- forms
-match one end. A pod is "namespace/name-prefix", "namespace/", or a bare pod-name prefix
-that matches in any namespace.`,
+--pod, --namespace, --ip, --port and --service match either end of a flow; the
+--from-/--to- forms match one end. A pod is "namespace/name-prefix", "namespace/", or a
+bare pod-name prefix that matches in any namespace; a Service is written the same way.
+A flow carries a Service when its client addressed the Service's VIP: the request has
+it as destination, the backend's reply as source.`,
 		Example: `  flowtrace observe --verdict dropped --last 50
   flowtrace observe -f --pod shop/frontend --to-port 5432
-  flowtrace observe --since 10m --drop-reason netfilter_drop -o json`,
+  flowtrace observe --since 10m --drop-reason netfilter_drop -o json
+  flowtrace observe --to-service shop/web --verdict translated,dropped
+  flowtrace observe --verdict mtu_exceeded --last 10`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.lastSet = cmd.Flags().Changed("last")
@@ -94,6 +100,9 @@ func (o *observeOpts) bindFlags(cmd *cobra.Command) {
 	f.StringSliceVar(&o.ports, "port", nil, "port at either end")
 	f.StringSliceVar(&o.fromPorts, "from-port", nil, "source port")
 	f.StringSliceVar(&o.toPorts, "to-port", nil, "destination port")
+	f.StringSliceVar(&o.services, "service", nil, "Service at either end: namespace/name-prefix, namespace/, or name-prefix")
+	f.StringSliceVar(&o.fromServices, "from-service", nil, "source Service (the backend's replies)")
+	f.StringSliceVar(&o.toServices, "to-service", nil, "destination Service (requests to its VIP)")
 	_ = cmd.RegisterFlagCompletionFunc("verdict", fixedCompletion(enumNames(flowtracev1.Verdict_name, "VERDICT_")))
 	_ = cmd.RegisterFlagCompletionFunc("drop-reason", fixedCompletion(enumNames(flowtracev1.DropReason_name, "DROP_REASON_")))
 	_ = cmd.RegisterFlagCompletionFunc("protocol", fixedCompletion(filters.Protocols()))
@@ -170,6 +179,7 @@ func (o *observeOpts) filters() ([]*flowtracev1.FlowFilter, error) {
 		{o.namespaces, o.fromNamespaces, o.toNamespaces, "namespace"},
 		{o.ips, o.fromIPs, o.toIPs, "ip"},
 		{o.ports, o.fromPorts, o.toPorts, "port"},
+		{o.services, o.fromServices, o.toServices, "service"},
 	} {
 		if len(c.either) > 0 && (len(c.from) > 0 || len(c.to) > 0) {
 			return nil, usageErrorf("--%s cannot be combined with --from-%s or --to-%s", c.name, c.name, c.name)
@@ -203,6 +213,8 @@ func (o *observeOpts) filters() ([]*flowtracev1.FlowFilter, error) {
 	common.DestinationPod = append(common.DestinationPod, o.toPods...)
 	common.SourceNamespace = append(common.SourceNamespace, o.fromNamespaces...)
 	common.DestinationNamespace = append(common.DestinationNamespace, o.toNamespaces...)
+	common.SourceService = append(common.SourceService, o.fromServices...)
+	common.DestinationService = append(common.DestinationService, o.toServices...)
 	var err error
 	if common.SourceIp, err = checkIPs("from-ip", o.fromIPs); err != nil {
 		return nil, err
@@ -225,7 +237,7 @@ func (o *observeOpts) filters() ([]*flowtracev1.FlowFilter, error) {
 		return nil, err
 	}
 
-	if len(o.pods) == 0 && len(o.namespaces) == 0 && len(ips) == 0 && len(ports) == 0 {
+	if len(o.pods) == 0 && len(o.namespaces) == 0 && len(ips) == 0 && len(ports) == 0 && len(o.services) == 0 {
 		if isEmptyFilter(common) {
 			return nil, nil
 		}
@@ -246,23 +258,22 @@ func (o *observeOpts) filters() ([]*flowtracev1.FlowFilter, error) {
 	if len(ports) > 0 {
 		src.SourcePort, dst.DestinationPort = ports, ports
 	}
+	if len(o.services) > 0 {
+		src.SourceService, dst.DestinationService = o.services, o.services
+	}
 	return []*flowtracev1.FlowFilter{src, dst}, nil
 }
 
+// cloneFilter copies every field, so a field added to FlowFilter later
+// cannot be forgotten here.
 func cloneFilter(f *flowtracev1.FlowFilter) *flowtracev1.FlowFilter {
-	return &flowtracev1.FlowFilter{
-		Verdict: f.Verdict, DropReason: f.DropReason, Protocol: f.Protocol, Interface: f.Interface,
-		SourcePod: f.SourcePod, DestinationPod: f.DestinationPod,
-		SourceNamespace: f.SourceNamespace, DestinationNamespace: f.DestinationNamespace,
-		SourceIp: f.SourceIp, DestinationIp: f.DestinationIp,
-		SourcePort: f.SourcePort, DestinationPort: f.DestinationPort,
-	}
+	return proto.Clone(f).(*flowtracev1.FlowFilter)
 }
 
+// isEmptyFilter: a FlowFilter has only repeated fields, so it encodes to
+// nothing exactly when all of them are empty.
 func isEmptyFilter(f *flowtracev1.FlowFilter) bool {
-	return len(f.Verdict)+len(f.DropReason)+len(f.Protocol)+len(f.Interface)+
-		len(f.SourcePod)+len(f.DestinationPod)+len(f.SourceNamespace)+len(f.DestinationNamespace)+
-		len(f.SourceIp)+len(f.DestinationIp)+len(f.SourcePort)+len(f.DestinationPort) == 0
+	return proto.Size(f) == 0
 }
 
 // parseEnum accepts "DROPPED", "dropped" and "VERDICT_DROPPED" (and "-" for "_").

@@ -62,6 +62,23 @@ func TestObserveFlagsToRequest(t *testing.T) {
 			{SourcePod: []string{"shop/db"}, DestinationNamespace: []string{"shop"}, Verdict: []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_DROPPED}, Interface: []string{"ftv-*"}},
 			{DestinationPod: []string{"shop/db"}, DestinationNamespace: []string{"shop"}, Verdict: []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_DROPPED}, Interface: []string{"ftv-*"}},
 		}}},
+		{"new verdicts", []string{"--verdict", "translated,mtu-exceeded", "--verdict", "MTU_EXCEEDED"}, &flowtracev1.GetFlowsRequest{Number: 20, Allowlist: []*flowtracev1.FlowFilter{{
+			Verdict: []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_TRANSLATED, flowtracev1.Verdict_VERDICT_MTU_EXCEEDED, flowtracev1.Verdict_VERDICT_MTU_EXCEEDED},
+		}}}},
+		{"to-service: one filter", []string{"--to-service", "shop/web", "--to-service", "api", "--verdict", "translated"}, &flowtracev1.GetFlowsRequest{Number: 20, Allowlist: []*flowtracev1.FlowFilter{{
+			DestinationService: []string{"shop/web", "api"}, Verdict: []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_TRANSLATED},
+		}}}},
+		{"from- and to-service", []string{"--from-service", "shop/", "--to-service", "kube-system/dns"}, &flowtracev1.GetFlowsRequest{Number: 20, Allowlist: []*flowtracev1.FlowFilter{{
+			SourceService: []string{"shop/"}, DestinationService: []string{"kube-system/dns"},
+		}}}},
+		{"service either end: two filters", []string{"--service", "shop/web", "--from-pod", "shop/frontend", "--protocol", "tcp"}, &flowtracev1.GetFlowsRequest{Number: 20, Allowlist: []*flowtracev1.FlowFilter{
+			{SourceService: []string{"shop/web"}, SourcePod: []string{"shop/frontend"}, Protocol: []string{"tcp"}},
+			{DestinationService: []string{"shop/web"}, SourcePod: []string{"shop/frontend"}, Protocol: []string{"tcp"}},
+		}}},
+		{"service with pod: same side", []string{"--service", "web", "--pod", "shop/"}, &flowtracev1.GetFlowsRequest{Number: 20, Allowlist: []*flowtracev1.FlowFilter{
+			{SourcePod: []string{"shop/"}, SourceService: []string{"web"}},
+			{DestinationPod: []string{"shop/"}, DestinationService: []string{"web"}},
+		}}},
 		{"either-end flags share a side", []string{"--ip", "10.0.0.1", "--port", "53", "--namespace", "kube-system"}, &flowtracev1.GetFlowsRequest{Number: 20, Allowlist: []*flowtracev1.FlowFilter{
 			{SourceIp: []string{"10.0.0.1"}, SourcePort: []uint32{53}, SourceNamespace: []string{"kube-system"}},
 			{DestinationIp: []string{"10.0.0.1"}, DestinationPort: []uint32{53}, DestinationNamespace: []string{"kube-system"}},
@@ -100,6 +117,12 @@ func TestObserveUsageErrors(t *testing.T) {
 		{[]string{"--port", "70000"}, `invalid --port "70000"`},
 		{[]string{"--pod", "a/b", "--from-pod", "c/d"}, `--pod cannot be combined with --from-pod or --to-pod`},
 		{[]string{"--from-pod", "/x"}, `invalid filter: allowlist[0].source_pod: "/x" is not a pod`},
+		{[]string{"--service", "shop/web", "--to-service", "shop/api"}, `--service cannot be combined with --from-service or --to-service`},
+		{[]string{"--from-service", "shop/web", "--service", "x"}, `--service cannot be combined with --from-service or --to-service`},
+		{[]string{"--to-service", "/web"}, `invalid filter: allowlist[0].destination_service: "/web" is not a service`},
+		{[]string{"--service", "shop/web/x"}, `invalid filter: allowlist[0].source_service: "shop/web/x" is not a service`},
+		{[]string{"--from-service", " web"}, `invalid filter: allowlist[0].source_service: " web" is not a service`},
+		{[]string{"--verdict", "mtu"}, `invalid --verdict "mtu": valid values are FORWARDED, DROPPED, TRANSLATED, MTU_EXCEEDED`},
 		{[]string{"--interface", "a/b"}, `invalid filter: allowlist[0].interface: "a/b" is not an interface name`},
 	}
 	for _, tt := range tests {
@@ -132,6 +155,13 @@ func TestObserveAndStatusAgainstServer(t *testing.T) {
 			Ip: &flowtracev1.IP{Source: "10.0.0.1", Destination: "10.0.0." + strconv.Itoa(i+2)},
 		})
 	}
+	// One translated connection to a Service, for the --service flags.
+	obs.Publish(&flowtracev1.Flow{
+		Uuid: "svc", Time: timestamppb.New(now.Add(30 * time.Second)), Verdict: flowtracev1.Verdict_VERDICT_TRANSLATED,
+		Ip:                 &flowtracev1.IP{Source: "10.0.0.1", Destination: "10.96.0.10"},
+		DestinationService: &flowtracev1.Service{Namespace: "shop", Name: "web"},
+		Translation:        &flowtracev1.Translation{OriginalIp: "10.96.0.10", OriginalPort: 80, TranslatedIp: "10.244.0.20", TranslatedPort: 8080},
+	})
 	sock := filepath.Join(t.TempDir(), "ft.sock")
 	lis, err := server.ListenUnix(sock)
 	if err != nil {
@@ -175,6 +205,21 @@ func TestObserveAndStatusAgainstServer(t *testing.T) {
 		t.Errorf("table output:\n%s", out)
 	}
 
+	for _, args := range [][]string{{"--to-service", "shop/web"}, {"--service", "web"}, {"--verdict", "translated"}} {
+		out, err = run(append([]string{"observe"}, args...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "10.0.0.1 -> 10.96.0.10:80 ⇒ 10.244.0.20:8080 (shop/web) TRANSLATED\n"; !strings.HasSuffix(out, want) || strings.Count(out, "\n") != 1 {
+			t.Errorf("observe %v:\n%s\nwant one line ending %q", args, out, want)
+		}
+	}
+	for _, args := range [][]string{{"--from-service", "shop/web"}, {"--to-service", "default/"}} {
+		if out, err = run(append([]string{"observe"}, args...)...); err != nil || out != "" {
+			t.Errorf("observe %v: err %v, output:\n%s", args, err, out)
+		}
+	}
+
 	// Ctrl-C on a follow stream ends cleanly.
 	fctx, fcancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer fcancel()
@@ -193,7 +238,7 @@ func TestObserveAndStatusAgainstServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"node-x", "30/100 held, 30 seen", "client too slow", "history evicted"} {
+	for _, want := range []string{"node-x", "31/100 held, 31 seen", "client too slow", "history evicted"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}

@@ -66,6 +66,15 @@ func printStatus(out io.Writer, r *flowtracev1.ServerStatusResponse) error {
 	row("Newest flow", "%s", ts(r.GetNewestFlowTime(), r.GetNewestFlowTime() != nil))
 	f := r.GetFeatures()
 	row("Datapath", "tc %s, drops %s, %d kernel drop reasons", orDash(f.GetTcAttach()), orDash(f.GetDropHook()), f.GetDropReasons())
+	onOff := func(b bool) string {
+		if b {
+			return "on"
+		}
+		return "off"
+	}
+	// Named as in DatapathFeatures, so the status line and the API agree.
+	row("Features", "conntrack_nfct %s, conntrack_lookup %s, mtu_check %s",
+		onOff(f.GetConntrackNfct()), onOff(f.GetConntrackLookup()), onOff(f.GetMtuCheck()))
 
 	fmt.Fprintln(w, "Lost events:\t")
 	for _, lc := range r.GetLostEvents() {

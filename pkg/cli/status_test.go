@@ -15,7 +15,8 @@ func TestPrintStatus(t *testing.T) {
 	err := printStatus(&out, &flowtracev1.ServerStatusResponse{
 		NumFlows: 12, MaxFlows: 65536, SeenFlows: 99, MaxFlowAge: durationpb.New(time.Hour),
 		Version: "v0.1.0", Uptime: durationpb.New(90*time.Minute + 400*time.Millisecond), NodeName: "node-1",
-		Features: &flowtracev1.DatapathFeatures{TcAttach: "tcx", DropHook: "tp_btf", DropReasons: 132},
+		Features: &flowtracev1.DatapathFeatures{TcAttach: "tcx", DropHook: "tp_btf", DropReasons: 132,
+			ConntrackNfct: true, MtuCheck: true},
 		LostEvents: []*flowtracev1.LostEventsCount{
 			{Source: flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_RING_BUFFER, Count: 3},
 		},
@@ -31,12 +32,23 @@ func TestPrintStatus(t *testing.T) {
 	s := out.String()
 	for _, want := range []string{
 		"Node:", "node-1", "v0.1.0 (uptime 1h30m0s)", "12/65536 held, 99 seen, max age 1h0m0s",
-		"tc tcx, drops tp_btf, 132 kernel drop reasons", "kernel ring buffer  3",
+		"tc tcx, drops tp_btf, 132 kernel drop reasons", "Features:", "conntrack_nfct on, conntrack_lookup off, mtu_check on", "kernel ring buffer  3",
 		"ftv-frontend  7      tcx   veth  shop/frontend-6c9f7d", "kubernetes  synced  3 pods",
 		"drops_out_of_scope  5\n  parse_errors        2",
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("status lacks %q:\n%s", want, s)
 		}
+	}
+}
+
+func TestPrintStatusFeaturesOff(t *testing.T) {
+	// An agent that reports no features (an older one) shows everything off.
+	var out bytes.Buffer
+	if err := printStatus(&out, &flowtracev1.ServerStatusResponse{}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "conntrack_nfct off, conntrack_lookup off, mtu_check off"; !strings.Contains(out.String(), want) {
+		t.Errorf("status lacks %q:\n%s", want, out.String())
 	}
 }

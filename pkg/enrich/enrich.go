@@ -80,8 +80,14 @@ func (e *Enricher) uuid() string {
 	return string(s[:])
 }
 
-// Flow converts one event. ev is not retained.
+// Flow converts one event; ev is not retained. It returns nil for an event
+// that, once read, reports nothing: a "translation" of an ICMP connection
+// whose addresses did not change (conntrack's ICMP tuples hold the echo id
+// and type/code where other protocols hold ports, so they always differ).
 func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
+	if ev.Kind == decode.KindTranslated && !isNAT(ev) {
+		return nil
+	}
 	f := &flowtracev1.Flow{
 		Time:         timestamppb.New(ev.Time),
 		Uuid:         e.uuid(),
@@ -150,7 +156,7 @@ func (e *Enricher) services(ev *decode.Event, f *flowtracev1.Flow) {
 	if e.ids == nil {
 		return
 	}
-	if ev.CT.Flags.Has(decode.CTKnown | decode.CTDNAT) {
+	if ev.CT.Flags.Has(decode.CTKnown|decode.CTDNAT) && !isICMP(ev.Proto) {
 		svc := e.service(ev.CT.OrigDst, ev.CT.OrigDstPort)
 		if ev.CT.Flags.Has(decode.CTReply) {
 			f.SourceService = svc
@@ -167,9 +173,20 @@ func (e *Enricher) services(ev *decode.Event, f *flowtracev1.Flow) {
 	}
 }
 
+func isICMP(proto uint8) bool { return proto == protoICMP || proto == protoICMPv6 }
+
+// isNAT reports whether a TRANSLATED event changed an address, or a port of
+// a protocol that has ports.
+func isNAT(ev *decode.Event) bool {
+	if ev.XlatDst != ev.CT.OrigDst || (ev.CT.Flags.Has(decode.CTSNAT) && ev.XlatSrc != ev.CT.OrigSrc) {
+		return true
+	}
+	return !isICMP(ev.Proto) && (ev.XlatDstPort != ev.CT.OrigDstPort || ev.CT.Flags.Has(decode.CTSNAT) && ev.XlatSrcPort != ev.CT.OrigSrcPort)
+}
+
 // serviceVIP is the address the client addressed.
 func (e *Enricher) serviceVIP(ev *decode.Event) netip.Addr {
-	if ev.CT.Flags.Has(decode.CTKnown | decode.CTDNAT) {
+	if ev.CT.Flags.Has(decode.CTKnown|decode.CTDNAT) && !isICMP(ev.Proto) {
 		return ev.CT.OrigDst
 	}
 	return ev.Dst

@@ -100,3 +100,45 @@ func BenchmarkFlow(b *testing.B) {
 		_ = e.Flow(ev)
 	}
 }
+
+func TestTranslatedAndServices(t *testing.T) {
+	vip, backend := netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("10.244.0.20")
+	web := &identity.Service{Namespace: "shop", Name: "web", VIPs: []netip.Addr{vip}, Ports: []identity.ServicePort{{Name: "http", Port: 80}}}
+	idsWithSvc := svcIDs{fakeIDs: ids, svcs: map[netip.Addr]*identity.Service{vip: web}}
+	e := New("n1", idsWithSvc, nil, nil, nil)
+	ct := decode.Conntrack{Flags: decode.CTKnown | decode.CTDNAT, IPVersion: 4, OrigSrc: frontend, OrigDst: vip, OrigSrcPort: 40000, OrigDstPort: 80}
+
+	xl := e.Flow(&decode.Event{Kind: decode.KindTranslated, IPVersion: 4, Proto: 6, Src: frontend, Dst: backend, SrcPort: 40000, DstPort: 8080,
+		CT: ct, XlatSrc: frontend, XlatDst: backend, XlatSrcPort: 40000, XlatDstPort: 8080, Direction: decode.DirEgress})
+	if xl.Verdict != flowtracev1.Verdict_VERDICT_TRANSLATED || xl.Translation.GetOriginalIp() != "10.96.0.10" ||
+		xl.Translation.GetTranslatedPort() != 8080 || xl.Translation.GetTranslatedSourceIp() != "" ||
+		xl.DestinationService.GetName() != "web" || xl.DestinationService.GetPortName() != "http" ||
+		xl.Ip.GetDestination() != "10.96.0.10" || xl.L4.GetTcp().GetDestinationPort() != 80 {
+		t.Fatalf("translated: %v", xl)
+	}
+
+	// The backend's reply names the Service as its source.
+	reply := e.Flow(&decode.Event{Kind: decode.KindFlow, IPVersion: 4, Proto: 6, Src: backend, Dst: frontend, SrcPort: 8080, DstPort: 40000,
+		CT: decode.Conntrack{Flags: ct.Flags | decode.CTReply, IPVersion: 4, OrigSrc: frontend, OrigDst: vip, OrigSrcPort: 40000, OrigDstPort: 80}})
+	if reply.SourceService.GetName() != "web" || reply.DestinationService != nil {
+		t.Errorf("reply services: %v / %v", reply.SourceService, reply.DestinationService)
+	}
+
+	// ICMP conntrack tuples carry id and type where ports would be: an
+	// unchanged address is no translation, and names no Service.
+	icmpCT := decode.Conntrack{Flags: decode.CTKnown | decode.CTDNAT | decode.CTSNAT, IPVersion: 4, OrigSrc: frontend, OrigDst: backend, OrigDstPort: 2048}
+	if f := e.Flow(&decode.Event{Kind: decode.KindTranslated, IPVersion: 4, Proto: 1, Src: frontend, Dst: backend, CT: icmpCT,
+		XlatSrc: frontend, XlatDst: backend, XlatDstPort: 3674}); f != nil {
+		t.Errorf("ICMP without address change reported as TRANSLATED: %v", f)
+	}
+}
+
+type svcIDs struct {
+	fakeIDs
+	svcs map[netip.Addr]*identity.Service
+}
+
+func (s svcIDs) ServiceByIP(ip netip.Addr) (*identity.Service, bool) {
+	v, ok := s.svcs[ip]
+	return v, ok
+}

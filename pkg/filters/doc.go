@@ -16,6 +16,10 @@
 //   - interface: an exact device name, or "prefix*". It matches the device the
 //     flow was observed on, or the input device of a drop.
 //   - namespaces: exact Kubernetes namespace names.
+//   - services: "namespace/name-prefix", "namespace/" or a bare Service-name
+//     prefix in any namespace, like pods, compared with the flow's
+//     source_service / destination_service (the Service the client
+//     addressed; set on both directions of a translated connection).
 //
 // All parsing happens in Build; Match does not allocate.
 package filters

@@ -9,54 +9,75 @@ import (
 
 type endpointGetter func(*flowtracev1.Flow) *flowtracev1.Endpoint
 
-type podPattern struct {
+// nameGetter returns the namespace and name of one end of a flow (a pod or a
+// Service); empty strings when unknown. It must not allocate.
+type nameGetter func(*flowtracev1.Flow) (namespace, name string)
+
+// namePattern is one compiled "namespace/name-prefix" value. Pods and
+// Services share the syntax, so they share the parser and the matcher.
+type namePattern struct {
 	namespace string // "" with anyNS
 	anyNS     bool
 	prefix    string
 }
 
-func (p podPattern) match(ep *flowtracev1.Endpoint) bool {
-	if ep == nil {
-		return false
-	}
+func (p namePattern) match(ns, name string) bool {
 	if p.anyNS {
-		return ep.GetPodName() != "" && strings.HasPrefix(ep.GetPodName(), p.prefix)
+		return name != "" && strings.HasPrefix(name, p.prefix)
 	}
-	if ep.GetNamespace() != p.namespace {
+	if ns == "" || ns != p.namespace {
 		return false
 	}
-	// "namespace/" matches every endpoint of the namespace, pod name known or not.
-	return p.prefix == "" || strings.HasPrefix(ep.GetPodName(), p.prefix)
+	// "namespace/" matches every object of the namespace, name known or not.
+	return p.prefix == "" || strings.HasPrefix(name, p.prefix)
 }
 
-func buildPod(values []string, get endpointGetter) (predicate, error) {
-	if len(values) == 0 {
-		return nil, nil
-	}
-	pats := make([]podPattern, 0, len(values))
+// parseNamePatterns parses "namespace/name-prefix", "namespace/" and bare
+// name prefixes; kind ("pod", "service") names the object in errors.
+func parseNamePatterns(kind string, values []string) ([]namePattern, error) {
+	pats := make([]namePattern, 0, len(values))
 	for _, v := range values {
+		bad := fmt.Errorf("%q is not a %s: want \"namespace/name\", \"namespace/\" or a %s-name prefix", v, kind, kind)
 		if v == "" || strings.TrimSpace(v) != v {
-			return nil, fmt.Errorf("%q is not a pod: want \"namespace/name\", \"namespace/\" or a pod-name prefix", v)
+			return nil, bad
 		}
 		ns, name, found := strings.Cut(v, "/")
 		switch {
 		case !found:
-			pats = append(pats, podPattern{anyNS: true, prefix: v})
+			pats = append(pats, namePattern{anyNS: true, prefix: v})
 		case ns == "" || strings.Contains(name, "/"):
-			return nil, fmt.Errorf("%q is not a pod: want \"namespace/name\", \"namespace/\" or a pod-name prefix", v)
+			return nil, bad
 		default:
-			pats = append(pats, podPattern{namespace: ns, prefix: name})
+			pats = append(pats, namePattern{namespace: ns, prefix: name})
 		}
 	}
+	return pats, nil
+}
+
+func buildNamePatterns(kind string, values []string, get nameGetter) (predicate, error) {
+	if len(values) == 0 {
+		return nil, nil
+	}
+	pats, err := parseNamePatterns(kind, values)
+	if err != nil {
+		return nil, err
+	}
 	return func(f *flowtracev1.Flow) bool {
-		ep := get(f)
+		ns, name := get(f)
 		for _, p := range pats {
-			if p.match(ep) {
+			if p.match(ns, name) {
 				return true
 			}
 		}
 		return false
 	}, nil
+}
+
+func buildPod(values []string, get endpointGetter) (predicate, error) {
+	return buildNamePatterns("pod", values, func(f *flowtracev1.Flow) (string, string) {
+		ep := get(f)
+		return ep.GetNamespace(), ep.GetPodName()
+	})
 }
 
 func buildNamespace(values []string, get endpointGetter) (predicate, error) {

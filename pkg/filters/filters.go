@@ -119,6 +119,12 @@ var fieldBuilders = [...]fieldBuilder{
 	{"destination_namespace", func(ff *flowtracev1.FlowFilter) (predicate, error) {
 		return buildNamespace(ff.GetDestinationNamespace(), (*flowtracev1.Flow).GetDestination)
 	}},
+	{"source_service", func(ff *flowtracev1.FlowFilter) (predicate, error) {
+		return buildService(ff.GetSourceService(), (*flowtracev1.Flow).GetSourceService)
+	}},
+	{"destination_service", func(ff *flowtracev1.FlowFilter) (predicate, error) {
+		return buildService(ff.GetDestinationService(), (*flowtracev1.Flow).GetDestinationService)
+	}},
 }
 
 func buildFilter(ff *flowtracev1.FlowFilter) (filter, error) {

@@ -37,6 +37,26 @@ func udp6Flow() *flowtracev1.Flow {
 	}
 }
 
+// svcFlow is a request from a client to a Service backend after DNAT, and
+// reply is its answer: both carry the Service, on opposite ends.
+func svcFlow() *flowtracev1.Flow {
+	return &flowtracev1.Flow{
+		Verdict:            flowtracev1.Verdict_VERDICT_TRANSLATED,
+		Ip:                 &flowtracev1.IP{Source: "10.244.0.10", Destination: "10.244.0.20"},
+		Source:             &flowtracev1.Endpoint{Namespace: "shop", PodName: "frontend-6c9f7d"},
+		Destination:        &flowtracev1.Endpoint{Namespace: "shop", PodName: "backend-5d8b9c"},
+		DestinationService: &flowtracev1.Service{Namespace: "shop", Name: "web", PortName: "http", Port: 80},
+	}
+}
+
+func svcReplyFlow() *flowtracev1.Flow {
+	return &flowtracev1.Flow{
+		Verdict:       flowtracev1.Verdict_VERDICT_FORWARDED,
+		Ip:            &flowtracev1.IP{Source: "10.244.0.20", Destination: "10.244.0.10"},
+		SourceService: &flowtracev1.Service{Namespace: "shop", Name: "web"},
+	}
+}
+
 func icmpFlow() *flowtracev1.Flow {
 	return &flowtracev1.Flow{
 		Verdict: flowtracev1.Verdict_VERDICT_MTU_EXCEEDED,
@@ -89,6 +109,21 @@ func TestMatch(t *testing.T) {
 		{"OR across filters", []*ff{{DestinationPort: []uint32{80}}, {SourcePod: []string{"shop/"}}}, nil, tcpFlow(), true},
 		{"deny wins", []*ff{{SourcePod: []string{"shop/"}}}, []*ff{{Protocol: []string{"tcp"}}}, tcpFlow(), false},
 		{"deny miss", nil, []*ff{{Protocol: []string{"udp"}}}, tcpFlow(), true},
+		{"dest service ns/name", []*ff{{DestinationService: []string{"shop/web"}}}, nil, svcFlow(), true},
+		{"dest service ns/prefix", []*ff{{DestinationService: []string{"shop/w"}}}, nil, svcFlow(), true},
+		{"dest service ns/", []*ff{{DestinationService: []string{"shop/"}}}, nil, svcFlow(), true},
+		{"dest service bare prefix any ns", []*ff{{DestinationService: []string{"we"}}}, nil, svcFlow(), true},
+		{"dest service other ns", []*ff{{DestinationService: []string{"default/web"}}}, nil, svcFlow(), false},
+		{"dest service name miss", []*ff{{DestinationService: []string{"shop/api"}}}, nil, svcFlow(), false},
+		{"dest service is not the pod", []*ff{{DestinationService: []string{"shop/backend"}}}, nil, svcFlow(), false},
+		{"dest service OR", []*ff{{DestinationService: []string{"shop/api", "web"}}}, nil, svcFlow(), true},
+		{"source service on reply", []*ff{{SourceService: []string{"shop/web"}}}, nil, svcReplyFlow(), true},
+		{"source service not on request", []*ff{{SourceService: []string{"shop/web"}}}, nil, svcFlow(), false},
+		{"dest service not on reply", []*ff{{DestinationService: []string{"shop/"}}}, nil, svcReplyFlow(), false},
+		{"service on flow without one", []*ff{{DestinationService: []string{"shop/"}}}, nil, tcpFlow(), false},
+		{"service bare prefix on nil service", []*ff{{SourceService: []string{"w"}}}, nil, &flowtracev1.Flow{}, false},
+		{"service and pod AND", []*ff{{DestinationService: []string{"shop/web"}, DestinationPod: []string{"shop/db"}}}, nil, svcFlow(), false},
+		{"deny service", nil, []*ff{{DestinationService: []string{"shop/web"}}}, svcFlow(), false},
 		{"nil l4 and ip", []*ff{{SourceIp: []string{"0.0.0.0/0"}}}, nil, &flowtracev1.Flow{}, false},
 	}
 	for _, tt := range tests {
@@ -122,6 +157,10 @@ func TestBuildErrors(t *testing.T) {
 		{"pod without ns", []*ff{{SourcePod: []string{"/x"}}}, nil, `allowlist[0].source_pod: "/x" is not a pod`},
 		{"bad iface", []*ff{{Interface: []string{"*"}}}, nil, ``},
 		{"iface too long", []*ff{{Interface: []string{"abcdefghijklmnopq"}}}, nil, `allowlist[0].interface: "abcdefghijklmnopq" is not an interface name`},
+		{"empty service", []*ff{{DestinationService: []string{""}}}, nil, `allowlist[0].destination_service: "" is not a service: want "namespace/name", "namespace/" or a service-name prefix`},
+		{"service without ns", nil, []*ff{{SourceService: []string{"/web"}}}, `denylist[0].source_service: "/web" is not a service`},
+		{"service two slashes", []*ff{{SourceService: []string{"shop/web/x"}}}, nil, `allowlist[0].source_service: "shop/web/x" is not a service`},
+		{"service blank", []*ff{{DestinationService: []string{" shop/web"}}}, nil, `allowlist[0].destination_service: " shop/web" is not a service`},
 		{"bad namespace", []*ff{{SourceNamespace: []string{"a/b"}}}, nil, `allowlist[0].source_namespace: "a/b" is not a namespace name`},
 	}
 	for _, tt := range tests {
@@ -149,17 +188,27 @@ func TestMatchDoesNotAllocate(t *testing.T) {
 		SourcePod: []string{"shop/"}, DestinationIp: []string{"10.244.0.0/16"},
 		DestinationPort: []uint32{5432}, Protocol: []string{"tcp"}, Interface: []string{"ftv-*"},
 		Verdict: []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_DROPPED},
-	}}, []*ff{{SourceNamespace: []string{"kube-system"}}})
+	}}, []*ff{{SourceNamespace: []string{"kube-system"}}, {SourceService: []string{"kube-system/"}, DestinationService: []string{"web", "shop/api"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := tcpFlow()
+	f.DestinationService = &flowtracev1.Service{Namespace: "shop", Name: "web"}
 	if allocs := testing.AllocsPerRun(100, func() {
 		if !m.Match(f) {
 			t.Fatal("no match")
 		}
 	}); allocs != 0 {
 		t.Errorf("Match allocates %.1f times per call", allocs)
+	}
+	// The service predicates must run: a flow the deny filter matches.
+	f.SourceService = &flowtracev1.Service{Namespace: "kube-system", Name: "dns"}
+	if allocs := testing.AllocsPerRun(100, func() {
+		if m.Match(f) {
+			t.Fatal("denied flow matched")
+		}
+	}); allocs != 0 {
+		t.Errorf("Match with services allocates %.1f times per call", allocs)
 	}
 }
 
@@ -170,6 +219,7 @@ func FuzzBuild(f *testing.F) {
 	f.Fuzz(func(t *testing.T, ip, pod, proto, iface string, port uint32, verdict int32) {
 		flt := &ff{
 			SourceIp: []string{ip}, DestinationPod: []string{pod}, Protocol: []string{proto},
+			SourceService: []string{pod}, DestinationService: []string{pod},
 			Interface: []string{iface}, DestinationPort: []uint32{port},
 			Verdict: []flowtracev1.Verdict{flowtracev1.Verdict(verdict)},
 		}
@@ -181,7 +231,7 @@ func FuzzBuild(f *testing.F) {
 			return
 		}
 		// A flow can never pass when the same filter is in both lists.
-		for _, fl := range []*flowtracev1.Flow{tcpFlow(), udp6Flow(), icmpFlow(), {}} {
+		for _, fl := range []*flowtracev1.Flow{tcpFlow(), udp6Flow(), icmpFlow(), svcFlow(), svcReplyFlow(), {}} {
 			if m.Match(fl) {
 				t.Fatalf("flow passed allow and deny of the same filter %v", flt)
 			}

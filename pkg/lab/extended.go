@@ -101,6 +101,13 @@ func describeExtended(l *Lab, p string) {
 			Endpoints: []string{"backend-5d8b9c", "backend-5d8b9c-2"},
 		},
 		{
+			// UDP, like a cluster DNS Service, on the same backends.
+			Namespace: "shop", Name: "dns",
+			VIPs:     []netip.Addr{netip.MustParseAddr("10.96.0.53"), netip.MustParseAddr("fd00:10:96::53")},
+			PortName: "dns", Protocol: "UDP", Port: 53, TargetPort: BackendPort,
+			Endpoints: []string{"backend-5d8b9c", "backend-5d8b9c-2"},
+		},
+		{
 			Namespace: "shop", Name: "ghost",
 			VIPs:     []netip.Addr{netip.MustParseAddr("10.96.0.20"), netip.MustParseAddr("fd00:10:96::20")},
 			PortName: "http", Protocol: "TCP", Port: ServicePort, TargetPort: BackendPort,

@@ -156,6 +156,8 @@ func TestExtendedIdentity(t *testing.T) {
 	sb, _ := json.Marshal(got.Services)
 	want := `[{"endpoints":["10.244.0.20:8080","[fd00:10:244::20]:8080","10.244.0.21:8080","[fd00:10:244::21]:8080"],` +
 		`"name":"web","namespace":"shop","ports":[{"name":"http","port":80,"protocol":"TCP"}],"vips":["10.96.0.10","fd00:10:96::10"]},` +
+		`{"endpoints":["10.244.0.20:8080","[fd00:10:244::20]:8080","10.244.0.21:8080","[fd00:10:244::21]:8080"],` +
+		`"name":"dns","namespace":"shop","ports":[{"name":"dns","port":53,"protocol":"UDP"}],"vips":["10.96.0.53","fd00:10:96::53"]},` +
 		`{"endpoints":[],"name":"ghost","namespace":"shop","ports":[{"name":"http","port":80,"protocol":"TCP"}],"vips":["10.96.0.20","fd00:10:96::20"]}]`
 	if string(sb) != want {
 		t.Errorf("services\n got %s\nwant %s", sb, want)

@@ -138,10 +138,19 @@ func (p *Printer) compact(r *flowtracev1.GetFlowsResponse) {
 		return
 	}
 	f := r.GetFlow()
-	sb.WriteString(endpointText(f.GetSource(), f.GetIp().GetSource(), srcPort(f)))
+	sb.WriteString(sourceText(f))
 	sb.WriteString(" -> ")
-	sb.WriteString(endpointText(f.GetDestination(), f.GetIp().GetDestination(), dstPort(f)))
-	if l4 := L4Text(f); l4 != "" {
+	if tr := TranslationText(f); tr != "" {
+		sb.WriteString(tr)
+	} else {
+		sb.WriteString(destinationText(f))
+	}
+	l4 := L4Text(f)
+	if icmp := MTUICMPText(f.GetMtu()); icmp != "" {
+		// The ICMP error's own type and code say less than what it is about.
+		l4 = icmp
+	}
+	if l4 != "" {
 		sb.WriteByte(' ')
 		sb.WriteString(l4)
 	}
@@ -167,10 +176,35 @@ func (p *Printer) compact(r *flowtracev1.GetFlowsResponse) {
 		sb.WriteString(" at ")
 		sb.WriteString(loc)
 	}
-	if ifc := InterfaceText(flowInterface(f)); ifc != "" {
+	if mtu := MTUExceededText(f); mtu != "" {
+		// It names the egress device and the observation device itself.
+		sb.WriteByte(' ')
+		sb.WriteString(mtu)
+	} else if ifc := InterfaceText(flowInterface(f)); ifc != "" {
 		sb.WriteString(" on ")
 		sb.WriteString(ifc)
 	}
+	if enc := EncapsulationText(f.GetEncapsulation()); enc != "" {
+		sb.WriteByte(' ')
+		sb.WriteString(enc)
+	}
+}
+
+// sourceText is the source endpoint with its Service, when it has one:
+// "shop/backend-5d8b9c (10.244.0.20:8080) [svc shop/web]".
+func sourceText(f *flowtracev1.Flow) string {
+	return withService(endpointText(f.GetSource(), f.GetIp().GetSource(), srcPort(f)), f.GetSourceService())
+}
+
+func destinationText(f *flowtracev1.Flow) string {
+	return withService(endpointText(f.GetDestination(), f.GetIp().GetDestination(), dstPort(f)), f.GetDestinationService())
+}
+
+func withService(ep string, svc *flowtracev1.Service) string {
+	if name := ServiceText(svc); name != "" {
+		return ep + " [svc " + name + "]"
+	}
+	return ep
 }
 
 // flowInterface is the observation device, or the input device of a drop
@@ -189,28 +223,67 @@ func (p *Printer) printTable(r *flowtracev1.GetFlowsResponse) error {
 				return err
 			}
 		}
-		fmt.Fprintln(p.tw, "TIME\tSOURCE\tDESTINATION\tPROTO\tVERDICT\tDETAIL\tINTERFACE")
+		fmt.Fprintln(p.tw, "TIME\tSOURCE\tDESTINATION\tSERVICE\tPROTO\tVERDICT\tDETAIL\tINTERFACE")
 	}
 	p.rows++
 	t := p.timeOf(r)
 	if le := r.GetLostEvents(); le != nil {
-		_, err := fmt.Fprintf(p.tw, "%s\t-\t-\t-\tLOST\t%s\t-\n", t, LostText(le))
+		_, err := fmt.Fprintf(p.tw, "%s\t-\t-\t-\t-\tLOST\t%s\t-\n", t, LostText(le))
 		return err
 	}
 	f := r.GetFlow()
-	detail := ReasonText(f)
-	if f.GetVerdict() == flowtracev1.Verdict_VERDICT_FORWARDED {
-		detail = fmt.Sprintf("%s %d pkts %d bytes", ReportText(f.GetReport()), f.GetPackets(), f.GetBytes())
-		detail = strings.TrimSpace(detail)
-	}
-	if loc := f.GetDropLocation(); loc != "" {
-		detail += " at " + loc
-	}
-	_, err := fmt.Fprintf(p.tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t,
+	_, err := fmt.Fprintf(p.tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t,
 		endpointText(f.GetSource(), f.GetIp().GetSource(), srcPort(f)),
-		endpointText(f.GetDestination(), f.GetIp().GetDestination(), dstPort(f)),
-		dash(L4Text(f)), VerdictText(f.GetVerdict()), dash(detail), dash(InterfaceText(flowInterface(f))))
+		tableDestination(f), dash(tableService(f)),
+		dash(L4Text(f)), VerdictText(f.GetVerdict()), dash(tableDetail(f)), dash(InterfaceText(flowInterface(f))))
 	return err
+}
+
+// tableDestination shows where a translated connection went; the Service
+// itself has its own column.
+func tableDestination(f *flowtracev1.Flow) string {
+	tr := f.GetTranslation()
+	if f.GetVerdict() != flowtracev1.Verdict_VERDICT_TRANSLATED || tr.GetTranslatedIp() == "" {
+		return endpointText(f.GetDestination(), f.GetIp().GetDestination(), dstPort(f))
+	}
+	return hostPort(tr.GetOriginalIp(), tr.GetOriginalPort()) + " ⇒ " + hostPort(tr.GetTranslatedIp(), tr.GetTranslatedPort())
+}
+
+// tableService is the destination's Service, or "from ns/name" when only the
+// source has one (the backend's reply).
+func tableService(f *flowtracev1.Flow) string {
+	src, dst := ServiceText(f.GetSourceService()), ServiceText(f.GetDestinationService())
+	switch {
+	case src != "" && dst != "":
+		return src + " -> " + dst
+	case src != "":
+		return "from " + src
+	}
+	return dst
+}
+
+func tableDetail(f *flowtracev1.Flow) string {
+	parts := make([]string, 0, 5)
+	add := func(s string) {
+		if s != "" {
+			parts = append(parts, s)
+		}
+	}
+	add(ReasonText(f))
+	if f.GetVerdict() == flowtracev1.Verdict_VERDICT_FORWARDED {
+		add(ReportText(f.GetReport()))
+		add(fmt.Sprintf("%d pkts %d bytes", f.GetPackets(), f.GetBytes()))
+	}
+	if f.GetVerdict() == flowtracev1.Verdict_VERDICT_TRANSLATED {
+		add(snatText(f.GetTranslation()))
+	}
+	add(MTUExceededText(f))
+	add(MTUICMPText(f.GetMtu()))
+	if loc := f.GetDropLocation(); loc != "" {
+		add("at " + loc)
+	}
+	add(EncapsulationText(f.GetEncapsulation()))
+	return strings.Join(parts, " ")
 }
 
 func dash(s string) string {
@@ -223,8 +296,10 @@ func dash(s string) string {
 func srcPort(f *flowtracev1.Flow) uint32 { s, _ := ports(f); return s }
 func dstPort(f *flowtracev1.Flow) uint32 { _, d := ports(f); return d }
 
-func ports(f *flowtracev1.Flow) (uint32, uint32) {
-	switch p := f.GetL4().GetProtocol().(type) {
+func ports(f *flowtracev1.Flow) (uint32, uint32) { return l4Ports(f.GetL4()) }
+
+func l4Ports(l4 *flowtracev1.Layer4) (uint32, uint32) {
+	switch p := l4.GetProtocol().(type) {
 	case *flowtracev1.Layer4_Tcp:
 		return p.Tcp.GetSourcePort(), p.Tcp.GetDestinationPort()
 	case *flowtracev1.Layer4_Udp:
@@ -241,9 +316,7 @@ func endpointText(ep *flowtracev1.Endpoint, ip string, port uint32) string {
 	if addr == "" {
 		addr = "?"
 	}
-	if port != 0 {
-		addr = net.JoinHostPort(addr, strconv.FormatUint(uint64(port), 10))
-	}
+	addr = hostPort(addr, port)
 	if ep.GetPodName() == "" {
 		return addr
 	}
@@ -252,6 +325,158 @@ func endpointText(ep *flowtracev1.Endpoint, ip string, port uint32) string {
 		name = ns + "/" + name
 	}
 	return name + " (" + addr + ")"
+}
+
+// hostPort is "ip:port", "[ip6]:port", or the bare address without a port.
+func hostPort(ip string, port uint32) string {
+	if port == 0 {
+		return ip
+	}
+	return net.JoinHostPort(ip, strconv.FormatUint(uint64(port), 10))
+}
+
+// ServiceText is "namespace/name", or "" when the Service is unknown.
+func ServiceText(s *flowtracev1.Service) string {
+	name := s.GetName()
+	if name == "" {
+		return ""
+	}
+	if ns := s.GetNamespace(); ns != "" {
+		return ns + "/" + name
+	}
+	return name
+}
+
+// TranslationText is what a TRANSLATED flow's client addressed and where
+// conntrack sent it: "10.96.0.10:80 ⇒ 10.244.0.20:8080 (shop/web)", with
+// " SNAT 10.244.0.1:40000" when the source was masqueraded too. It is ""
+// for other flows.
+func TranslationText(f *flowtracev1.Flow) string {
+	tr := f.GetTranslation()
+	if f.GetVerdict() != flowtracev1.Verdict_VERDICT_TRANSLATED || tr.GetTranslatedIp() == "" {
+		return ""
+	}
+	orig := tr.GetOriginalIp()
+	if orig == "" {
+		orig = f.GetIp().GetDestination()
+	}
+	if orig == "" {
+		orig = "?"
+	}
+	s := hostPort(orig, tr.GetOriginalPort()) + " ⇒ " + hostPort(tr.GetTranslatedIp(), tr.GetTranslatedPort())
+	if svc := ServiceText(f.GetDestinationService()); svc != "" {
+		s += " (" + svc + ")"
+	}
+	if snat := snatText(tr); snat != "" {
+		s += " " + snat
+	}
+	return s
+}
+
+func snatText(tr *flowtracev1.Translation) string {
+	if tr.GetTranslatedSourceIp() == "" {
+		return ""
+	}
+	return "SNAT " + hostPort(tr.GetTranslatedSourceIp(), tr.GetTranslatedSourcePort())
+}
+
+// MTUExceededText describes an MTU_EXCEEDED flow whose packet was too big
+// for its egress device: "1428 > 1350 on ftvx0 (in ftv-frontend)
+// icmp-sent", printed after the verdict. It is "" for other flows, ICMP
+// errors included.
+func MTUExceededText(f *flowtracev1.Flow) string {
+	m := f.GetMtu()
+	if f.GetVerdict() != flowtracev1.Verdict_VERDICT_MTU_EXCEEDED || m.GetEvent() != flowtracev1.MTUEvent_MTU_EVENT_EXCEEDED {
+		return ""
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "%d > %d", m.GetPacketLength(), m.GetMtu())
+	egress := InterfaceText(m.GetEgressInterface())
+	if egress != "" {
+		sb.WriteString(" on ")
+		sb.WriteString(egress)
+	}
+	// The observation device is where the packet was seen, often the pod's
+	// veth; the egress device is where it could not go.
+	if in := InterfaceText(flowInterface(f)); in != "" && in != egress {
+		sb.WriteString(" (in ")
+		sb.WriteString(in)
+		sb.WriteByte(')')
+	}
+	if m.GetIcmpSent() {
+		sb.WriteString(" icmp-sent")
+	} else {
+		sb.WriteString(" no icmp")
+	}
+	return sb.String()
+}
+
+// MTUICMPText describes an ICMP "fragmentation needed" or ICMPv6 "packet too
+// big" by the flow it is about: "icmp frag-needed mtu 1350 about 10.244.0.10
+// -> 10.244.1.10 icmp". It is "" when m is not such an event.
+func MTUICMPText(m *flowtracev1.MTUInfo) string {
+	var sb strings.Builder
+	switch m.GetEvent() {
+	case flowtracev1.MTUEvent_MTU_EVENT_ICMP_FRAG_NEEDED:
+		sb.WriteString("icmp frag-needed")
+	case flowtracev1.MTUEvent_MTU_EVENT_ICMPV6_PACKET_TOO_BIG:
+		sb.WriteString("icmpv6 packet-too-big")
+	default:
+		return ""
+	}
+	// RFC 1191: a router predating PMTUD announces 0.
+	if m.GetMtu() != 0 {
+		fmt.Fprintf(&sb, " mtu %d", m.GetMtu())
+	}
+	if q := m.GetQuotedIp(); q.GetSource() != "" || q.GetDestination() != "" {
+		s, d := l4Ports(m.GetQuotedL4())
+		sb.WriteString(" about ")
+		sb.WriteString(hostPort(dash(q.GetSource()), s))
+		sb.WriteString(" -> ")
+		sb.WriteString(hostPort(dash(q.GetDestination()), d))
+		if proto := protoName(m.GetQuotedL4()); proto != "" {
+			sb.WriteByte(' ')
+			sb.WriteString(proto)
+		}
+	}
+	return sb.String()
+}
+
+// protoName is the short transport name of a quoted packet.
+func protoName(l4 *flowtracev1.Layer4) string {
+	switch p := l4.GetProtocol().(type) {
+	case *flowtracev1.Layer4_Tcp:
+		return "tcp"
+	case *flowtracev1.Layer4_Udp:
+		return "udp"
+	case *flowtracev1.Layer4_Sctp:
+		return "sctp"
+	case *flowtracev1.Layer4_Icmpv4:
+		return "icmp"
+	case *flowtracev1.Layer4_Icmpv6:
+		return "icmpv6"
+	case *flowtracev1.Layer4_Other:
+		return "proto-" + strconv.FormatUint(uint64(p.Other), 10)
+	}
+	return ""
+}
+
+// vxlanPort is the IANA VXLAN port; other ports (8472 for Linux's and
+// flannel's default) are worth printing.
+const vxlanPort = 4789
+
+// EncapsulationText is the VXLAN outer header: "vxlan vni 1 192.168.50.1 ->
+// 192.168.50.2", with " port 8472" for a non-standard port; "" when the flow
+// was not tunnelled.
+func EncapsulationText(e *flowtracev1.Encapsulation) string {
+	if e == nil || (e.GetOuterSource() == "" && e.GetOuterDestination() == "" && e.GetVni() == 0) {
+		return ""
+	}
+	s := fmt.Sprintf("vxlan vni %d %s -> %s", e.GetVni(), dash(e.GetOuterSource()), dash(e.GetOuterDestination()))
+	if p := e.GetPort(); p != 0 && p != vxlanPort {
+		s += " port " + strconv.FormatUint(uint64(p), 10)
+	}
+	return s
 }
 
 // InterfaceText is the device name, qualified with its namespace when that is
@@ -273,21 +498,45 @@ func VerdictText(v flowtracev1.Verdict) string {
 }
 
 // ReasonText is the kernel's drop reason name, followed by flowtrace's own
-// name when they differ (e.g. "FOO_NEW, UNKNOWN").
+// name when they differ (e.g. "FOO_NEW, UNKNOWN"), and by what flowtrace
+// found out beyond the kernel: "NETFILTER_DROP: Service shop/ghost has no
+// endpoints".
 func ReasonText(f *flowtracev1.Flow) string {
 	ours := ""
 	if r := f.GetDropReason(); r != flowtracev1.DropReason_DROP_REASON_UNSPECIFIED {
 		ours = strings.TrimPrefix(r.String(), "DROP_REASON_")
 	}
 	kernel := f.GetDropReasonKernel()
+	var reason string
 	switch {
 	case kernel == "":
-		return ours
+		reason = ours
 	case ours == "" || ours == kernel:
-		return kernel
+		reason = kernel
 	default:
-		return kernel + ", " + ours
+		reason = kernel + ", " + ours
 	}
+	cause := causeText(f)
+	switch {
+	case cause == "":
+		return reason
+	case reason == "":
+		return cause
+	}
+	return reason + ": " + cause
+}
+
+func causeText(f *flowtracev1.Flow) string {
+	switch f.GetDropCause() {
+	case flowtracev1.DropCause_DROP_CAUSE_UNSPECIFIED:
+		return ""
+	case flowtracev1.DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS:
+		if svc := ServiceText(f.GetDestinationService()); svc != "" {
+			return "Service " + svc + " has no endpoints"
+		}
+		return "Service " + hostPort(dash(f.GetIp().GetDestination()), dstPort(f)) + " has no endpoints"
+	}
+	return strings.TrimPrefix(f.GetDropCause().String(), "DROP_CAUSE_")
 }
 
 // ReportText names why a FORWARDED record was emitted.

@@ -71,18 +71,118 @@ func fixtures() []*flowtracev1.GetFlowsResponse {
 			Ip: &flowtracev1.IP{Source: "10.0.0.1", Destination: "10.0.1.1"},
 			L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Icmpv4{Icmpv4: &flowtracev1.ICMPv4{Type: 8}}},
 		}),
+		// Issue 3: Services, translations, MTU, VXLAN (fixtures 5..13).
+		flowResp(translatedFlow(6, nil)),
+		flowResp(translatedFlow(7, &flowtracev1.Translation{
+			OriginalIp: "10.96.0.10", OriginalPort: 80, TranslatedIp: "10.244.0.20", TranslatedPort: 8080,
+			TranslatedSourceIp: "10.244.0.1", TranslatedSourcePort: 40000,
+		})),
+		flowResp(&flowtracev1.Flow{
+			Time: timestamppb.New(t0.Add(8 * time.Second)), Verdict: flowtracev1.Verdict_VERDICT_FORWARDED,
+			Report: flowtracev1.FlowReport_FLOW_REPORT_TCP_FLAGS, Packets: 1, Bytes: 60,
+			Ip: &flowtracev1.IP{Source: "10.244.0.20", Destination: "10.244.0.10"},
+			L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Tcp{Tcp: &flowtracev1.TCP{
+				SourcePort: 8080, DestinationPort: 43512, Flags: &flowtracev1.TCPFlags{Syn: true, Ack: true},
+			}}},
+			Source:        &flowtracev1.Endpoint{Namespace: "shop", PodName: "backend-5d8b9c"},
+			Destination:   &flowtracev1.Endpoint{Namespace: "shop", PodName: "frontend-6c9f7d"},
+			SourceService: &flowtracev1.Service{Namespace: "shop", Name: "web", PortName: "http", Port: 80},
+			Interface:     &flowtracev1.Interface{Name: "ftv-backend"},
+		}),
+		flowResp(&flowtracev1.Flow{
+			Time: timestamppb.New(t0.Add(9 * time.Second)), Verdict: flowtracev1.Verdict_VERDICT_DROPPED,
+			DropReason: flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP, DropReasonKernel: "NETFILTER_DROP",
+			DropCause: flowtracev1.DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS, EventCount: 1,
+			Ip: &flowtracev1.IP{Source: "10.244.0.10", Destination: "10.96.0.99"},
+			L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Tcp{Tcp: &flowtracev1.TCP{
+				SourcePort: 43600, DestinationPort: 80, Flags: &flowtracev1.TCPFlags{Syn: true},
+			}}},
+			Source:             &flowtracev1.Endpoint{Namespace: "shop", PodName: "frontend-6c9f7d"},
+			DestinationService: &flowtracev1.Service{Namespace: "shop", Name: "ghost", Port: 80},
+			Interface:          &flowtracev1.Interface{Name: "ftv-frontend"},
+		}),
+		flowResp(mtuExceededFlow(10, true)),
+		flowResp(mtuExceededFlow(11, false)),
+		flowResp(&flowtracev1.Flow{
+			Time: timestamppb.New(t0.Add(12 * time.Second)), Verdict: flowtracev1.Verdict_VERDICT_MTU_EXCEEDED,
+			Ip: &flowtracev1.IP{Source: "10.244.0.1", Destination: "10.244.0.10"},
+			L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Icmpv4{Icmpv4: &flowtracev1.ICMPv4{Type: 3, Code: 4}}},
+			Mtu: &flowtracev1.MTUInfo{
+				Event: flowtracev1.MTUEvent_MTU_EVENT_ICMP_FRAG_NEEDED, Mtu: 1350,
+				QuotedIp: &flowtracev1.IP{Source: "10.244.0.10", Destination: "10.244.1.10"},
+				QuotedL4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Icmpv4{Icmpv4: &flowtracev1.ICMPv4{Type: 8}}},
+			},
+			Interface: &flowtracev1.Interface{Name: "ftv-frontend"},
+		}),
+		flowResp(&flowtracev1.Flow{
+			Time: timestamppb.New(t0.Add(13 * time.Second)), Verdict: flowtracev1.Verdict_VERDICT_MTU_EXCEEDED,
+			Ip: &flowtracev1.IP{Source: "fd00::1", Destination: "fd00::10", IpVersion: flowtracev1.IPVersion_IP_VERSION_IPV6},
+			L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Icmpv6{Icmpv6: &flowtracev1.ICMPv6{Type: 2}}},
+			Mtu: &flowtracev1.MTUInfo{
+				Event: flowtracev1.MTUEvent_MTU_EVENT_ICMPV6_PACKET_TOO_BIG, Mtu: 1280,
+				QuotedIp: &flowtracev1.IP{Source: "fd00::10", Destination: "fd00:1::20"},
+				QuotedL4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Tcp{Tcp: &flowtracev1.TCP{SourcePort: 40100, DestinationPort: 443}}},
+			},
+			Interface: &flowtracev1.Interface{Name: "eth0", Netns: "shop/frontend-6c9f7d"},
+		}),
+		flowResp(&flowtracev1.Flow{
+			Time: timestamppb.New(t0.Add(14 * time.Second)), Verdict: flowtracev1.Verdict_VERDICT_FORWARDED,
+			Report: flowtracev1.FlowReport_FLOW_REPORT_NEW, Packets: 1, Bytes: 84,
+			Ip:            &flowtracev1.IP{Source: "10.244.0.10", Destination: "10.244.1.10"},
+			L4:            &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Icmpv4{Icmpv4: &flowtracev1.ICMPv4{Type: 8}}},
+			Encapsulation: &flowtracev1.Encapsulation{OuterSource: "192.168.50.1", OuterDestination: "192.168.50.2", Vni: 1, Port: 4789},
+			Interface:     &flowtracev1.Interface{Name: "eth1"},
+		}),
 		{
 			ResponseTypes: &flowtracev1.GetFlowsResponse_LostEvents{LostEvents: &flowtracev1.LostEvents{
 				Source: flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_RING_BUFFER, NumEventsLost: 42, Cpu: &cpu,
 			}},
-			NodeName: "node-1", Time: timestamppb.New(t0.Add(5 * time.Second)),
+			NodeName: "node-1", Time: timestamppb.New(t0.Add(15 * time.Second)),
 		},
 		{
 			ResponseTypes: &flowtracev1.GetFlowsResponse_LostEvents{LostEvents: &flowtracev1.LostEvents{
 				Source: flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_CLIENT_QUEUE, NumEventsLost: 7,
 			}},
-			NodeName: "node-1", Time: timestamppb.New(t0.Add(6 * time.Second)),
+			NodeName: "node-1", Time: timestamppb.New(t0.Add(16 * time.Second)),
 		},
+	}
+}
+
+// translatedFlow is the client's SYN to the shop/web VIP, seen on its veth
+// after conntrack chose a backend; tr nil is the plain DNAT of the example.
+func translatedFlow(sec int, tr *flowtracev1.Translation) *flowtracev1.Flow {
+	if tr == nil {
+		tr = &flowtracev1.Translation{OriginalIp: "10.96.0.10", OriginalPort: 80, TranslatedIp: "10.244.0.20", TranslatedPort: 8080}
+	}
+	return &flowtracev1.Flow{
+		Time: timestamppb.New(t0.Add(time.Duration(sec) * time.Second)), Verdict: flowtracev1.Verdict_VERDICT_TRANSLATED,
+		Ip: &flowtracev1.IP{Source: "10.244.0.10", Destination: "10.96.0.10"},
+		L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Tcp{Tcp: &flowtracev1.TCP{
+			SourcePort: 43512, DestinationPort: 80, Flags: &flowtracev1.TCPFlags{Syn: true},
+		}}},
+		Source:             &flowtracev1.Endpoint{Namespace: "shop", PodName: "frontend-6c9f7d"},
+		Destination:        &flowtracev1.Endpoint{Namespace: "shop", PodName: "backend-5d8b9c"},
+		DestinationService: &flowtracev1.Service{Namespace: "shop", Name: "web", PortName: "http", Port: 80},
+		Translation:        tr,
+		Interface:          &flowtracev1.Interface{Name: "ftv-frontend"},
+	}
+}
+
+// mtuExceededFlow is a 1428-byte DF packet from the frontend that does not
+// fit the 1350-byte VXLAN device.
+func mtuExceededFlow(sec int, icmpSent bool) *flowtracev1.Flow {
+	return &flowtracev1.Flow{
+		Time: timestamppb.New(t0.Add(time.Duration(sec) * time.Second)), Verdict: flowtracev1.Verdict_VERDICT_MTU_EXCEEDED,
+		Ip: &flowtracev1.IP{Source: "10.244.0.10", Destination: "10.244.1.10"},
+		L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Tcp{Tcp: &flowtracev1.TCP{
+			SourcePort: 43700, DestinationPort: 8080, Flags: &flowtracev1.TCPFlags{Ack: true, Psh: true},
+		}}},
+		Source: &flowtracev1.Endpoint{Namespace: "shop", PodName: "frontend-6c9f7d"},
+		Mtu: &flowtracev1.MTUInfo{
+			Event: flowtracev1.MTUEvent_MTU_EVENT_EXCEEDED, Mtu: 1350, PacketLength: 1428,
+			EgressInterface: &flowtracev1.Interface{Name: "ftvx0"}, IcmpSent: icmpSent,
+		},
+		Interface: &flowtracev1.Interface{Name: "ftv-frontend"},
 	}
 }
 
@@ -131,6 +231,77 @@ func TestCompactExample(t *testing.T) {
 	want := "Nov 23 15:31:47.123: shop/frontend-6c9f7d (10.244.0.10:43512) -> shop/db-0 (10.244.0.30:5432) tcp SYN DROPPED (NETFILTER_DROP) at nf_hook_slow+0x8d on ftv-frontend"
 	if got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
+
+func TestCompactIssue3Lines(t *testing.T) {
+	lines := strings.Split(string(render(t, Compact)), "\n")
+	want := map[int]string{
+		5:  "Nov 23 15:31:53.123: shop/frontend-6c9f7d (10.244.0.10:43512) -> 10.96.0.10:80 ⇒ 10.244.0.20:8080 (shop/web) tcp SYN TRANSLATED on ftv-frontend",
+		6:  "Nov 23 15:31:54.123: shop/frontend-6c9f7d (10.244.0.10:43512) -> 10.96.0.10:80 ⇒ 10.244.0.20:8080 (shop/web) SNAT 10.244.0.1:40000 tcp SYN TRANSLATED on ftv-frontend",
+		7:  "Nov 23 15:31:55.123: shop/backend-5d8b9c (10.244.0.20:8080) [svc shop/web] -> shop/frontend-6c9f7d (10.244.0.10:43512) tcp SYN|ACK FORWARDED [tcp-flags] 1 pkts 60 bytes on ftv-backend",
+		8:  "Nov 23 15:31:56.123: shop/frontend-6c9f7d (10.244.0.10:43600) -> 10.96.0.99:80 [svc shop/ghost] tcp SYN DROPPED (NETFILTER_DROP: Service shop/ghost has no endpoints) on ftv-frontend",
+		9:  "Nov 23 15:31:57.123: shop/frontend-6c9f7d (10.244.0.10:43700) -> 10.244.1.10:8080 tcp ACK|PSH MTU_EXCEEDED 1428 > 1350 on ftvx0 (in ftv-frontend) icmp-sent",
+		10: "Nov 23 15:31:58.123: shop/frontend-6c9f7d (10.244.0.10:43700) -> 10.244.1.10:8080 tcp ACK|PSH MTU_EXCEEDED 1428 > 1350 on ftvx0 (in ftv-frontend) no icmp",
+		11: "Nov 23 15:31:59.123: 10.244.0.1 -> 10.244.0.10 icmp frag-needed mtu 1350 about 10.244.0.10 -> 10.244.1.10 icmp MTU_EXCEEDED on ftv-frontend",
+		12: "Nov 23 15:32:00.123: fd00::1 -> fd00::10 icmpv6 packet-too-big mtu 1280 about [fd00::10]:40100 -> [fd00:1::20]:443 tcp MTU_EXCEEDED on eth0@shop/frontend-6c9f7d",
+		13: "Nov 23 15:32:01.123: 10.244.0.10 -> 10.244.1.10 icmpv4 echo-request FORWARDED [new] 1 pkts 84 bytes on eth1 vxlan vni 1 192.168.50.1 -> 192.168.50.2",
+	}
+	for i, w := range want {
+		if i >= len(lines) {
+			t.Fatalf("only %d lines", len(lines))
+		}
+		if lines[i] != w {
+			t.Errorf("line %d\ngot  %s\nwant %s", i, lines[i], w)
+		}
+	}
+}
+
+func TestTextHelpers(t *testing.T) {
+	tests := []struct{ name, got, want string }{
+		{"service without namespace", ServiceText(&flowtracev1.Service{Name: "web"}), "web"},
+		{"nil service", ServiceText(nil), ""},
+		{"service without name", ServiceText(&flowtracev1.Service{Namespace: "shop"}), ""},
+		{"translation needs TRANSLATED", TranslationText(&flowtracev1.Flow{
+			Verdict: flowtracev1.Verdict_VERDICT_FORWARDED, Translation: &flowtracev1.Translation{TranslatedIp: "10.0.0.1"},
+		}), ""},
+		{"translation v6 without service, original from ip", TranslationText(&flowtracev1.Flow{
+			Verdict: flowtracev1.Verdict_VERDICT_TRANSLATED, Ip: &flowtracev1.IP{Destination: "fd00:96::a"},
+			Translation: &flowtracev1.Translation{OriginalPort: 53, TranslatedIp: "fd00::20", TranslatedPort: 5353},
+		}), "[fd00:96::a]:53 ⇒ [fd00::20]:5353"},
+		{"no-endpoints drop without service", ReasonText(&flowtracev1.Flow{
+			DropCause: flowtracev1.DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS,
+			Ip:        &flowtracev1.IP{Destination: "10.96.0.99"},
+			L4:        &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Udp{Udp: &flowtracev1.UDP{DestinationPort: 53}}},
+		}), "Service 10.96.0.99:53 has no endpoints"},
+		{"mtu exceeded without egress", MTUExceededText(&flowtracev1.Flow{
+			Verdict: flowtracev1.Verdict_VERDICT_MTU_EXCEEDED, Interface: &flowtracev1.Interface{Name: "eth0"},
+			Mtu: &flowtracev1.MTUInfo{Event: flowtracev1.MTUEvent_MTU_EVENT_EXCEEDED, Mtu: 1500, PacketLength: 1600},
+		}), "1600 > 1500 (in eth0) no icmp"},
+		{"mtu exceeded seen on egress", MTUExceededText(&flowtracev1.Flow{
+			Verdict: flowtracev1.Verdict_VERDICT_MTU_EXCEEDED, Interface: &flowtracev1.Interface{Name: "ftvx0"},
+			Mtu: &flowtracev1.MTUInfo{Event: flowtracev1.MTUEvent_MTU_EVENT_EXCEEDED, Mtu: 1350, PacketLength: 1400,
+				EgressInterface: &flowtracev1.Interface{Name: "ftvx0"}, IcmpSent: true},
+		}), "1400 > 1350 on ftvx0 icmp-sent"},
+		{"icmp event is not exceeded", MTUExceededText(&flowtracev1.Flow{
+			Verdict: flowtracev1.Verdict_VERDICT_MTU_EXCEEDED,
+			Mtu:     &flowtracev1.MTUInfo{Event: flowtracev1.MTUEvent_MTU_EVENT_ICMP_FRAG_NEEDED},
+		}), ""},
+		{"frag-needed without quote or mtu", MTUICMPText(&flowtracev1.MTUInfo{Event: flowtracev1.MTUEvent_MTU_EVENT_ICMP_FRAG_NEEDED}), "icmp frag-needed"},
+		{"frag-needed about udp", MTUICMPText(&flowtracev1.MTUInfo{
+			Event: flowtracev1.MTUEvent_MTU_EVENT_ICMP_FRAG_NEEDED, Mtu: 1400,
+			QuotedIp: &flowtracev1.IP{Source: "10.0.0.1", Destination: "10.0.1.1"},
+			QuotedL4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Udp{Udp: &flowtracev1.UDP{SourcePort: 5000, DestinationPort: 53}}},
+		}), "icmp frag-needed mtu 1400 about 10.0.0.1:5000 -> 10.0.1.1:53 udp"},
+		{"exceeded is not icmp", MTUICMPText(&flowtracev1.MTUInfo{Event: flowtracev1.MTUEvent_MTU_EVENT_EXCEEDED}), ""},
+		{"vxlan other port", EncapsulationText(&flowtracev1.Encapsulation{OuterSource: "192.168.50.1", OuterDestination: "192.168.50.2", Vni: 42, Port: 8472}),
+			"vxlan vni 42 192.168.50.1 -> 192.168.50.2 port 8472"},
+		{"empty encapsulation", EncapsulationText(&flowtracev1.Encapsulation{}), ""},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s: got %q, want %q", tt.name, tt.got, tt.want)
+		}
 	}
 }
 
