@@ -59,9 +59,12 @@ echo "frontend -> shop/web 10.96.0.10:80 (kube-proxy DNATs it to a backend :8080
 inpod frontend nc -z -w 2 10.96.0.10 80 && echo "  connected"
 echo "frontend -> shop/ghost 10.96.0.20:80 (a Service without endpoints):"
 inpod frontend nc -z -w 2 10.96.0.20 80 || echo "  connection refused"
-echo "frontend -> api on lab-node2, a 1400-byte ping that may not be fragmented (the overlay carries 1350):"
-inpod frontend ping -M do -s 1400 -c 1 -W 1 10.244.1.10 2>&1 | grep -E "mtu|too long" | head -1 || true
-kill "$NC1" "$NC2" 2>/dev/null || true
+echo "frontend -> api on lab-node2, 300 kB over TCP (pods send 1500-byte packets; the overlay carries 1350):"
+inpod api nc -l 10.244.1.10 8080 >/dev/null 2>&1 &
+NC3=$!
+sleep 0.3
+head -c 300000 /dev/zero | inpod frontend nc -N -w 3 10.244.1.10 8080 && echo "  sent (TCP learned the path MTU from the ICMP error)"
+kill "$NC1" "$NC2" "$NC3" 2>/dev/null || true
 sleep 0.5
 
 say "# flowtrace observe --verdict DROPPED"
