@@ -2,9 +2,11 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -20,9 +22,11 @@ import (
 	"github.com/flowtrace/flowtrace/pkg/identity"
 	"github.com/flowtrace/flowtrace/pkg/ifwatch"
 	"github.com/flowtrace/flowtrace/pkg/kallsyms"
+	"github.com/flowtrace/flowtrace/pkg/metrics"
 	"github.com/flowtrace/flowtrace/pkg/netnsutil"
 	"github.com/flowtrace/flowtrace/pkg/observer"
 	"github.com/flowtrace/flowtrace/pkg/server"
+	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 )
 
 // Config configures the agent. Zero values select defaults.
@@ -40,6 +44,18 @@ type Config struct {
 	QueueSize          int           // agent queue between ring buffer and enrichment (default 8192)
 	ScopeAllNetns      bool          // report drops from every netns, not only ours and our pods'
 	Version            string
+
+	// ListenAddress, when set, also serves the API on TCP host:port with
+	// TLS (TLS.CertFile/KeyFile; mTLS with TLS.ClientCAFile). Plain TCP is
+	// allowed only on loopback with InsecureListen (server.CheckTCPSecurity).
+	ListenAddress  string
+	TLS            server.TLSFiles
+	InsecureListen bool
+	// MetricsAddress, when set, serves Prometheus metrics on
+	// http://MetricsAddress/metrics; MetricsTopNamespaces bounds the
+	// namespace label (default metrics.DefaultTopNamespaces).
+	MetricsAddress       string
+	MetricsTopNamespaces int
 
 	// Ready, when set, is closed once the agent serves the API with the
 	// datapath attached: tests and `make demo` wait on it or on the socket.
@@ -72,6 +88,13 @@ func (c *Config) defaults() error {
 	if c.QueueSize <= 0 {
 		c.QueueSize = 8192
 	}
+	if c.ListenAddress != "" {
+		if err := server.CheckTCPSecurity(c.ListenAddress, c.TLS.CertFile != "" || c.TLS.KeyFile != "", c.InsecureListen); err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+	} else if c.TLS != (server.TLSFiles{}) || c.InsecureListen {
+		return errors.New("agent: TLS flags and --insecure-listen apply to --listen-address, which is not set")
+	}
 	switch c.AttachMode {
 	case "", string(attach.ModeTCX), string(attach.ModeClsact):
 	default:
@@ -96,6 +119,8 @@ type Agent struct {
 	obs       *observer.Observer
 	srv       *server.Server
 	enricher  *enrich.Enricher
+	metrics   *metrics.Metrics // nil without --metrics-address
+	tlsConfig *tls.Config      // nil without TLS on the TCP listener
 
 	queue     chan decode.Event
 	queueLost atomic.Uint64
@@ -147,6 +172,13 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", a.cfg.Socket, err)
 	}
+	var tcpLis net.Listener
+	if a.cfg.ListenAddress != "" {
+		if tcpLis, err = server.ListenTCP(a.cfg.ListenAddress); err != nil {
+			lis.Close()
+			return err
+		}
+	}
 
 	g, ctx := errgroup.WithContext(ctx)
 	events := make(chan ifwatch.Event, 64)
@@ -166,9 +198,23 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	case <-synced:
 	case <-ctx.Done():
 		lis.Close()
+		if tcpLis != nil {
+			tcpLis.Close()
+		}
 		return g.Wait()
 	}
 	g.Go(func() error { return a.srv.Serve(ctx, lis) })
+	if tcpLis != nil {
+		if a.tlsConfig != nil {
+			g.Go(func() error { return a.srv.ServeTLS(ctx, tcpLis, a.tlsConfig) })
+		} else {
+			a.log.Warn("serving the flow API on plain TCP (--insecure-listen): loopback only, no authentication", "addr", tcpLis.Addr().String())
+			g.Go(func() error { return a.srv.Serve(ctx, tcpLis) })
+		}
+	}
+	if a.metrics != nil {
+		g.Go(func() error { return metrics.Serve(ctx, a.cfg.MetricsAddress, a.metrics.Handler(), a.log) })
+	}
 
 	a.log.Info("flowtrace agent ready", "socket", a.cfg.Socket, "node", a.cfg.NodeName,
 		"drop_hook", a.dp.Features().DropHook, "version", a.cfg.Version)
@@ -221,6 +267,20 @@ func (a *Agent) setup() error {
 	}
 	a.obs = observer.New(observer.Config{MaxFlows: a.cfg.MaxFlows, MaxAge: a.cfg.MaxFlowAge, NodeName: a.cfg.NodeName}, a.log)
 	a.srv = server.New(a.obs, a, a.log)
+	if a.cfg.ListenAddress != "" && !a.cfg.InsecureListen {
+		if a.tlsConfig, err = server.ServerTLSConfig(a.cfg.TLS); err != nil {
+			return fmt.Errorf("TLS for %s: %w", a.cfg.ListenAddress, err)
+		}
+	}
+	if a.cfg.MetricsAddress != "" {
+		a.metrics = metrics.New(metrics.Config{TopNamespaces: a.cfg.MetricsTopNamespaces}, metrics.Sources{
+			Status: func(ctx context.Context) (*flowtracev1.ServerStatusResponse, error) {
+				return a.srv.ServerStatus(ctx, &flowtracev1.ServerStatusRequest{})
+			},
+			Subscribers: func() int { return a.obs.Status().Followers },
+			RingBuffer:  a.ringBufferUsage,
+		})
+	}
 	var reasons enrich.Reasons
 	if a.reasons != nil {
 		reasons = a.reasons
@@ -244,4 +304,22 @@ func (a *Agent) teardown() error {
 		errs = append(errs, a.dp.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// ringBufferUsage reports the BPF ring buffer's pending and total bytes
+// when the datapath exposes them (RingBufferUsage); older datapaths do not,
+// and the ring buffer metrics are then left out rather than made up.
+func (a *Agent) ringBufferUsage() (used, size uint64, ok bool) {
+	if a.dp == nil {
+		return 0, 0, false
+	}
+	rb, ok := any(a.dp).(interface{ RingBufferUsage() (used, size int) })
+	if !ok {
+		return 0, 0, false
+	}
+	u, sz := rb.RingBufferUsage()
+	if sz <= 0 || u < 0 {
+		return 0, 0, false
+	}
+	return uint64(u), uint64(sz), true
 }

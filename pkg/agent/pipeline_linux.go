@@ -27,7 +27,7 @@ func (a *Agent) enrichLoop(ctx context.Context) {
 	defer tick.Stop()
 	publish := func(fs []*flowtracev1.Flow) {
 		for _, f := range fs {
-			a.obs.Publish(f)
+			a.publish(f)
 		}
 	}
 	for {
@@ -43,12 +43,20 @@ func (a *Agent) enrichLoop(ctx context.Context) {
 				continue
 			}
 			if f.Mtu == nil {
-				a.obs.Publish(f)
+				a.publish(f)
 				continue
 			}
 			publish(pmtu.Add(f, time.Now()))
 		}
 	}
+}
+
+// publish hands f to the observer and counts it in the metrics.
+func (a *Agent) publish(f *flowtracev1.Flow) {
+	if a.metrics != nil {
+		a.metrics.ObserveFlow(f)
+	}
+	a.obs.Publish(f)
 }
 
 // pmtuWait is how long a too-big packet waits for its ICMP error: the

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flowtrace/flowtrace/pkg/agent"
+	"github.com/flowtrace/flowtrace/pkg/server"
 )
 
 func newAgentCmd(version string) *cobra.Command {
@@ -21,7 +22,13 @@ func newAgentCmd(version string) *cobra.Command {
 It attaches tc programs (TCX, or clsact on kernels before 6.6) to every veth
 and physical NIC, follows interfaces as pods come and go, reports packets the
 kernel drops with the kernel's own drop reason, aggregates forwarded traffic
-per connection, and serves the flows on a unix socket for 'flowtrace observe'.`,
+per connection, and serves the flows on a unix socket for 'flowtrace observe'.
+
+The unix socket (mode 0600) is the default and only listener. --listen-address
+adds a TCP listener, which requires TLS (--tls-cert-file, --tls-key-file;
+--tls-client-ca-file makes client certificates mandatory). Plain TCP is
+possible only on a loopback address with --insecure-listen. --metrics-address
+serves Prometheus metrics.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var level slog.Level
@@ -39,6 +46,19 @@ per connection, and serves the flows on a unix socket for 'flowtrace observe'.`,
 			}
 			if cfg.AttachMode != "" && cfg.AttachMode != "tcx" && cfg.AttachMode != "clsact" {
 				return usageErrorf("--attach-mode %q: want tcx or clsact (default: tcx when the kernel has it)", cfg.AttachMode)
+			}
+			if cfg.ListenAddress != "" {
+				if err := server.CheckTCPSecurity(cfg.ListenAddress, cfg.TLS.CertFile != "" || cfg.TLS.KeyFile != "", cfg.InsecureListen); err != nil {
+					return usageErrorf("--listen-address: %v", err)
+				}
+				if (cfg.TLS.CertFile == "") != (cfg.TLS.KeyFile == "") {
+					return usageErrorf("--tls-cert-file and --tls-key-file go together")
+				}
+			} else if cfg.TLS != (server.TLSFiles{}) || cfg.InsecureListen {
+				return usageErrorf("--tls-cert-file, --tls-key-file, --tls-client-ca-file and --insecure-listen need --listen-address")
+			}
+			if cfg.MetricsTopNamespaces < 1 {
+				return usageErrorf("--metrics-top-namespaces %d: must be at least 1", cfg.MetricsTopNamespaces)
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			a, err := agent.New(cfg, log)
@@ -59,6 +79,13 @@ per connection, and serves the flows on a unix socket for 'flowtrace observe'.`,
 	f.IntVar(&cfg.MaxFlows, "max-flows", 65536, "flows held in history (count bound)")
 	f.DurationVar(&cfg.MaxFlowAge, "max-flow-age", time.Hour, "flows held in history (age bound)")
 	f.BoolVar(&cfg.ScopeAllNetns, "all-netns", false, "report drops from every network namespace on the machine, not only the node's and its pods'")
+	f.StringVar(&cfg.ListenAddress, "listen-address", "", "also serve the API on TCP host:port (requires --tls-cert-file and --tls-key-file; e.g. :4245)")
+	f.StringVar(&cfg.TLS.CertFile, "tls-cert-file", "", "PEM certificate for the TCP listener")
+	f.StringVar(&cfg.TLS.KeyFile, "tls-key-file", "", "PEM private key for the TCP listener")
+	f.StringVar(&cfg.TLS.ClientCAFile, "tls-client-ca-file", "", "require client certificates signed by this PEM CA (mTLS)")
+	f.BoolVar(&cfg.InsecureListen, "insecure-listen", false, "serve plain TCP without TLS: allowed on a loopback --listen-address only")
+	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", "serve Prometheus metrics on http://ADDRESS/metrics (e.g. :9965)")
+	f.IntVar(&cfg.MetricsTopNamespaces, "metrics-top-namespaces", 50, "namespaces that get their own label on flowtrace_drops_total; the rest count as \"other\"")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/flowtrace/flowtrace/pkg/client"
 )
 
 // DefaultSocket is where the agent listens and the CLI connects by default.
@@ -50,8 +52,9 @@ func usageArgs(c *cobra.Command) {
 
 // globalOpts are the flags every client command shares.
 type globalOpts struct {
-	server  string        // unix socket path, or unix:///path, or host:port
-	timeout time.Duration // dial and unary call timeout
+	server  string            // unix socket path, or unix:///path, or host:port
+	timeout time.Duration     // dial and unary call timeout
+	tls     client.TLSOptions // TLS to a TCP server (status.go: addClientTLSFlags)
 }
 
 // NewRootCmd builds the flowtrace command tree.
@@ -64,8 +67,9 @@ func NewRootCmd(version string) *cobra.Command {
 		SilenceErrors: true,
 		Version:       version,
 	}
-	root.PersistentFlags().StringVar(&g.server, "server", DefaultSocket, "agent address: a unix socket path (or unix:///path)")
+	root.PersistentFlags().StringVar(&g.server, "server", DefaultSocket, "agent or relay address: a unix socket path (or unix:///path), or host:port (TCP needs --tls)")
 	root.PersistentFlags().DurationVar(&g.timeout, "timeout", 5*time.Second, "timeout for connecting to the agent")
+	addClientTLSFlags(root, g)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &UsageError{Err: fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath())}
 	})
@@ -73,6 +77,7 @@ func NewRootCmd(version string) *cobra.Command {
 		newAgentCmd(version),
 		newObserveCmd(g),
 		newStatusCmd(g),
+		newRelayCmd(g),
 		newLabCmd(),
 		newVersionCmd(version),
 	)

@@ -12,6 +12,7 @@ import (
 	"github.com/flowtrace/flowtrace/pkg/printer"
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 )
 
 func newStatusCmd(g *globalOpts) *cobra.Command {
@@ -22,7 +23,7 @@ func newStatusCmd(g *globalOpts) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmdContext(cmd), g.timeout)
 			defer cancel()
-			conn, err := client.Dial(ctx, g.server)
+			conn, err := g.dial(ctx)
 			if err != nil {
 				return err
 			}
@@ -34,6 +35,30 @@ func newStatusCmd(g *globalOpts) *cobra.Command {
 			return printStatus(cmd.OutOrStdout(), r)
 		},
 	}
+}
+
+// addClientTLSFlags registers the client's TLS flags on root (persistent:
+// every client command shares them).
+func addClientTLSFlags(root *cobra.Command, g *globalOpts) {
+	f := root.PersistentFlags()
+	f.BoolVar(&g.tls.Enabled, "tls", false, "connect to a host:port server with TLS (implied by the other --tls-* flags)")
+	f.StringVar(&g.tls.CAFile, "tls-ca-file", "", "PEM CA that signs the server certificate (default: the system roots)")
+	f.StringVar(&g.tls.CertFile, "tls-cert-file", "", "PEM client certificate for mTLS (with --tls-key-file)")
+	f.StringVar(&g.tls.KeyFile, "tls-key-file", "", "PEM client key for mTLS")
+	f.StringVar(&g.tls.ServerName, "tls-server-name", "", "name to verify in the server certificate (default: the host of --server)")
+}
+
+// dial connects to --server with the global TLS flags.
+func (g *globalOpts) dial(ctx context.Context) (*grpc.ClientConn, error) {
+	if (g.tls.CertFile == "") != (g.tls.KeyFile == "") {
+		return nil, usageErrorf("--tls-cert-file and --tls-key-file go together")
+	}
+	return client.Dial(ctx, g.server, g.clientOptions())
+}
+
+// clientOptions are the connection options the global flags select.
+func (g *globalOpts) clientOptions() client.Options {
+	return client.Options{TLS: g.tls, UnaryTimeout: g.timeout}
 }
 
 func printStatus(out io.Writer, r *flowtracev1.ServerStatusResponse) error {

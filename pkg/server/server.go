@@ -1,16 +1,24 @@
 // Package server serves the flowtrace ObserverService over gRPC.
 //
 // Request validation (codes.InvalidArgument): since after until, enum values
-// the API does not define, and filters that do not compile. number is never
-// rejected: a number larger than the history holds simply returns everything
-// that matches, since no request can ask for more flows than exist.
+// the API does not define, filters that do not compile, more filters than
+// Limits.MaxFilters and a number above Limits.MaxNumber (default 1,000,000;
+// a number up to it but above what history holds returns everything that
+// matches). Requests larger than Limits.MaxRecvMsgSize are refused with
+// codes.ResourceExhausted by gRPC itself.
+//
+// Transport: the unix socket (Serve) carries no transport security, its
+// 0600 mode is the access control; a TCP listener is served with TLS
+// (ServeTLS), optionally requiring client certificates (mTLS). Every
+// server also answers gRPC health checks (grpc.health.v1, service
+// "flowtrace.v1.ObserverService") and reflection.
 package server
 
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"slices"
@@ -21,6 +29,7 @@ import (
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -39,68 +48,44 @@ type Server struct {
 	obs *observer.Observer
 	st  StatusSource
 	log *slog.Logger
+	lim Limits
 }
 
+// Option configures a Server.
+type Option func(*Server)
+
+// WithLimits sets the request limits (zero fields keep their defaults).
+func WithLimits(l Limits) Option { return func(s *Server) { s.lim = l } }
+
 // New returns a Server over obs; st may be nil (observer status only).
-func New(obs *observer.Observer, st StatusSource, log *slog.Logger) *Server {
+func New(obs *observer.Observer, st StatusSource, log *slog.Logger, opts ...Option) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{obs: obs, st: st, log: log}
+	s := &Server{obs: obs, st: st, log: log}
+	for _, o := range opts {
+		o(s)
+	}
+	s.lim = s.lim.withDefaults()
+	return s
 }
 
-// stopGrace bounds how long Serve waits for in-flight calls after ctx is done.
-const stopGrace = 5 * time.Second
-
-// Serve serves on lis until ctx is done, then stops gracefully: followed
-// streams are ended (their contexts derive from ctx) and unary calls may
-// finish. It returns nil after a stop caused by ctx.
+// Serve serves on lis without transport security (the unix socket, whose
+// 0600 mode is the access control) until ctx is done, then stops
+// gracefully: followed streams are ended (their contexts derive from ctx)
+// and unary calls may finish. It returns nil after a stop caused by ctx.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	gs := grpc.NewServer(
-		// Follow streams never end on their own; tie them to ctx so that
-		// GracefulStop does not wait for clients that stream forever.
-		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			sctx, cancel := context.WithCancel(ss.Context())
-			defer cancel()
-			stop := context.AfterFunc(ctx, cancel)
-			defer stop()
-			return h(srv, &ctxStream{ServerStream: ss, ctx: sctx})
-		}),
-	)
-	flowtracev1.RegisterObserverServiceServer(gs, s)
-
-	errc := make(chan error, 1)
-	go func() { errc <- gs.Serve(lis) }()
-	s.log.Info("serving flow API", "addr", lis.Addr().String())
-	select {
-	case err := <-errc:
-		if err != nil {
-			return fmt.Errorf("serve grpc on %s: %w", lis.Addr(), err)
-		}
-		return nil
-	case <-ctx.Done():
-	}
-	stopped := make(chan struct{})
-	go func() { gs.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(stopGrace):
-		s.log.Warn("graceful stop timed out; closing connections")
-		gs.Stop()
-		<-stopped
-	}
-	if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		return fmt.Errorf("serve grpc on %s: %w", lis.Addr(), err)
-	}
-	return nil
+	return ServeGRPC(ctx, NewGRPCServer(ctx, s, s.lim, nil), lis, s.log)
 }
 
-type ctxStream struct {
-	grpc.ServerStream
-	ctx context.Context
+// ServeTLS is Serve with TLS (and mTLS when cfg has ClientCAs) on lis; it
+// is what a TCP listener must use.
+func (s *Server) ServeTLS(ctx context.Context, lis net.Listener, cfg *tls.Config) error {
+	if cfg == nil {
+		return errors.New("serve TLS: no TLS configuration")
+	}
+	return ServeGRPC(ctx, NewGRPCServer(ctx, s, s.lim, credentials.NewTLS(cfg)), lis, s.log)
 }
-
-func (c *ctxStream) Context() context.Context { return c.ctx }
 
 // GetFlows implements the ObserverService.
 func (s *Server) GetFlows(req *flowtracev1.GetFlowsRequest, stream grpc.ServerStreamingServer[flowtracev1.GetFlowsResponse]) error {
