@@ -20,6 +20,7 @@ import (
 	"github.com/flowtrace/flowtrace/pkg/dropreason"
 	"github.com/flowtrace/flowtrace/pkg/enrich"
 	"github.com/flowtrace/flowtrace/pkg/identity"
+	"github.com/flowtrace/flowtrace/pkg/identity/k8s"
 	"github.com/flowtrace/flowtrace/pkg/ifwatch"
 	"github.com/flowtrace/flowtrace/pkg/kallsyms"
 	"github.com/flowtrace/flowtrace/pkg/metrics"
@@ -33,6 +34,13 @@ import (
 type Config struct {
 	Socket       string   // unix socket for the API
 	IdentityFile string   // static identity file; "" for none
+	// Kubernetes enables the API server identity source (in-cluster
+	// config, or Kubeconfig when set).
+	Kubernetes        bool
+	Kubeconfig        string
+	KubernetesAllPods bool          // watch every pod, not only this node's
+	CNICacheDir       string        // libcni result cache to read pods from; "" for none
+	IdentityGrace     time.Duration // how long a deleted pod keeps naming its IPs
 	NodeName     string   // default: the hostname
 	Include      []string // interface name globs to attach to (default: every veth and NIC)
 	Exclude      []string // interface name globs to skip
@@ -258,6 +266,23 @@ func (a *Agent) setup() error {
 		return err
 	}
 	a.resolver = netnsutil.NewResolver(a.log)
+	// Sources in precedence order: the API server knows most, the CNI
+	// cache works without API access, the static file is for labs and
+	// hosts without Kubernetes (see package identity).
+	if a.cfg.Kubernetes {
+		cs, err := k8s.NewClient(a.cfg.Kubeconfig)
+		if err != nil {
+			return fmt.Errorf("kubernetes identity source: %w", err)
+		}
+		src, err := k8s.New(k8s.Config{NodeName: a.cfg.NodeName, AllPods: a.cfg.KubernetesAllPods, Grace: a.cfg.IdentityGrace}, cs, a.log)
+		if err != nil {
+			return fmt.Errorf("kubernetes identity source: %w", err)
+		}
+		a.ids = append(a.ids, src)
+	}
+	if a.cfg.CNICacheDir != "" {
+		a.ids = append(a.ids, identity.NewCNICache(identity.CNIConfig{Dir: a.cfg.CNICacheDir, Node: a.cfg.NodeName, Grace: a.cfg.IdentityGrace}, a.log))
+	}
 	if a.cfg.IdentityFile != "" {
 		f, err := identity.NewFile(a.cfg.IdentityFile, time.Second, a.log)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -97,8 +98,8 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 	}
 	f.Ip, f.L4 = network(ev)
 	if ev.Src.IsValid() {
-		f.Source = e.endpoint(ev.Src)
-		f.Destination = e.endpoint(ev.Dst)
+		f.Source = e.endpoint(ev.Src, ev.Time)
+		f.Destination = e.endpoint(ev.Dst, ev.Time)
 	}
 	f.Interface = e.iface(ev.Netns, ev.Ifindex)
 	e.services(ev, f)
@@ -134,8 +135,8 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 		if ev.SkbIif != 0 && ev.SkbIif != ev.Ifindex {
 			f.InputInterface = e.iface(ev.Netns, ev.SkbIif)
 		}
-		if f.DestinationService != nil { // implies e.ids != nil
-			if s, ok := e.ids.ServiceByIP(e.serviceVIP(ev)); ok && s.NoEndpoints() {
+		if svc := f.DestinationService; svc != nil { // implies e.ids != nil
+			if s, ok := e.lookupService(e.serviceVIP(ev), uint16(svc.Port), ev.Proto); ok && s.NoEndpoints() {
 				f.DropCause = flowtracev1.DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS
 			}
 		}
@@ -157,7 +158,7 @@ func (e *Enricher) services(ev *decode.Event, f *flowtracev1.Flow) {
 		return
 	}
 	if ev.CT.Flags.Has(decode.CTKnown|decode.CTDNAT) && !isICMP(ev.Proto) {
-		svc := e.service(ev.CT.OrigDst, ev.CT.OrigDstPort)
+		svc := e.service(ev.CT.OrigDst, ev.CT.OrigDstPort, ev.Proto)
 		if ev.CT.Flags.Has(decode.CTReply) {
 			f.SourceService = svc
 		} else {
@@ -166,10 +167,10 @@ func (e *Enricher) services(ev *decode.Event, f *flowtracev1.Flow) {
 		return
 	}
 	if ev.Dst.IsValid() {
-		f.DestinationService = e.service(ev.Dst, ev.DstPort)
+		f.DestinationService = e.service(ev.Dst, ev.DstPort, ev.Proto)
 	}
 	if ev.Src.IsValid() {
-		f.SourceService = e.service(ev.Src, ev.SrcPort)
+		f.SourceService = e.service(ev.Src, ev.SrcPort, ev.Proto)
 	}
 }
 
@@ -192,15 +193,24 @@ func (e *Enricher) serviceVIP(ev *decode.Event) netip.Addr {
 	return ev.Dst
 }
 
-func (e *Enricher) service(ip netip.Addr, port uint16) *flowtracev1.Service {
+func (e *Enricher) service(ip netip.Addr, port uint16, proto uint8) *flowtracev1.Service {
 	if !ip.IsValid() {
 		return nil
 	}
-	s, ok := e.ids.ServiceByIP(ip)
+	s, ok := e.lookupService(ip, port, proto)
 	if !ok {
 		return nil
 	}
 	return &flowtracev1.Service{Namespace: s.Namespace, Name: s.Name, Port: uint32(port), PortName: s.PortName(port)}
+}
+
+// lookupService finds the Service of VIP:port, by port when the source
+// knows ports (a VIP shared by Services on different ports, NodePorts).
+func (e *Enricher) lookupService(ip netip.Addr, port uint16, proto uint8) (*identity.Service, bool) {
+	if sg, ok := e.ids.(identity.ServiceGetter); ok {
+		return sg.ServiceByVIPPort(ip, port, protoName(proto))
+	}
+	return e.ids.ServiceByIP(ip)
 }
 
 // translated describes a connection's NAT. The flow's addresses are what
@@ -213,8 +223,8 @@ func (e *Enricher) translated(ev *decode.Event, f *flowtracev1.Flow) {
 	orig.Src, orig.Dst, orig.SrcPort, orig.DstPort = ct.OrigSrc, ct.OrigDst, ct.OrigSrcPort, ct.OrigDstPort
 	orig.IPVersion = ct.IPVersion
 	f.Ip, f.L4 = network(&orig)
-	f.Source = e.endpoint(ct.OrigSrc)
-	f.Destination = e.endpoint(ev.XlatDst)
+	f.Source = e.endpoint(ct.OrigSrc, ev.Time)
+	f.Destination = e.endpoint(ev.XlatDst, ev.Time)
 	t := &flowtracev1.Translation{
 		OriginalIp: ct.OrigDst.String(), OriginalPort: uint32(ct.OrigDstPort),
 		TranslatedIp: ev.XlatDst.String(), TranslatedPort: uint32(ev.XlatDstPort),
@@ -225,7 +235,7 @@ func (e *Enricher) translated(ev *decode.Event, f *flowtracev1.Flow) {
 	f.Translation = t
 	f.SourceService = nil
 	if e.ids != nil {
-		f.DestinationService = e.service(ct.OrigDst, ct.OrigDstPort)
+		f.DestinationService = e.service(ct.OrigDst, ct.OrigDstPort, ev.Proto)
 	}
 	svc := ""
 	if s := f.DestinationService; s != nil {
@@ -278,12 +288,26 @@ func (e *Enricher) iface(netns, ifindex uint32) *flowtracev1.Interface {
 	return i
 }
 
-func (e *Enricher) endpoint(ip netip.Addr) *flowtracev1.Endpoint {
+// endpoint names ip as it was at t: a pod that was deleted after the packet
+// (or whose IP was since reused) is named as it was, when the identity
+// source keeps history. An address of no pod may be a node's.
+func (e *Enricher) endpoint(ip netip.Addr, t time.Time) *flowtracev1.Endpoint {
 	if e.ids == nil {
 		return nil
 	}
-	p, ok := e.ids.PodByIP(ip)
+	var p *identity.Pod
+	var ok bool
+	if tg, timed := e.ids.(identity.TimedGetter); timed && !t.IsZero() {
+		p, ok = tg.PodByIPAt(ip, t)
+	} else {
+		p, ok = e.ids.PodByIP(ip)
+	}
 	if !ok {
+		if ng, nodes := e.ids.(identity.NodeGetter); nodes {
+			if n, ok := ng.NodeByIP(ip); ok {
+				return &flowtracev1.Endpoint{NodeName: n.Name}
+			}
+		}
 		return nil
 	}
 	ep := &flowtracev1.Endpoint{
