@@ -29,7 +29,7 @@ demo: deps build
 # attach); FLOWTRACE_REQUIRE_PRIVILEGED=1 turns their skips into failures.
 test: deps
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 40m ./...
 
 test-unit:
 	$(GO) test -count=1 ./pkg/decode/... ./pkg/filters/... ./pkg/printer/... ./pkg/enrich/... ./pkg/dropreason/...
@@ -58,3 +58,5 @@ clean:
 
 # Other kernels under qemu (make vm-test) and the Vagrantfile check.
 include test/vm/vm.mk
+# A real etcd + kube-apiserver for the Kubernetes identity tests.
+include test/k8s/k8s.mk
