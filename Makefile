@@ -60,3 +60,5 @@ clean:
 include test/vm/vm.mk
 # A real etcd + kube-apiserver for the Kubernetes identity tests.
 include test/k8s/k8s.mk
+# The Hubble Observer API adapter and its test with the real hubble CLI.
+include cmd/flowtrace-hubble/hubble.mk

@@ -1,0 +1,89 @@
+package convert
+
+import (
+	"strings"
+	"testing"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+
+	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
+)
+
+func policyDrop() *flowtracev1.Flow {
+	return &flowtracev1.Flow{
+		Uuid: "u1", NodeName: "lab-node", Verdict: flowtracev1.Verdict_VERDICT_DROPPED,
+		DropReason: flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP, DropReasonKernel: "NETFILTER_DROP", DropLocation: "nft_do_chain+0x3e8",
+		Ip: &flowtracev1.IP{Source: "10.244.0.10", Destination: "10.244.0.30", IpVersion: flowtracev1.IPVersion_IP_VERSION_IPV4},
+		L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Tcp{Tcp: &flowtracev1.TCP{SourcePort: 40000, DestinationPort: 5432,
+			Flags: &flowtracev1.TCPFlags{Syn: true}}}},
+		Source:      &flowtracev1.Endpoint{Namespace: "shop", PodName: "frontend-1", Labels: []string{"app=frontend"}, Workload: &flowtracev1.Workload{Kind: "Deployment", Name: "frontend"}},
+		Destination: &flowtracev1.Endpoint{Namespace: "shop", PodName: "db-0"},
+		Interface:   &flowtracev1.Interface{Name: "ftv-db", Index: 5},
+	}
+}
+
+func TestFlowDrop(t *testing.T) {
+	f := Flow(policyDrop(), nil)
+	if f.GetVerdict() != flowpb.Verdict_DROPPED || f.GetEventType().GetType() != messageTypeDrop || f.GetEventType().GetSubType() != DropCodeUnmatched {
+		t.Errorf("verdict/event type: %v %v", f.GetVerdict(), f.GetEventType())
+	}
+	// NETFILTER_DROP has no true Cilium equivalent.
+	if f.GetDropReasonDesc() != flowpb.DropReason_DROP_REASON_UNKNOWN {
+		t.Errorf("drop_reason_desc %v", f.GetDropReasonDesc())
+	}
+	if want := "kernel drop reason NETFILTER_DROP at nft_do_chain+0x3e8 on ftv-db; TCP Flags: SYN"; f.GetSummary() != want {
+		t.Errorf("summary %q, want %q", f.GetSummary(), want)
+	}
+	if f.GetIsReply() == nil || f.GetIsReply().GetValue() || f.GetSource().GetPodName() != "frontend-1" ||
+		f.GetSource().GetWorkloads()[0].GetKind() != "Deployment" || f.GetSource().GetLabels()[0] != "k8s:app=frontend" {
+		t.Errorf("endpoint/reply: %v %v", f.GetSource(), f.GetIsReply())
+	}
+
+	nf := policyDrop()
+	nf.DropReason, nf.DropReasonKernel = flowtracev1.DropReason_DROP_REASON_IP_INNOROUTES, "IP_INNOROUTES"
+	if f := Flow(nf, nil); f.GetDropReasonDesc() != flowpb.DropReason_FIB_LOOKUP_FAILED || f.GetEventType().GetSubType() != int32(flowpb.DropReason_FIB_LOOKUP_FAILED) {
+		t.Errorf("IP_INNOROUTES: %v %v", f.GetDropReasonDesc(), f.GetEventType())
+	}
+	nf.DropCause = flowtracev1.DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS
+	nf.DestinationService = &flowtracev1.Service{Namespace: "shop", Name: "ghost"}
+	if f := Flow(nf, nil); f.GetDropReasonDesc() != flowpb.DropReason_SERVICE_BACKEND_NOT_FOUND || !strings.Contains(f.GetSummary(), "Service shop/ghost has no endpoints") {
+		t.Errorf("no endpoints: %v %q", f.GetDropReasonDesc(), f.GetSummary())
+	}
+}
+
+func TestFlowMTUAndDirection(t *testing.T) {
+	m := &flowtracev1.Flow{Verdict: flowtracev1.Verdict_VERDICT_MTU_EXCEEDED,
+		Mtu: &flowtracev1.MTUInfo{Event: flowtracev1.MTUEvent_MTU_EVENT_EXCEEDED, Mtu: 1400, PacketLength: 1500, EgressInterface: &flowtracev1.Interface{Name: "vx0"}}}
+	f := Flow(m, nil)
+	if f.GetVerdict() != flowpb.Verdict_DROPPED || f.GetEventType().GetSubType() != dropCodeFragNeeded ||
+		f.GetSummary() != "MTU exceeded: 1500-byte packet, MTU 1400 of vx0" {
+		t.Errorf("MTU flow: %v %v %q", f.GetVerdict(), f.GetEventType(), f.GetSummary())
+	}
+	fw := &flowtracev1.Flow{Verdict: flowtracev1.Verdict_VERDICT_FORWARDED, TrafficDirection: flowtracev1.TrafficDirection_TRAFFIC_DIRECTION_INGRESS,
+		Interface: &flowtracev1.Interface{Name: "ftv-frontend"}}
+	f = Flow(fw, Kinds{"ftv-frontend": KindVeth})
+	// tc ingress on the node side of a pod's veth: the pod sent it.
+	if f.GetTrafficDirection() != flowpb.TrafficDirection_EGRESS || f.GetTraceObservationPoint() != flowpb.TraceObservationPoint_FROM_ENDPOINT {
+		t.Errorf("veth ingress: %v %v", f.GetTrafficDirection(), f.GetTraceObservationPoint())
+	}
+	fw.TrafficDirection = flowtracev1.TrafficDirection_TRAFFIC_DIRECTION_EGRESS
+	if f = Flow(fw, Kinds{"ftv-frontend": KindVeth}); f.GetTraceObservationPoint() != flowpb.TraceObservationPoint_TO_ENDPOINT || f.GetEventType().GetSubType() != 0 {
+		t.Errorf("veth egress: %v %v", f.GetTraceObservationPoint(), f.GetEventType())
+	}
+}
+
+func TestFilters(t *testing.T) {
+	p := Filters([]*flowpb.FlowFilter{{SourcePod: []string{"shop/frontend"}, Verdict: []flowpb.Verdict{flowpb.Verdict_DROPPED}}}, nil)
+	if !p.Exact || len(p.Allow) != 1 || p.Allow[0].GetSourcePod()[0] != "shop/frontend" || len(p.Allow[0].GetVerdict()) != 2 {
+		t.Errorf("exact pushdown: %+v", p)
+	}
+	p = Filters([]*flowpb.FlowFilter{{SourcePod: []string{"shop/frontend"}, SourceLabel: []string{"app=x"}}},
+		[]*flowpb.FlowFilter{{DnsQuery: []string{"x"}}, {DestinationPort: []string{"53"}}})
+	if p.Exact || len(p.Allow[0].GetSourcePod()) != 1 || len(p.Deny) != 1 || p.Deny[0].GetDestinationPort()[0] != 53 {
+		t.Errorf("partial pushdown: %+v", p)
+	}
+	// A value the agent would reject is not pushed down.
+	if p = Filters([]*flowpb.FlowFilter{{SourcePort: []string{"0"}, SourceIp: []string{"nope"}}}, nil); p.Exact || len(p.Allow[0].GetSourcePort())+len(p.Allow[0].GetSourceIp()) != 0 {
+		t.Errorf("bad values: %+v", p)
+	}
+}
