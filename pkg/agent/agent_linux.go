@@ -328,6 +328,9 @@ func (a *Agent) teardown() error {
 	if a.dp != nil {
 		errs = append(errs, a.dp.Close())
 	}
+	if a.obs != nil {
+		errs = append(errs, a.obs.Close())
+	}
 	return errors.Join(errs...)
 }
 

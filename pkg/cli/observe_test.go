@@ -106,7 +106,7 @@ func TestObserveUsageErrors(t *testing.T) {
 		{[]string{"--verdict", "unspecified"}, `invalid --verdict "unspecified"`},
 		{[]string{"--drop-reason", "nope"}, `invalid --drop-reason "nope": valid values are UNKNOWN, NOT_SPECIFIED, NO_SOCKET,`},
 		{[]string{"--protocol", "icmp"}, `invalid --protocol "icmp": valid values are tcp, udp, sctp, icmpv4, icmpv6`},
-		{[]string{"-o", "yaml"}, `invalid --output "yaml": valid values are compact, json, table`},
+		{[]string{"-o", "yaml"}, `invalid --output "yaml": valid values are compact, dict, json, table`},
 		{[]string{"--since", "yesterday"}, `invalid --since "yesterday": want RFC3339`},
 		{[]string{"--since", "-5m"}, `must not be negative`},
 		{[]string{"--since", "1m", "--until", "5m"}, `--since (2025-11-23T15:59:00Z) is after --until (2025-11-23T15:55:00Z)`},

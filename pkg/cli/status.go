@@ -87,7 +87,7 @@ func printStatus(out io.Writer, r *flowtracev1.ServerStatusResponse) error {
 		}
 		return t.AsTime().Local().Format(time.RFC3339Nano)
 	}
-	row("Oldest flow", "%s", ts(r.GetOldestFlowTime(), r.GetOldestFlowTime() != nil))
+	row("Oldest flow", "%s (history starts here; %d older flows evicted)", ts(r.GetOldestFlowTime(), r.GetOldestFlowTime() != nil), r.GetEvictedFlows())
 	row("Newest flow", "%s", ts(r.GetNewestFlowTime(), r.GetNewestFlowTime() != nil))
 	f := r.GetFeatures()
 	row("Datapath", "tc %s, drops %s, %d kernel drop reasons", orDash(f.GetTcAttach()), orDash(f.GetDropHook()), f.GetDropReasons())

@@ -115,6 +115,7 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 		f.Verdict = flowtracev1.Verdict_VERDICT_FORWARDED
 		f.Packets, f.Bytes = ev.Packets, ev.Bytes
 		f.Report = report(ev.FlowReason)
+		f.IsReply = ev.CT.Flags.Has(decode.CTKnown | decode.CTReply)
 		f.ObservationPoint, f.TrafficDirection = observation(ev.Direction)
 		f.Summary = summaryFlow(ev)
 	case decode.KindDrop:

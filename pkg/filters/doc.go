@@ -20,6 +20,20 @@
 //     prefix in any namespace, like pods, compared with the flow's
 //     source_service / destination_service (the Service the client
 //     addressed; set on both directions of a translated connection).
+//   - uuid: exact flow record ids.
+//   - labels: Kubernetes label selectors on Endpoint.labels ("key=value"):
+//     "app=web", "app==web", "tier!=db", "app in (a,b)", "app notin (a,b)",
+//     "canary", "!canary"; commas join requirements (AND). != and notin also
+//     match an endpoint without the key, as in Kubernetes.
+//   - workloads: "kind/name", "kind/" or a bare name (any kind); kinds are
+//     case-insensitive.
+//   - node_name: the observing node (Flow.node_name), exact or "prefix*".
+//   - tcp_flags: a value matches when all of its flags are set on the flow.
+//   - traffic_direction, observation_point, ip_version: enum values
+//     (UNSPECIFIED is refused).
+//   - reply: Flow.is_reply (a FORWARDED flow in conntrack's REPLY direction).
+//
+// FieldMask compiles a request's field_mask against the Flow descriptor.
 //
 // All parsing happens in Build; Match does not allocate.
 package filters

@@ -125,6 +125,25 @@ var fieldBuilders = [...]fieldBuilder{
 	{"destination_service", func(ff *flowtracev1.FlowFilter) (predicate, error) {
 		return buildService(ff.GetDestinationService(), (*flowtracev1.Flow).GetDestinationService)
 	}},
+	{"uuid", buildUUID},
+	{"source_label", func(ff *flowtracev1.FlowFilter) (predicate, error) {
+		return buildLabels(ff.GetSourceLabel(), (*flowtracev1.Flow).GetSource)
+	}},
+	{"destination_label", func(ff *flowtracev1.FlowFilter) (predicate, error) {
+		return buildLabels(ff.GetDestinationLabel(), (*flowtracev1.Flow).GetDestination)
+	}},
+	{"source_workload", func(ff *flowtracev1.FlowFilter) (predicate, error) {
+		return buildWorkload(ff.GetSourceWorkload(), (*flowtracev1.Flow).GetSource)
+	}},
+	{"destination_workload", func(ff *flowtracev1.FlowFilter) (predicate, error) {
+		return buildWorkload(ff.GetDestinationWorkload(), (*flowtracev1.Flow).GetDestination)
+	}},
+	{"node_name", buildNode},
+	{"tcp_flags", buildTCPFlags},
+	{"traffic_direction", buildTrafficDirection},
+	{"observation_point", buildObservationPoint},
+	{"ip_version", buildIPVersion},
+	{"reply", buildReply},
 }
 
 func buildFilter(ff *flowtracev1.FlowFilter) (filter, error) {

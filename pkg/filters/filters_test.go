@@ -221,6 +221,8 @@ func FuzzBuild(f *testing.F) {
 			SourceIp: []string{ip}, DestinationPod: []string{pod}, Protocol: []string{proto},
 			SourceService: []string{pod}, DestinationService: []string{pod},
 			Interface: []string{iface}, DestinationPort: []uint32{port},
+			SourceLabel: []string{pod}, DestinationWorkload: []string{pod}, NodeName: []string{iface},
+			Uuid:    []string{proto},
 			Verdict: []flowtracev1.Verdict{flowtracev1.Verdict(verdict)},
 		}
 		m, err := Build([]*ff{flt}, []*ff{flt})
@@ -231,7 +233,7 @@ func FuzzBuild(f *testing.F) {
 			return
 		}
 		// A flow can never pass when the same filter is in both lists.
-		for _, fl := range []*flowtracev1.Flow{tcpFlow(), udp6Flow(), icmpFlow(), svcFlow(), svcReplyFlow(), {}} {
+		for _, fl := range []*flowtracev1.Flow{tcpFlow(), udp6Flow(), icmpFlow(), svcFlow(), svcReplyFlow(), richFlow(), {}} {
 			if m.Match(fl) {
 				t.Fatalf("flow passed allow and deny of the same filter %v", flt)
 			}

@@ -1,23 +1,34 @@
-// Package observer keeps the history of recent flows and fans new flows out to
-// following clients.
+// Package observer keeps the history of recent flows and serves it, and new
+// flows as they happen, to clients.
 //
-// One producer calls Publish; it never blocks on a client. History is a ring
-// bounded by count and by age. A follower gets a bounded queue: when it is full
-// the flow is dropped for that client only, counted, and reported to it inline
-// as a LostEvents (CLIENT_QUEUE) response. Handing a follower from history to
-// live flows happens under the same lock that Publish takes, so a client sees
-// no gap and no duplicate between the two parts.
+// History is a ring of marshalled Flow protobufs (compact: several times
+// more flows per MB than *Flow values), bounded by count and by age. Age
+// eviction runs on a timer, so old flows leave even when no new ones come.
+//
+// Every reader — a history read or a follower — is a position in the ring.
+// One producer calls Publish; it never waits for a client: it appends and
+// wakes the followers. A reader that falls so far behind that its position
+// leaves the ring is told inline how many flows it lost
+// (LOST_EVENTS_SOURCE_HISTORY_EVICTED), so delivered + lost = produced for
+// every client. Handing a follower from history to live flows is a ring
+// position taken under the lock Publish takes: no gap, no duplicate.
+//
+// When a request reaches past what is held (its since is before the oldest
+// flow, or it asks for more flows than remain), a HistoryStart response is
+// sent first, so --since is honest.
 package observer
 
 import (
 	"context"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/flowtrace/flowtrace/pkg/filters"
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -35,7 +46,10 @@ type Config struct {
 	// MaxAge bounds history by age; 0 means no age bound. Use DefaultMaxAge
 	// for the documented default (the agent's flag default).
 	MaxAge time.Duration
-	// ClientQueue is each follower's queue length; 0 means DefaultClientQueue.
+	// ClientQueue bounds each reader's pending upstream loss reports
+	// (kernel ring buffer, agent queue) kept one by one; beyond it they are
+	// summed per stage. Flows themselves wait in the shared ring. 0 means
+	// DefaultClientQueue.
 	ClientQueue int
 	// NodeName is stamped on every GetFlowsResponse.
 	NodeName string
@@ -44,34 +58,36 @@ type Config struct {
 // numSources sizes per-source loss arrays; LostEventsSource values are small.
 const numSources = 5
 
-// entry is one flow in history; the times are kept decoded so that age
-// eviction and since/until never touch the protobuf per comparison.
+// readBatch is how many ring entries a reader copies per lock.
+const readBatch = 256
+
+// entry is one flow in history: the marshalled Flow, with the times kept
+// decoded so that eviction and since/until never unmarshal.
 type entry struct {
 	added    int64 // wall clock at Publish, unix ns: age bound
 	flowTime int64 // flow time, unix ns (0 when unset): since/until
-	flow     *flowtracev1.Flow
+	data     []byte
 }
 
-// item is what a follower's queue carries.
-type item struct {
-	flow *flowtracev1.Flow
-	lost *flowtracev1.LostEvents
-	// lostBefore counts flows dropped for this client just before this one,
-	// so the LostEvents report lands where the gap is.
-	lostBefore uint64
+// pendingLost is an upstream loss report waiting for a follower; at is the
+// ring position when it happened, so it is sent between the right flows.
+type pendingLost struct {
+	at uint64
+	le *flowtracev1.LostEvents
 }
 
+// follower is a live reader's wake-up and inbox for upstream losses.
 type follower struct {
-	m        filters.Matcher
-	since    int64
-	until    int64
-	ch       chan item
-	pending  [numSources]atomic.Uint64 // losses not yet queued to the client
-	dropping bool                      // guarded by Observer.mu
+	wake chan struct{} // capacity 1: "the ring grew"
+
+	// guarded by Observer.mu
+	lost    []pendingLost
+	summed  [numSources]uint64 // reports that did not fit in lost
+	maxLost int
 }
 
-// Observer holds history and subscribers. Flows passed to Publish are shared
-// read-only with all readers and must not be modified afterwards.
+// Observer holds history and subscribers. Flows passed to Publish are
+// marshalled at once and may be reused by the caller afterwards.
 type Observer struct {
 	cfg Config
 	log *slog.Logger
@@ -79,11 +95,14 @@ type Observer struct {
 
 	mu        sync.Mutex
 	ring      []entry
-	head      int // index of the oldest entry
-	n         int // entries held
+	next      uint64 // sequence number of the next flow; entry seq s is at ring[s%len]
+	n         int    // entries held: seqs next-n .. next-1
 	seen      uint64
+	evicted   uint64 // flows that left history (count or age bound)
 	lost      [numSources]uint64
 	followers map[*follower]struct{}
+	ageTimer  *time.Timer
+	closed    bool
 }
 
 // New returns an Observer with cfg's zero values defaulted.
@@ -112,6 +131,19 @@ func New(cfg Config, log *slog.Logger) *Observer {
 // Config returns the effective configuration.
 func (o *Observer) Config() Config { return o.cfg }
 
+// Close stops the age eviction timer. Publishing after Close still works
+// (eviction then happens on Publish, Status and GetFlows only).
+func (o *Observer) Close() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.closed = true
+	if o.ageTimer != nil {
+		o.ageTimer.Stop()
+		o.ageTimer = nil
+	}
+	return nil
+}
+
 func unixNano(ts *timestamppb.Timestamp) int64 {
 	if ts == nil {
 		return 0
@@ -119,85 +151,63 @@ func unixNano(ts *timestamppb.Timestamp) int64 {
 	return ts.AsTime().UnixNano()
 }
 
-// Publish appends f to history and offers it to every follower. It never
-// waits for a client.
+// Publish appends f to history and wakes the followers. It never waits for
+// a client.
 func (o *Observer) Publish(f *flowtracev1.Flow) {
 	if f == nil {
 		return
 	}
-	now := o.now().UnixNano()
-	ft := unixNano(f.GetTime())
+	// Marshal outside the lock: readers only wait for the append.
+	data, err := proto.Marshal(f)
+	if err != nil {
+		o.log.Warn("cannot keep flow in history", "error", err)
+		return
+	}
+	e := entry{added: o.now().UnixNano(), flowTime: unixNano(f.GetTime()), data: data}
 
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.evictLocked(now)
+	o.evictLocked(e.added)
 	if o.n == len(o.ring) {
 		o.dropOldestLocked()
 	}
-	e := entry{added: now, flowTime: ft, flow: f}
-	o.ring[(o.head+o.n)%len(o.ring)] = e
+	o.ring[o.next%uint64(len(o.ring))] = e
+	o.next++
 	o.n++
 	o.seen++
-
+	o.armAgeTimerLocked(e.added)
 	for fl := range o.followers {
-		if !fl.wants(ft, f) {
-			continue
+		select {
+		case fl.wake <- struct{}{}:
+		default: // already woken
 		}
-		o.offerLocked(fl, f)
 	}
-}
-
-// offerLocked queues f for fl or counts it lost for fl. Every lost flow is
-// reported exactly once: either attached to the next queued flow (lostBefore,
-// so the report lands where the gap is) or flushed by the consumer once its
-// queue is empty; both sides take the count with Swap.
-func (o *Observer) offerLocked(fl *follower, f *flowtracev1.Flow) {
-	const cq = flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_CLIENT_QUEUE
-	it := item{flow: f}
-	if fl.dropping {
-		it.lostBefore = fl.pending[cq].Swap(0)
-	}
-	select {
-	case fl.ch <- it:
-		fl.dropping = false
-	default:
-		fl.pending[cq].Add(it.lostBefore + 1)
-		fl.dropping = true
-		o.lost[cq]++
-	}
-}
-
-func (fl *follower) wants(ft int64, f *flowtracev1.Flow) bool {
-	if fl.since != 0 && ft < fl.since {
-		return false
-	}
-	if fl.until != 0 && ft > fl.until {
-		return false
-	}
-	return fl.m.Match(f)
 }
 
 // PublishLost records n events lost upstream of the observer (kernel ring
 // buffer, agent queue) and tells every follower inline.
 func (o *Observer) PublishLost(src flowtracev1.LostEventsSource, n uint64, cpu *uint32) {
-	if n == 0 || src < 0 || int(src) >= numSources {
+	if n == 0 || src <= 0 || int(src) >= numSources {
 		return
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.lost[src] += n
 	for fl := range o.followers {
-		le := &flowtracev1.LostEvents{Source: src, NumEventsLost: n}
-		if cpu != nil {
-			c := *cpu
-			le.Cpu = &c
+		if len(fl.lost) < fl.maxLost {
+			le := &flowtracev1.LostEvents{Source: src, NumEventsLost: n}
+			if cpu != nil {
+				c := *cpu
+				le.Cpu = &c
+			}
+			fl.lost = append(fl.lost, pendingLost{at: o.next, le: le})
+		} else {
+			// Too many reports waiting: keep the count, lose the cpu.
+			fl.summed[src] += n
 		}
 		select {
-		case fl.ch <- item{lost: le}:
+		case fl.wake <- struct{}{}:
 		default:
-			// The report itself did not fit: keep the count (the cpu is
-			// lost in aggregation) and flush it when the client catches up.
-			fl.pending[src].Add(n)
 		}
 	}
 }
@@ -208,16 +218,38 @@ func (o *Observer) evictLocked(now int64) {
 		return
 	}
 	limit := now - int64(o.cfg.MaxAge)
-	for o.n > 0 && o.ring[o.head].added < limit {
+	for o.n > 0 && o.ring[(o.next-uint64(o.n))%uint64(len(o.ring))].added < limit {
 		o.dropOldestLocked()
 	}
 }
 
 func (o *Observer) dropOldestLocked() {
-	o.ring[o.head] = entry{} // release the flow for GC
-	o.head = (o.head + 1) % len(o.ring)
+	o.ring[(o.next-uint64(o.n))%uint64(len(o.ring))] = entry{} // release the bytes
 	o.n--
-	o.lost[flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_HISTORY_EVICTED]++
+	o.evicted++
+}
+
+// armAgeTimerLocked makes sure a timer will evict the oldest entry when it
+// expires, so that history honours MaxAge without new flows arriving.
+func (o *Observer) armAgeTimerLocked(now int64) {
+	if o.cfg.MaxAge <= 0 || o.closed || o.ageTimer != nil || o.n == 0 {
+		return
+	}
+	oldest := o.ring[(o.next-uint64(o.n))%uint64(len(o.ring))].added
+	d := time.Duration(oldest+int64(o.cfg.MaxAge)-now) + time.Millisecond
+	if d < time.Millisecond {
+		d = time.Millisecond
+	}
+	o.ageTimer = time.AfterFunc(d, o.ageTick)
+}
+
+func (o *Observer) ageTick() {
+	now := o.now().UnixNano()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.ageTimer = nil
+	o.evictLocked(now)
+	o.armAgeTimerLocked(now)
 }
 
 // Status is a snapshot of the observer's counters.
@@ -225,14 +257,17 @@ type Status struct {
 	NumFlows  uint64
 	MaxFlows  uint64
 	SeenFlows uint64
-	MaxAge    time.Duration
+	// EvictedFlows left history because of the count or age bound.
+	EvictedFlows uint64
+	MaxAge       time.Duration
 	// OldestFlow and NewestFlow are the flow times held; zero when empty.
 	OldestFlow time.Time
 	NewestFlow time.Time
 	Followers  int
 	// Lost totals per stage. HISTORY_EVICTED counts flows that left history
-	// because of the count or age bound (no longer retrievable), CLIENT_QUEUE
-	// flows dropped for slow followers, the others what PublishLost reported.
+	// before a reader that wanted them got to them (each reader counts its
+	// own); the upstream stages count what PublishLost reported;
+	// CLIENT_QUEUE stays 0 here (readers wait in the shared ring).
 	Lost map[flowtracev1.LostEventsSource]uint64
 }
 
@@ -243,20 +278,30 @@ func (o *Observer) Status() Status {
 	defer o.mu.Unlock()
 	o.evictLocked(now)
 	st := Status{
-		NumFlows:  uint64(o.n),
-		MaxFlows:  uint64(len(o.ring)),
-		SeenFlows: o.seen,
-		MaxAge:    o.cfg.MaxAge,
-		Followers: len(o.followers),
-		Lost:      make(map[flowtracev1.LostEventsSource]uint64, numSources-1),
+		NumFlows:     uint64(o.n),
+		MaxFlows:     uint64(len(o.ring)),
+		SeenFlows:    o.seen,
+		EvictedFlows: o.evicted,
+		MaxAge:       o.cfg.MaxAge,
+		Followers:    len(o.followers),
+		Lost:         make(map[flowtracev1.LostEventsSource]uint64, numSources-1),
 	}
 	for src := 1; src < numSources; src++ {
 		st.Lost[flowtracev1.LostEventsSource(src)] = o.lost[src]
 	}
-	// Flow times are only roughly ordered (per-CPU ring buffers), so scan.
-	var oldest, newest int64
+	oldest, newest := o.timeRangeLocked()
+	if oldest != 0 {
+		st.OldestFlow = time.Unix(0, oldest).UTC()
+		st.NewestFlow = time.Unix(0, newest).UTC()
+	}
+	return st
+}
+
+// timeRangeLocked scans the flow times held: they are only roughly ordered
+// (per-CPU ring buffers), so the head is not necessarily the oldest.
+func (o *Observer) timeRangeLocked() (oldest, newest int64) {
 	for i := 0; i < o.n; i++ {
-		t := o.ring[(o.head+i)%len(o.ring)].flowTime
+		t := o.ring[(o.next-uint64(o.n)+uint64(i))%uint64(len(o.ring))].flowTime
 		if t == 0 {
 			continue
 		}
@@ -267,38 +312,66 @@ func (o *Observer) Status() Status {
 			newest = t
 		}
 	}
-	if oldest != 0 {
-		st.OldestFlow = time.Unix(0, oldest).UTC()
-		st.NewestFlow = time.Unix(0, newest).UTC()
+	return oldest, newest
+}
+
+// request is one GetFlows call's compiled state.
+type request struct {
+	o            *Observer
+	m            filters.Matcher
+	mask         *filters.FieldMask
+	since, until int64
+	send         func(*flowtracev1.GetFlowsResponse) error
+	buf          []entry
+}
+
+func (r *request) inRange(e *entry) bool {
+	return (r.since == 0 || e.flowTime >= r.since) && (r.until == 0 || e.flowTime <= r.until)
+}
+
+// decode returns the entry's flow when it passes time range and filters.
+func (r *request) decode(e *entry) (*flowtracev1.Flow, bool) {
+	if !r.inRange(e) {
+		return nil, false
 	}
-	return st
+	f := &flowtracev1.Flow{}
+	if err := proto.Unmarshal(e.data, f); err != nil {
+		// We marshalled it ourselves; this cannot happen short of memory
+		// corruption, and one bad record must not end the stream.
+		r.o.log.Warn("undecodable flow in history", "error", err)
+		return nil, false
+	}
+	return f, r.m.Match(f)
 }
 
 // GetFlows sends the flows req selects: first from history, then, with
 // follow, live flows until ctx is done, until passes or send fails.
-// m must already encode req's allow/deny lists; since/until come from req.
+// m must already encode req's allow/deny lists; since/until, number, first,
+// follow and field_mask come from req. A bad field mask is
+// codes.InvalidArgument.
 func (o *Observer) GetFlows(ctx context.Context, req *flowtracev1.GetFlowsRequest, m filters.Matcher, send func(*flowtracev1.GetFlowsResponse) error) error {
 	if m == nil {
 		m = filters.MatchAll()
 	}
-	since, until := unixNano(req.GetSince()), unixNano(req.GetUntil())
-	follow := req.GetFollow()
-
-	var fl *follower
-	if follow {
-		fl = &follower{m: m, since: since, until: until, ch: make(chan item, o.cfg.ClientQueue)}
+	mask, err := filters.NewFieldMask(req.GetFieldMask().GetPaths())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
+	r := &request{o: o, m: m, mask: mask, since: unixNano(req.GetSince()), until: unixNano(req.GetUntil()), send: send}
+	number, follow := req.GetNumber(), req.GetFollow()
 
-	// Snapshot under the lock, match outside it: Publish waits only for a
-	// copy of the pointers, never for the filters over the whole history.
+	// Take the history's bounds and, with follow, subscribe — under one lock,
+	// so the live part starts exactly where history ends.
 	now := o.now().UnixNano()
 	o.mu.Lock()
 	o.evictLocked(now)
-	snap := make([]entry, o.n)
-	for i := range snap {
-		snap[i] = o.ring[(o.head+i)%len(o.ring)]
-	}
-	if fl != nil {
+	end := o.next
+	start := o.next - uint64(o.n)
+	evicted := o.evicted
+	oldestTime, _ := o.timeRangeLocked()
+	var fl *follower
+	if follow {
+		fl = &follower{wake: make(chan struct{}, 1), maxLost: o.cfg.ClientQueue}
 		o.followers[fl] = struct{}{}
 	}
 	o.mu.Unlock()
@@ -310,107 +383,225 @@ func (o *Observer) GetFlows(ctx context.Context, req *flowtracev1.GetFlowsReques
 		}()
 	}
 
-	for _, e := range selectHistory(snap, req, m, since, until) {
-		if err := ctx.Err(); err != nil {
+	// History reaches past what is held when flows were evicted and the
+	// request wants flows older than the oldest left.
+	reachesPast := evicted > 0 && (r.since == 0 || r.since < oldestTime)
+	histStart := func() error {
+		hs := &flowtracev1.HistoryStart{EvictedFlows: evicted, RequestedSince: req.GetSince()}
+		if oldestTime != 0 {
+			hs.OldestFlowTime = timestamppb.New(time.Unix(0, oldestTime))
+		}
+		return send(&flowtracev1.GetFlowsResponse{
+			ResponseTypes: &flowtracev1.GetFlowsResponse_HistoryStart{HistoryStart: hs},
+			NodeName:      o.cfg.NodeName,
+			Time:          timestamppb.New(o.now()),
+		})
+	}
+
+	switch {
+	case follow && number == 0 && r.since == 0:
+		// Live flows only.
+	case number > 0 && !req.GetFirst():
+		flows, err := r.lastN(ctx, start, end, number)
+		if err != nil {
 			return err
 		}
-		if err := send(o.flowResponse(e.flow)); err != nil {
+		// Fewer matches than asked for: the missing ones may have been evicted.
+		if reachesPast && uint64(len(flows)) < number {
+			if err := histStart(); err != nil {
+				return err
+			}
+		}
+		for _, f := range flows {
+			if err := send(r.flowResponse(f)); err != nil {
+				return err
+			}
+		}
+	default:
+		// first N, or everything held (within since/until).
+		if reachesPast {
+			if err := histStart(); err != nil {
+				return err
+			}
+		}
+		if _, err := r.forward(ctx, start, end, number); err != nil {
 			return err
 		}
 	}
-	snap = nil
 	if fl == nil {
 		return nil
 	}
-	return o.followLive(ctx, fl, until, send)
+	return r.followLive(ctx, fl, end)
 }
 
-// selectHistory applies number/first/follow to the matching entries, oldest first.
-func selectHistory(snap []entry, req *flowtracev1.GetFlowsRequest, m filters.Matcher, since, until int64) []entry {
-	want := req.GetNumber()
-	if want == 0 && req.GetFollow() {
-		return nil
+// read copies up to len(buf) entries from seq pos (but not past end) and
+// says how many entries between pos and the first copied one left history
+// before this reader got to them.
+func (o *Observer) read(pos, end uint64, buf []entry) (n int, from uint64, lost uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	oldest := o.next - uint64(o.n)
+	if pos < oldest {
+		lost = min(oldest, end) - pos
+		pos += lost
+		o.lost[flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_HISTORY_EVICTED] += lost
 	}
-	ok := func(e entry) bool {
-		if since != 0 && e.flowTime < since {
-			return false
-		}
-		if until != 0 && e.flowTime > until {
-			return false
-		}
-		return m.Match(e.flow)
+	for n < len(buf) && pos+uint64(n) < end {
+		buf[n] = o.ring[(pos+uint64(n))%uint64(len(o.ring))]
+		n++
 	}
-	var out []entry
-	if req.GetFirst() || want == 0 {
-		for _, e := range snap {
-			if ok(e) {
-				out = append(out, e)
-				if want != 0 && uint64(len(out)) == want {
-					break
-				}
+	return n, pos, lost
+}
+
+func (r *request) buffer() []entry {
+	if r.buf == nil {
+		r.buf = make([]entry, readBatch)
+	}
+	return r.buf
+}
+
+// forward sends matching flows from seq pos up to end, at most limit (0: no
+// limit), reporting inline any that left history before it read them. It
+// returns the position reached.
+func (r *request) forward(ctx context.Context, pos, end, limit uint64) (uint64, error) {
+	buf := r.buffer()
+	var sent uint64
+	for pos < end {
+		if err := ctx.Err(); err != nil {
+			return pos, err
+		}
+		n, from, lost := r.o.read(pos, end, buf)
+		if lost > 0 {
+			if err := r.send(r.o.lostResponse(&flowtracev1.LostEvents{
+				Source: flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_HISTORY_EVICTED, NumEventsLost: lost,
+			})); err != nil {
+				return pos, err
 			}
 		}
-		return out
-	}
-	for i := len(snap) - 1; i >= 0; i-- {
-		if ok(snap[i]) {
-			out = append(out, snap[i])
-			if uint64(len(out)) == want {
-				break
+		pos = from + uint64(n)
+		for i := 0; i < n; i++ {
+			f, ok := r.decode(&buf[i])
+			buf[i] = entry{}
+			if !ok {
+				continue
+			}
+			if err := r.send(r.flowResponse(f)); err != nil {
+				return pos, err
+			}
+			if sent++; limit != 0 && sent == limit {
+				return pos, nil
 			}
 		}
+	}
+	return pos, nil
+}
+
+// lastN collects the newest n matching flows before end, scanning backward
+// a batch at a time (the lock is held only to copy a batch), oldest first.
+func (r *request) lastN(ctx context.Context, start, end, n uint64) ([]*flowtracev1.Flow, error) {
+	buf := r.buffer()
+	var out []*flowtracev1.Flow
+	hi := end
+	for hi > start && uint64(len(out)) < n {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		lo := start
+		if hi-lo > uint64(len(buf)) {
+			lo = hi - uint64(len(buf))
+		}
+		got, from, _ := r.o.readNoCount(lo, hi, buf)
+		if got == 0 {
+			break // the rest was evicted while we scanned
+		}
+		for i := got - 1; i >= 0 && uint64(len(out)) < n; i-- {
+			if f, ok := r.decode(&buf[i]); ok {
+				out = append(out, f)
+			}
+			buf[i] = entry{}
+		}
+		if from > lo {
+			break // older entries are gone
+		}
+		hi = lo
 	}
 	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
 		out[i], out[j] = out[j], out[i]
 	}
-	return out
+	return out, nil
 }
 
-func (o *Observer) followLive(ctx context.Context, fl *follower, until int64, send func(*flowtracev1.GetFlowsResponse) error) error {
-	handle := func(it item) error {
-		if it.lostBefore > 0 {
-			if err := send(o.lostResponse(&flowtracev1.LostEvents{
-				Source:        flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_CLIENT_QUEUE,
-				NumEventsLost: it.lostBefore,
+// readNoCount is read for the backward scan of --last: entries evicted
+// meanwhile are older than every flow it returns, so they are not a gap in
+// what the client sees (HistoryStart covers them).
+func (o *Observer) readNoCount(pos, end uint64, buf []entry) (n int, from uint64, lost uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	oldest := o.next - uint64(o.n)
+	if pos < oldest {
+		pos = min(oldest, end)
+	}
+	for n < len(buf) && pos+uint64(n) < end {
+		buf[n] = o.ring[(pos+uint64(n))%uint64(len(o.ring))]
+		n++
+	}
+	return n, pos, 0
+}
+
+// followLive streams flows from seq pos on as they are published, with
+// upstream loss reports between the flows they happened between, until ctx
+// ends or the wall clock passes until.
+func (r *request) followLive(ctx context.Context, fl *follower, pos uint64) error {
+	var timer <-chan time.Time
+	if r.until != 0 {
+		d := time.Until(time.Unix(0, r.until))
+		t := time.NewTimer(max(d, 0))
+		defer t.Stop()
+		timer = t.C
+	}
+	o := r.o
+	for {
+		o.mu.Lock()
+		target := o.next
+		var due []pendingLost
+		for len(fl.lost) > 0 && fl.lost[0].at <= pos {
+			due = append(due, fl.lost[0])
+			fl.lost = fl.lost[1:]
+		}
+		if len(fl.lost) > 0 && fl.lost[0].at < target {
+			target = fl.lost[0].at
+		}
+		summed := fl.summed
+		fl.summed = [numSources]uint64{}
+		o.mu.Unlock()
+
+		for _, p := range due {
+			if err := r.send(o.lostResponse(p.le)); err != nil {
+				return err
+			}
+		}
+		for src, n := range summed {
+			if n == 0 {
+				continue
+			}
+			if err := r.send(o.lostResponse(&flowtracev1.LostEvents{
+				Source: flowtracev1.LostEventsSource(src), NumEventsLost: n,
 			})); err != nil {
 				return err
 			}
 		}
-		if it.lost != nil {
-			return send(o.lostResponse(it.lost))
-		}
-		return send(o.flowResponse(it.flow))
-	}
-	// With until, the stream ends when the wall clock passes it: no later
-	// flow can match any more.
-	var timer <-chan time.Time
-	if until != 0 {
-		d := time.Until(time.Unix(0, until))
-		if d <= 0 {
-			d = 0
-		}
-		t := time.NewTimer(d)
-		defer t.Stop()
-		timer = t.C
-	}
-	for {
-		select {
-		case it := <-fl.ch:
-			if err := handle(it); err != nil {
+		if pos < target {
+			var err error
+			if pos, err = r.forward(ctx, pos, target, 0); err != nil {
 				return err
 			}
 			continue
-		default:
 		}
-		// The queue is empty: report losses that no queued item carries.
-		if err := o.flushPending(fl, send); err != nil {
-			return err
+		if len(due) > 0 {
+			continue // more reports may be due at this position
 		}
 		select {
-		case it := <-fl.ch:
-			if err := handle(it); err != nil {
-				return err
-			}
+		case <-fl.wake:
 		case <-timer:
 			return nil
 		case <-ctx.Done():
@@ -419,29 +610,16 @@ func (o *Observer) followLive(ctx context.Context, fl *follower, until int64, se
 	}
 }
 
-func (o *Observer) flushPending(fl *follower, send func(*flowtracev1.GetFlowsResponse) error) error {
-	for src := 1; src < numSources; src++ {
-		if n := fl.pending[src].Swap(0); n > 0 {
-			err := send(o.lostResponse(&flowtracev1.LostEvents{
-				Source: flowtracev1.LostEventsSource(src), NumEventsLost: n,
-			}))
-			if err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func (o *Observer) flowResponse(f *flowtracev1.Flow) *flowtracev1.GetFlowsResponse {
+func (r *request) flowResponse(f *flowtracev1.Flow) *flowtracev1.GetFlowsResponse {
 	node := f.GetNodeName()
 	if node == "" {
-		node = o.cfg.NodeName
+		node = r.o.cfg.NodeName
 	}
+	ts := f.GetTime()
 	return &flowtracev1.GetFlowsResponse{
-		ResponseTypes: &flowtracev1.GetFlowsResponse_Flow{Flow: f},
+		ResponseTypes: &flowtracev1.GetFlowsResponse_Flow{Flow: r.mask.Apply(f)},
 		NodeName:      node,
-		Time:          f.GetTime(),
+		Time:          ts,
 	}
 }
 

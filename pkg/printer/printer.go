@@ -23,10 +23,11 @@ const (
 	Compact = "compact"
 	JSON    = "json"
 	Table   = "table"
+	Dict    = "dict"
 )
 
 // Formats lists the accepted output formats.
-func Formats() []string { return []string{Compact, JSON, Table} }
+func Formats() []string { return []string{Compact, Dict, JSON, Table} }
 
 // Options configure a Printer.
 type Options struct {
@@ -35,6 +36,11 @@ type Options struct {
 	// TableFlushEvery flushes the table every N rows so that --follow shows
 	// output; columns are aligned within each batch. 0 means 50.
 	TableFlushEvery int
+	// TimeFormat is one of TimeFormats (case-insensitive); "" is StampMilli.
+	TimeFormat string
+	// Color marks verdicts, drop reasons and losses with ANSI colours. The
+	// caller decides (a terminal, --color); json is never coloured.
+	Color bool
 }
 
 // Printer writes responses in one format. Call Flush when done.
@@ -45,6 +51,8 @@ type Printer struct {
 	loc    *time.Location
 	every  int
 	rows   int
+	tf     string
+	color  bool
 	sb     strings.Builder
 	jb     bytes.Buffer
 }
@@ -52,11 +60,16 @@ type Printer struct {
 // New returns a printer of format writing to w.
 func New(format string, w io.Writer, opts Options) (*Printer, error) {
 	switch format {
-	case Compact, JSON, Table:
+	case Compact, JSON, Table, Dict:
 	default:
 		return nil, fmt.Errorf("unknown output format %q (want one of %s)", format, strings.Join(Formats(), ", "))
 	}
-	p := &Printer{format: format, w: bufio.NewWriter(w), loc: opts.Location, every: opts.TableFlushEvery}
+	tf, err := ParseTimeFormat(opts.TimeFormat)
+	if err != nil {
+		return nil, err
+	}
+	p := &Printer{format: format, w: bufio.NewWriter(w), loc: opts.Location, every: opts.TableFlushEvery,
+		tf: tf, color: opts.Color && format != JSON}
 	if p.loc == nil {
 		p.loc = time.Local
 	}
@@ -77,6 +90,13 @@ func (p *Printer) Print(r *flowtracev1.GetFlowsResponse) error {
 		return p.printJSON(r)
 	case Table:
 		return p.printTable(r)
+	case Dict:
+		p.sb.Reset()
+		p.dict(r)
+		if _, err := p.w.WriteString(p.sb.String()); err != nil {
+			return err
+		}
+		return p.w.Flush()
 	default:
 		p.sb.Reset()
 		p.compact(r)
@@ -116,8 +136,6 @@ func (p *Printer) printJSON(r *flowtracev1.GetFlowsResponse) error {
 	return p.w.Flush()
 }
 
-const timeLayout = "Jan _2 15:04:05.000"
-
 func (p *Printer) timeOf(r *flowtracev1.GetFlowsResponse) string {
 	ts := r.GetTime()
 	if ts == nil {
@@ -126,7 +144,15 @@ func (p *Printer) timeOf(r *flowtracev1.GetFlowsResponse) string {
 	if ts == nil {
 		return "-"
 	}
-	return ts.AsTime().In(p.loc).Format(timeLayout)
+	return p.FormatTime(ts.AsTime())
+}
+
+// FormatTime renders t in the printer's time format and location.
+func (p *Printer) FormatTime(t time.Time) string {
+	if p.tf == "unix" {
+		return fmt.Sprintf("%d.%09d", t.Unix(), t.Nanosecond())
+	}
+	return t.In(p.loc).Format(p.tf)
 }
 
 func (p *Printer) compact(r *flowtracev1.GetFlowsResponse) {
@@ -134,7 +160,11 @@ func (p *Printer) compact(r *flowtracev1.GetFlowsResponse) {
 	sb.WriteString(p.timeOf(r))
 	sb.WriteString(": ")
 	if le := r.GetLostEvents(); le != nil {
-		sb.WriteString(LostText(le))
+		sb.WriteString(p.paint(colorLost, LostText(le)))
+		return
+	}
+	if hs := r.GetHistoryStart(); hs != nil {
+		sb.WriteString(p.paint(colorLost, p.HistoryStartText(hs)))
 		return
 	}
 	f := r.GetFlow()
@@ -155,10 +185,10 @@ func (p *Printer) compact(r *flowtracev1.GetFlowsResponse) {
 		sb.WriteString(l4)
 	}
 	sb.WriteByte(' ')
-	sb.WriteString(VerdictText(f.GetVerdict()))
+	sb.WriteString(p.verdict(f.GetVerdict()))
 	if reason := ReasonText(f); reason != "" {
 		sb.WriteString(" (")
-		sb.WriteString(reason)
+		sb.WriteString(p.paint(colorReason, reason))
 		sb.WriteByte(')')
 	}
 	if f.GetEventCount() > 1 {
@@ -231,11 +261,15 @@ func (p *Printer) printTable(r *flowtracev1.GetFlowsResponse) error {
 		_, err := fmt.Fprintf(p.tw, "%s\t-\t-\t-\t-\tLOST\t%s\t-\n", t, LostText(le))
 		return err
 	}
+	if hs := r.GetHistoryStart(); hs != nil {
+		_, err := fmt.Fprintf(p.tw, "%s\t-\t-\t-\t-\tHISTORY\t%s\t-\n", t, p.HistoryStartText(hs))
+		return err
+	}
 	f := r.GetFlow()
 	_, err := fmt.Fprintf(p.tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t,
 		endpointText(f.GetSource(), f.GetIp().GetSource(), srcPort(f)),
 		tableDestination(f), dash(tableService(f)),
-		dash(L4Text(f)), VerdictText(f.GetVerdict()), dash(tableDetail(f)), dash(InterfaceText(flowInterface(f))))
+		dash(L4Text(f)), p.verdict(f.GetVerdict()), dash(tableDetail(f)), dash(InterfaceText(flowInterface(f))))
 	return err
 }
 

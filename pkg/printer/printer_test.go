@@ -145,6 +145,25 @@ func fixtures() []*flowtracev1.GetFlowsResponse {
 			}},
 			NodeName: "node-1", Time: timestamppb.New(t0.Add(16 * time.Second)),
 		},
+		{
+			ResponseTypes: &flowtracev1.GetFlowsResponse_HistoryStart{HistoryStart: &flowtracev1.HistoryStart{
+				OldestFlowTime: timestamppb.New(t0), EvictedFlows: 5000,
+			}},
+			NodeName: "node-1", Time: timestamppb.New(t0.Add(17 * time.Second)),
+		},
+		flowResp(&flowtracev1.Flow{
+			Time: timestamppb.New(t0.Add(18 * time.Second)), Uuid: "0b6e3c1e", NodeName: "node-1",
+			Verdict: flowtracev1.Verdict_VERDICT_FORWARDED, IsReply: true, Report: flowtracev1.FlowReport_FLOW_REPORT_IDLE_FLUSH,
+			Packets: 3, Bytes: 180, TrafficDirection: flowtracev1.TrafficDirection_TRAFFIC_DIRECTION_EGRESS,
+			Ip: &flowtracev1.IP{Source: "10.244.0.30", Destination: "10.244.0.10"},
+			L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Tcp{Tcp: &flowtracev1.TCP{
+				SourcePort: 5432, DestinationPort: 43512, Flags: &flowtracev1.TCPFlags{Fin: true, Ack: true},
+			}}},
+			Source:      &flowtracev1.Endpoint{Namespace: "shop", PodName: "db-0", Labels: []string{"app=db"}},
+			Destination: &flowtracev1.Endpoint{Namespace: "shop", PodName: "frontend-6c9f7d"},
+			Interface:   &flowtracev1.Interface{Name: "eth0", Netns: "shop/db-0"},
+			Summary:     "TCP FIN|ACK reply",
+		}),
 	}
 }
 
@@ -323,7 +342,63 @@ func TestJSONRoundTrip(t *testing.T) {
 }
 
 func TestUnknownFormat(t *testing.T) {
-	if _, err := New("yaml", &bytes.Buffer{}, Options{}); err == nil || !strings.Contains(err.Error(), "compact, json, table") {
+	if _, err := New("yaml", &bytes.Buffer{}, Options{}); err == nil || !strings.Contains(err.Error(), "compact, dict, json, table") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestHistoryStartAndTimeFormats(t *testing.T) {
+	hs := &flowtracev1.GetFlowsResponse{
+		ResponseTypes: &flowtracev1.GetFlowsResponse_HistoryStart{HistoryStart: &flowtracev1.HistoryStart{
+			OldestFlowTime: timestamppb.New(t0), EvictedFlows: 1234, RequestedSince: timestamppb.New(t0.Add(-30 * time.Minute)),
+		}},
+		Time: timestamppb.New(t0.Add(time.Hour)),
+	}
+	for _, tt := range []struct{ tf, want string }{
+		{"", "Nov 23 16:31:47.123: HISTORY STARTS AT Nov 23 15:31:47.123: 1234 older flows were evicted (you asked from Nov 23 15:01:47.123)\n"},
+		{"rfc3339", "2025-11-23T16:31:47Z: HISTORY STARTS AT 2025-11-23T15:31:47Z: 1234 older flows were evicted (you asked from 2025-11-23T15:01:47Z)\n"},
+		{"RFC3339Nano", "2025-11-23T16:31:47.123Z: HISTORY STARTS AT 2025-11-23T15:31:47.123Z: 1234 older flows were evicted (you asked from 2025-11-23T15:01:47.123Z)\n"},
+		{"unix", "1763915507.123000000: HISTORY STARTS AT 1763911907.123000000: 1234 older flows were evicted (you asked from 1763910107.123000000)\n"},
+	} {
+		var buf bytes.Buffer
+		p, err := New(Compact, &buf, Options{Location: time.UTC, TimeFormat: tt.tf})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Print(hs); err != nil {
+			t.Fatal(err)
+		}
+		if buf.String() != tt.want {
+			t.Errorf("time format %q:\ngot  %q\nwant %q", tt.tf, buf.String(), tt.want)
+		}
+	}
+	if _, err := New(Compact, &bytes.Buffer{}, Options{TimeFormat: "kitchen"}); err == nil || !strings.Contains(err.Error(), "StampMilli, RFC3339") {
+		t.Errorf("bad time format: %v", err)
+	}
+}
+
+func TestColor(t *testing.T) {
+	var buf bytes.Buffer
+	p, err := New(Compact, &buf, Options{Location: time.UTC, Color: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Print(fixtures()[0]); err != nil {
+		t.Fatal(err)
+	}
+	want := "DROPPED" + "\x1b[0m (" + "\x1b[33mNETFILTER_DROP\x1b[0m)"
+	if !strings.Contains(buf.String(), "\x1b[31m"+want) {
+		t.Errorf("coloured line %q lacks %q", buf.String(), want)
+	}
+	// json is never coloured, even when asked.
+	buf.Reset()
+	p, _ = New(JSON, &buf, Options{Color: true})
+	_ = p.Print(fixtures()[0])
+	if strings.Contains(buf.String(), "\x1b[") {
+		t.Errorf("json coloured: %q", buf.String())
+	}
+	// Without Color, no escape codes at all.
+	if strings.Contains(string(render(t, Compact))+string(render(t, Dict))+string(render(t, Table)), "\x1b[") {
+		t.Error("escape codes without Color")
 	}
 }

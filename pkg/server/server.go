@@ -154,6 +154,7 @@ func (s *Server) ServerStatus(ctx context.Context, _ *flowtracev1.ServerStatusRe
 	resp.NumFlows = os.NumFlows
 	resp.MaxFlows = os.MaxFlows
 	resp.SeenFlows = os.SeenFlows
+	resp.EvictedFlows = os.EvictedFlows
 	resp.MaxFlowAge = durationpb.New(os.MaxAge)
 	resp.OldestFlowTime, resp.NewestFlowTime = nil, nil
 	if !os.OldestFlow.IsZero() {

@@ -887,7 +887,10 @@ type Flow struct {
 	// and l4 then describe the inner packet.
 	Encapsulation *Encapsulation `protobuf:"bytes,28,opt,name=encapsulation,proto3" json:"encapsulation,omitempty"`
 	// drop_cause is what flowtrace could tell beyond the kernel's reason.
-	DropCause     DropCause `protobuf:"varint,29,opt,name=drop_cause,json=dropCause,proto3,enum=flowtrace.v1.DropCause" json:"drop_cause,omitempty"`
+	DropCause DropCause `protobuf:"varint,29,opt,name=drop_cause,json=dropCause,proto3,enum=flowtrace.v1.DropCause" json:"drop_cause,omitempty"`
+	// is_reply is set on a FORWARDED flow whose conntrack direction is REPLY
+	// (the answer of a connection, not its request).
+	IsReply       bool `protobuf:"varint,30,opt,name=is_reply,json=isReply,proto3" json:"is_reply,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1123,6 +1126,13 @@ func (x *Flow) GetDropCause() DropCause {
 		return x.DropCause
 	}
 	return DropCause_DROP_CAUSE_UNSPECIFIED
+}
+
+func (x *Flow) GetIsReply() bool {
+	if x != nil {
+		return x.IsReply
+	}
+	return false
 }
 
 // Service is a Kubernetes Service, with the port the flow used.
@@ -2244,7 +2254,7 @@ var File_flowtrace_v1_flow_proto protoreflect.FileDescriptor
 
 const file_flowtrace_v1_flow_proto_rawDesc = "" +
 	"\n" +
-	"\x17flowtrace/v1/flow.proto\x12\fflowtrace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\n" +
+	"\x17flowtrace/v1/flow.proto\x12\fflowtrace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\n" +
 	"\n" +
 	"\x04Flow\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
@@ -2279,7 +2289,8 @@ const file_flowtrace_v1_flow_proto_rawDesc = "" +
 	"\x03mtu\x18\x1b \x01(\v2\x15.flowtrace.v1.MTUInfoR\x03mtu\x12A\n" +
 	"\rencapsulation\x18\x1c \x01(\v2\x1b.flowtrace.v1.EncapsulationR\rencapsulation\x126\n" +
 	"\n" +
-	"drop_cause\x18\x1d \x01(\x0e2\x17.flowtrace.v1.DropCauseR\tdropCause\"l\n" +
+	"drop_cause\x18\x1d \x01(\x0e2\x17.flowtrace.v1.DropCauseR\tdropCause\x12\x19\n" +
+	"\bis_reply\x18\x1e \x01(\bR\aisReply\"l\n" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +

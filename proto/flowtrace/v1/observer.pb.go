@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -94,11 +95,14 @@ type GetFlowsRequest struct {
 	// first returns the oldest flows instead of the newest.
 	First bool `protobuf:"varint,2,opt,name=first,proto3" json:"first,omitempty"`
 	// follow keeps the stream open and sends new flows as they happen.
-	Follow        bool                   `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
-	Since         *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
-	Until         *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=until,proto3" json:"until,omitempty"`
-	Allowlist     []*FlowFilter          `protobuf:"bytes,6,rep,name=allowlist,proto3" json:"allowlist,omitempty"`
-	Denylist      []*FlowFilter          `protobuf:"bytes,7,rep,name=denylist,proto3" json:"denylist,omitempty"`
+	Follow    bool                   `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
+	Since     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	Until     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=until,proto3" json:"until,omitempty"`
+	Allowlist []*FlowFilter          `protobuf:"bytes,6,rep,name=allowlist,proto3" json:"allowlist,omitempty"`
+	Denylist  []*FlowFilter          `protobuf:"bytes,7,rep,name=denylist,proto3" json:"denylist,omitempty"`
+	// field_mask, when set, keeps only these paths of each Flow (e.g. "time",
+	// "verdict", "source.pod_name", "l4.tcp.flags"); unknown paths are refused.
+	FieldMask     *fieldmaskpb.FieldMask `protobuf:"bytes,8,opt,name=field_mask,json=fieldMask,proto3" json:"field_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -182,6 +186,13 @@ func (x *GetFlowsRequest) GetDenylist() []*FlowFilter {
 	return nil
 }
 
+func (x *GetFlowsRequest) GetFieldMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.FieldMask
+	}
+	return nil
+}
+
 // FlowFilter matches a flow when every non-empty field matches (AND); a field
 // matches when any of its values matches (OR).
 type FlowFilter struct {
@@ -207,8 +218,30 @@ type FlowFilter struct {
 	// flow's source_service / destination_service.
 	SourceService      []string `protobuf:"bytes,13,rep,name=source_service,json=sourceService,proto3" json:"source_service,omitempty"`
 	DestinationService []string `protobuf:"bytes,14,rep,name=destination_service,json=destinationService,proto3" json:"destination_service,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// uuid: exact flow record ids.
+	Uuid []string `protobuf:"bytes,15,rep,name=uuid,proto3" json:"uuid,omitempty"`
+	// source_label / destination_label: Kubernetes label selectors on the
+	// endpoint's labels, e.g. "app=web", "app in (a,b)", "!canary",
+	// "tier!=db,env=prod" (comma: AND inside one selector).
+	SourceLabel      []string `protobuf:"bytes,16,rep,name=source_label,json=sourceLabel,proto3" json:"source_label,omitempty"`
+	DestinationLabel []string `protobuf:"bytes,17,rep,name=destination_label,json=destinationLabel,proto3" json:"destination_label,omitempty"`
+	// source_workload / destination_workload: "kind/name" or "name" (any kind);
+	// the kind is case-insensitive.
+	SourceWorkload      []string `protobuf:"bytes,18,rep,name=source_workload,json=sourceWorkload,proto3" json:"source_workload,omitempty"`
+	DestinationWorkload []string `protobuf:"bytes,19,rep,name=destination_workload,json=destinationWorkload,proto3" json:"destination_workload,omitempty"`
+	// node_name: the observing node (Flow.node_name); a trailing "*" matches a
+	// prefix.
+	NodeName []string `protobuf:"bytes,20,rep,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	// tcp_flags: a flow matches a value when every flag set in it is set on
+	// the flow's TCP header.
+	TcpFlags         []*TCPFlags        `protobuf:"bytes,21,rep,name=tcp_flags,json=tcpFlags,proto3" json:"tcp_flags,omitempty"`
+	TrafficDirection []TrafficDirection `protobuf:"varint,22,rep,packed,name=traffic_direction,json=trafficDirection,proto3,enum=flowtrace.v1.TrafficDirection" json:"traffic_direction,omitempty"`
+	ObservationPoint []ObservationPoint `protobuf:"varint,23,rep,packed,name=observation_point,json=observationPoint,proto3,enum=flowtrace.v1.ObservationPoint" json:"observation_point,omitempty"`
+	IpVersion        []IPVersion        `protobuf:"varint,24,rep,packed,name=ip_version,json=ipVersion,proto3,enum=flowtrace.v1.IPVersion" json:"ip_version,omitempty"`
+	// reply: match Flow.is_reply.
+	Reply         []bool `protobuf:"varint,25,rep,packed,name=reply,proto3" json:"reply,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FlowFilter) Reset() {
@@ -339,6 +372,83 @@ func (x *FlowFilter) GetDestinationService() []string {
 	return nil
 }
 
+func (x *FlowFilter) GetUuid() []string {
+	if x != nil {
+		return x.Uuid
+	}
+	return nil
+}
+
+func (x *FlowFilter) GetSourceLabel() []string {
+	if x != nil {
+		return x.SourceLabel
+	}
+	return nil
+}
+
+func (x *FlowFilter) GetDestinationLabel() []string {
+	if x != nil {
+		return x.DestinationLabel
+	}
+	return nil
+}
+
+func (x *FlowFilter) GetSourceWorkload() []string {
+	if x != nil {
+		return x.SourceWorkload
+	}
+	return nil
+}
+
+func (x *FlowFilter) GetDestinationWorkload() []string {
+	if x != nil {
+		return x.DestinationWorkload
+	}
+	return nil
+}
+
+func (x *FlowFilter) GetNodeName() []string {
+	if x != nil {
+		return x.NodeName
+	}
+	return nil
+}
+
+func (x *FlowFilter) GetTcpFlags() []*TCPFlags {
+	if x != nil {
+		return x.TcpFlags
+	}
+	return nil
+}
+
+func (x *FlowFilter) GetTrafficDirection() []TrafficDirection {
+	if x != nil {
+		return x.TrafficDirection
+	}
+	return nil
+}
+
+func (x *FlowFilter) GetObservationPoint() []ObservationPoint {
+	if x != nil {
+		return x.ObservationPoint
+	}
+	return nil
+}
+
+func (x *FlowFilter) GetIpVersion() []IPVersion {
+	if x != nil {
+		return x.IpVersion
+	}
+	return nil
+}
+
+func (x *FlowFilter) GetReply() []bool {
+	if x != nil {
+		return x.Reply
+	}
+	return nil
+}
+
 // GetFlowsResponse carries a flow or a report of lost events.
 type GetFlowsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -346,6 +456,7 @@ type GetFlowsResponse struct {
 	//
 	//	*GetFlowsResponse_Flow
 	//	*GetFlowsResponse_LostEvents
+	//	*GetFlowsResponse_HistoryStart
 	ResponseTypes isGetFlowsResponse_ResponseTypes `protobuf_oneof:"response_types"`
 	NodeName      string                           `protobuf:"bytes,3,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
 	Time          *timestamppb.Timestamp           `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
@@ -408,6 +519,15 @@ func (x *GetFlowsResponse) GetLostEvents() *LostEvents {
 	return nil
 }
 
+func (x *GetFlowsResponse) GetHistoryStart() *HistoryStart {
+	if x != nil {
+		if x, ok := x.ResponseTypes.(*GetFlowsResponse_HistoryStart); ok {
+			return x.HistoryStart
+		}
+	}
+	return nil
+}
+
 func (x *GetFlowsResponse) GetNodeName() string {
 	if x != nil {
 		return x.NodeName
@@ -434,9 +554,81 @@ type GetFlowsResponse_LostEvents struct {
 	LostEvents *LostEvents `protobuf:"bytes,2,opt,name=lost_events,json=lostEvents,proto3,oneof"`
 }
 
+type GetFlowsResponse_HistoryStart struct {
+	HistoryStart *HistoryStart `protobuf:"bytes,5,opt,name=history_start,json=historyStart,proto3,oneof"`
+}
+
 func (*GetFlowsResponse_Flow) isGetFlowsResponse_ResponseTypes() {}
 
 func (*GetFlowsResponse_LostEvents) isGetFlowsResponse_ResponseTypes() {}
+
+func (*GetFlowsResponse_HistoryStart) isGetFlowsResponse_ResponseTypes() {}
+
+// HistoryStart is sent first when a request reaches past the history the
+// agent still holds: flows before oldest_flow_time were evicted.
+type HistoryStart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// oldest_flow_time is the time of the oldest flow held.
+	OldestFlowTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=oldest_flow_time,json=oldestFlowTime,proto3" json:"oldest_flow_time,omitempty"`
+	// evicted_flows is how many flows left history (count or age bound) since
+	// the agent started.
+	EvictedFlows uint64 `protobuf:"varint,2,opt,name=evicted_flows,json=evictedFlows,proto3" json:"evicted_flows,omitempty"`
+	// requested_since is the request's since, when it had one.
+	RequestedSince *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=requested_since,json=requestedSince,proto3" json:"requested_since,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *HistoryStart) Reset() {
+	*x = HistoryStart{}
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryStart) ProtoMessage() {}
+
+func (x *HistoryStart) ProtoReflect() protoreflect.Message {
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryStart.ProtoReflect.Descriptor instead.
+func (*HistoryStart) Descriptor() ([]byte, []int) {
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *HistoryStart) GetOldestFlowTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OldestFlowTime
+	}
+	return nil
+}
+
+func (x *HistoryStart) GetEvictedFlows() uint64 {
+	if x != nil {
+		return x.EvictedFlows
+	}
+	return 0
+}
+
+func (x *HistoryStart) GetRequestedSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RequestedSince
+	}
+	return nil
+}
 
 // LostEvents says that events were lost, where, and how many.
 type LostEvents struct {
@@ -451,7 +643,7 @@ type LostEvents struct {
 
 func (x *LostEvents) Reset() {
 	*x = LostEvents{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[3]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +655,7 @@ func (x *LostEvents) String() string {
 func (*LostEvents) ProtoMessage() {}
 
 func (x *LostEvents) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[3]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +668,7 @@ func (x *LostEvents) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LostEvents.ProtoReflect.Descriptor instead.
 func (*LostEvents) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{3}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *LostEvents) GetSource() LostEventsSource {
@@ -509,7 +701,7 @@ type ServerStatusRequest struct {
 
 func (x *ServerStatusRequest) Reset() {
 	*x = ServerStatusRequest{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[4]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -521,7 +713,7 @@ func (x *ServerStatusRequest) String() string {
 func (*ServerStatusRequest) ProtoMessage() {}
 
 func (x *ServerStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[4]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -534,7 +726,7 @@ func (x *ServerStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStatusRequest.ProtoReflect.Descriptor instead.
 func (*ServerStatusRequest) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{4}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{5}
 }
 
 // ServerStatusResponse describes the agent.
@@ -559,13 +751,16 @@ type ServerStatusResponse struct {
 	IdentitySources []*IdentitySourceStatus `protobuf:"bytes,13,rep,name=identity_sources,json=identitySources,proto3" json:"identity_sources,omitempty"`
 	// datapath_counters are the kernel-side counters (parse failures, out-of-scope drops, ...).
 	DatapathCounters map[string]uint64 `protobuf:"bytes,14,rep,name=datapath_counters,json=datapathCounters,proto3" json:"datapath_counters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// evicted_flows left history because of its count or age bound; a request
+	// reaching before oldest_flow_time cannot be answered in full.
+	EvictedFlows  uint64 `protobuf:"varint,15,opt,name=evicted_flows,json=evictedFlows,proto3" json:"evicted_flows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServerStatusResponse) Reset() {
 	*x = ServerStatusResponse{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[5]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -577,7 +772,7 @@ func (x *ServerStatusResponse) String() string {
 func (*ServerStatusResponse) ProtoMessage() {}
 
 func (x *ServerStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[5]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -590,7 +785,7 @@ func (x *ServerStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStatusResponse.ProtoReflect.Descriptor instead.
 func (*ServerStatusResponse) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{5}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ServerStatusResponse) GetNumFlows() uint64 {
@@ -691,6 +886,13 @@ func (x *ServerStatusResponse) GetDatapathCounters() map[string]uint64 {
 	return nil
 }
 
+func (x *ServerStatusResponse) GetEvictedFlows() uint64 {
+	if x != nil {
+		return x.EvictedFlows
+	}
+	return 0
+}
+
 // LostEventsCount is a total of lost events for one stage.
 type LostEventsCount struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -702,7 +904,7 @@ type LostEventsCount struct {
 
 func (x *LostEventsCount) Reset() {
 	*x = LostEventsCount{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[6]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -714,7 +916,7 @@ func (x *LostEventsCount) String() string {
 func (*LostEventsCount) ProtoMessage() {}
 
 func (x *LostEventsCount) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[6]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -727,7 +929,7 @@ func (x *LostEventsCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LostEventsCount.ProtoReflect.Descriptor instead.
 func (*LostEventsCount) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{6}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LostEventsCount) GetSource() LostEventsSource {
@@ -761,7 +963,7 @@ type AttachedInterface struct {
 
 func (x *AttachedInterface) Reset() {
 	*x = AttachedInterface{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[7]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +975,7 @@ func (x *AttachedInterface) String() string {
 func (*AttachedInterface) ProtoMessage() {}
 
 func (x *AttachedInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[7]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +988,7 @@ func (x *AttachedInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachedInterface.ProtoReflect.Descriptor instead.
 func (*AttachedInterface) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{7}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AttachedInterface) GetName() string {
@@ -845,7 +1047,7 @@ type DatapathFeatures struct {
 
 func (x *DatapathFeatures) Reset() {
 	*x = DatapathFeatures{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[8]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +1059,7 @@ func (x *DatapathFeatures) String() string {
 func (*DatapathFeatures) ProtoMessage() {}
 
 func (x *DatapathFeatures) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[8]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +1072,7 @@ func (x *DatapathFeatures) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DatapathFeatures.ProtoReflect.Descriptor instead.
 func (*DatapathFeatures) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{8}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DatapathFeatures) GetTcAttach() string {
@@ -927,7 +1129,7 @@ type IdentitySourceStatus struct {
 
 func (x *IdentitySourceStatus) Reset() {
 	*x = IdentitySourceStatus{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[9]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -939,7 +1141,7 @@ func (x *IdentitySourceStatus) String() string {
 func (*IdentitySourceStatus) ProtoMessage() {}
 
 func (x *IdentitySourceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[9]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -952,7 +1154,7 @@ func (x *IdentitySourceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentitySourceStatus.ProtoReflect.Descriptor instead.
 func (*IdentitySourceStatus) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{9}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *IdentitySourceStatus) GetName() string {
@@ -980,7 +1182,7 @@ var File_flowtrace_v1_observer_proto protoreflect.FileDescriptor
 
 const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\n" +
-	"\x1bflowtrace/v1/observer.proto\x12\fflowtrace.v1\x1a\x17flowtrace/v1/flow.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x02\n" +
+	"\x1bflowtrace/v1/observer.proto\x12\fflowtrace.v1\x1a\x17flowtrace/v1/flow.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x02\n" +
 	"\x0fGetFlowsRequest\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\x04R\x06number\x12\x14\n" +
 	"\x05first\x18\x02 \x01(\bR\x05first\x12\x16\n" +
@@ -988,7 +1190,9 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
 	"\x05until\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x126\n" +
 	"\tallowlist\x18\x06 \x03(\v2\x18.flowtrace.v1.FlowFilterR\tallowlist\x124\n" +
-	"\bdenylist\x18\a \x03(\v2\x18.flowtrace.v1.FlowFilterR\bdenylist\"\xc2\x04\n" +
+	"\bdenylist\x18\a \x03(\v2\x18.flowtrace.v1.FlowFilterR\bdenylist\x129\n" +
+	"\n" +
+	"field_mask\x18\b \x01(\v2\x1a.google.protobuf.FieldMaskR\tfieldMask\"\xbc\b\n" +
 	"\n" +
 	"FlowFilter\x12/\n" +
 	"\averdict\x18\x01 \x03(\x0e2\x15.flowtrace.v1.VerdictR\averdict\x129\n" +
@@ -1008,21 +1212,38 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x10source_namespace\x18\v \x03(\tR\x0fsourceNamespace\x123\n" +
 	"\x15destination_namespace\x18\f \x03(\tR\x14destinationNamespace\x12%\n" +
 	"\x0esource_service\x18\r \x03(\tR\rsourceService\x12/\n" +
-	"\x13destination_service\x18\x0e \x03(\tR\x12destinationService\"\xd8\x01\n" +
+	"\x13destination_service\x18\x0e \x03(\tR\x12destinationService\x12\x12\n" +
+	"\x04uuid\x18\x0f \x03(\tR\x04uuid\x12!\n" +
+	"\fsource_label\x18\x10 \x03(\tR\vsourceLabel\x12+\n" +
+	"\x11destination_label\x18\x11 \x03(\tR\x10destinationLabel\x12'\n" +
+	"\x0fsource_workload\x18\x12 \x03(\tR\x0esourceWorkload\x121\n" +
+	"\x14destination_workload\x18\x13 \x03(\tR\x13destinationWorkload\x12\x1b\n" +
+	"\tnode_name\x18\x14 \x03(\tR\bnodeName\x123\n" +
+	"\ttcp_flags\x18\x15 \x03(\v2\x16.flowtrace.v1.TCPFlagsR\btcpFlags\x12K\n" +
+	"\x11traffic_direction\x18\x16 \x03(\x0e2\x1e.flowtrace.v1.TrafficDirectionR\x10trafficDirection\x12K\n" +
+	"\x11observation_point\x18\x17 \x03(\x0e2\x1e.flowtrace.v1.ObservationPointR\x10observationPoint\x126\n" +
+	"\n" +
+	"ip_version\x18\x18 \x03(\x0e2\x17.flowtrace.v1.IPVersionR\tipVersion\x12\x14\n" +
+	"\x05reply\x18\x19 \x03(\bR\x05reply\"\x9b\x02\n" +
 	"\x10GetFlowsResponse\x12(\n" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowtrace.v1.FlowH\x00R\x04flow\x12;\n" +
 	"\vlost_events\x18\x02 \x01(\v2\x18.flowtrace.v1.LostEventsH\x00R\n" +
-	"lostEvents\x12\x1b\n" +
+	"lostEvents\x12A\n" +
+	"\rhistory_start\x18\x05 \x01(\v2\x1a.flowtrace.v1.HistoryStartH\x00R\fhistoryStart\x12\x1b\n" +
 	"\tnode_name\x18\x03 \x01(\tR\bnodeName\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04timeB\x10\n" +
-	"\x0eresponse_types\"\x8b\x01\n" +
+	"\x0eresponse_types\"\xbe\x01\n" +
+	"\fHistoryStart\x12D\n" +
+	"\x10oldest_flow_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x0eoldestFlowTime\x12#\n" +
+	"\revicted_flows\x18\x02 \x01(\x04R\fevictedFlows\x12C\n" +
+	"\x0frequested_since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0erequestedSince\"\x8b\x01\n" +
 	"\n" +
 	"LostEvents\x126\n" +
 	"\x06source\x18\x01 \x01(\x0e2\x1e.flowtrace.v1.LostEventsSourceR\x06source\x12&\n" +
 	"\x0fnum_events_lost\x18\x02 \x01(\x04R\rnumEventsLost\x12\x15\n" +
 	"\x03cpu\x18\x03 \x01(\rH\x00R\x03cpu\x88\x01\x01B\x06\n" +
 	"\x04_cpu\"\x15\n" +
-	"\x13ServerStatusRequest\"\xda\x06\n" +
+	"\x13ServerStatusRequest\"\xff\x06\n" +
 	"\x14ServerStatusResponse\x12\x1b\n" +
 	"\tnum_flows\x18\x01 \x01(\x04R\bnumFlows\x12\x1b\n" +
 	"\tmax_flows\x18\x02 \x01(\x04R\bmaxFlows\x12\x1d\n" +
@@ -1043,7 +1264,8 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x06uptime\x18\v \x01(\v2\x19.google.protobuf.DurationR\x06uptime\x12\x1b\n" +
 	"\tnode_name\x18\f \x01(\tR\bnodeName\x12M\n" +
 	"\x10identity_sources\x18\r \x03(\v2\".flowtrace.v1.IdentitySourceStatusR\x0fidentitySources\x12e\n" +
-	"\x11datapath_counters\x18\x0e \x03(\v28.flowtrace.v1.ServerStatusResponse.DatapathCountersEntryR\x10datapathCounters\x1aC\n" +
+	"\x11datapath_counters\x18\x0e \x03(\v28.flowtrace.v1.ServerStatusResponse.DatapathCountersEntryR\x10datapathCounters\x12#\n" +
+	"\revicted_flows\x18\x0f \x01(\x04R\fevictedFlows\x1aC\n" +
 	"\x15DatapathCountersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"_\n" +
@@ -1091,56 +1313,70 @@ func file_flowtrace_v1_observer_proto_rawDescGZIP() []byte {
 }
 
 var file_flowtrace_v1_observer_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_flowtrace_v1_observer_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_flowtrace_v1_observer_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_flowtrace_v1_observer_proto_goTypes = []any{
 	(LostEventsSource)(0),         // 0: flowtrace.v1.LostEventsSource
 	(*GetFlowsRequest)(nil),       // 1: flowtrace.v1.GetFlowsRequest
 	(*FlowFilter)(nil),            // 2: flowtrace.v1.FlowFilter
 	(*GetFlowsResponse)(nil),      // 3: flowtrace.v1.GetFlowsResponse
-	(*LostEvents)(nil),            // 4: flowtrace.v1.LostEvents
-	(*ServerStatusRequest)(nil),   // 5: flowtrace.v1.ServerStatusRequest
-	(*ServerStatusResponse)(nil),  // 6: flowtrace.v1.ServerStatusResponse
-	(*LostEventsCount)(nil),       // 7: flowtrace.v1.LostEventsCount
-	(*AttachedInterface)(nil),     // 8: flowtrace.v1.AttachedInterface
-	(*DatapathFeatures)(nil),      // 9: flowtrace.v1.DatapathFeatures
-	(*IdentitySourceStatus)(nil),  // 10: flowtrace.v1.IdentitySourceStatus
-	nil,                           // 11: flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(Verdict)(0),                  // 13: flowtrace.v1.Verdict
-	(DropReason)(0),               // 14: flowtrace.v1.DropReason
-	(*Flow)(nil),                  // 15: flowtrace.v1.Flow
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*HistoryStart)(nil),          // 4: flowtrace.v1.HistoryStart
+	(*LostEvents)(nil),            // 5: flowtrace.v1.LostEvents
+	(*ServerStatusRequest)(nil),   // 6: flowtrace.v1.ServerStatusRequest
+	(*ServerStatusResponse)(nil),  // 7: flowtrace.v1.ServerStatusResponse
+	(*LostEventsCount)(nil),       // 8: flowtrace.v1.LostEventsCount
+	(*AttachedInterface)(nil),     // 9: flowtrace.v1.AttachedInterface
+	(*DatapathFeatures)(nil),      // 10: flowtrace.v1.DatapathFeatures
+	(*IdentitySourceStatus)(nil),  // 11: flowtrace.v1.IdentitySourceStatus
+	nil,                           // 12: flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil), // 14: google.protobuf.FieldMask
+	(Verdict)(0),                  // 15: flowtrace.v1.Verdict
+	(DropReason)(0),               // 16: flowtrace.v1.DropReason
+	(*TCPFlags)(nil),              // 17: flowtrace.v1.TCPFlags
+	(TrafficDirection)(0),         // 18: flowtrace.v1.TrafficDirection
+	(ObservationPoint)(0),         // 19: flowtrace.v1.ObservationPoint
+	(IPVersion)(0),                // 20: flowtrace.v1.IPVersion
+	(*Flow)(nil),                  // 21: flowtrace.v1.Flow
+	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
 }
 var file_flowtrace_v1_observer_proto_depIdxs = []int32{
-	12, // 0: flowtrace.v1.GetFlowsRequest.since:type_name -> google.protobuf.Timestamp
-	12, // 1: flowtrace.v1.GetFlowsRequest.until:type_name -> google.protobuf.Timestamp
+	13, // 0: flowtrace.v1.GetFlowsRequest.since:type_name -> google.protobuf.Timestamp
+	13, // 1: flowtrace.v1.GetFlowsRequest.until:type_name -> google.protobuf.Timestamp
 	2,  // 2: flowtrace.v1.GetFlowsRequest.allowlist:type_name -> flowtrace.v1.FlowFilter
 	2,  // 3: flowtrace.v1.GetFlowsRequest.denylist:type_name -> flowtrace.v1.FlowFilter
-	13, // 4: flowtrace.v1.FlowFilter.verdict:type_name -> flowtrace.v1.Verdict
-	14, // 5: flowtrace.v1.FlowFilter.drop_reason:type_name -> flowtrace.v1.DropReason
-	15, // 6: flowtrace.v1.GetFlowsResponse.flow:type_name -> flowtrace.v1.Flow
-	4,  // 7: flowtrace.v1.GetFlowsResponse.lost_events:type_name -> flowtrace.v1.LostEvents
-	12, // 8: flowtrace.v1.GetFlowsResponse.time:type_name -> google.protobuf.Timestamp
-	0,  // 9: flowtrace.v1.LostEvents.source:type_name -> flowtrace.v1.LostEventsSource
-	12, // 10: flowtrace.v1.ServerStatusResponse.oldest_flow_time:type_name -> google.protobuf.Timestamp
-	12, // 11: flowtrace.v1.ServerStatusResponse.newest_flow_time:type_name -> google.protobuf.Timestamp
-	16, // 12: flowtrace.v1.ServerStatusResponse.max_flow_age:type_name -> google.protobuf.Duration
-	7,  // 13: flowtrace.v1.ServerStatusResponse.lost_events:type_name -> flowtrace.v1.LostEventsCount
-	8,  // 14: flowtrace.v1.ServerStatusResponse.interfaces:type_name -> flowtrace.v1.AttachedInterface
-	9,  // 15: flowtrace.v1.ServerStatusResponse.features:type_name -> flowtrace.v1.DatapathFeatures
-	16, // 16: flowtrace.v1.ServerStatusResponse.uptime:type_name -> google.protobuf.Duration
-	10, // 17: flowtrace.v1.ServerStatusResponse.identity_sources:type_name -> flowtrace.v1.IdentitySourceStatus
-	11, // 18: flowtrace.v1.ServerStatusResponse.datapath_counters:type_name -> flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
-	0,  // 19: flowtrace.v1.LostEventsCount.source:type_name -> flowtrace.v1.LostEventsSource
-	1,  // 20: flowtrace.v1.ObserverService.GetFlows:input_type -> flowtrace.v1.GetFlowsRequest
-	5,  // 21: flowtrace.v1.ObserverService.ServerStatus:input_type -> flowtrace.v1.ServerStatusRequest
-	3,  // 22: flowtrace.v1.ObserverService.GetFlows:output_type -> flowtrace.v1.GetFlowsResponse
-	6,  // 23: flowtrace.v1.ObserverService.ServerStatus:output_type -> flowtrace.v1.ServerStatusResponse
-	22, // [22:24] is the sub-list for method output_type
-	20, // [20:22] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	14, // 4: flowtrace.v1.GetFlowsRequest.field_mask:type_name -> google.protobuf.FieldMask
+	15, // 5: flowtrace.v1.FlowFilter.verdict:type_name -> flowtrace.v1.Verdict
+	16, // 6: flowtrace.v1.FlowFilter.drop_reason:type_name -> flowtrace.v1.DropReason
+	17, // 7: flowtrace.v1.FlowFilter.tcp_flags:type_name -> flowtrace.v1.TCPFlags
+	18, // 8: flowtrace.v1.FlowFilter.traffic_direction:type_name -> flowtrace.v1.TrafficDirection
+	19, // 9: flowtrace.v1.FlowFilter.observation_point:type_name -> flowtrace.v1.ObservationPoint
+	20, // 10: flowtrace.v1.FlowFilter.ip_version:type_name -> flowtrace.v1.IPVersion
+	21, // 11: flowtrace.v1.GetFlowsResponse.flow:type_name -> flowtrace.v1.Flow
+	5,  // 12: flowtrace.v1.GetFlowsResponse.lost_events:type_name -> flowtrace.v1.LostEvents
+	4,  // 13: flowtrace.v1.GetFlowsResponse.history_start:type_name -> flowtrace.v1.HistoryStart
+	13, // 14: flowtrace.v1.GetFlowsResponse.time:type_name -> google.protobuf.Timestamp
+	13, // 15: flowtrace.v1.HistoryStart.oldest_flow_time:type_name -> google.protobuf.Timestamp
+	13, // 16: flowtrace.v1.HistoryStart.requested_since:type_name -> google.protobuf.Timestamp
+	0,  // 17: flowtrace.v1.LostEvents.source:type_name -> flowtrace.v1.LostEventsSource
+	13, // 18: flowtrace.v1.ServerStatusResponse.oldest_flow_time:type_name -> google.protobuf.Timestamp
+	13, // 19: flowtrace.v1.ServerStatusResponse.newest_flow_time:type_name -> google.protobuf.Timestamp
+	22, // 20: flowtrace.v1.ServerStatusResponse.max_flow_age:type_name -> google.protobuf.Duration
+	8,  // 21: flowtrace.v1.ServerStatusResponse.lost_events:type_name -> flowtrace.v1.LostEventsCount
+	9,  // 22: flowtrace.v1.ServerStatusResponse.interfaces:type_name -> flowtrace.v1.AttachedInterface
+	10, // 23: flowtrace.v1.ServerStatusResponse.features:type_name -> flowtrace.v1.DatapathFeatures
+	22, // 24: flowtrace.v1.ServerStatusResponse.uptime:type_name -> google.protobuf.Duration
+	11, // 25: flowtrace.v1.ServerStatusResponse.identity_sources:type_name -> flowtrace.v1.IdentitySourceStatus
+	12, // 26: flowtrace.v1.ServerStatusResponse.datapath_counters:type_name -> flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
+	0,  // 27: flowtrace.v1.LostEventsCount.source:type_name -> flowtrace.v1.LostEventsSource
+	1,  // 28: flowtrace.v1.ObserverService.GetFlows:input_type -> flowtrace.v1.GetFlowsRequest
+	6,  // 29: flowtrace.v1.ObserverService.ServerStatus:input_type -> flowtrace.v1.ServerStatusRequest
+	3,  // 30: flowtrace.v1.ObserverService.GetFlows:output_type -> flowtrace.v1.GetFlowsResponse
+	7,  // 31: flowtrace.v1.ObserverService.ServerStatus:output_type -> flowtrace.v1.ServerStatusResponse
+	30, // [30:32] is the sub-list for method output_type
+	28, // [28:30] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_flowtrace_v1_observer_proto_init() }
@@ -1152,15 +1388,16 @@ func file_flowtrace_v1_observer_proto_init() {
 	file_flowtrace_v1_observer_proto_msgTypes[2].OneofWrappers = []any{
 		(*GetFlowsResponse_Flow)(nil),
 		(*GetFlowsResponse_LostEvents)(nil),
+		(*GetFlowsResponse_HistoryStart)(nil),
 	}
-	file_flowtrace_v1_observer_proto_msgTypes[3].OneofWrappers = []any{}
+	file_flowtrace_v1_observer_proto_msgTypes[4].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowtrace_v1_observer_proto_rawDesc), len(file_flowtrace_v1_observer_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
