@@ -15,7 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flowtrace/flowtrace/pkg/client"
 	"github.com/flowtrace/flowtrace/pkg/filters"
 	"github.com/flowtrace/flowtrace/pkg/printer"
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
@@ -582,7 +581,7 @@ func runObserve(ctx context.Context, g *globalOpts, req *flowtracev1.GetFlowsReq
 		return usageErrorf("%v", err)
 	}
 	dctx, cancel := context.WithTimeout(ctx, g.timeout)
-	conn, err := client.Dial(dctx, g.server)
+	conn, err := g.dial(dctx)
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
