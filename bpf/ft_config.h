@@ -24,9 +24,23 @@ volatile const __u32 ft_reason_consumed = 0xffffffff;
  * Optional kernel paths, switched off by the loader when the kernel refuses
  * them (see pkg/datapath Features). 0 prunes the branch at verification.
  */
-volatile const __u8 ft_ct_cast_enabled = 1;   /* skb->_nfct via bpf_rdonly_cast */
+volatile const __u8 ft_ct_cast_enabled = 1;   /* read skb->_nfct at tc (kctx or kread below) */
 volatile const __u8 ft_ct_lookup_enabled = 1; /* bpf_skb_ct_lookup kfunc */
 volatile const __u8 ft_fib_enabled = 1;       /* bpf_fib_lookup + bpf_check_mtu */
+
+/*
+ * How tc reaches the kernel's struct sk_buff behind __sk_buff (for the
+ * device's netns and skb->_nfct), best first:
+ *  - ft_kctx_enabled: bpf_cast_to_kern_ctx (+ bpf_rdonly_cast), 6.2+.
+ *  - ft_kread_enabled: bpf_probe_read_kernel from the context pointer, which
+ *    at run time is the sk_buff itself; tc may call the helper from 5.19-ish
+ *    kernels on (6.1 yes, 5.10 no), and only with CAP_PERFMON.
+ *  - neither: flows carry ft_self_netns (the loader's netns, where the agent
+ *    attaches) and tc has no _nfct view.
+ */
+volatile const __u8 ft_kctx_enabled = 1;
+volatile const __u8 ft_kread_enabled = 1;
+volatile const __u32 ft_self_netns = 0;
 
 /*
  * MTU checks skip packets with an L3 length at or below this: no real link is

@@ -5,9 +5,11 @@
  * DNAT/SNAT follow.
  *
  * Sources, cheapest first (KERNEL.md):
- *  - skb->_nfct via bpf_cast_to_kern_ctx + bpf_rdonly_cast: set after the
- *    netns's conntrack ran (tc egress, including the first SYN toward the
- *    backend); scrubbed (0) at ingress from another netns.
+ *  - skb->_nfct via bpf_cast_to_kern_ctx + bpf_rdonly_cast (6.2+), or via
+ *    probe reads through the context pointer (older kernels that allow
+ *    bpf_probe_read_kernel at tc): set after the netns's conntrack ran (tc
+ *    egress, including the first SYN toward the backend); scrubbed (0) at
+ *    ingress from another netns.
  *  - bpf_skb_ct_lookup kfunc: ingress, once conntrack has the entry (the
  *    client's 2nd packet on, every reply). Must be released.
  *  - kfree_skb: skb->_nfct read with BPF_CORE_READ (probe reads).
@@ -23,7 +25,12 @@
 #include "ft_maps.h"
 #include "ft_parse.h"
 
-extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+/*
+ * All weak: a kernel without them (bpf_cast_to_kern_ctx and bpf_rdonly_cast
+ * are 6.2+, bpf_skb_ct_lookup 5.18+) gets the call poisoned by the loader,
+ * and the load-time constants keep it unreachable.
+ */
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *skb, struct bpf_sock_tuple *tuple,
 					 __u32 tuple__sz, struct bpf_ct_opts *opts,
@@ -150,7 +157,7 @@ static __always_inline __u8 ft_ct_tc(struct __sk_buff *skb, const struct ft_tupl
 {
 	__u8 flags;
 
-	if (ft_ct_cast_enabled) {
+	if (ft_ct_cast_enabled && ft_kctx_enabled) {
 		struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
 		unsigned long nfct = kskb->_nfct;
 
@@ -159,6 +166,16 @@ static __always_inline __u8 ft_ct_tc(struct __sk_buff *skb, const struct ft_tupl
 							     bpf_core_type_id_kernel(struct nf_conn));
 
 			ft_ct_read_direct(ct, rp);
+			flags = ft_ctinfo_flags(nfct) | FT_CT_VIA_NFCT;
+			goto found;
+		}
+	} else if (ft_ct_cast_enabled && ft_kread_enabled) {
+		/* Same view without the kfuncs: probe reads (see ft_config.h). */
+		unsigned long nfct = BPF_CORE_READ((struct sk_buff *)skb, _nfct);
+		struct nf_conn *ct = (struct nf_conn *)(nfct & FT_NFCT_PTRMASK);
+
+		if (ct) {
+			ft_ct_read_core(ct, rp);
 			flags = ft_ctinfo_flags(nfct) | FT_CT_VIA_NFCT;
 			goto found;
 		}

@@ -36,7 +36,12 @@ static __always_inline __u32 ft_skb_netns(struct sk_buff *skb, __u32 *ifindex)
 	return inum;
 }
 
-static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, __u32 reason)
+/*
+ * has_reason is a compile-time constant per program: kernels before 5.17
+ * pass no reason (and call consume_skb, not kfree_skb, for normal frees).
+ */
+static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, __u32 reason,
+					  int has_reason)
 {
 	struct ft_drop_event *e;
 	struct ft_src src = {};
@@ -44,7 +49,7 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 	__u16 nh;
 	__u64 now;
 
-	if (reason == ft_reason_not_dropped || reason == ft_reason_consumed)
+	if (has_reason && (reason == ft_reason_not_dropped || reason == ft_reason_consumed))
 		return 0;
 	ft_stat_inc(FT_STAT_DROPS_SEEN);
 
@@ -89,17 +94,35 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 	return 0;
 }
 
-/* args: skb, location, enum skb_drop_reason reason, struct sock *rx_sk */
+/*
+ * args: skb, location, enum skb_drop_reason reason (5.17+), struct sock
+ * *rx_sk (6.11+). tp_btf refuses a program reading an argument the
+ * tracepoint lacks, and raw_tp refuses it at attach (EINVAL), so there is a
+ * two-argument variant of each; the loader picks by the arity of
+ * btf_trace_kfree_skb in kernel BTF.
+ */
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(ft_kfree_btf, struct sk_buff *skb, void *location, __u32 reason)
 {
-	return ft_handle_drop(skb, (__u64)location, reason);
+	return ft_handle_drop(skb, (__u64)location, reason, 1);
 }
 
 SEC("raw_tp/kfree_skb")
 int BPF_PROG(ft_kfree_raw, struct sk_buff *skb, void *location, __u32 reason)
 {
-	return ft_handle_drop(skb, (__u64)location, reason);
+	return ft_handle_drop(skb, (__u64)location, reason, 1);
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(ft_kfree_btf2, struct sk_buff *skb, void *location)
+{
+	return ft_handle_drop(skb, (__u64)location, 0, 0);
+}
+
+SEC("raw_tp/kfree_skb")
+int BPF_PROG(ft_kfree_raw2, struct sk_buff *skb, void *location)
+{
+	return ft_handle_drop(skb, (__u64)location, 0, 0);
 }
 
 #endif /* FT_DROP_H */

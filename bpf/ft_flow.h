@@ -63,9 +63,15 @@ struct {
 
 static __always_inline __u32 ft_tc_netns(struct __sk_buff *skb)
 {
-	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	if (ft_kctx_enabled) {
+		struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
 
-	return BPF_CORE_READ(kskb, dev, nd_net.net, ns.inum);
+		return BPF_CORE_READ(kskb, dev, nd_net.net, ns.inum);
+	}
+	if (ft_kread_enabled)
+		/* Probe reads through the context pointer (see ft_config.h). */
+		return BPF_CORE_READ((struct sk_buff *)skb, dev, nd_net.net, ns.inum);
+	return ft_self_netns;
 }
 
 static __always_inline void ft_emit_flow(const struct ft_tuple *t, const struct ft_flow_key *k,
@@ -136,21 +142,27 @@ static __always_inline void ft_xlate_once(const struct ft_tuple *t, const struct
  * UDP flow, not the inner connection's. A subprogram: inlined, the conntrack
  * scratch space would not fit the 512-byte stack next to the flow entry.
  */
-static __noinline void ft_report_ct(struct __sk_buff *skb, const struct ft_tuple *t,
-				    const struct ft_flow_key *k, struct ft_ct *ct, __u32 netns)
+/*
+ * Returns ct->flags, and a caller uses it: from a void subprogram (or one
+ * whose result every caller ignores) clang may leave a stack pointer in r0,
+ * which the verifier refuses ("cannot return stack pointer to the caller").
+ */
+static __noinline int ft_report_ct(struct __sk_buff *skb, const struct ft_tuple *t,
+				   const struct ft_flow_key *k, struct ft_ct *ct, __u32 netns)
 {
 	__u32 zero = 0;
 	struct ft_scratch *sc = bpf_map_lookup_elem(&ft_scratch, &zero);
 	__u8 proto;
 
 	if (!sc)
-		return;
+		return ct->flags;
 	__builtin_memset(&sc->raw, 0, sizeof(sc->raw));
 	__builtin_memset(&sc->xlat, 0, sizeof(sc->xlat));
 	proto = ft_ct_tc(skb, t, &sc->raw, ct, &sc->xlat);
 	if (proto)
 		ft_xlate_once(t, ct, sc, proto, k->ifindex, netns, k->dir,
 			      bpf_ktime_get_boot_ns());
+	return ct->flags;
 }
 
 static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb,
@@ -206,10 +218,17 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb,
 			return 0;
 	}
 
+	/*
+	 * Only plain atomic adds (BPF_XADD): 5.10's verifier rejects the whole
+	 * object if it holds any fetch/or/xchg atomic (5.12+), even in code a
+	 * load-time constant makes dead. The flag OR is therefore a plain
+	 * read-modify-write: two CPUs adding different flags to one entry at
+	 * the same instant can lose one bit for one report.
+	 */
 	__sync_fetch_and_add(&v->packets, 1);
 	__sync_fetch_and_add(&v->bytes, len);
-	if (t->tcp_flags)
-		__sync_fetch_and_or(&v->tcp_flags, (__u32)t->tcp_flags);
+	if (t->tcp_flags && (v->tcp_flags & t->tcp_flags) != t->tcp_flags)
+		v->tcp_flags |= t->tcp_flags;
 	v->last_seen_ns = now;
 
 	if (t->tcp_flags & (FT_TCP_SYN | FT_TCP_FIN | FT_TCP_RST))
@@ -221,22 +240,27 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb,
 
 	v->last_report_ns = now;
 	/*
-	 * Exchange, not read-then-zero: packets counted by another CPU between
-	 * the two steps would otherwise be lost. The sum over all reports of an
-	 * entry therefore equals what was counted.
+	 * Read, then atomically subtract what was read (not zero): packets
+	 * counted by another CPU between the two steps stay in the entry for the
+	 * next report, so the sum over all reports equals what was counted.
+	 * (An exchange would also close the window in which two CPUs report the
+	 * same counts, but xchg needs 5.12; see above.) Flag bits read are a
+	 * subset of the mask, so subtracting clears exactly those.
 	 */
-	pk = __sync_lock_test_and_set(&v->packets, 0);
-	by = __sync_lock_test_and_set(&v->bytes, 0);
-	fl = (__u8)__sync_lock_test_and_set(&v->tcp_flags, 0);
+	pk = v->packets;
+	by = v->bytes;
+	fl = (__u8)v->tcp_flags;
 	if (!pk)
 		return v; /* a concurrent report already took them */
-	if (!enc->ip_version)
-		ft_report_ct(skb, t, &k, &ct, v->netns);
+	__sync_fetch_and_add(&v->packets, -pk);
+	__sync_fetch_and_add(&v->bytes, -by);
+	if (fl)
+		__sync_fetch_and_add(&v->tcp_flags, -(__u32)fl);
 	/*
 	 * Keep the last known view: e.g. a client-side ingress entry whose first
 	 * packet came before conntrack had the connection learns it later.
 	 */
-	if (ct.flags)
+	if (!enc->ip_version && ft_report_ct(skb, t, &k, &ct, v->netns))
 		v->ct = ct;
 	else
 		ct = v->ct;

@@ -20,7 +20,10 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
 
 	"github.com/flowtrace/flowtrace/pkg/client"
@@ -319,6 +322,16 @@ func tcState(t *testing.T, l *lab.Lab) []string {
 	return out
 }
 
+func countLines(lines []string, sub string) int {
+	n := 0
+	for _, l := range lines {
+		if strings.Contains(l, sub) {
+			n++
+		}
+	}
+	return n
+}
+
 func hasLine(lines []string, sub string) bool {
 	for _, l := range lines {
 		if strings.Contains(l, sub) {
@@ -326,4 +339,86 @@ func hasLine(lines []string, sub string) bool {
 		}
 	}
 	return false
+}
+
+// kernel is what the running kernel offers the datapath, found out directly
+// (a TCX attach, kernel BTF), so the e2e tests assert what the agent must
+// pick on this kernel rather than what one kernel happens to do.
+type kernel struct {
+	tcx     bool // TCX attach (6.6+); otherwise clsact
+	reasons bool // enum skb_drop_reason (5.17+); otherwise drops carry no reason
+}
+
+var kernelProbe struct {
+	sync.Once
+	k   kernel
+	err error
+}
+
+func probeKernel(t *testing.T, l *lab.Lab) kernel {
+	t.Helper()
+	kernelProbe.Do(func() {
+		spec, err := btf.LoadKernelSpec()
+		if err != nil {
+			kernelProbe.err = fmt.Errorf("load kernel btf: %w", err)
+			return
+		}
+		var e *btf.Enum
+		kernelProbe.k.reasons = spec.TypeByName("skb_drop_reason", &e) == nil
+		// Before 5.11 BPF memory is charged to RLIMIT_MEMLOCK, not memcg.
+		if err := rlimit.RemoveMemlock(); err != nil {
+			kernelProbe.err = fmt.Errorf("remove memlock rlimit: %w", err)
+			return
+		}
+		// A pass-through program on the lab node's loopback, detached at once.
+		kernelProbe.err = l.Do(l.NodeNetns, func() error {
+			p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
+				Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+			if err != nil {
+				return fmt.Errorf("load probe program: %w", err)
+			}
+			defer p.Close()
+			lk, err := link.AttachTCX(link.TCXOptions{Interface: 1, Program: p, Attach: ebpf.AttachTCXIngress})
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("probe tcx: %w", err)
+			}
+			kernelProbe.k.tcx = true
+			return lk.Close()
+		})
+	})
+	if kernelProbe.err != nil {
+		t.Fatal(kernelProbe.err)
+	}
+	return kernelProbe.k
+}
+
+// tcMode is the attach mode the agent's auto mode must pick here.
+func (k kernel) tcMode() string {
+	if k.tcx {
+		return "tcx"
+	}
+	return "clsact"
+}
+
+// dropIs: f is a drop with the kernel reason want, or, on a kernel without
+// drop reasons, a drop whose reason is UNKNOWN (all such a kernel can say).
+func (k kernel) dropIs(f *flowtracev1.Flow, want flowtracev1.DropReason) bool {
+	if f.Verdict != flowtracev1.Verdict_VERDICT_DROPPED {
+		return false
+	}
+	if k.reasons {
+		return f.DropReason == want
+	}
+	return f.DropReason == flowtracev1.DropReason_DROP_REASON_UNKNOWN && f.DropReasonKernel == "UNKNOWN"
+}
+
+// reasonName is the kernel reason name the CLI must print for want.
+func (k kernel) reasonName(want flowtracev1.DropReason) string {
+	if k.reasons {
+		return strings.TrimPrefix(want.String(), "DROP_REASON_")
+	}
+	return "UNKNOWN"
 }

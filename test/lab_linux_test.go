@@ -40,7 +40,10 @@ func TestLabAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Interfaces) != 3 || st.Features.GetDropHook() != "tp_btf" || st.Features.GetTcAttach() != "tcx" {
+	k := probeKernel(t, l)
+	// tp_btf on every supported kernel (5.5+): before 5.17 its two-argument
+	// form; tcx from 6.6, clsact below.
+	if len(st.Interfaces) != 3 || st.Features.GetDropHook() != "tp_btf" || st.Features.GetTcAttach() != k.tcMode() {
 		t.Fatalf("status after start: interfaces %v, features %v", st.Interfaces, st.Features)
 	}
 
@@ -51,7 +54,7 @@ func TestLabAgent(t *testing.T) {
 		var f *flowtracev1.Flow
 		a.waitFlows(t, "policy drop", func(fs []*flowtracev1.Flow) bool {
 			for _, c := range fs {
-				if c.DropReason == flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP &&
+				if k.dropIs(c, flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP) &&
 					c.Source.GetPodName() == frontend.Name && c.Destination.GetPodName() == db.Name &&
 					c.L4.GetTcp().GetDestinationPort() == lab.BlockedPort && c.L4.GetTcp().GetFlags().GetSyn() {
 					f = c
@@ -60,7 +63,7 @@ func TestLabAgent(t *testing.T) {
 			}
 			return false
 		}, dropped)
-		if f.DropReasonKernel != "NETFILTER_DROP" || f.Source.GetNamespace() != "shop" || f.Ip.GetSource() != frontend.IPv4.String() ||
+		if f.DropReasonKernel != k.reasonName(flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP) || f.Source.GetNamespace() != "shop" || f.Ip.GetSource() != frontend.IPv4.String() ||
 			f.Interface.GetName() == "" || !strings.Contains(f.DropLocation, "+0x") {
 			t.Errorf("drop fields: %v", f)
 		}
@@ -70,7 +73,7 @@ func TestLabAgent(t *testing.T) {
 		if err != nil {
 			t.Fatalf("flowtrace observe: %v\n%s", err, out)
 		}
-		if s := string(out); !strings.Contains(s, "NETFILTER_DROP") || !strings.Contains(s, "shop/"+frontend.Name) || !strings.Contains(s, "shop/"+db.Name) {
+		if s := string(out); !strings.Contains(s, k.reasonName(flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP)) || !strings.Contains(s, "shop/"+frontend.Name) || !strings.Contains(s, "shop/"+db.Name) {
 			t.Errorf("observe output lacks the drop:\n%s", s)
 		}
 	})
@@ -81,7 +84,7 @@ func TestLabAgent(t *testing.T) {
 		}
 		a.waitFlows(t, "NO_SOCKET drop", func(fs []*flowtracev1.Flow) bool {
 			for _, f := range fs {
-				if f.DropReason == flowtracev1.DropReason_DROP_REASON_NO_SOCKET && f.L4.GetTcp().GetDestinationPort() == 9999 &&
+				if k.dropIs(f, flowtracev1.DropReason_DROP_REASON_NO_SOCKET) && f.L4.GetTcp().GetDestinationPort() == 9999 &&
 					f.Source.GetPodName() == frontend.Name && f.Destination.GetPodName() == backend.Name {
 					return true
 				}
@@ -259,13 +262,24 @@ func TestKilledAgentLeavesNothingAfterRestart(t *testing.T) {
 	}
 	t.Logf("after kill -9: %d tc entries left", len(left))
 
-	b := startAgent(t, l, ids) // auto mode: TCX on this kernel
+	b := startAgent(t, l, ids) // auto mode: TCX where the kernel has it
 	st := tcState(t, l)
-	if hasLine(st, "flowtrace_") || hasLine(st, "clsact") {
-		t.Errorf("restarted agent kept the stale clsact state: %v", st)
-	}
-	if !hasLine(st, "tcx programs") {
-		t.Errorf("restarted agent attached nothing: %v", st)
+	if probeKernel(t, l).tcx {
+		if hasLine(st, "flowtrace_") || hasLine(st, "clsact") {
+			t.Errorf("restarted agent kept the stale clsact state: %v", st)
+		}
+		if !hasLine(st, "tcx programs") {
+			t.Errorf("restarted agent attached nothing: %v", st)
+		}
+	} else {
+		// clsact again: the stale filters were replaced, not added to.
+		bs, err := b.status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := countLines(st, "bpf filter"); n == 0 || n != 2*len(bs.Interfaces) {
+			t.Errorf("restarted agent: %d bpf filters for %d interfaces: %v", n, len(bs.Interfaces), st)
+		}
 	}
 	if err := b.stop(t, syscall.SIGTERM); err != nil {
 		t.Fatalf("agent exit: %v", err)

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os/exec"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -93,6 +94,9 @@ func inspect(ifindex int) (state, error) {
 		dst *[]ebpf.ProgramID
 	}{{ebpf.AttachTCXIngress, &s.tcxIngress}, {ebpf.AttachTCXEgress, &s.tcxEgress}} {
 		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: q.typ})
+		if errors.Is(err, unix.EINVAL) {
+			continue // kernels before 6.6 know no TCX attach type: nothing attached there
+		}
 		if err != nil {
 			return s, fmt.Errorf("query tcx: %w", err)
 		}
@@ -130,6 +134,41 @@ func inspect(ifindex int) (state, error) {
 	return s, nil
 }
 
+// tcxProbe remembers whether the running kernel has TCX (6.6+).
+var tcxProbe struct {
+	sync.Once
+	ok bool
+}
+
+// hasTCX attaches a program to a throwaway namespace's loopback, once.
+func hasTCX(t *testing.T) bool {
+	t.Helper()
+	tcxProbe.Do(func() {
+		ns := nstest.NewNetns(t)
+		inNs(t, ns, func() error {
+			p := passProg(t)
+			l, err := link.AttachTCX(link.TCXOptions{Interface: 1, Program: p, Attach: ebpf.AttachTCXIngress})
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("probe tcx: %w", err)
+			}
+			tcxProbe.ok = true
+			return l.Close()
+		})
+	})
+	return tcxProbe.ok
+}
+
+// modes are the attach modes the running kernel supports.
+func modes(t *testing.T) []Mode {
+	if hasTCX(t) {
+		return []Mode{ModeTCX, ModeClsact}
+	}
+	return []Mode{ModeClsact}
+}
+
 func inNs(t *testing.T, ns string, fn func() error) {
 	t.Helper()
 	if err := netnsutil.Do(ns, fn); err != nil {
@@ -145,7 +184,7 @@ func TestAttachDetach(t *testing.T) {
 	}
 	defer stats.Close()
 
-	for _, force := range []Mode{"", ModeTCX, ModeClsact} {
+	for _, force := range append([]Mode{""}, modes(t)...) {
 		name := string(force)
 		if name == "" {
 			name = "auto"
@@ -157,7 +196,10 @@ func TestAttachDetach(t *testing.T) {
 			a := New(slog.New(slog.DiscardHandler), force)
 			wantMode := force
 			if wantMode == "" {
-				wantMode = ModeTCX // 6.6+ kernel: auto must pick TCX
+				wantMode = ModeClsact // auto picks TCX where the kernel has it (6.6+)
+				if hasTCX(t) {
+					wantMode = ModeTCX
+				}
 			}
 
 			inNs(t, p.nsA, func() error {
@@ -232,7 +274,7 @@ func TestAttachDetach(t *testing.T) {
 
 func TestReattachAndClose(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	for _, mode := range []Mode{ModeTCX, ModeClsact} {
+	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			p := vethPair(t)
 			ing, eg := passProg(t), passProg(t)
@@ -268,7 +310,7 @@ func TestReattachAndClose(t *testing.T) {
 
 func TestDetachVanishedLink(t *testing.T) {
 	testutil.RequirePrivileged(t)
-	for _, mode := range []Mode{ModeTCX, ModeClsact} {
+	for _, mode := range modes(t) {
 		t.Run(string(mode), func(t *testing.T) {
 			p := vethPair(t)
 			ing, eg := passProg(t), passProg(t)
@@ -392,5 +434,30 @@ func TestCleanupStale(t *testing.T) {
 			}
 			return nil
 		})
+	})
+}
+
+// TestForcedTCXWithoutTCX: on a kernel without TCX, forcing it fails with
+// ErrNotSupported and leaves nothing behind; auto mode falls back (above).
+func TestForcedTCXWithoutTCX(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	if hasTCX(t) {
+		// Nothing to refuse here; the forced-TCX subtests above ran instead.
+		return
+	}
+	p := vethPair(t)
+	a := New(slog.New(slog.DiscardHandler), ModeTCX)
+	inNs(t, p.nsA, func() error {
+		if _, err := a.Attach(p.ifindex, "vA", passProg(t), passProg(t)); !errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("forced tcx on a kernel without it: %v, want ErrNotSupported", err)
+		}
+		s, err := inspect(p.ifindex)
+		if err != nil {
+			return err
+		}
+		if s.clsact || len(s.filters) != 0 || len(a.Attached()) != 0 {
+			return fmt.Errorf("failed forced tcx left state: %+v %+v", s, a.Attached())
+		}
+		return nil
 	})
 }

@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -36,11 +38,24 @@ type Config struct {
 	forceRawTP bool // tests: exercise the raw_tp fallback on a kernel with tp_btf
 	// tests: pretend the kernel refused these paths.
 	denyCTCast, denyCTLookup, denyFIB bool
+	// tests: pretend the kernel lacks bpf_cast_to_kern_ctx (6.2+) or also
+	// bpf_probe_read_kernel at tc (5.10), as the matrix's older kernels do.
+	denyKctx, denyKread bool
+	// tests: load the two-argument kfree_skb programs of kernels before 5.17.
+	forceNoReason bool
 }
 
 // Features reports which optional kernel paths are live.
 type Features struct {
 	DropHook string // "tp_btf" or "raw_tp"
+	// DropReasons: the kfree_skb hook receives enum skb_drop_reason (5.17+).
+	// Without it drops are still reported, with reason 0 ("unknown").
+	DropReasons bool
+	// SkbAccess is how tc reads the kernel's sk_buff (device netns, _nfct):
+	// SkbKernCtx (bpf_cast_to_kern_ctx, 6.2+), SkbProbeRead
+	// (bpf_probe_read_kernel at tc), or SkbNone, where flows carry the
+	// loader's own netns and tc has no conntrack view of its own.
+	SkbAccess string
 	// ConntrackNfct: tc reads skb->_nfct (bpf_cast_to_kern_ctx +
 	// bpf_rdonly_cast): NAT at egress, including a connection's first packet.
 	ConntrackNfct bool
@@ -55,6 +70,13 @@ type Features struct {
 const (
 	DropHookTPBTF = "tp_btf"
 	DropHookRawTP = "raw_tp"
+)
+
+// Features.SkbAccess values.
+const (
+	SkbKernCtx   = "kern_ctx"
+	SkbProbeRead = "probe_read"
+	SkbNone      = "none"
 )
 
 const (
@@ -164,11 +186,17 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load bpf spec: %w", err)
 	}
-	notDropped, consumed, err := normalFreeReasons()
+	kspec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return nil, fmt.Errorf("load kernel btf: %w", err)
+	}
+	notDropped, consumed := normalFreeReasons(kspec, log)
+	selfNetns, err := threadNetns()
 	if err != nil {
 		return nil, err
 	}
 	consts := map[string]any{
+		"ft_self_netns":              selfNetns,
 		"ft_flow_report_interval_ns": uint64(cfg.FlowReportInterval.Nanoseconds()),
 		"ft_scope_all_netns":         boolByte(cfg.ScopeAllNetns),
 		"ft_reason_not_dropped":      notDropped,
@@ -189,18 +217,15 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 
 	// The drop programs are optional per kernel: load them separately so a
 	// refused tp_btf cannot break the tc programs and maps.
-	dropSpecs := map[string]*ebpf.ProgramSpec{}
-	for _, name := range []string{"ft_kfree_btf", "ft_kfree_raw"} {
-		dropSpecs[name] = spec.Programs[name]
-	}
 	coreSpec := spec.Copy()
-	for name := range dropSpecs {
+	for _, name := range dropProgramNames {
 		delete(coreSpec.Programs, name)
 	}
 	d := &Datapath{cfg: cfg, log: log}
-	if err := d.loadCore(coreSpec, spec); err != nil {
+	if err := d.loadCore(coreSpec, spec, probeKernel(kspec, cfg)); err != nil {
 		return nil, err
 	}
+	d.features.DropReasons = kfreeSkbArgs(kspec) >= 3 && !cfg.forceNoReason
 	if err := d.attachDrops(spec); err != nil {
 		_ = d.objs.Close()
 		return nil, err
@@ -212,6 +237,7 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 	}
 	d.resyncClock()
 	log.Info("datapath loaded", "drop_hook", d.features.DropHook,
+		"drop_reasons", d.features.DropReasons, "skb_access", d.features.SkbAccess,
 		"ct_nfct", d.features.ConntrackNfct, "ct_lookup", d.features.ConntrackLookup,
 		"mtu_check", d.features.MTUCheck,
 		"ring_bytes", cfg.RingBufferBytes, "flow_entries", cfg.FlowTableEntries,
@@ -220,48 +246,107 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 }
 
 // optionalPaths are the tc features a kernel may refuse, in the order they
-// are given up: the kfunc lookup first (newest, 6.1+), then the _nfct cast
-// (bpf_rdonly_cast, 6.2+ with BTF), then the FIB/MTU helpers (5.12+).
+// are given up when a load fails despite the probes: the conntrack kfunc
+// first, then the _nfct view, the sk_buff access paths, the FIB/MTU helpers.
 var optionalPaths = []struct {
 	variable string
-	set      func(*Features, bool)
 	denied   func(Config) bool
 }{
-	{"ft_ct_lookup_enabled", func(f *Features, on bool) { f.ConntrackLookup = on }, func(c Config) bool { return c.denyCTLookup }},
-	{"ft_ct_cast_enabled", func(f *Features, on bool) { f.ConntrackNfct = on }, func(c Config) bool { return c.denyCTCast }},
-	{"ft_fib_enabled", func(f *Features, on bool) { f.MTUCheck = on }, func(c Config) bool { return c.denyFIB }},
+	{"ft_ct_lookup_enabled", func(c Config) bool { return c.denyCTLookup }},
+	{"ft_ct_cast_enabled", func(c Config) bool { return c.denyCTCast }},
+	{"ft_kctx_enabled", func(c Config) bool { return c.denyKctx }},
+	{"ft_kread_enabled", func(c Config) bool { return c.denyKread }},
+	{"ft_fib_enabled", func(c Config) bool { return c.denyFIB }},
 }
 
-// loadCore loads maps and tc programs with every optional path on, and on a
-// verifier/kernel refusal retries with one more path switched off (the
-// constant prunes its branch, and the loader poisons a missing weak kfunc),
-// so an older kernel still gets flows and drops. dropSpec gets the same
-// constants: its .rodata is recreated from it.
-func (d *Datapath) loadCore(coreSpec, dropSpec *ebpf.CollectionSpec) error {
-	on := make([]bool, len(optionalPaths))
-	for i, p := range optionalPaths {
-		on[i] = !p.denied(d.cfg)
+// kernelCaps says which optional paths the running kernel offers, from
+// kernel BTF and helper probes, so the first load normally succeeds.
+type kernelCaps map[string]bool
+
+// probeKernel answers what can be known before loading: kfuncs from BTF,
+// helpers from cilium/ebpf's feature probes.
+func probeKernel(kspec *btf.Spec, cfg Config) kernelCaps {
+	helper := func(fn asm.BuiltinFunc) bool {
+		return features.HaveProgramHelper(ebpf.SchedCLS, fn) == nil
+	}
+	kctx := hasKernelFunc(kspec, "bpf_cast_to_kern_ctx") && hasKernelFunc(kspec, "bpf_rdonly_cast")
+	// bpf_skb_ct_lookup (5.18+) lives in vmlinux or, where conntrack is a
+	// module, in nf_conntrack's BTF; a module not loaded yet is left to the
+	// load itself to decide.
+	ctLookup := hasKernelFunc(kspec, "bpf_skb_ct_lookup")
+	if !ctLookup {
+		mod, err := btf.LoadKernelModuleSpec("nf_conntrack")
+		ctLookup = err != nil || hasKernelFunc(mod, "bpf_skb_ct_lookup")
+	}
+	caps := kernelCaps{
+		"ft_ct_lookup_enabled": ctLookup,
+		"ft_ct_cast_enabled":   true,
+		"ft_kctx_enabled":      kctx && !cfg.denyKctx,
+		// Only the fallback for kctx: with both, the kfunc path is used.
+		"ft_kread_enabled": !kctx || cfg.denyKctx,
+		"ft_fib_enabled":   helper(asm.FnFibLookup) && helper(asm.FnCheckMtu),
+	}
+	if caps["ft_kread_enabled"] && (cfg.denyKread || !helper(asm.FnProbeReadKernel)) {
+		caps["ft_kread_enabled"] = false
+	}
+	if !caps["ft_kctx_enabled"] && !caps["ft_kread_enabled"] {
+		caps["ft_ct_cast_enabled"] = false // no way to reach skb->_nfct
+	}
+	return caps
+}
+
+func hasKernelFunc(spec *btf.Spec, name string) bool {
+	var fn *btf.Func
+	return spec.TypeByName(name, &fn) == nil
+}
+
+// loadCore loads maps and tc programs with every path the kernel offers on,
+// and on a verifier/kernel refusal retries with one more path switched off
+// (the constant prunes its branch, and the loader poisons a missing weak
+// kfunc), so an older kernel still gets flows and drops. dropSpec gets the
+// same constants: its .rodata is recreated from it.
+func (d *Datapath) loadCore(coreSpec, dropSpec *ebpf.CollectionSpec, caps kernelCaps) error {
+	on := make(map[string]bool, len(optionalPaths))
+	for _, p := range optionalPaths {
+		on[p.variable] = caps[p.variable] && !p.denied(d.cfg)
 	}
 	var firstErr error
 	for off := 0; off <= len(optionalPaths); off++ {
 		if off > 0 {
-			on[off-1] = false
+			v := optionalPaths[off-1].variable
+			if !on[v] {
+				continue // already off: the same load would fail the same way
+			}
+			on[v] = false
+			if v == "ft_kctx_enabled" && !d.cfg.denyKread {
+				on["ft_kread_enabled"] = caps["ft_kread_enabled"] || features.HaveProgramHelper(ebpf.SchedCLS, asm.FnProbeReadKernel) == nil
+			}
 		}
-		for i, p := range optionalPaths {
+		for _, p := range optionalPaths {
 			for _, sp := range []*ebpf.CollectionSpec{coreSpec, dropSpec} {
-				if err := sp.Variables[p.variable].Set(boolByte(on[i])); err != nil {
+				if err := sp.Variables[p.variable].Set(boolByte(on[p.variable])); err != nil {
 					return fmt.Errorf("set %s: %w", p.variable, err)
 				}
 			}
 		}
 		err := coreSpec.LoadAndAssign(&d.objs, nil)
 		if err == nil {
-			for i, p := range optionalPaths {
-				p.set(&d.features, on[i])
+			d.features.ConntrackLookup = on["ft_ct_lookup_enabled"]
+			d.features.MTUCheck = on["ft_fib_enabled"]
+			switch {
+			case on["ft_kctx_enabled"]:
+				d.features.SkbAccess = SkbKernCtx
+			case on["ft_kread_enabled"]:
+				d.features.SkbAccess = SkbProbeRead
+			default:
+				d.features.SkbAccess = SkbNone
 			}
+			d.features.ConntrackNfct = on["ft_ct_cast_enabled"] && d.features.SkbAccess != SkbNone
 			if firstErr != nil {
-				d.log.Warn("optional datapath features unavailable on this kernel",
-					"error", firstErr, "ct_lookup", on[0], "ct_nfct", on[1], "mtu_check", on[2])
+				d.log.Warn("optional datapath features refused by this kernel",
+					"error", firstErr, "ct_lookup", d.features.ConntrackLookup,
+					"ct_nfct", d.features.ConntrackNfct, "skb_access", d.features.SkbAccess,
+					"mtu_check", d.features.MTUCheck)
 			}
 			return nil
 		}
@@ -298,39 +383,74 @@ func verifierDetail(err error) error {
 	return err
 }
 
+// reasonNever is a reason value no kernel uses: a normal free the running
+// kernel does not name can never match it.
+const reasonNever = 0xffffffff
+
 // normalFreeReasons resolves SKB_NOT_DROPPED_YET and SKB_CONSUMED from the
 // running kernel: enum skb_drop_reason numbering differs between kernels.
-func normalFreeReasons() (notDropped, consumed uint32, err error) {
-	kspec, err := btf.LoadKernelSpec()
-	if err != nil {
-		return 0, 0, fmt.Errorf("load kernel btf: %w", err)
-	}
+// A kernel without one of them (no enum before 5.17, no SKB_CONSUMED before
+// 6.2, which calls consume_skb for those frees anyway) gets reasonNever.
+func normalFreeReasons(kspec *btf.Spec, log *slog.Logger) (notDropped, consumed uint32) {
+	notDropped, consumed = reasonNever, reasonNever
 	var enum *btf.Enum
 	if err := kspec.TypeByName("skb_drop_reason", &enum); err != nil {
-		return 0, 0, fmt.Errorf("find enum skb_drop_reason in kernel btf: %w", err)
+		log.Info("kernel has no drop reasons; drops are reported without one", "error", err)
+		return notDropped, consumed
 	}
-	found := 0
 	for _, v := range enum.Values {
 		switch v.Name {
 		case "SKB_NOT_DROPPED_YET":
 			notDropped = uint32(v.Value)
-			found++
 		case "SKB_CONSUMED":
 			consumed = uint32(v.Value)
-			found++
 		}
 	}
-	if found != 2 {
-		return 0, 0, errors.New("kernel enum skb_drop_reason lacks SKB_NOT_DROPPED_YET or SKB_CONSUMED")
-	}
-	return notDropped, consumed, nil
+	return notDropped, consumed
 }
+
+// kfreeSkbArgs counts the kfree_skb tracepoint's arguments from the
+// prototype of its BTF typedef (whose first parameter is the tracepoint's
+// private data pointer): 2 before 5.17, 3 with the reason, 4 with rx_sk.
+// 0 when the typedef is missing.
+func kfreeSkbArgs(kspec *btf.Spec) int {
+	var td *btf.Typedef
+	if err := kspec.TypeByName("btf_trace_kfree_skb", &td); err != nil {
+		return 0
+	}
+	ptr, ok := btf.UnderlyingType(td.Type).(*btf.Pointer)
+	if !ok {
+		return 0
+	}
+	proto, ok := btf.UnderlyingType(ptr.Target).(*btf.FuncProto)
+	if !ok || len(proto.Params) == 0 {
+		return 0
+	}
+	return len(proto.Params) - 1
+}
+
+// threadNetns is the inode of the calling thread's network namespace, where
+// the agent attaches: flows on kernels without sk_buff access carry it.
+func threadNetns() (uint32, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return 0, fmt.Errorf("stat own network namespace: %w", err)
+	}
+	return uint32(st.Ino), nil
+}
+
+// dropProgramNames are the kfree_skb programs, loaded one at a time.
+var dropProgramNames = []string{"ft_kfree_btf", "ft_kfree_raw", "ft_kfree_btf2", "ft_kfree_raw2"}
 
 // attachDrops loads and attaches one kfree_skb program, tp_btf first.
 func (d *Datapath) attachDrops(spec *ebpf.CollectionSpec) error {
+	btfProg, rawProg := "ft_kfree_btf", "ft_kfree_raw"
+	if !d.features.DropReasons {
+		btfProg, rawProg = "ft_kfree_btf2", "ft_kfree_raw2"
+	}
 	btfErr := fmt.Errorf("tp_btf skipped by config: %w", ebpf.ErrNotSupported)
 	if !d.cfg.forceRawTP {
-		btfErr = d.tryDrop(spec, "ft_kfree_btf", func(p *ebpf.Program) (link.Link, error) {
+		btfErr = d.tryDrop(spec, btfProg, func(p *ebpf.Program) (link.Link, error) {
 			return link.AttachTracing(link.TracingOptions{Program: p, AttachType: ebpf.AttachTraceRawTp})
 		})
 	}
@@ -342,7 +462,7 @@ func (d *Datapath) attachDrops(spec *ebpf.CollectionSpec) error {
 		return fmt.Errorf("drop hook tp_btf/kfree_skb: %w", btfErr)
 	}
 	d.log.Warn("tp_btf/kfree_skb unavailable, falling back to raw_tp", "error", btfErr)
-	rawErr := d.tryDrop(spec, "ft_kfree_raw", func(p *ebpf.Program) (link.Link, error) {
+	rawErr := d.tryDrop(spec, rawProg, func(p *ebpf.Program) (link.Link, error) {
 		return link.AttachRawTracepoint(link.RawTracepointOptions{Name: "kfree_skb", Program: p})
 	})
 	if rawErr != nil {

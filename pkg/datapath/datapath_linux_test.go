@@ -5,6 +5,7 @@ package datapath
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"os"
 	"testing"
@@ -23,7 +24,7 @@ const tcActUnspec = ^uint32(0) // TC_ACT_UNSPEC (-1) as returned by BPF_PROG_TES
 func load(t *testing.T, cfg Config) *Datapath {
 	t.Helper()
 	testutil.RequirePrivileged(t)
-	d, err := Load(cfg, nil)
+	d, err := Load(cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		t.Fatalf("load datapath: %v", err)
 	}
@@ -314,10 +315,13 @@ func TestRunDeliversLoneEvent(t *testing.T) {
 	select {
 	case ev := <-got:
 		lat := time.Since(start)
-		if lat > 80*time.Millisecond {
+		// readPoll is 25ms; the bound leaves room for emulated (qemu TCG)
+		// kernels in the matrix (~265ms seen on 5.10), and still fails an
+		// event stuck until the 64th wakeup.
+		if lat > time.Second {
 			t.Errorf("lone event took %v", lat)
 		}
-		if skew := ev.Time.Sub(start); skew < -5*time.Millisecond || skew > 80*time.Millisecond {
+		if skew := ev.Time.Sub(start); skew < -5*time.Millisecond || skew > time.Second {
 			t.Errorf("wall time %v is %v away from send time", ev.Time, skew)
 		}
 		if ev.SrcPort != 52000 {

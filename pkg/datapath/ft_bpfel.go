@@ -208,17 +208,22 @@ const (
 	ftMapFtStats                = "ft_stats"
 	ftMapFtXlated               = "ft_xlated"
 	ftProgFtKfreeBtf            = "ft_kfree_btf"
+	ftProgFtKfreeBtf2           = "ft_kfree_btf2"
 	ftProgFtKfreeRaw            = "ft_kfree_raw"
+	ftProgFtKfreeRaw2           = "ft_kfree_raw2"
 	ftProgFtTcEgress            = "ft_tc_egress"
 	ftProgFtTcIngress           = "ft_tc_ingress"
 	ftVarFtCtCastEnabled        = "ft_ct_cast_enabled"
 	ftVarFtCtLookupEnabled      = "ft_ct_lookup_enabled"
 	ftVarFtFibEnabled           = "ft_fib_enabled"
 	ftVarFtFlowReportIntervalNs = "ft_flow_report_interval_ns"
+	ftVarFtKctxEnabled          = "ft_kctx_enabled"
+	ftVarFtKreadEnabled         = "ft_kread_enabled"
 	ftVarFtMtuMinLen            = "ft_mtu_min_len"
 	ftVarFtReasonConsumed       = "ft_reason_consumed"
 	ftVarFtReasonNotDropped     = "ft_reason_not_dropped"
 	ftVarFtScopeAllNetns        = "ft_scope_all_netns"
+	ftVarFtSelfNetns            = "ft_self_netns"
 	ftVarFtUnusedDrop           = "ft_unused_drop"
 	ftVarFtUnusedFlow           = "ft_unused_flow"
 	ftVarFtUnusedKey            = "ft_unused_key"
@@ -270,7 +275,9 @@ type ftSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type ftProgramSpecs struct {
 	FtKfreeBtf  *ebpf.ProgramSpec `ebpf:"ft_kfree_btf"`
+	FtKfreeBtf2 *ebpf.ProgramSpec `ebpf:"ft_kfree_btf2"`
 	FtKfreeRaw  *ebpf.ProgramSpec `ebpf:"ft_kfree_raw"`
+	FtKfreeRaw2 *ebpf.ProgramSpec `ebpf:"ft_kfree_raw2"`
 	FtTcEgress  *ebpf.ProgramSpec `ebpf:"ft_tc_egress"`
 	FtTcIngress *ebpf.ProgramSpec `ebpf:"ft_tc_ingress"`
 }
@@ -297,10 +304,13 @@ type ftVariableSpecs struct {
 	FtCtLookupEnabled      *ebpf.VariableSpec `ebpf:"ft_ct_lookup_enabled"`
 	FtFibEnabled           *ebpf.VariableSpec `ebpf:"ft_fib_enabled"`
 	FtFlowReportIntervalNs *ebpf.VariableSpec `ebpf:"ft_flow_report_interval_ns"`
+	FtKctxEnabled          *ebpf.VariableSpec `ebpf:"ft_kctx_enabled"`
+	FtKreadEnabled         *ebpf.VariableSpec `ebpf:"ft_kread_enabled"`
 	FtMtuMinLen            *ebpf.VariableSpec `ebpf:"ft_mtu_min_len"`
 	FtReasonConsumed       *ebpf.VariableSpec `ebpf:"ft_reason_consumed"`
 	FtReasonNotDropped     *ebpf.VariableSpec `ebpf:"ft_reason_not_dropped"`
 	FtScopeAllNetns        *ebpf.VariableSpec `ebpf:"ft_scope_all_netns"`
+	FtSelfNetns            *ebpf.VariableSpec `ebpf:"ft_self_netns"`
 	FtUnusedDrop           *ebpf.VariableSpec `ebpf:"ft_unused_drop"`
 	FtUnusedFlow           *ebpf.VariableSpec `ebpf:"ft_unused_flow"`
 	FtUnusedKey            *ebpf.VariableSpec `ebpf:"ft_unused_key"`
@@ -360,10 +370,13 @@ type ftVariables struct {
 	FtCtLookupEnabled      *ebpf.Variable `ebpf:"ft_ct_lookup_enabled"`
 	FtFibEnabled           *ebpf.Variable `ebpf:"ft_fib_enabled"`
 	FtFlowReportIntervalNs *ebpf.Variable `ebpf:"ft_flow_report_interval_ns"`
+	FtKctxEnabled          *ebpf.Variable `ebpf:"ft_kctx_enabled"`
+	FtKreadEnabled         *ebpf.Variable `ebpf:"ft_kread_enabled"`
 	FtMtuMinLen            *ebpf.Variable `ebpf:"ft_mtu_min_len"`
 	FtReasonConsumed       *ebpf.Variable `ebpf:"ft_reason_consumed"`
 	FtReasonNotDropped     *ebpf.Variable `ebpf:"ft_reason_not_dropped"`
 	FtScopeAllNetns        *ebpf.Variable `ebpf:"ft_scope_all_netns"`
+	FtSelfNetns            *ebpf.Variable `ebpf:"ft_self_netns"`
 	FtUnusedDrop           *ebpf.Variable `ebpf:"ft_unused_drop"`
 	FtUnusedFlow           *ebpf.Variable `ebpf:"ft_unused_flow"`
 	FtUnusedKey            *ebpf.Variable `ebpf:"ft_unused_key"`
@@ -377,7 +390,9 @@ type ftVariables struct {
 // It can be passed to loadFtObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ftPrograms struct {
 	FtKfreeBtf  *ebpf.Program `ebpf:"ft_kfree_btf"`
+	FtKfreeBtf2 *ebpf.Program `ebpf:"ft_kfree_btf2"`
 	FtKfreeRaw  *ebpf.Program `ebpf:"ft_kfree_raw"`
+	FtKfreeRaw2 *ebpf.Program `ebpf:"ft_kfree_raw2"`
 	FtTcEgress  *ebpf.Program `ebpf:"ft_tc_egress"`
 	FtTcIngress *ebpf.Program `ebpf:"ft_tc_ingress"`
 }
@@ -385,7 +400,9 @@ type ftPrograms struct {
 func (p *ftPrograms) Close() error {
 	return _FtClose(
 		p.FtKfreeBtf,
+		p.FtKfreeBtf2,
 		p.FtKfreeRaw,
+		p.FtKfreeRaw2,
 		p.FtTcEgress,
 		p.FtTcIngress,
 	)

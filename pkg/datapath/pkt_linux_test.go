@@ -6,6 +6,11 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
+
 	"github.com/flowtrace/flowtrace/pkg/decode"
 )
 
@@ -186,28 +191,91 @@ func TestVXLAN(t *testing.T) {
 	}
 }
 
+// expectedFeatures is what Load must report on the running kernel, worked
+// out from kernel BTF and helper probes rather than from the loader's own
+// fallbacks: a kernel that offers a path must get it.
+func expectedFeatures(t *testing.T) Features {
+	t.Helper()
+	kspec, err := btf.LoadKernelSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var enum *btf.Enum
+	f := Features{
+		DropHook:    DropHookTPBTF, // every supported kernel (5.5+) has tp_btf
+		DropReasons: kspec.TypeByName("skb_drop_reason", &enum) == nil,
+		MTUCheck:    features.HaveProgramHelper(ebpf.SchedCLS, asm.FnCheckMtu) == nil,
+		SkbAccess:   SkbNone,
+	}
+	f.ConntrackLookup = hasKernelFunc(kspec, "bpf_skb_ct_lookup")
+	if mod, err := btf.LoadKernelModuleSpec("nf_conntrack"); err == nil && !f.ConntrackLookup {
+		f.ConntrackLookup = hasKernelFunc(mod, "bpf_skb_ct_lookup")
+	}
+	switch {
+	case hasKernelFunc(kspec, "bpf_cast_to_kern_ctx") && hasKernelFunc(kspec, "bpf_rdonly_cast"):
+		f.SkbAccess = SkbKernCtx
+	case hasProbeRead():
+		f.SkbAccess = SkbProbeRead
+	}
+	f.ConntrackNfct = f.SkbAccess != SkbNone
+	return f
+}
+
+func hasProbeRead() bool {
+	return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnProbeReadKernel) == nil
+}
+
 // TestFeatureFallback loads with each optional path refused, as an older
-// kernel would, and checks that flows still work and Features says so.
+// kernel would, and checks that flows still work (with the right netns) and
+// Features says so.
 func TestFeatureFallback(t *testing.T) {
+	base := expectedFeatures(t)
 	full := load(t, Config{})
-	if f := full.Features(); !f.ConntrackNfct || !f.ConntrackLookup || !f.MTUCheck {
-		t.Fatalf("features on this kernel: %+v", f)
+	if f := full.Features(); f != base {
+		t.Fatalf("features on this kernel: %+v, want %+v", f, base)
+	}
+	noKctx := SkbNone
+	if hasProbeRead() {
+		noKctx = SkbProbeRead
 	}
 	for _, c := range []struct {
-		cfg  Config
-		want Features
+		cfg    Config
+		change func(*Features)
 	}{
-		{Config{denyCTLookup: true}, Features{DropHook: DropHookTPBTF, ConntrackNfct: true, MTUCheck: true}},
-		{Config{denyCTCast: true}, Features{DropHook: DropHookTPBTF, ConntrackLookup: true, MTUCheck: true}},
-		{Config{denyCTLookup: true, denyCTCast: true, denyFIB: true}, Features{DropHook: DropHookTPBTF}},
+		{Config{denyCTLookup: true}, func(f *Features) { f.ConntrackLookup = false }},
+		{Config{denyCTCast: true}, func(f *Features) { f.ConntrackNfct = false }},
+		{Config{denyFIB: true}, func(f *Features) { f.MTUCheck = false }},
+		{Config{forceNoReason: true}, func(f *Features) { f.DropReasons = false }},
+		// 6.1: no bpf_cast_to_kern_ctx, probe reads where tc may use them.
+		{Config{denyKctx: true}, func(f *Features) {
+			if f.SkbAccess == SkbKernCtx {
+				f.SkbAccess = noKctx
+			}
+			f.ConntrackNfct = f.SkbAccess != SkbNone
+		}},
+		// 5.10: neither; flows carry the loader's netns.
+		{Config{denyKctx: true, denyKread: true, denyCTLookup: true, denyFIB: true, forceNoReason: true},
+			func(f *Features) {
+				*f = Features{DropHook: DropHookTPBTF, SkbAccess: SkbNone}
+			}},
 	} {
+		want := base
+		c.change(&want)
 		d := load(t, c.cfg)
-		if got := d.Features(); got != c.want {
-			t.Fatalf("%+v: features %+v, want %+v", c.cfg, got, c.want)
+		if got := d.Features(); got != want {
+			t.Fatalf("%+v: features %+v, want %+v", c.cfg, got, want)
 		}
 		run(t, d.Ingress(), tcpFrame(55000, decode.TCPSyn, 0))
-		if evs := drain(t, d); len(evs) != 1 || evs[0].SrcPort != 55000 {
+		evs := drain(t, d)
+		if len(evs) != 1 || evs[0].SrcPort != 55000 {
 			t.Fatalf("%+v: flows broken: %+v", c.cfg, evs)
+		}
+		// BPF_PROG_TEST_RUN hands the program an skb on this netns's lo.
+		if evs[0].Netns != selfNetns(t) {
+			t.Fatalf("%+v: flow netns %d, want %d", c.cfg, evs[0].Netns, selfNetns(t))
+		}
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

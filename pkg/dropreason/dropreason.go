@@ -40,20 +40,35 @@ type Table struct {
 	notDropped uint32
 	consumed   uint32
 	hasFree    bool // both notDropped and consumed were found
+	none       bool // the kernel has no drop reasons at all
 }
 
 // ErrNoDropReasons means the kernel's BTF has no enum skb_drop_reason
 // (kernels before 5.17): drops are still reported, without a reason.
 var ErrNoDropReasons = errors.New("kernel BTF has no enum skb_drop_reason (kernel older than 5.17?)")
 
-// FromKernel reads the running kernel's BTF.
+// FromKernel reads the running kernel's BTF. A kernel without drop reasons
+// (before 5.17) gets an empty table, not an error: its drops are reported
+// with reason UNKNOWN (see HasReasons).
 func FromKernel() (*Table, error) {
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {
 		return nil, fmt.Errorf("load kernel BTF: %w", err)
 	}
-	return FromSpec(spec)
+	t, err := FromSpec(spec)
+	if errors.Is(err, ErrNoDropReasons) {
+		return Empty(), nil
+	}
+	return t, err
 }
+
+// Empty is the table of a kernel without drop reasons.
+func Empty() *Table {
+	return &Table{byCode: map[uint32]Reason{}, none: true}
+}
+
+// HasReasons is false for a kernel without enum skb_drop_reason.
+func (t *Table) HasReasons() bool { return !t.none }
 
 // FromSpec builds a table from a BTF spec holding enum skb_drop_reason.
 func FromSpec(spec *btf.Spec) (*Table, error) {
@@ -131,6 +146,10 @@ func stableByName(kernelName string) flowtracev1.DropReason {
 func (t *Table) Lookup(code uint32) Reason {
 	if r, ok := t.byCode[code]; ok {
 		return r
+	}
+	if t.none {
+		// The kernel passed no reason at all: there is no number to show.
+		return Reason{Code: code, Kernel: "UNKNOWN", Stable: flowtracev1.DropReason_DROP_REASON_UNKNOWN}
 	}
 	name := fmt.Sprintf("UNKNOWN(%d)", code)
 	if sub := code >> subsysShift; sub != 0 {

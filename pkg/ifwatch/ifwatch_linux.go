@@ -249,7 +249,7 @@ func (w *Watcher) handle(ctx context.Context, u netlink.LinkUpdate, known map[in
 }
 
 func (w *Watcher) resync(ctx context.Context, ns netns.NsHandle, known map[int]Link, out chan<- Event) error {
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink handle: %w", err)
 	}

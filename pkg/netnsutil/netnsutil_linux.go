@@ -169,7 +169,7 @@ func listLinks(path string) (map[int]string, error) {
 		return nil, fmt.Errorf("open netns %s: %w", path, err)
 	}
 	defer h.Close()
-	nh, err := netlink.NewHandleAt(h)
+	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink handle in %s: %w", path, err)
 	}

@@ -61,7 +61,8 @@ copy_elf() {
 		cp -L "$lib" "$stage/$lib"
 	done
 }
-need=(ip tc nft sysctl ping nc kmod)
+# bridge: the extended lab (VXLAN fdb entries) calls it.
+need=(ip tc bridge nft sysctl ping nc kmod)
 for tool in "${need[@]}"; do
 	p=$(command -v "$tool") || {
 		echo "build-initramfs.sh: $tool not found (apt-get install iproute2 nftables procps iputils-ping netcat-openbsd kmod)" >&2
@@ -69,7 +70,7 @@ for tool in "${need[@]}"; do
 	}
 	p=$(readlink -f "$p")
 	case $tool in
-	ip | tc | nft | sysctl) copy_elf "$p" "usr/sbin/$tool" ;;
+	ip | tc | bridge | nft | sysctl) copy_elf "$p" "usr/sbin/$tool" ;;
 	*) copy_elf "$p" "usr/bin/$tool" ;;
 	esac
 done

@@ -73,12 +73,19 @@ func run(ctx context.Context, log *slog.Logger) ([]field, error) {
 	}
 	add("kernel", unix.ByteSliceToString(uts.Release[:]))
 
-	dropHook, tcMode, err := datapathFeatures(ctx, log)
+	f, tcMode, err := datapathFeatures(ctx, log)
 	if err != nil {
 		errs = append(errs, err)
 	}
+	// What the datapath made live on this kernel (its Features), then the
+	// raw kernel facts behind it.
 	add("tc", tcMode)
-	add("drop_hook", dropHook)
+	add("drop_hook", f.DropHook)
+	add("reasons_live", yesNo(f.DropReasons))
+	add("skb_access", f.SkbAccess)
+	add("ct_nfct", yesNo(f.ConntrackNfct))
+	add("ct_lookup", yesNo(f.ConntrackLookup))
+	add("mtu_check", yesNo(f.MTUCheck))
 
 	kspec, err := btf.LoadKernelSpec()
 	if err != nil {
@@ -118,36 +125,36 @@ func run(ctx context.Context, log *slog.Logger) ([]field, error) {
 
 // datapathFeatures loads flowtrace's datapath and attaches it to a
 // veth, returning the live drop hook and tc attach mode.
-func datapathFeatures(ctx context.Context, log *slog.Logger) (dropHook, tcMode string, err error) {
+func datapathFeatures(ctx context.Context, log *slog.Logger) (f datapath.Features, tcMode string, err error) {
 	d, err := datapath.Load(datapath.Config{}, log)
 	if err != nil {
-		return "error", "error", fmt.Errorf("load datapath: %w", err)
+		return datapath.Features{DropHook: "error", SkbAccess: "error"}, "error", fmt.Errorf("load datapath: %w", err)
 	}
 	defer d.Close()
-	dropHook = d.Features().DropHook
+	f = d.Features()
 
 	// A veth pair, not a dummy: veth is what the agent attaches to on a node
 	// and exists on every kernel flowtrace supports (dummy may be missing).
 	const name = "ftprobe0"
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "ftprobe1"}
 	if err := netlink.LinkAdd(veth); err != nil {
-		return dropHook, "error", fmt.Errorf("add veth %s: %w", name, err)
+		return f, "error", fmt.Errorf("add veth %s: %w", name, err)
 	}
 	lnk, err := netlink.LinkByName(name)
 	if err != nil {
-		return dropHook, "error", fmt.Errorf("find %s: %w", name, err)
+		return f, "error", fmt.Errorf("find %s: %w", name, err)
 	}
 	defer netlink.LinkDel(lnk)
 	if err := netlink.LinkSetUp(lnk); err != nil {
-		return dropHook, "error", fmt.Errorf("set %s up: %w", name, err)
+		return f, "error", fmt.Errorf("set %s up: %w", name, err)
 	}
 	a := attach.New(log, "")
 	defer a.Close()
 	mode, err := a.Attach(lnk.Attrs().Index, name, d.Ingress(), d.Egress())
 	if err != nil {
-		return dropHook, "error", fmt.Errorf("attach on %s: %w", name, err)
+		return f, "error", fmt.Errorf("attach on %s: %w", name, err)
 	}
-	return dropHook, string(mode), ctx.Err()
+	return f, string(mode), ctx.Err()
 }
 
 // dropReasons returns the size of enum skb_drop_reason and which names it
