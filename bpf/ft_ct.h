@@ -66,12 +66,20 @@ static __always_inline int ft_addr_eq(const __u8 *a, const __u8 *b)
 static __always_inline void ft_ct_finish(const struct ft_ct_raw *r, __u8 flags, struct ft_ct *out,
 					 struct ft_ct_tuple *xlat)
 {
+	int ports;
+
 	out->orig = r->orig;
 	out->ip_version = r->l3num == FT_AF_INET6 ? 6 : 4;
 	flags |= FT_CT_KNOWN;
-	if (!ft_addr_eq(r->orig.daddr, r->reply.saddr) || r->orig.dport != r->reply.sport)
+	/*
+	 * ICMP tuples hold the echo id and type/code where other protocols
+	 * hold ports, so they differ between directions without any NAT:
+	 * compare only the addresses.
+	 */
+	ports = r->protonum != FT_IPPROTO_ICMP && r->protonum != FT_IPPROTO_ICMPV6;
+	if (!ft_addr_eq(r->orig.daddr, r->reply.saddr) || (ports && r->orig.dport != r->reply.sport))
 		flags |= FT_CT_DNAT;
-	if (!ft_addr_eq(r->orig.saddr, r->reply.daddr) || r->orig.sport != r->reply.dport)
+	if (!ft_addr_eq(r->orig.saddr, r->reply.daddr) || (ports && r->orig.sport != r->reply.dport))
 		flags |= FT_CT_SNAT;
 	out->flags = flags;
 	if (xlat) {

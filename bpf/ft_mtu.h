@@ -128,7 +128,13 @@ static __noinline void ft_mtu_check(struct __sk_buff *skb, const struct ft_tuple
 	e = ft_mtu_reserve(t, FT_MTU_EXCEEDED, FT_DIR_INGRESS, skb->ifindex, v->netns, now);
 	if (!e)
 		return;
+	/*
+	 * A GSO packet is judged by its segments, so report a segment's size
+	 * (headers + gso_size), not the merged length no wire ever carries.
+	 */
 	e->pkt_len = m->l3_len;
+	if (skb->gso_segs > 1 && skb->gso_size && m->l4_hlen && m->l4_off > m->l3_off)
+		e->pkt_len = m->l4_off - m->l3_off + m->l4_hlen + skb->gso_size;
 	e->mtu = mtu;
 	e->egress_ifindex = egress;
 	bpf_ringbuf_submit(e, ft_rb_flags());

@@ -53,7 +53,8 @@ struct ft_pmeta {
 	__u32 l3_len;    /* IPv4 tot_len, IPv6 40 + payload_len */
 	__u8 df;         /* IPv4 don't-fragment bit */
 	__u8 ports_only; /* in: TCP needs only its ports (ICMP-embedded headers are cut short) */
-	__u8 _pad[2];
+	__u8 l4_hlen;    /* TCP/UDP header length, for the size of a GSO packet's segments */
+	__u8 _pad;
 };
 
 struct ft_ip4 {
@@ -95,11 +96,13 @@ static __always_inline int ft_parse_l4(const struct ft_src *s, __u32 off, __u8 p
 		if (ft_load(s, off, b, 14))
 			return FT_PARSE_TRUNCATED;
 		t->tcp_flags = b[13];
+		m->l4_hlen = (b[12] >> 4) * 4;
 		break;
 	case FT_IPPROTO_UDP:
 	case FT_IPPROTO_SCTP:
 		if (ft_load(s, off, b, 4))
 			return FT_PARSE_TRUNCATED;
+		m->l4_hlen = proto == FT_IPPROTO_UDP ? 8 : 0;
 		break;
 	case FT_IPPROTO_ICMP:
 	case FT_IPPROTO_ICMPV6:

@@ -5,7 +5,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os/exec"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -237,6 +239,59 @@ func TestServicesAndMTU(t *testing.T) {
 			}, mtuExceeded)
 		})
 	}
+}
+
+// A TCP transfer and a DF ping over the mis-sized overlay: a TCP burst (GSO
+// on the veth) is reported with the size of its segments, not the merged
+// length no wire carries, and a ping is checked like any packet.
+func TestMTUPingAndTCP(t *testing.T) {
+	l, ids := newExtendedLab(t)
+	a := startAgent(t, l, ids)
+	frontend, api := ip4(t, l, "frontend"), ip4(t, l, "api")
+
+	listenOn(t, l, api, api.IPv4, 8080)
+	c, err := dial(l, "frontend", api.IPv4, 8080, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint32(c.LocalAddr().(*net.TCPAddr).Port)
+	go func() { _, _ = io.Copy(io.Discard, c) }()
+	if _, err := c.Write(make([]byte, 300_000)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	fs := a.waitFlows(t, "MTU_EXCEEDED for the TCP transfer", func(fs []*flowtracev1.Flow) bool {
+		for _, f := range fs {
+			if sp, _ := l4Ports(f); sp == port && f.Mtu.GetEvent() == flowtracev1.MTUEvent_MTU_EVENT_EXCEEDED {
+				return true
+			}
+		}
+		return false
+	}, mtuExceeded)
+	for _, f := range fs {
+		if sp, _ := l4Ports(f); sp == port && f.Mtu.GetEvent() == flowtracev1.MTUEvent_MTU_EVENT_EXCEEDED {
+			if n := f.Mtu.GetPacketLength(); n <= uint32(l.OverlayMTU) || n > uint32(l.PodMTU) {
+				t.Errorf("TCP MTU_EXCEEDED packet length %d, want a segment of the pod's MTU (%d < n <= %d)", n, l.OverlayMTU, l.PodMTU)
+			}
+		}
+	}
+
+	// After the transfer the pod knows the IPv4 path MTU and would refuse a
+	// big DF packet itself, so the ping goes over IPv6 (its own path MTU).
+	out, _ := exec.Command("ip", "netns", "exec", frontend.Netns, "ping", "-6", "-M", "do", "-s", "1400", "-c", "1", "-W", "1", api.IPv6.String()).CombinedOutput()
+	if !strings.Contains(string(out), "mtu=1350") {
+		t.Fatalf("DF ping did not meet the overlay MTU:\n%s", out)
+	}
+	a.waitFlows(t, "MTU_EXCEEDED for the ping", func(fs []*flowtracev1.Flow) bool {
+		for _, f := range fs {
+			if f.Mtu.GetEvent() == flowtracev1.MTUEvent_MTU_EVENT_EXCEEDED && f.L4.GetIcmpv6() != nil &&
+				f.Mtu.GetPacketLength() == 1448 && f.Mtu.GetIcmpSent() {
+				return true
+			}
+		}
+		return false
+	}, mtuExceeded)
+
 }
 
 // listenOn serves TCP (echo) and UDP (echo) on addr:port inside pod p.

@@ -140,7 +140,8 @@ type ftFtScratch struct {
 		L3Len     uint32
 		Df        uint8
 		PortsOnly uint8
-		Pad       [2]uint8
+		L4Hlen    uint8
+		Pad       uint8
 	}
 	Enc ftFtEncap
 	Nv  ftFtFlowVal
