@@ -214,6 +214,7 @@ func send(ctx context.Context, out chan<- Event, ev Event) error {
 // upsert reports l if it is new or changed.
 func upsert(ctx context.Context, l Link, known map[int]Link, out chan<- Event) error {
 	old, ok := known[l.Index]
+	l = sticky(old, ok, l)
 	if ok && old == l {
 		return nil
 	}
@@ -285,4 +286,16 @@ func (w *Watcher) resync(ctx context.Context, ns netns.NsHandle, known map[int]L
 		}
 	}
 	return nil
+}
+
+// sticky keeps a veth a veth: some RTM_NEWLINK notifications (seen when a
+// pod's side changes state) carry no IFLA_LINKINFO, which the netlink
+// library reports as type "device" with no peer. The link did not become a
+// NIC; treating it as one would re-attach it and drop its pod's namespace
+// from the drop scope.
+func sticky(old Link, known bool, l Link) Link {
+	if known && old.Kind == KindVeth && l.Kind == KindDevice && old.Name == l.Name {
+		l.Kind, l.PeerNetnsID, l.PeerIndex = old.Kind, old.PeerNetnsID, old.PeerIndex
+	}
+	return l
 }
