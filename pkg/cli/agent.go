@@ -47,15 +47,8 @@ serves Prometheus metrics.`,
 			if cfg.AttachMode != "" && cfg.AttachMode != "tcx" && cfg.AttachMode != "clsact" {
 				return usageErrorf("--attach-mode %q: want tcx or clsact (default: tcx when the kernel has it)", cfg.AttachMode)
 			}
-			if cfg.ListenAddress != "" {
-				if err := server.CheckTCPSecurity(cfg.ListenAddress, cfg.TLS.CertFile != "" || cfg.TLS.KeyFile != "", cfg.InsecureListen); err != nil {
-					return usageErrorf("--listen-address: %v", err)
-				}
-				if (cfg.TLS.CertFile == "") != (cfg.TLS.KeyFile == "") {
-					return usageErrorf("--tls-cert-file and --tls-key-file go together")
-				}
-			} else if cfg.TLS != (server.TLSFiles{}) || cfg.InsecureListen {
-				return usageErrorf("--tls-cert-file, --tls-key-file, --tls-client-ca-file and --insecure-listen need --listen-address")
+			if err := checkListenFlags(cfg.ListenAddress, cfg.TLS, cfg.InsecureListen); err != nil {
+				return err
 			}
 			if cfg.MetricsTopNamespaces < 1 {
 				return usageErrorf("--metrics-top-namespaces %d: must be at least 1", cfg.MetricsTopNamespaces)
@@ -93,4 +86,22 @@ serves Prometheus metrics.`,
 	f.IntVar(&cfg.MetricsTopNamespaces, "metrics-top-namespaces", 50, "namespaces that get their own label on flowtrace_drops_total; the rest count as \"other\"")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
+}
+
+// checkListenFlags validates the TCP listener flags the agent and the relay
+// share: TLS is required on TCP, and the TLS flags need a listener.
+func checkListenFlags(listen string, tls server.TLSFiles, insecure bool) error {
+	if listen == "" {
+		if tls != (server.TLSFiles{}) || insecure {
+			return usageErrorf("--tls-cert-file, --tls-key-file, --tls-client-ca-file and --insecure-listen need --listen-address")
+		}
+		return nil
+	}
+	if err := server.CheckTCPSecurity(listen, tls.CertFile != "" || tls.KeyFile != "", insecure); err != nil {
+		return usageErrorf("--listen-address: %v", err)
+	}
+	if (tls.CertFile == "") != (tls.KeyFile == "") {
+		return usageErrorf("--tls-cert-file and --tls-key-file go together")
+	}
+	return nil
 }

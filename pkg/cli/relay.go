@@ -104,17 +104,7 @@ func (o *relayOpts) validate() error {
 	if (o.cfg.Client.TLS.CertFile == "") != (o.cfg.Client.TLS.KeyFile == "") {
 		return usageErrorf("--peer-tls-cert-file and --peer-tls-key-file go together")
 	}
-	if o.listen != "" {
-		if err := server.CheckTCPSecurity(o.listen, o.tls.CertFile != "" || o.tls.KeyFile != "", o.insecureListen); err != nil {
-			return usageErrorf("--listen-address: %v", err)
-		}
-		if (o.tls.CertFile == "") != (o.tls.KeyFile == "") {
-			return usageErrorf("--tls-cert-file and --tls-key-file go together")
-		}
-	} else if o.tls != (server.TLSFiles{}) || o.insecureListen {
-		return usageErrorf("--tls-cert-file, --tls-key-file, --tls-client-ca-file and --insecure-listen need --listen-address")
-	}
-	return nil
+	return checkListenFlags(o.listen, o.tls, o.insecureListen)
 }
 
 func (o *relayOpts) run(ctx context.Context, log *slog.Logger) error {
