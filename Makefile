@@ -62,3 +62,5 @@ include test/vm/vm.mk
 include test/k8s/k8s.mk
 # The Hubble Observer API adapter and its test with the real hubble CLI.
 include cmd/flowtrace-hubble/hubble.mk
+# Benchmarks: make bench (minutes), make bench-smoke (CI: stages still work).
+include bench/bench.mk

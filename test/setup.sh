@@ -13,6 +13,7 @@ have ip || need+=(iproute2)
 have ping || need+=(iputils-ping)
 have nc || need+=(netcat-openbsd)
 have iperf3 || need+=(iperf3)
+have tcpdump || need+=(tcpdump)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestStatOf(t *testing.T) {
+	s := statOf([]float64{3, 1, 2, 10})
+	if s.Median != 2.5 || s.Min != 1 || s.Max != 10 || s.N != 4 {
+		t.Fatalf("statOf = %+v", s)
+	}
+	if statOf(nil) != nil {
+		t.Fatal("statOf(nil) must be nil: no value is not zero")
+	}
+}
+
+func TestRatiosPairRounds(t *testing.T) {
+	s := []sample{
+		{Round: 0, Tracer: tracerNone, Workload: "w", Value: 100},
+		{Round: 0, Tracer: tracerFlowtrace, Workload: "w", Value: 90},
+		{Round: 1, Tracer: tracerNone, Workload: "w", Value: 50},
+		{Round: 1, Tracer: tracerFlowtrace, Workload: "w", Value: 50},
+		{Round: 2, Tracer: tracerFlowtrace, Workload: "w", Value: 70}, // no baseline: ignored
+	}
+	got := ratios(s, tracerFlowtrace, "w")
+	if len(got) != 2 || got[0] != 0.9 || got[1] != 1 {
+		t.Fatalf("ratios = %v", got)
+	}
+}
+
+func TestFiguresAndTable(t *testing.T) {
+	res := &results{Samples: []sample{
+		{Round: 0, Tracer: tracerNone, Workload: "tcp_stream_bps", Value: 10e9},
+		{Round: 0, Tracer: tracerFlowtrace, Workload: "tcp_stream_bps", Value: 9.9e9},
+		{Round: 0, Tracer: tracerTcpdump, Workload: "tcp_stream_bps", Value: 6e9},
+		{Round: 0, Tracer: tracerFloor, Workload: "udp64_pps", Value: 1, TCNs: 100},
+		{Round: 0, Tracer: tracerFlowtrace, Workload: "udp64_pps", Value: 1, TCNs: 200},
+	}, Storms: []namedStorm{{Kind: "one", stormResult: stormResult{Kernel: 100, Reported: 99, Lost: 1, Accounted: true, Delivered: 99, Events: 5, LatencyP99: 20}}}}
+	figs := figures(res)
+	if f := figs["tcp_stream_ratio"]; f.Value.Median != 0.99 || !*f.Met || f.Tcpdump.Median != 0.6 {
+		t.Errorf("tcp_stream_ratio = %+v", f)
+	}
+	if f := figs["tc_vs_floor"]; f.Value.Median != 2 || *f.Met {
+		t.Errorf("tc_vs_floor = %+v", f)
+	}
+	if f := figs["storm_accounted"]; !*f.Met {
+		t.Errorf("storm_accounted = %+v", f)
+	}
+	if f := figs["rss_mb_held_flows"]; f.Value != nil || f.Met != nil {
+		t.Errorf("a figure without measurements must have no value and no verdict: %+v", f)
+	}
+	var b strings.Builder
+	if err := printTable(&b, figs); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"tcp_stream_ratio", "0.99", "≥ 0.98", "0.60", "tc_vs_floor"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -1,0 +1,318 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// tcpStream runs iperf3 from the client pod for d and returns the received
+// bits per second.
+func tcpStream(ctx context.Context, b *bed, d time.Duration) (float64, error) {
+	var last error
+	// The server may still be starting in the first round.
+	for range 5 {
+		out, err := b.exec(ctx, b.client.Netns, "iperf3", "-c", b.server.IPv4.String(), "-p", strconv.Itoa(portIperf),
+			"-t", strconv.FormatFloat(d.Seconds(), 'f', -1, 64), "-J")
+		if err == nil {
+			var r struct {
+				End struct {
+					SumReceived struct {
+						BitsPerSecond float64 `json:"bits_per_second"`
+					} `json:"sum_received"`
+				} `json:"end"`
+			}
+			if err := json.Unmarshal(out, &r); err != nil {
+				return 0, fmt.Errorf("tcp stream: parse iperf3 output: %w", err)
+			}
+			if r.End.SumReceived.BitsPerSecond == 0 {
+				return 0, errors.New("tcp stream: iperf3 received nothing")
+			}
+			return r.End.SumReceived.BitsPerSecond, nil
+		}
+		last = err
+		time.Sleep(500 * time.Millisecond)
+	}
+	return 0, fmt.Errorf("tcp stream: %w", last)
+}
+
+// udpPPS sends 64-byte UDP payloads as fast as one socket can for d and
+// returns the packets per second the server pod received.
+func udpPPS(b *bed, d time.Duration) (float64, error) {
+	var rx *net.UDPConn
+	if err := b.lab.Do(b.server.Netns, func() (err error) {
+		rx, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(b.serverAddr(portUDP)))
+		return err
+	}); err != nil {
+		return 0, fmt.Errorf("udp pps: listen: %w", err)
+	}
+	defer rx.Close()
+	_ = rx.SetReadBuffer(4 << 20)
+	var tx *net.UDPConn
+	if err := b.lab.Do(b.client.Netns, func() (err error) {
+		tx, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(b.serverAddr(portUDP)))
+		return err
+	}); err != nil {
+		return 0, fmt.Errorf("udp pps: dial: %w", err)
+	}
+	defer tx.Close()
+
+	var got atomic.Uint64
+	var counting atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			if _, err := rx.Read(buf); err != nil {
+				return
+			}
+			if counting.Load() {
+				got.Add(1)
+			}
+		}
+	}()
+	payload := make([]byte, 64)
+	// Half a second of warm-up fills caches and queues before counting.
+	warm := time.Now().Add(500 * time.Millisecond)
+	end := warm.Add(d)
+	started := false
+	var t0 time.Time
+	for {
+		now := time.Now()
+		if !started && now.After(warm) {
+			started, t0 = true, now
+			counting.Store(true)
+		}
+		if now.After(end) {
+			break
+		}
+		for range 64 {
+			_, _ = tx.Write(payload) // ENOBUFS under overload is part of the measurement
+		}
+	}
+	counting.Store(false)
+	elapsed := time.Since(t0)
+	rx.Close()
+	<-done
+	n := got.Load()
+	if n == 0 {
+		return 0, errors.New("udp pps: server received nothing")
+	}
+	return float64(n) / elapsed.Seconds(), nil
+}
+
+// rrLatency runs a 1-byte TCP ping-pong for d over one connection and
+// returns p50 and p99 round-trip times in microseconds.
+func rrLatency(b *bed, d time.Duration) (p50, p99 float64, err error) {
+	var ln *net.TCPListener
+	if err := b.lab.Do(b.server.Netns, func() (err error) {
+		ln, err = net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(b.serverAddr(portRR)))
+		return err
+	}); err != nil {
+		return 0, 0, fmt.Errorf("rr: listen: %w", err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	}()
+	var c net.Conn
+	if err := b.lab.Do(b.client.Netns, func() (err error) {
+		c, err = net.DialTimeout("tcp4", b.serverAddr(portRR).String(), 2*time.Second)
+		return err
+	}); err != nil {
+		return 0, 0, fmt.Errorf("rr: dial: %w", err)
+	}
+	defer c.Close()
+	lat := make([]time.Duration, 0, 1<<20)
+	one := []byte{1}
+	buf := make([]byte, 1)
+	end := time.Now().Add(d)
+	warm := 1000
+	for time.Now().Before(end) {
+		t := time.Now()
+		if _, err := c.Write(one); err != nil {
+			return 0, 0, fmt.Errorf("rr: write: %w", err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return 0, 0, fmt.Errorf("rr: read: %w", err)
+		}
+		if warm > 0 {
+			warm--
+			continue
+		}
+		lat = append(lat, time.Since(t))
+	}
+	if len(lat) < 100 {
+		return 0, 0, fmt.Errorf("rr: only %d round trips", len(lat))
+	}
+	slices.Sort(lat)
+	us := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Nanoseconds()) / 1e3 }
+	return us(0.50), us(0.99), nil
+}
+
+// churn opens and immediately resets new TCP connections from two client
+// goroutines for d and returns new connections per second.
+func churn(b *bed, d time.Duration) (float64, error) {
+	var ln *net.TCPListener
+	if err := b.lab.Do(b.server.Netns, func() (err error) {
+		ln, err = net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(b.serverAddr(portChurn)))
+		return err
+	}); err != nil {
+		return 0, fmt.Errorf("churn: listen: %w", err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	var n atomic.Uint64
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	start := time.Now()
+	end := start.Add(d)
+	addr := b.serverAddr(portChurn).String()
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Sockets are created in the thread's namespace: dial from inside.
+			errs[i] = b.lab.Do(b.client.Netns, func() error {
+				failures := 0
+				for time.Now().Before(end) {
+					c, err := net.DialTimeout("tcp4", addr, time.Second)
+					if err != nil {
+						if failures++; failures > 100 {
+							return fmt.Errorf("churn: dial: %w", err)
+						}
+						continue
+					}
+					// RST instead of FIN: no TIME_WAIT, so ports never run out.
+					_ = c.(*net.TCPConn).SetLinger(0)
+					c.Close()
+					n.Add(1)
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return 0, err
+	}
+	return float64(n.Load()) / time.Since(start).Seconds(), nil
+}
+
+// storm sends UDP datagrams the bench's nft rule drops, at rate per second
+// for d: to one port (one flow) or spread over stormFlows ports. Each drop
+// costs the sending thread the whole forward path, so two senders share the
+// rate; for one flow they share one source port too (SO_REUSEPORT). It
+// returns the rate achieved.
+func storm(b *bed, d time.Duration, rate int, many bool) (float64, error) {
+	const senders = 2
+	var socks []*net.UDPConn
+	defer func() {
+		for _, s := range socks {
+			s.Close()
+		}
+	}()
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	local := "0.0.0.0:0"
+	for range senders {
+		if err := b.lab.Do(b.client.Netns, func() error {
+			pc, err := lc.ListenPacket(context.Background(), "udp4", local)
+			if err != nil {
+				return err
+			}
+			socks = append(socks, pc.(*net.UDPConn))
+			local = pc.LocalAddr().String()
+			return nil
+		}); err != nil {
+			return 0, fmt.Errorf("storm: socket: %w", err)
+		}
+	}
+	start := time.Now()
+	var total atomic.Uint64
+	var wg sync.WaitGroup
+	for i, tx := range socks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			payload := make([]byte, 64)
+			share := float64(rate) / senders
+			sent := 0
+			for {
+				el := time.Since(start)
+				if el >= d {
+					break
+				}
+				want := int(el.Seconds() * share)
+				if sent >= want {
+					time.Sleep(100 * time.Microsecond)
+					continue
+				}
+				// A sender slower than its share would otherwise chase the
+				// schedule long past d: check the clock inside the burst too.
+				for ; sent < want && (sent%64 != 0 || time.Since(start) < d); sent++ {
+					dst := b.serverAddr(portStorm1)
+					if many {
+						dst = b.serverAddr(portStormN + (sent*senders+i)%stormFlows)
+					}
+					_, _ = tx.WriteToUDPAddrPort(payload, dst)
+				}
+			}
+			total.Add(uint64(sent))
+		}()
+	}
+	wg.Wait()
+	return float64(total.Load()) / time.Since(start).Seconds(), nil
+}
+
+// manyFlows sends one datagram to each of n ports of the server pod, at
+// most rate per second: n new connections for the tracer to hold.
+func manyFlows(b *bed, n, rate int) error {
+	var tx *net.UDPConn
+	if err := b.lab.Do(b.client.Netns, func() (err error) {
+		tx, err = net.ListenUDP("udp4", nil)
+		return err
+	}); err != nil {
+		return fmt.Errorf("held flows: socket: %w", err)
+	}
+	defer tx.Close()
+	payload := make([]byte, 32)
+	start := time.Now()
+	for i := range n {
+		if ahead := time.Duration(float64(i)/float64(rate)*1e9) - time.Since(start); ahead > 0 {
+			time.Sleep(ahead)
+		}
+		_, _ = tx.WriteToUDPAddrPort(payload, b.serverAddr(portRSS+i%40000))
+	}
+	return nil
+}
