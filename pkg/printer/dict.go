@@ -111,6 +111,10 @@ func (p *Printer) dict(r *flowtracev1.GetFlowsResponse) {
 		kv("HISTORY", p.paint(colorLost, p.HistoryStartText(hs)))
 		return
 	}
+	if ns := r.GetNodeStatus(); ns != nil {
+		kv("NODE STATUS", p.paint(colorLost, NodeStatusText(ns)))
+		return
+	}
 	f := r.GetFlow()
 	kv("UUID", f.GetUuid())
 	kv("SOURCE", sourceText(f))

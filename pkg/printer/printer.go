@@ -167,6 +167,10 @@ func (p *Printer) compact(r *flowtracev1.GetFlowsResponse) {
 		sb.WriteString(p.paint(colorLost, p.HistoryStartText(hs)))
 		return
 	}
+	if ns := r.GetNodeStatus(); ns != nil {
+		sb.WriteString(p.paint(colorLost, NodeStatusText(ns)))
+		return
+	}
 	f := r.GetFlow()
 	sb.WriteString(sourceText(f))
 	sb.WriteString(" -> ")
@@ -263,6 +267,10 @@ func (p *Printer) printTable(r *flowtracev1.GetFlowsResponse) error {
 	}
 	if hs := r.GetHistoryStart(); hs != nil {
 		_, err := fmt.Fprintf(p.tw, "%s\t-\t-\t-\t-\tHISTORY\t%s\t-\n", t, p.HistoryStartText(hs))
+		return err
+	}
+	if ns := r.GetNodeStatus(); ns != nil {
+		_, err := fmt.Fprintf(p.tw, "%s\t-\t-\t-\t-\tNODE\t%s\t-\n", t, NodeStatusText(ns))
 		return err
 	}
 	f := r.GetFlow()
@@ -654,6 +662,22 @@ func icmpText(names map[uint32]string, typ, code uint32) string {
 		return fmt.Sprintf("%s code %d", name, code)
 	}
 	return name
+}
+
+// NodeStatusText describes a relayed node joining or leaving the stream.
+func NodeStatusText(ns *flowtracev1.NodeStatus) string {
+	state := "NODE STATUS"
+	switch ns.GetState() {
+	case flowtracev1.NodeState_NODE_STATE_UNAVAILABLE:
+		state = "NODE UNAVAILABLE"
+	case flowtracev1.NodeState_NODE_STATE_CONNECTED:
+		state = "NODE CONNECTED"
+	}
+	s := state + ": " + ns.GetNodeName()
+	if m := ns.GetMessage(); m != "" {
+		s += " (" + m + ")"
+	}
+	return s
 }
 
 // LostText is "EVENTS LOST: 42 (kernel ring buffer, cpu 1)".

@@ -136,16 +136,18 @@ func (r *Relay) ResolveNow(ctx context.Context) {
 // UNSPECIFIED and no count (the number is unknown).
 func NodeUnavailable(node string, at time.Time) *flowtracev1.GetFlowsResponse {
 	return &flowtracev1.GetFlowsResponse{
-		NodeName:      node,
-		Time:          timestamppb.New(at),
-		ResponseTypes: &flowtracev1.GetFlowsResponse_LostEvents{LostEvents: &flowtracev1.LostEvents{Source: flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_UNSPECIFIED}},
+		NodeName: node,
+		Time:     timestamppb.New(at),
+		ResponseTypes: &flowtracev1.GetFlowsResponse_NodeStatus{NodeStatus: &flowtracev1.NodeStatus{
+			NodeName: node, State: flowtracev1.NodeState_NODE_STATE_UNAVAILABLE,
+			Message: "the relay cannot read this node's flows; they are missing from here on",
+		}},
 	}
 }
 
 // IsNodeUnavailable reports whether r is a NodeUnavailable report.
 func IsNodeUnavailable(r *flowtracev1.GetFlowsResponse) bool {
-	le := r.GetLostEvents()
-	return le != nil && le.GetSource() == flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_UNSPECIFIED && le.GetNumEventsLost() == 0
+	return r.GetNodeStatus().GetState() == flowtracev1.NodeState_NODE_STATE_UNAVAILABLE
 }
 
 func respTime(r *flowtracev1.GetFlowsResponse) int64 {

@@ -84,6 +84,58 @@ func (LostEventsSource) EnumDescriptor() ([]byte, []int) {
 	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{0}
 }
 
+// NodeState is a relayed node's reachability.
+type NodeState int32
+
+const (
+	NodeState_NODE_STATE_UNSPECIFIED NodeState = 0
+	NodeState_NODE_STATE_CONNECTED   NodeState = 1
+	// NODE_STATE_UNAVAILABLE: the relay cannot read this node's flows; its
+	// flows are missing from the stream from this point on.
+	NodeState_NODE_STATE_UNAVAILABLE NodeState = 2
+)
+
+// Enum value maps for NodeState.
+var (
+	NodeState_name = map[int32]string{
+		0: "NODE_STATE_UNSPECIFIED",
+		1: "NODE_STATE_CONNECTED",
+		2: "NODE_STATE_UNAVAILABLE",
+	}
+	NodeState_value = map[string]int32{
+		"NODE_STATE_UNSPECIFIED": 0,
+		"NODE_STATE_CONNECTED":   1,
+		"NODE_STATE_UNAVAILABLE": 2,
+	}
+)
+
+func (x NodeState) Enum() *NodeState {
+	p := new(NodeState)
+	*p = x
+	return p
+}
+
+func (x NodeState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (NodeState) Descriptor() protoreflect.EnumDescriptor {
+	return file_flowtrace_v1_observer_proto_enumTypes[1].Descriptor()
+}
+
+func (NodeState) Type() protoreflect.EnumType {
+	return &file_flowtrace_v1_observer_proto_enumTypes[1]
+}
+
+func (x NodeState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use NodeState.Descriptor instead.
+func (NodeState) EnumDescriptor() ([]byte, []int) {
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{1}
+}
+
 // GetFlowsRequest selects flows. Flows match when they match any allowlist
 // filter (or the allowlist is empty) and no denylist filter.
 type GetFlowsRequest struct {
@@ -457,6 +509,7 @@ type GetFlowsResponse struct {
 	//	*GetFlowsResponse_Flow
 	//	*GetFlowsResponse_LostEvents
 	//	*GetFlowsResponse_HistoryStart
+	//	*GetFlowsResponse_NodeStatus
 	ResponseTypes isGetFlowsResponse_ResponseTypes `protobuf_oneof:"response_types"`
 	NodeName      string                           `protobuf:"bytes,3,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
 	Time          *timestamppb.Timestamp           `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
@@ -528,6 +581,15 @@ func (x *GetFlowsResponse) GetHistoryStart() *HistoryStart {
 	return nil
 }
 
+func (x *GetFlowsResponse) GetNodeStatus() *NodeStatus {
+	if x != nil {
+		if x, ok := x.ResponseTypes.(*GetFlowsResponse_NodeStatus); ok {
+			return x.NodeStatus
+		}
+	}
+	return nil
+}
+
 func (x *GetFlowsResponse) GetNodeName() string {
 	if x != nil {
 		return x.NodeName
@@ -558,11 +620,18 @@ type GetFlowsResponse_HistoryStart struct {
 	HistoryStart *HistoryStart `protobuf:"bytes,5,opt,name=history_start,json=historyStart,proto3,oneof"`
 }
 
+type GetFlowsResponse_NodeStatus struct {
+	// node_status: a relay reports a node that joined or left the stream.
+	NodeStatus *NodeStatus `protobuf:"bytes,6,opt,name=node_status,json=nodeStatus,proto3,oneof"`
+}
+
 func (*GetFlowsResponse_Flow) isGetFlowsResponse_ResponseTypes() {}
 
 func (*GetFlowsResponse_LostEvents) isGetFlowsResponse_ResponseTypes() {}
 
 func (*GetFlowsResponse_HistoryStart) isGetFlowsResponse_ResponseTypes() {}
+
+func (*GetFlowsResponse_NodeStatus) isGetFlowsResponse_ResponseTypes() {}
 
 // HistoryStart is sent first when a request reaches past the history the
 // agent still holds: flows before oldest_flow_time were evicted.
@@ -1178,6 +1247,67 @@ func (x *IdentitySourceStatus) GetDetail() string {
 	return ""
 }
 
+// NodeStatus reports a change in a relayed node's reachability.
+type NodeStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeName      string                 `protobuf:"bytes,1,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	State         NodeState              `protobuf:"varint,2,opt,name=state,proto3,enum=flowtrace.v1.NodeState" json:"state,omitempty"`
+	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeStatus) Reset() {
+	*x = NodeStatus{}
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeStatus) ProtoMessage() {}
+
+func (x *NodeStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
+func (*NodeStatus) Descriptor() ([]byte, []int) {
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *NodeStatus) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetState() NodeState {
+	if x != nil {
+		return x.State
+	}
+	return NodeState_NODE_STATE_UNSPECIFIED
+}
+
+func (x *NodeStatus) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_flowtrace_v1_observer_proto protoreflect.FileDescriptor
 
 const file_flowtrace_v1_observer_proto_rawDesc = "" +
@@ -1224,12 +1354,14 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x11observation_point\x18\x17 \x03(\x0e2\x1e.flowtrace.v1.ObservationPointR\x10observationPoint\x126\n" +
 	"\n" +
 	"ip_version\x18\x18 \x03(\x0e2\x17.flowtrace.v1.IPVersionR\tipVersion\x12\x14\n" +
-	"\x05reply\x18\x19 \x03(\bR\x05reply\"\x9b\x02\n" +
+	"\x05reply\x18\x19 \x03(\bR\x05reply\"\xd8\x02\n" +
 	"\x10GetFlowsResponse\x12(\n" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowtrace.v1.FlowH\x00R\x04flow\x12;\n" +
 	"\vlost_events\x18\x02 \x01(\v2\x18.flowtrace.v1.LostEventsH\x00R\n" +
 	"lostEvents\x12A\n" +
-	"\rhistory_start\x18\x05 \x01(\v2\x1a.flowtrace.v1.HistoryStartH\x00R\fhistoryStart\x12\x1b\n" +
+	"\rhistory_start\x18\x05 \x01(\v2\x1a.flowtrace.v1.HistoryStartH\x00R\fhistoryStart\x12;\n" +
+	"\vnode_status\x18\x06 \x01(\v2\x18.flowtrace.v1.NodeStatusH\x00R\n" +
+	"nodeStatus\x12\x1b\n" +
 	"\tnode_name\x18\x03 \x01(\tR\bnodeName\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04timeB\x10\n" +
 	"\x0eresponse_types\"\xbe\x01\n" +
@@ -1289,13 +1421,22 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x14IdentitySourceStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06synced\x18\x02 \x01(\bR\x06synced\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail*\xd2\x01\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"r\n" +
+	"\n" +
+	"NodeStatus\x12\x1b\n" +
+	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12-\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x17.flowtrace.v1.NodeStateR\x05state\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage*\xd2\x01\n" +
 	"\x10LostEventsSource\x12\"\n" +
 	"\x1eLOST_EVENTS_SOURCE_UNSPECIFIED\x10\x00\x12)\n" +
 	"%LOST_EVENTS_SOURCE_KERNEL_RING_BUFFER\x10\x01\x12\"\n" +
 	"\x1eLOST_EVENTS_SOURCE_AGENT_QUEUE\x10\x02\x12&\n" +
 	"\"LOST_EVENTS_SOURCE_HISTORY_EVICTED\x10\x03\x12#\n" +
-	"\x1fLOST_EVENTS_SOURCE_CLIENT_QUEUE\x10\x042\xb5\x01\n" +
+	"\x1fLOST_EVENTS_SOURCE_CLIENT_QUEUE\x10\x04*]\n" +
+	"\tNodeState\x12\x1a\n" +
+	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14NODE_STATE_CONNECTED\x10\x01\x12\x1a\n" +
+	"\x16NODE_STATE_UNAVAILABLE\x10\x022\xb5\x01\n" +
 	"\x0fObserverService\x12K\n" +
 	"\bGetFlows\x12\x1d.flowtrace.v1.GetFlowsRequest\x1a\x1e.flowtrace.v1.GetFlowsResponse0\x01\x12U\n" +
 	"\fServerStatus\x12!.flowtrace.v1.ServerStatusRequest\x1a\".flowtrace.v1.ServerStatusResponseB?Z=github.com/flowtrace/flowtrace/proto/flowtrace/v1;flowtracev1b\x06proto3"
@@ -1312,71 +1453,75 @@ func file_flowtrace_v1_observer_proto_rawDescGZIP() []byte {
 	return file_flowtrace_v1_observer_proto_rawDescData
 }
 
-var file_flowtrace_v1_observer_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_flowtrace_v1_observer_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_flowtrace_v1_observer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_flowtrace_v1_observer_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_flowtrace_v1_observer_proto_goTypes = []any{
 	(LostEventsSource)(0),         // 0: flowtrace.v1.LostEventsSource
-	(*GetFlowsRequest)(nil),       // 1: flowtrace.v1.GetFlowsRequest
-	(*FlowFilter)(nil),            // 2: flowtrace.v1.FlowFilter
-	(*GetFlowsResponse)(nil),      // 3: flowtrace.v1.GetFlowsResponse
-	(*HistoryStart)(nil),          // 4: flowtrace.v1.HistoryStart
-	(*LostEvents)(nil),            // 5: flowtrace.v1.LostEvents
-	(*ServerStatusRequest)(nil),   // 6: flowtrace.v1.ServerStatusRequest
-	(*ServerStatusResponse)(nil),  // 7: flowtrace.v1.ServerStatusResponse
-	(*LostEventsCount)(nil),       // 8: flowtrace.v1.LostEventsCount
-	(*AttachedInterface)(nil),     // 9: flowtrace.v1.AttachedInterface
-	(*DatapathFeatures)(nil),      // 10: flowtrace.v1.DatapathFeatures
-	(*IdentitySourceStatus)(nil),  // 11: flowtrace.v1.IdentitySourceStatus
-	nil,                           // 12: flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil), // 14: google.protobuf.FieldMask
-	(Verdict)(0),                  // 15: flowtrace.v1.Verdict
-	(DropReason)(0),               // 16: flowtrace.v1.DropReason
-	(*TCPFlags)(nil),              // 17: flowtrace.v1.TCPFlags
-	(TrafficDirection)(0),         // 18: flowtrace.v1.TrafficDirection
-	(ObservationPoint)(0),         // 19: flowtrace.v1.ObservationPoint
-	(IPVersion)(0),                // 20: flowtrace.v1.IPVersion
-	(*Flow)(nil),                  // 21: flowtrace.v1.Flow
-	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
+	(NodeState)(0),                // 1: flowtrace.v1.NodeState
+	(*GetFlowsRequest)(nil),       // 2: flowtrace.v1.GetFlowsRequest
+	(*FlowFilter)(nil),            // 3: flowtrace.v1.FlowFilter
+	(*GetFlowsResponse)(nil),      // 4: flowtrace.v1.GetFlowsResponse
+	(*HistoryStart)(nil),          // 5: flowtrace.v1.HistoryStart
+	(*LostEvents)(nil),            // 6: flowtrace.v1.LostEvents
+	(*ServerStatusRequest)(nil),   // 7: flowtrace.v1.ServerStatusRequest
+	(*ServerStatusResponse)(nil),  // 8: flowtrace.v1.ServerStatusResponse
+	(*LostEventsCount)(nil),       // 9: flowtrace.v1.LostEventsCount
+	(*AttachedInterface)(nil),     // 10: flowtrace.v1.AttachedInterface
+	(*DatapathFeatures)(nil),      // 11: flowtrace.v1.DatapathFeatures
+	(*IdentitySourceStatus)(nil),  // 12: flowtrace.v1.IdentitySourceStatus
+	(*NodeStatus)(nil),            // 13: flowtrace.v1.NodeStatus
+	nil,                           // 14: flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil), // 16: google.protobuf.FieldMask
+	(Verdict)(0),                  // 17: flowtrace.v1.Verdict
+	(DropReason)(0),               // 18: flowtrace.v1.DropReason
+	(*TCPFlags)(nil),              // 19: flowtrace.v1.TCPFlags
+	(TrafficDirection)(0),         // 20: flowtrace.v1.TrafficDirection
+	(ObservationPoint)(0),         // 21: flowtrace.v1.ObservationPoint
+	(IPVersion)(0),                // 22: flowtrace.v1.IPVersion
+	(*Flow)(nil),                  // 23: flowtrace.v1.Flow
+	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
 }
 var file_flowtrace_v1_observer_proto_depIdxs = []int32{
-	13, // 0: flowtrace.v1.GetFlowsRequest.since:type_name -> google.protobuf.Timestamp
-	13, // 1: flowtrace.v1.GetFlowsRequest.until:type_name -> google.protobuf.Timestamp
-	2,  // 2: flowtrace.v1.GetFlowsRequest.allowlist:type_name -> flowtrace.v1.FlowFilter
-	2,  // 3: flowtrace.v1.GetFlowsRequest.denylist:type_name -> flowtrace.v1.FlowFilter
-	14, // 4: flowtrace.v1.GetFlowsRequest.field_mask:type_name -> google.protobuf.FieldMask
-	15, // 5: flowtrace.v1.FlowFilter.verdict:type_name -> flowtrace.v1.Verdict
-	16, // 6: flowtrace.v1.FlowFilter.drop_reason:type_name -> flowtrace.v1.DropReason
-	17, // 7: flowtrace.v1.FlowFilter.tcp_flags:type_name -> flowtrace.v1.TCPFlags
-	18, // 8: flowtrace.v1.FlowFilter.traffic_direction:type_name -> flowtrace.v1.TrafficDirection
-	19, // 9: flowtrace.v1.FlowFilter.observation_point:type_name -> flowtrace.v1.ObservationPoint
-	20, // 10: flowtrace.v1.FlowFilter.ip_version:type_name -> flowtrace.v1.IPVersion
-	21, // 11: flowtrace.v1.GetFlowsResponse.flow:type_name -> flowtrace.v1.Flow
-	5,  // 12: flowtrace.v1.GetFlowsResponse.lost_events:type_name -> flowtrace.v1.LostEvents
-	4,  // 13: flowtrace.v1.GetFlowsResponse.history_start:type_name -> flowtrace.v1.HistoryStart
-	13, // 14: flowtrace.v1.GetFlowsResponse.time:type_name -> google.protobuf.Timestamp
-	13, // 15: flowtrace.v1.HistoryStart.oldest_flow_time:type_name -> google.protobuf.Timestamp
-	13, // 16: flowtrace.v1.HistoryStart.requested_since:type_name -> google.protobuf.Timestamp
-	0,  // 17: flowtrace.v1.LostEvents.source:type_name -> flowtrace.v1.LostEventsSource
-	13, // 18: flowtrace.v1.ServerStatusResponse.oldest_flow_time:type_name -> google.protobuf.Timestamp
-	13, // 19: flowtrace.v1.ServerStatusResponse.newest_flow_time:type_name -> google.protobuf.Timestamp
-	22, // 20: flowtrace.v1.ServerStatusResponse.max_flow_age:type_name -> google.protobuf.Duration
-	8,  // 21: flowtrace.v1.ServerStatusResponse.lost_events:type_name -> flowtrace.v1.LostEventsCount
-	9,  // 22: flowtrace.v1.ServerStatusResponse.interfaces:type_name -> flowtrace.v1.AttachedInterface
-	10, // 23: flowtrace.v1.ServerStatusResponse.features:type_name -> flowtrace.v1.DatapathFeatures
-	22, // 24: flowtrace.v1.ServerStatusResponse.uptime:type_name -> google.protobuf.Duration
-	11, // 25: flowtrace.v1.ServerStatusResponse.identity_sources:type_name -> flowtrace.v1.IdentitySourceStatus
-	12, // 26: flowtrace.v1.ServerStatusResponse.datapath_counters:type_name -> flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
-	0,  // 27: flowtrace.v1.LostEventsCount.source:type_name -> flowtrace.v1.LostEventsSource
-	1,  // 28: flowtrace.v1.ObserverService.GetFlows:input_type -> flowtrace.v1.GetFlowsRequest
-	6,  // 29: flowtrace.v1.ObserverService.ServerStatus:input_type -> flowtrace.v1.ServerStatusRequest
-	3,  // 30: flowtrace.v1.ObserverService.GetFlows:output_type -> flowtrace.v1.GetFlowsResponse
-	7,  // 31: flowtrace.v1.ObserverService.ServerStatus:output_type -> flowtrace.v1.ServerStatusResponse
-	30, // [30:32] is the sub-list for method output_type
-	28, // [28:30] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	15, // 0: flowtrace.v1.GetFlowsRequest.since:type_name -> google.protobuf.Timestamp
+	15, // 1: flowtrace.v1.GetFlowsRequest.until:type_name -> google.protobuf.Timestamp
+	3,  // 2: flowtrace.v1.GetFlowsRequest.allowlist:type_name -> flowtrace.v1.FlowFilter
+	3,  // 3: flowtrace.v1.GetFlowsRequest.denylist:type_name -> flowtrace.v1.FlowFilter
+	16, // 4: flowtrace.v1.GetFlowsRequest.field_mask:type_name -> google.protobuf.FieldMask
+	17, // 5: flowtrace.v1.FlowFilter.verdict:type_name -> flowtrace.v1.Verdict
+	18, // 6: flowtrace.v1.FlowFilter.drop_reason:type_name -> flowtrace.v1.DropReason
+	19, // 7: flowtrace.v1.FlowFilter.tcp_flags:type_name -> flowtrace.v1.TCPFlags
+	20, // 8: flowtrace.v1.FlowFilter.traffic_direction:type_name -> flowtrace.v1.TrafficDirection
+	21, // 9: flowtrace.v1.FlowFilter.observation_point:type_name -> flowtrace.v1.ObservationPoint
+	22, // 10: flowtrace.v1.FlowFilter.ip_version:type_name -> flowtrace.v1.IPVersion
+	23, // 11: flowtrace.v1.GetFlowsResponse.flow:type_name -> flowtrace.v1.Flow
+	6,  // 12: flowtrace.v1.GetFlowsResponse.lost_events:type_name -> flowtrace.v1.LostEvents
+	5,  // 13: flowtrace.v1.GetFlowsResponse.history_start:type_name -> flowtrace.v1.HistoryStart
+	13, // 14: flowtrace.v1.GetFlowsResponse.node_status:type_name -> flowtrace.v1.NodeStatus
+	15, // 15: flowtrace.v1.GetFlowsResponse.time:type_name -> google.protobuf.Timestamp
+	15, // 16: flowtrace.v1.HistoryStart.oldest_flow_time:type_name -> google.protobuf.Timestamp
+	15, // 17: flowtrace.v1.HistoryStart.requested_since:type_name -> google.protobuf.Timestamp
+	0,  // 18: flowtrace.v1.LostEvents.source:type_name -> flowtrace.v1.LostEventsSource
+	15, // 19: flowtrace.v1.ServerStatusResponse.oldest_flow_time:type_name -> google.protobuf.Timestamp
+	15, // 20: flowtrace.v1.ServerStatusResponse.newest_flow_time:type_name -> google.protobuf.Timestamp
+	24, // 21: flowtrace.v1.ServerStatusResponse.max_flow_age:type_name -> google.protobuf.Duration
+	9,  // 22: flowtrace.v1.ServerStatusResponse.lost_events:type_name -> flowtrace.v1.LostEventsCount
+	10, // 23: flowtrace.v1.ServerStatusResponse.interfaces:type_name -> flowtrace.v1.AttachedInterface
+	11, // 24: flowtrace.v1.ServerStatusResponse.features:type_name -> flowtrace.v1.DatapathFeatures
+	24, // 25: flowtrace.v1.ServerStatusResponse.uptime:type_name -> google.protobuf.Duration
+	12, // 26: flowtrace.v1.ServerStatusResponse.identity_sources:type_name -> flowtrace.v1.IdentitySourceStatus
+	14, // 27: flowtrace.v1.ServerStatusResponse.datapath_counters:type_name -> flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
+	0,  // 28: flowtrace.v1.LostEventsCount.source:type_name -> flowtrace.v1.LostEventsSource
+	1,  // 29: flowtrace.v1.NodeStatus.state:type_name -> flowtrace.v1.NodeState
+	2,  // 30: flowtrace.v1.ObserverService.GetFlows:input_type -> flowtrace.v1.GetFlowsRequest
+	7,  // 31: flowtrace.v1.ObserverService.ServerStatus:input_type -> flowtrace.v1.ServerStatusRequest
+	4,  // 32: flowtrace.v1.ObserverService.GetFlows:output_type -> flowtrace.v1.GetFlowsResponse
+	8,  // 33: flowtrace.v1.ObserverService.ServerStatus:output_type -> flowtrace.v1.ServerStatusResponse
+	32, // [32:34] is the sub-list for method output_type
+	30, // [30:32] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_flowtrace_v1_observer_proto_init() }
@@ -1389,6 +1534,7 @@ func file_flowtrace_v1_observer_proto_init() {
 		(*GetFlowsResponse_Flow)(nil),
 		(*GetFlowsResponse_LostEvents)(nil),
 		(*GetFlowsResponse_HistoryStart)(nil),
+		(*GetFlowsResponse_NodeStatus)(nil),
 	}
 	file_flowtrace_v1_observer_proto_msgTypes[4].OneofWrappers = []any{}
 	type x struct{}
@@ -1396,8 +1542,8 @@ func file_flowtrace_v1_observer_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowtrace_v1_observer_proto_rawDesc), len(file_flowtrace_v1_observer_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   12,
+			NumEnums:      2,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
