@@ -20,6 +20,7 @@ import (
 // their workloads: no identity file involved. The control plane runs inside
 // the lab's node namespace, where the agent reaches it on loopback.
 func TestKubernetesNamesLabFlows(t *testing.T) {
+	testutil.SkipInKernelMatrix(t, "the control plane is built with Go and is the same on every kernel")
 	l, ids := newLab(t)
 	bin := filepath.Join(t.TempDir(), "k8s-control-plane")
 	if out, err := exec.Command("go", "build", "-o", bin, "../test/k8s/cmd/k8s-control-plane").CombinedOutput(); err != nil {

@@ -32,3 +32,16 @@ func SkipOrFail(t testing.TB, reason string) {
 	}
 	t.Skip(reason)
 }
+
+// InVMEnv is set by the kernel matrix's guest /init.
+const InVMEnv = "FLOWTRACE_IN_VM"
+
+// SkipInKernelMatrix skips a test that does not depend on the kernel and
+// cannot run inside the kernel matrix's minimal guests (no Go toolchain, no
+// Kubernetes binaries). It runs everywhere else, CI's native run included.
+func SkipInKernelMatrix(t testing.TB, reason string) {
+	t.Helper()
+	if os.Getenv(InVMEnv) == "1" {
+		t.Skip("kernel matrix guest: " + reason)
+	}
+}
