@@ -27,5 +27,7 @@ const struct ft_flow_key *ft_unused_key __attribute__((unused));
 const struct ft_flow_val *ft_unused_val __attribute__((unused));
 const struct ft_xlate_event *ft_unused_xlate __attribute__((unused));
 const struct ft_mtu_event *ft_unused_mtu __attribute__((unused));
+const struct ft_drop_key *ft_unused_drop_key __attribute__((unused));
+const struct ft_drop_fold *ft_unused_drop_fold __attribute__((unused));
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

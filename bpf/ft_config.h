@@ -49,4 +49,11 @@ volatile const __u32 ft_self_netns = 0;
  */
 volatile const __u32 ft_mtu_min_len = 576;
 
+/*
+ * Drop folding: after a drop is emitted, identical drops (see struct
+ * ft_drop_key) on the same CPU within this window are only counted; user
+ * space reports the counts. 0 disables folding: every drop is an event.
+ */
+volatile const __u64 ft_drop_fold_window_ns = 100000000ULL;
+
 #endif /* FT_CONFIG_H */

@@ -36,6 +36,60 @@ static __always_inline __u32 ft_skb_netns(struct sk_buff *skb, __u32 *ifindex)
 	return inum;
 }
 
+/* Parse the dropped packet's headers into t (on the stack, before folding). */
+static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *t)
+{
+	struct ft_src src = {};
+	__u16 nh;
+
+	src.head = BPF_CORE_READ(skb, head);
+	src.end = BPF_CORE_READ(skb, tail);
+	nh = BPF_CORE_READ(skb, network_header);
+	/* Early drops may happen before the network header was set. */
+	if (nh == FT_HDR_UNSET || nh == 0 || nh >= src.end) {
+		t->ethertype = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+		t->status = FT_PARSE_TRUNCATED;
+	} else {
+		struct ft_pmeta m = {};
+
+		t->status = ft_parse_l3(&src, nh, bpf_ntohs(BPF_CORE_READ(skb, protocol)), t, &m);
+	}
+}
+
+/*
+ * ft_drop_fold_in returns 1 when this drop was folded (counted, no event).
+ * A drop is emitted when its signature has no slot on this CPU or the last
+ * emitted drop of the slot is older than the window; the drops folded in
+ * between are reported by user space from the slot's cumulative counter, so
+ * a storm costs one event per window per CPU plus one per user-space walk.
+ */
+static __always_inline int ft_drop_fold_in(struct ft_drop_key *k, struct sk_buff *skb, __u64 now)
+{
+	struct ft_drop_fold *f = bpf_map_lookup_elem(&ft_drop_folds, k);
+
+	if (!f) {
+		struct ft_drop_fold nf = { .created_ns = now, .emit_ns = now };
+
+		/* Full map (LRU evicts) or a race with another CPU: just emit. */
+		bpf_map_update_elem(&ft_drop_folds, k, &nf, BPF_NOEXIST);
+		return 0;
+	}
+	if (f->created_ns && now - f->emit_ns < ft_drop_fold_window_ns) {
+		f->folded += 1; /* per-CPU slot: no atomic needed */
+		if (!f->fold_first_ns)
+			f->fold_first_ns = now;
+		f->last_ns = now;
+		f->skb_iif = BPF_CORE_READ(skb, skb_iif);
+		f->pkt_len = BPF_CORE_READ(skb, len);
+		return 1;
+	}
+	if (!f->created_ns)
+		f->created_ns = now; /* first use of this entry on this CPU */
+	f->emit_ns = now;
+	f->fold_first_ns = 0;
+	return 0;
+}
+
 /*
  * has_reason is a compile-time constant per program: kernels before 5.17
  * pass no reason (and call consume_skb, not kfree_skb, for normal frees).
@@ -44,50 +98,41 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 					  int has_reason)
 {
 	struct ft_drop_event *e;
-	struct ft_src src = {};
-	__u32 ifindex, netns;
-	__u16 nh;
+	struct ft_drop_key k = {};
 	__u64 now;
 
 	if (has_reason && (reason == ft_reason_not_dropped || reason == ft_reason_consumed))
 		return 0;
 	ft_stat_inc(FT_STAT_DROPS_SEEN);
 
-	netns = ft_skb_netns(skb, &ifindex);
-	if (!ft_scope_all_netns && !bpf_map_lookup_elem(&ft_netns_scope, &netns)) {
+	k.netns = ft_skb_netns(skb, &k.ifindex);
+	if (!ft_scope_all_netns && !bpf_map_lookup_elem(&ft_netns_scope, &k.netns)) {
 		ft_stat_inc(FT_STAT_DROPS_OUT_OF_SCOPE);
+		return 0;
+	}
+	k.location = location;
+	k.reason = reason;
+	ft_drop_tuple(skb, &k.tuple);
+	now = bpf_ktime_get_boot_ns();
+	if (ft_drop_fold_window_ns && ft_drop_fold_in(&k, skb, now)) {
+		ft_stat_inc(FT_STAT_DROPS_FOLDED);
 		return 0;
 	}
 
 	e = ft_rb_reserve(sizeof(*e));
 	if (!e)
 		return 0;
-	now = bpf_ktime_get_boot_ns();
 	ft_fill_hdr(&e->hdr, FT_EV_DROP, sizeof(*e), now);
-	__builtin_memset(&e->tuple, 0, sizeof(e->tuple));
+	__builtin_memcpy(&e->tuple, &k.tuple, sizeof(e->tuple));
 	e->location = location;
 	e->first_ns = now;
 	e->last_ns = now;
 	e->reason = reason;
-	e->ifindex = ifindex;
+	e->ifindex = k.ifindex;
 	e->skb_iif = BPF_CORE_READ(skb, skb_iif);
-	e->netns = netns;
+	e->netns = k.netns;
 	e->pkt_len = BPF_CORE_READ(skb, len);
 	e->count = 1;
-
-	src.head = BPF_CORE_READ(skb, head);
-	src.end = BPF_CORE_READ(skb, tail);
-	nh = BPF_CORE_READ(skb, network_header);
-	/* Early drops may happen before the network header was set. */
-	if (nh == FT_HDR_UNSET || nh == 0 || nh >= src.end) {
-		e->tuple.ethertype = bpf_ntohs(BPF_CORE_READ(skb, protocol));
-		e->tuple.status = FT_PARSE_TRUNCATED;
-	} else {
-		struct ft_pmeta m = {};
-
-		e->tuple.status = ft_parse_l3(&src, nh, bpf_ntohs(BPF_CORE_READ(skb, protocol)),
-					      &e->tuple, &m);
-	}
 	ft_ct_from_kskb(skb, &e->tuple, &e->ct, 0);
 	bpf_ringbuf_submit(e, ft_rb_flags());
 	ft_stat_inc(FT_STAT_DROP_EVENTS);

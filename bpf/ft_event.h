@@ -206,6 +206,7 @@ enum ft_stat {
 	FT_STAT_VXLAN,
 	FT_STAT_CT_LOOKUPS,
 	FT_STAT_FIB_LOOKUPS,
+	FT_STAT_DROPS_FOLDED, /* in-scope drops counted in ft_drop_folds, not emitted */
 	FT_STAT_MAX,
 };
 

@@ -49,6 +49,43 @@ struct {
 	__type(value, __u8);
 } ft_netns_scope SEC(".maps");
 
+/* A drop signature: drops equal in all of these fold together. 72 bytes. */
+struct ft_drop_key {
+	struct ft_tuple tuple;
+	__u64 location;
+	__u32 reason;
+	__u32 ifindex;
+	__u32 netns;
+	__u32 _pad;
+};
+
+/*
+ * Per-CPU fold state of one signature. Only the BPF side writes it; user
+ * space reads `folded` (cumulative, never reset while the slot lives) and
+ * remembers how much it has reported, so no count is handed over by a
+ * write that could race with the kernel's increment.
+ */
+struct ft_drop_fold {
+	__u64 created_ns;    /* slot instance on this CPU; 0 = never used */
+	__u64 emit_ns;       /* last drop of this slot emitted as an event */
+	__u64 fold_first_ns; /* first drop folded since emit_ns, 0 = none */
+	__u64 last_ns;       /* last folded drop */
+	__u64 folded;        /* drops folded since created_ns */
+	__u32 skb_iif;       /* of the last folded drop */
+	__u32 pkt_len;
+};
+
+/*
+ * Drop signatures, per-CPU values so the hot path needs no atomics.
+ * max_entries is rewritten by the loader.
+ */
+struct {
+	__uint(type, 10); /* BPF_MAP_TYPE_LRU_PERCPU_HASH (uapi, 4.10+) */
+	__uint(max_entries, 16384);
+	__type(key, struct ft_drop_key);
+	__type(value, struct ft_drop_fold);
+} ft_drop_folds SEC(".maps");
+
 static __always_inline void ft_stat_inc(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&ft_stats, &idx);

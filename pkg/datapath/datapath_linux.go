@@ -34,6 +34,13 @@ type Config struct {
 	// MTUCheckMinLen: packets with an L3 length at or below this skip the
 	// ingress MTU check (default 576; no real link is smaller).
 	MTUCheckMinLen int
+	// DropFoldWindow: after a drop is reported, identical drops (same
+	// tuple, reason, location, netns, ifindex) on the same CPU within this
+	// window are counted in the kernel and reported by Run as one event
+	// with the count (default 100ms; negative disables folding).
+	DropFoldWindow time.Duration
+	// DropFoldEntries: drop signatures tracked (default 16384; LRU).
+	DropFoldEntries int
 
 	forceRawTP bool // tests: exercise the raw_tp fallback on a kernel with tp_btf
 	// tests: pretend the kernel refused these paths.
@@ -84,6 +91,8 @@ const (
 	defaultRingBytes      = 4 << 20
 	defaultFlowEntries    = 65536
 	defaultMTUCheckMinLen = 576
+	defaultFoldWindow     = 100 * time.Millisecond
+	defaultFoldEntries    = 16384
 
 	// readPoll bounds how long a lone event can sit in the ring: the BPF side
 	// wakes the reader only every 64th event.
@@ -109,6 +118,7 @@ var statNames = [...]string{
 	"vxlan_packets",
 	"ct_lookups",
 	"fib_lookups",
+	"drops_folded",
 }
 
 // coreObjects is what always loads: maps and tc programs. The kfree_skb
@@ -135,6 +145,7 @@ type Datapath struct {
 	rd       *ringbuf.Reader
 
 	decodeErrors atomic.Uint64
+	folds        foldTracker
 	bootOffset   atomic.Int64 // wall ns - boot ns
 	closeOnce    sync.Once
 	closeErr     error
@@ -158,6 +169,15 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.FlowTableEntries < 0 {
 		return c, fmt.Errorf("flow table entries %d is negative", c.FlowTableEntries)
+	}
+	if c.DropFoldWindow == 0 {
+		c.DropFoldWindow = defaultFoldWindow
+	}
+	if c.DropFoldEntries == 0 {
+		c.DropFoldEntries = defaultFoldEntries
+	}
+	if c.DropFoldEntries < 0 {
+		return c, fmt.Errorf("drop fold entries %d is negative", c.DropFoldEntries)
 	}
 	if c.MTUCheckMinLen == 0 {
 		c.MTUCheckMinLen = defaultMTUCheckMinLen
@@ -202,6 +222,7 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 		"ft_reason_not_dropped":      notDropped,
 		"ft_reason_consumed":         consumed,
 		"ft_mtu_min_len":             uint32(cfg.MTUCheckMinLen),
+		"ft_drop_fold_window_ns":     uint64(max(cfg.DropFoldWindow.Nanoseconds(), 0)),
 	}
 	for name, v := range consts {
 		vs, ok := spec.Variables[name]
@@ -214,6 +235,10 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 	}
 	spec.Maps["ft_events"].MaxEntries = uint32(cfg.RingBufferBytes)
 	spec.Maps["ft_flows"].MaxEntries = uint32(cfg.FlowTableEntries)
+	spec.Maps["ft_drop_folds"].MaxEntries = uint32(cfg.DropFoldEntries)
+	if cfg.DropFoldWindow < 0 {
+		spec.Maps["ft_drop_folds"].MaxEntries = 1 // unused: keep no per-CPU memory
+	}
 
 	// The drop programs are optional per kernel: load them separately so a
 	// refused tp_btf cannot break the tc programs and maps.
@@ -241,7 +266,8 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 		"ct_nfct", d.features.ConntrackNfct, "ct_lookup", d.features.ConntrackLookup,
 		"mtu_check", d.features.MTUCheck,
 		"ring_bytes", cfg.RingBufferBytes, "flow_entries", cfg.FlowTableEntries,
-		"report_interval", cfg.FlowReportInterval, "scope_all_netns", cfg.ScopeAllNetns)
+		"report_interval", cfg.FlowReportInterval, "scope_all_netns", cfg.ScopeAllNetns,
+		"drop_fold_window", cfg.DropFoldWindow)
 	return d, nil
 }
 
@@ -483,6 +509,7 @@ func (d *Datapath) tryDrop(spec *ebpf.CollectionSpec, prog string, attach func(*
 	// are recreated from the same configured contents.
 	repl := map[string]*ebpf.Map{
 		"ft_events":      d.objs.FtEvents,
+		"ft_drop_folds":  d.objs.FtDropFolds,
 		"ft_flows":       d.objs.FtFlows,
 		"ft_lost":        d.objs.FtLost,
 		"ft_netns_scope": d.objs.FtNetnsScope,
@@ -533,7 +560,8 @@ func (d *Datapath) ForgetNetns(inode uint32) error {
 
 // Run reads the ring buffer until ctx is done, calling fn for each decoded
 // event; the *decode.Event is reused, so fn must copy what it keeps. It also
-// flushes idle flow entries every FlowReportInterval. Decode errors are
+// flushes idle flow entries every FlowReportInterval and reports folded
+// drops every DropFoldWindow (FlushDrops). Decode errors are
 // counted (Stats "decode_errors"), not fatal. Run must not be called
 // concurrently with itself.
 func (d *Datapath) Run(ctx context.Context, fn func(*decode.Event)) error {
@@ -542,6 +570,7 @@ func (d *Datapath) Run(ctx context.Context, fn func(*decode.Event)) error {
 	var rec ringbuf.Record
 	var ev decode.Event
 	lastFlush := time.Now()
+	lastFold := time.Now()
 	lastSync := time.Now()
 	for {
 		if err := ctx.Err(); err != nil {
@@ -557,6 +586,12 @@ func (d *Datapath) Run(ctx context.Context, fn func(*decode.Event)) error {
 				d.log.Warn("idle flow flush failed", "error", err)
 			}
 			lastFlush = now
+		}
+		if d.cfg.DropFoldWindow > 0 && now.Sub(lastFold) >= d.cfg.DropFoldWindow {
+			if _, err := d.FlushDrops(fn); err != nil {
+				d.log.Warn("folded drop flush failed", "error", err)
+			}
+			lastFold = now
 		}
 		d.rd.SetDeadline(now.Add(readPoll))
 		err := d.rd.ReadInto(&rec)
@@ -712,6 +747,9 @@ func (d *Datapath) Stats() (map[string]uint64, error) {
 		out[name] = sum
 	}
 	out["decode_errors"] = d.decodeErrors.Load()
+	reported, lost := d.folds.totals()
+	out["drops_fold_reported"] = reported
+	out["drops_fold_lost"] = lost
 	return out, nil
 }
 

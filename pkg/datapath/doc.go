@@ -8,4 +8,11 @@
 // (MTU_EXCEEDED at ingress, ICMP frag-needed / packet-too-big crossing tc)
 // and the inner flow of VXLAN packets. The kernel paths these need are
 // optional; Features says which ones loaded.
+//
+// Drop storms are folded in the kernel: after a drop is emitted, identical
+// drops (tuple, reason, location, netns, ifindex) on the same CPU within
+// Config.DropFoldWindow are only counted in a per-CPU LRU map, and Run
+// reports the counts (FlushDrops) as drop events with Count > 1. Stats
+// "drops_folded" (kernel), "drops_fold_reported" and "drops_fold_lost"
+// (evicted before they could be reported) account for every folded drop.
 package datapath

@@ -45,6 +45,27 @@ type ftFtDropEvent struct {
 	Ct       ftFtCt
 }
 
+type ftFtDropFold struct {
+	_           structs.HostLayout
+	CreatedNs   uint64
+	EmitNs      uint64
+	FoldFirstNs uint64
+	LastNs      uint64
+	Folded      uint64
+	SkbIif      uint32
+	PktLen      uint32
+}
+
+type ftFtDropKey struct {
+	_        structs.HostLayout
+	Tuple    ftFtTuple
+	Location uint64
+	Reason   uint32
+	Ifindex  uint32
+	Netns    uint32
+	Pad      uint32
+}
+
 type ftFtEncap struct {
 	_         structs.HostLayout
 	Saddr     [16]uint8
@@ -200,6 +221,7 @@ type ftFtXlateKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	ftMapFtDropFolds            = "ft_drop_folds"
 	ftMapFtEvents               = "ft_events"
 	ftMapFtFlows                = "ft_flows"
 	ftMapFtLost                 = "ft_lost"
@@ -216,6 +238,7 @@ const (
 	ftProgFtTcIngress           = "ft_tc_ingress"
 	ftVarFtCtCastEnabled        = "ft_ct_cast_enabled"
 	ftVarFtCtLookupEnabled      = "ft_ct_lookup_enabled"
+	ftVarFtDropFoldWindowNs     = "ft_drop_fold_window_ns"
 	ftVarFtFibEnabled           = "ft_fib_enabled"
 	ftVarFtFlowReportIntervalNs = "ft_flow_report_interval_ns"
 	ftVarFtKctxEnabled          = "ft_kctx_enabled"
@@ -226,6 +249,8 @@ const (
 	ftVarFtScopeAllNetns        = "ft_scope_all_netns"
 	ftVarFtSelfNetns            = "ft_self_netns"
 	ftVarFtUnusedDrop           = "ft_unused_drop"
+	ftVarFtUnusedDropFold       = "ft_unused_drop_fold"
+	ftVarFtUnusedDropKey        = "ft_unused_drop_key"
 	ftVarFtUnusedFlow           = "ft_unused_flow"
 	ftVarFtUnusedKey            = "ft_unused_key"
 	ftVarFtUnusedMtu            = "ft_unused_mtu"
@@ -287,6 +312,7 @@ type ftProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ftMapSpecs struct {
+	FtDropFolds  *ebpf.MapSpec `ebpf:"ft_drop_folds"`
 	FtEvents     *ebpf.MapSpec `ebpf:"ft_events"`
 	FtFlows      *ebpf.MapSpec `ebpf:"ft_flows"`
 	FtLost       *ebpf.MapSpec `ebpf:"ft_lost"`
@@ -303,6 +329,7 @@ type ftMapSpecs struct {
 type ftVariableSpecs struct {
 	FtCtCastEnabled        *ebpf.VariableSpec `ebpf:"ft_ct_cast_enabled"`
 	FtCtLookupEnabled      *ebpf.VariableSpec `ebpf:"ft_ct_lookup_enabled"`
+	FtDropFoldWindowNs     *ebpf.VariableSpec `ebpf:"ft_drop_fold_window_ns"`
 	FtFibEnabled           *ebpf.VariableSpec `ebpf:"ft_fib_enabled"`
 	FtFlowReportIntervalNs *ebpf.VariableSpec `ebpf:"ft_flow_report_interval_ns"`
 	FtKctxEnabled          *ebpf.VariableSpec `ebpf:"ft_kctx_enabled"`
@@ -313,6 +340,8 @@ type ftVariableSpecs struct {
 	FtScopeAllNetns        *ebpf.VariableSpec `ebpf:"ft_scope_all_netns"`
 	FtSelfNetns            *ebpf.VariableSpec `ebpf:"ft_self_netns"`
 	FtUnusedDrop           *ebpf.VariableSpec `ebpf:"ft_unused_drop"`
+	FtUnusedDropFold       *ebpf.VariableSpec `ebpf:"ft_unused_drop_fold"`
+	FtUnusedDropKey        *ebpf.VariableSpec `ebpf:"ft_unused_drop_key"`
 	FtUnusedFlow           *ebpf.VariableSpec `ebpf:"ft_unused_flow"`
 	FtUnusedKey            *ebpf.VariableSpec `ebpf:"ft_unused_key"`
 	FtUnusedMtu            *ebpf.VariableSpec `ebpf:"ft_unused_mtu"`
@@ -340,6 +369,7 @@ func (o *ftObjects) Close() error {
 //
 // It can be passed to loadFtObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ftMaps struct {
+	FtDropFolds  *ebpf.Map `ebpf:"ft_drop_folds"`
 	FtEvents     *ebpf.Map `ebpf:"ft_events"`
 	FtFlows      *ebpf.Map `ebpf:"ft_flows"`
 	FtLost       *ebpf.Map `ebpf:"ft_lost"`
@@ -352,6 +382,7 @@ type ftMaps struct {
 
 func (m *ftMaps) Close() error {
 	return _FtClose(
+		m.FtDropFolds,
 		m.FtEvents,
 		m.FtFlows,
 		m.FtLost,
@@ -369,6 +400,7 @@ func (m *ftMaps) Close() error {
 type ftVariables struct {
 	FtCtCastEnabled        *ebpf.Variable `ebpf:"ft_ct_cast_enabled"`
 	FtCtLookupEnabled      *ebpf.Variable `ebpf:"ft_ct_lookup_enabled"`
+	FtDropFoldWindowNs     *ebpf.Variable `ebpf:"ft_drop_fold_window_ns"`
 	FtFibEnabled           *ebpf.Variable `ebpf:"ft_fib_enabled"`
 	FtFlowReportIntervalNs *ebpf.Variable `ebpf:"ft_flow_report_interval_ns"`
 	FtKctxEnabled          *ebpf.Variable `ebpf:"ft_kctx_enabled"`
@@ -379,6 +411,8 @@ type ftVariables struct {
 	FtScopeAllNetns        *ebpf.Variable `ebpf:"ft_scope_all_netns"`
 	FtSelfNetns            *ebpf.Variable `ebpf:"ft_self_netns"`
 	FtUnusedDrop           *ebpf.Variable `ebpf:"ft_unused_drop"`
+	FtUnusedDropFold       *ebpf.Variable `ebpf:"ft_unused_drop_fold"`
+	FtUnusedDropKey        *ebpf.Variable `ebpf:"ft_unused_drop_key"`
 	FtUnusedFlow           *ebpf.Variable `ebpf:"ft_unused_flow"`
 	FtUnusedKey            *ebpf.Variable `ebpf:"ft_unused_key"`
 	FtUnusedMtu            *ebpf.Variable `ebpf:"ft_unused_mtu"`

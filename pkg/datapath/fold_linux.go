@@ -1,0 +1,286 @@
+//go:build linux
+
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowtrace/flowtrace/pkg/decode"
+)
+
+// foldSeen is what user space has reported of one signature's slot on one
+// CPU. The kernel's counter is cumulative and only the kernel writes it, so
+// the next report is simply folded - reported: nothing is handed over by a
+// user-space write that could race with the kernel's increment.
+type foldSeen struct {
+	created  uint64 // slot instance (kernel created_ns); 0 = never seen
+	reported uint64 // of the slot's folded counter
+	lastNs   uint64 // last drop covered by the previous report
+}
+
+// foldTracker holds the user-space side of drop folding.
+type foldTracker struct {
+	mu   sync.Mutex
+	seen map[ftFtDropKey][]foldSeen
+	// reportedTotal: folded drops reported by FlushDrops, all signatures.
+	reportedTotal uint64
+	// lost: folded drops no report can carry any more, because the LRU
+	// evicted (or replaced) their slot before FlushDrops read it. It is a
+	// lower bound that becomes exact once drops stop:
+	// drops_folded = drops_fold_reported + drops_fold_lost + still pending.
+	lost uint64
+}
+
+func (f *foldTracker) totals() (reported, lost uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reportedTotal, f.lost
+}
+
+// foldBatch is how many signatures one batch lookup syscall reads.
+const foldBatch = 512
+
+// FlushDrops reports the drops the kernel folded since the previous call:
+// one drop event per signature and CPU with new folded drops, carrying
+// their count, the signature's tuple, reason, location, netns and ifindex,
+// and the last folded drop's length and skb_iif. LastNs is the last folded
+// drop; FirstNs is exact for the first report of a slot and otherwise the
+// previous report's LastNs + 1 (a lower bound: the slot keeps one first
+// time per window, not per report). Signatures idle for two windows are
+// deleted (after a last report), so the walk stays as small as the set of
+// recent signatures. Run calls it every DropFoldWindow. It returns the
+// number of events emitted.
+func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
+	f := &d.folds
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.seen == nil {
+		f.seen = make(map[ftFtDropKey][]foldSeen)
+	}
+	// Read the kernel's total before the walk: every fold it includes is
+	// then either reported below or lost, so total - reported never
+	// overstates the loss.
+	foldedBefore, err := d.statSum(foldedStat)
+	if err != nil {
+		return 0, err
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return 0, fmt.Errorf("possible cpus: %w", err)
+	}
+	w := foldWalk{d: d, f: f, fn: fn, now: uint64(bootNs()),
+		window:  uint64(max(d.cfg.DropFoldWindow.Nanoseconds(), 0)),
+		visited: make(map[ftFtDropKey]struct{}, len(f.seen))}
+	var errs []error
+	if err := w.batchWalk(ncpu); err != nil {
+		errs = append(errs, err)
+	}
+	// A walk can miss a key that moved while it ran. Forget a signature
+	// only when a direct lookup confirms it is gone, or a later walk would
+	// report its whole counter again.
+	slots := make([]ftFtDropFold, ncpu)
+	for k := range f.seen {
+		if _, ok := w.visited[k]; ok {
+			continue
+		}
+		err := d.objs.FtDropFolds.Lookup(&k, &slots)
+		switch {
+		case err == nil:
+			w.visit(k, slots)
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			delete(f.seen, k)
+		default:
+			errs = append(errs, fmt.Errorf("look up drop fold: %w", err))
+		}
+	}
+	errs = append(errs, w.reclaim(slots))
+	if foldedBefore > f.reportedTotal && foldedBefore-f.reportedTotal > f.lost {
+		f.lost = foldedBefore - f.reportedTotal
+	}
+	return w.emitted, errors.Join(errs...)
+}
+
+// foldWalk is one FlushDrops pass.
+type foldWalk struct {
+	d       *Datapath
+	f       *foldTracker
+	fn      func(*decode.Event)
+	now     uint64
+	window  uint64
+	ev      decode.Event
+	emitted int
+	visited map[ftFtDropKey]struct{}
+	idle    []ftFtDropKey
+}
+
+// batchWalk reads the whole fold map, foldBatch signatures per syscall
+// (one NextKey + Lookup pair per signature costs ~8 us: 130 ms for a full
+// 16k map), falling back to the iterator where batch lookups are missing.
+func (w *foldWalk) batchWalk(ncpu int) error {
+	keys := make([]ftFtDropKey, foldBatch)
+	vals := make([]ftFtDropFold, foldBatch*ncpu)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := w.d.objs.FtDropFolds.BatchLookup(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			w.visit(keys[i], vals[i*ncpu:(i+1)*ncpu])
+		}
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil // done
+		case errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL):
+			if n > 0 {
+				return fmt.Errorf("batch lookup drop folds: %w", err)
+			}
+			return w.iterWalk(ncpu)
+		case err != nil:
+			return fmt.Errorf("batch lookup drop folds: %w", err)
+		}
+	}
+}
+
+func (w *foldWalk) iterWalk(ncpu int) error {
+	var key ftFtDropKey
+	slots := make([]ftFtDropFold, ncpu)
+	it := w.d.objs.FtDropFolds.Iterate()
+	for it.Next(&key, &slots) {
+		w.visit(key, slots)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate drop folds: %w", err)
+	}
+	return nil
+}
+
+// visit reports what the slots of one signature folded since the last
+// report and notes the signature as idle when no CPU has emitted or folded
+// one of its drops for two windows: the kernel folds only within a window
+// of an emitted drop, so such an entry holds nothing the kernel would still
+// add to without first emitting an event.
+func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
+	f := w.f
+	w.visited[key] = struct{}{}
+	seen := f.seen[key]
+	if len(seen) < len(slots) {
+		seen = append(seen, make([]foldSeen, len(slots)-len(seen))...)
+	}
+	var active uint64
+	for cpu := range slots {
+		s, st := &slots[cpu], &seen[cpu]
+		if s.CreatedNs == 0 {
+			continue
+		}
+		active = max(active, s.EmitNs, s.LastNs)
+		if st.created != s.CreatedNs {
+			// A new slot instance (the entry was evicted and came back):
+			// its counter starts at zero.
+			*st = foldSeen{created: s.CreatedNs}
+		}
+		if s.Folded <= st.reported {
+			continue
+		}
+		first := s.FoldFirstNs
+		if st.lastNs != 0 {
+			first = st.lastNs + 1
+		}
+		for delta := s.Folded - st.reported; delta > 0; {
+			n := min(delta, math.MaxUint32)
+			fillFoldEvent(&w.ev, &key, s, uint32(cpu), uint32(n), first, w.now)
+			w.ev.Time = w.d.wallTime(w.now)
+			w.fn(&w.ev)
+			w.emitted++
+			delta -= n
+		}
+		f.reportedTotal += s.Folded - st.reported
+		st.reported, st.lastNs = s.Folded, s.LastNs
+	}
+	f.seen[key] = seen
+	if w.now > active && w.now-active > 2*w.window {
+		w.idle = append(w.idle, key)
+	}
+}
+
+// reclaim deletes idle signatures, reading each one's final state in the
+// same syscall where the kernel offers it (5.14+) so a drop folded after
+// the walk is still reported. What remains is a drop folded through a
+// pointer the kernel looked up just before the delete: that is counted in
+// drops_fold_lost, not silently lost.
+func (w *foldWalk) reclaim(slots []ftFtDropFold) error {
+	var errs []error
+	m := w.d.objs.FtDropFolds
+	for _, k := range w.idle {
+		err := m.LookupAndDelete(&k, &slots)
+		if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL) || errors.Is(err, errENOTSUPP) {
+			if err = m.Lookup(&k, &slots); err == nil {
+				err = m.Delete(&k)
+			}
+		}
+		switch {
+		case err == nil:
+			w.visit(k, slots)
+			delete(w.f.seen, k)
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			delete(w.f.seen, k)
+		default:
+			errs = append(errs, fmt.Errorf("delete idle drop fold: %w", err))
+		}
+	}
+	w.idle = w.idle[:0]
+	return errors.Join(errs...)
+}
+
+// foldedStat is FT_STAT_DROPS_FOLDED, the index of "drops_folded" in
+// statNames (checked by a test).
+const foldedStat = 14
+
+func (d *Datapath) statSum(idx uint32) (uint64, error) {
+	var per []uint64
+	if err := d.objs.FtStats.Lookup(idx, &per); err != nil {
+		return 0, fmt.Errorf("read ft_stats[%d]: %w", idx, err)
+	}
+	var sum uint64
+	for _, v := range per {
+		sum += v
+	}
+	return sum, nil
+}
+
+func fillFoldEvent(ev *decode.Event, k *ftFtDropKey, s *ftFtDropFold, cpu, count uint32, first, now uint64) {
+	t := &k.Tuple
+	*ev = decode.Event{
+		Kind:        decode.KindDrop,
+		CPU:         cpu, // the CPU whose slot folded these drops
+		TimeNs:      now,
+		Ifindex:     k.Ifindex,
+		Netns:       k.Netns,
+		EtherType:   t.Ethertype,
+		IPVersion:   t.IpVersion,
+		SrcPort:     t.Sport,
+		DstPort:     t.Dport,
+		Proto:       t.Proto,
+		TCPFlags:    t.TcpFlags,
+		ICMPType:    t.IcmpType,
+		ICMPCode:    t.IcmpCode,
+		VLAN:        t.Vlan,
+		PktLen:      s.PktLen,
+		ParseStatus: t.Status,
+		DropReason:  k.Reason,
+		Location:    k.Location,
+		SkbIif:      s.SkbIif,
+		Count:       count,
+		FirstNs:     first,
+		LastNs:      s.LastNs,
+	}
+	ev.Src, ev.Dst = decode.Addrs(t.IpVersion, t.Saddr[:], t.Daddr[:])
+}
+
+// errENOTSUPP is the kernel-internal ENOTSUPP (524) that hash maps return
+// for lookup-and-delete before 5.14; golang.org/x/sys has no name for it.
+const errENOTSUPP = syscall.Errno(524)

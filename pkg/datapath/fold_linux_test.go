@@ -1,0 +1,347 @@
+//go:build linux
+
+package datapath
+
+import (
+	"context"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/flowtrace/flowtrace/pkg/decode"
+)
+
+// blastUDPIn sends n datagrams from one unconnected socket inside the named
+// netns, round-robin over ports on 127.0.0.1 (closed: each is a NO_SOCKET
+// drop). Unconnected, so ICMP port unreachable never fails a send.
+func blastUDPIn(t *testing.T, name string, n int, ports ...int) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	if serr := netns.Set(orig); serr != nil {
+		panic("cannot restore netns: " + serr.Error())
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	msg := []byte("storm")
+	for i := 0; i < n; i++ {
+		to := &unix.SockaddrInet4{Port: ports[i%len(ports)], Addr: [4]byte{127, 0, 0, 1}}
+		if err := unix.Sendto(fd, msg, 0, to); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+}
+
+// udpNoPorts reads Udp NoPorts from /proc/net/snmp inside the named netns:
+// the kernel's own count of datagrams to a closed port.
+func udpNoPorts(t *testing.T, name string) uint64 {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", name, "cat", "/proc/net/snmp").Output()
+	if err != nil {
+		t.Fatalf("read snmp in %s: %v", name, err)
+	}
+	var hdr []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if hdr == nil {
+			hdr = f
+			continue
+		}
+		for i := range hdr {
+			if hdr[i] == "NoPorts" && i < len(f) {
+				v, err := strconv.ParseUint(f[i], 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return v
+			}
+		}
+	}
+	t.Fatalf("no Udp NoPorts in %s", out)
+	return 0
+}
+
+// follower runs d.Run like an agent does and keeps the drop events of one
+// netns with their arrival time.
+type follower struct {
+	mu      sync.Mutex
+	netns   uint32
+	evs     []decode.Event
+	arrived []time.Time
+}
+
+func follow(t *testing.T, d *Datapath, ino uint32) *follower {
+	t.Helper()
+	f := &follower{netns: ino}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- d.Run(ctx, func(ev *decode.Event) {
+			if ev.Kind != decode.KindDrop || ev.Netns != ino || ev.Proto != 17 {
+				return
+			}
+			f.mu.Lock()
+			f.evs = append(f.evs, *ev)
+			f.arrived = append(f.arrived, time.Now())
+			f.mu.Unlock()
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	return f
+}
+
+// counts sums the counts per destination port.
+func (f *follower) counts() (map[uint16]uint64, int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	m := map[uint16]uint64{}
+	for _, ev := range f.evs {
+		m[ev.DstPort] += uint64(ev.Count)
+	}
+	return m, len(f.evs)
+}
+
+// waitCounts waits until the per-port sums reach want (or a deadline), then
+// a little longer so an overcount would show.
+func (f *follower) waitCounts(t *testing.T, want map[uint16]uint64) (map[uint16]uint64, int) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		got, _ := f.counts()
+		ok := true
+		for p, n := range want {
+			ok = ok && got[p] >= n
+		}
+		if ok {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	return f.counts()
+}
+
+func TestDropFoldStatIndex(t *testing.T) {
+	if statNames[foldedStat] != "drops_folded" {
+		t.Fatalf("statNames[%d] = %q", foldedStat, statNames[foldedStat])
+	}
+}
+
+// TestDropFoldStorm: 20,000 identical drops as fast as one socket can send
+// become far fewer events whose counts add up exactly to what the kernel
+// counted (Udp NoPorts) and to what the BPF side saw.
+func TestDropFoldStorm(t *testing.T) {
+	d := load(t, Config{})
+	name, ino := testNetns(t)
+	if err := d.AllowNetns(ino); err != nil {
+		t.Fatal(err)
+	}
+	f := follow(t, d, ino)
+	stop, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		t.Fatalf("enable bpf stats: %v", err)
+	}
+	defer stop.Close()
+	const n = 20000
+	noPorts0 := udpNoPorts(t, name)
+	st0 := stats(t, d)
+	ps0, err := d.DropProgram().Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	blastUDPIn(t, name, n, 7)
+	sendTime := time.Since(start)
+	got, events := f.waitCounts(t, map[uint16]uint64{7: n})
+	ps1, err := d.DropProgram().Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st1 := stats(t, d)
+	noPorts := udpNoPorts(t, name) - noPorts0
+	lost, _, err := d.Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := ps1.RunCount - ps0.RunCount
+	t.Logf("storm: %d datagrams in %v, NoPorts +%d, %d events, count sum %d, drops_folded +%d, drop_events +%d, "+
+		"fold_reported %d, fold_lost %d, ring lost %d; drop hook %d runs, %v per run",
+		n, sendTime, noPorts, events, got[7], st1["drops_folded"]-st0["drops_folded"],
+		st1["drop_events"]-st0["drop_events"], st1["drops_fold_reported"], st1["drops_fold_lost"], lost,
+		runs, (ps1.Runtime-ps0.Runtime)/time.Duration(max(runs, 1)))
+	if noPorts != n {
+		t.Fatalf("kernel counted %d closed-port datagrams, sent %d", noPorts, n)
+	}
+	if got[7] != n {
+		t.Fatalf("drop counts add up to %d, want %d", got[7], n)
+	}
+	if events > n/20 {
+		t.Fatalf("%d events for %d identical drops: not folded", events, n)
+	}
+	if lost != 0 || st1["drops_fold_lost"] != 0 {
+		t.Fatalf("lost: ring %d, fold %d", lost, st1["drops_fold_lost"])
+	}
+	// Every in-scope drop of this netns is a NO_SOCKET drop to port 7, so
+	// what the BPF side emitted plus what it folded is the storm.
+	if emitted, folded := st1["drop_events"]-st0["drop_events"], st1["drops_folded"]-st0["drops_folded"]; emitted+folded != n {
+		t.Fatalf("drop_events %d + drops_folded %d != %d", emitted, folded, n)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, ev := range f.evs {
+		if ev.Count == 0 || ev.FirstNs > ev.LastNs || ev.DstPort != 7 || ev.Src != a("127.0.0.1") || ev.Ifindex != 1 {
+			t.Fatalf("bad folded event %+v", ev)
+		}
+	}
+}
+
+// TestDropFoldLone: a single drop (first of its signature) reaches a
+// follower within 100 ms, and so does the next one after the window.
+func TestDropFoldLone(t *testing.T) {
+	d := load(t, Config{DropFoldWindow: 100 * time.Millisecond})
+	name, ino := testNetns(t)
+	if err := d.AllowNetns(ino); err != nil {
+		t.Fatal(err)
+	}
+	f := follow(t, d, ino)
+	for i := 0; i < 3; i++ {
+		sent := time.Now()
+		blastUDPIn(t, name, 1, 8)
+		var lat time.Duration
+		for time.Since(sent) < time.Second {
+			f.mu.Lock()
+			if len(f.evs) > i {
+				lat = f.arrived[i].Sub(sent)
+				if f.evs[i].Count != 1 {
+					t.Errorf("lone drop count %d", f.evs[i].Count)
+				}
+			}
+			f.mu.Unlock()
+			if lat != 0 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Logf("drop %d visible after %v", i, lat)
+		if lat == 0 || lat > 100*time.Millisecond {
+			t.Fatalf("drop %d: latency %v", i, lat)
+		}
+		time.Sleep(150 * time.Millisecond) // past the window: not folded
+	}
+}
+
+// TestDropFoldSignatures: interleaved drops to two ports fold per port, never
+// into each other.
+func TestDropFoldSignatures(t *testing.T) {
+	d := load(t, Config{})
+	name, ino := testNetns(t)
+	if err := d.AllowNetns(ino); err != nil {
+		t.Fatal(err)
+	}
+	f := follow(t, d, ino)
+	const n = 3000
+	blastUDPIn(t, name, 2*n, 11, 12)
+	got, events := f.waitCounts(t, map[uint16]uint64{11: n, 12: n})
+	t.Logf("%d events: %v", events, got)
+	if got[11] != n || got[12] != n || len(got) != 2 {
+		t.Fatalf("per-port counts %v, want %d each", got, n)
+	}
+	if events > n/5 {
+		t.Fatalf("%d events for 2x%d drops: not folded", events, n)
+	}
+}
+
+// TestDropFoldDisabled: a negative window turns folding off, every drop is
+// its own event with count 1.
+func TestDropFoldDisabled(t *testing.T) {
+	d := load(t, Config{DropFoldWindow: -1})
+	name, ino := testNetns(t)
+	if err := d.AllowNetns(ino); err != nil {
+		t.Fatal(err)
+	}
+	f := follow(t, d, ino)
+	st0 := stats(t, d)
+	const n = 500
+	blastUDPIn(t, name, n, 13)
+	got, events := f.waitCounts(t, map[uint16]uint64{13: n})
+	st1 := stats(t, d)
+	if got[13] != n || events != n {
+		t.Fatalf("%d events summing to %d, want %d of 1", events, got[13], n)
+	}
+	if st1["drops_folded"] != st0["drops_folded"] {
+		t.Fatalf("drops_folded moved with folding off")
+	}
+}
+
+// TestDropFoldCost reports the drop hook's cost per drop from BPF stats,
+// folding off and on, for the same storm.
+func TestDropFoldCost(t *testing.T) {
+	stop, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		t.Fatalf("enable bpf stats: %v", err)
+	}
+	defer stop.Close()
+	for _, c := range []struct {
+		name   string
+		window time.Duration
+	}{{"folding off", -1}, {"folding on", 0}} {
+		d := load(t, Config{DropFoldWindow: c.window, RingBufferBytes: 16 << 20})
+		name, ino := testNetns(t)
+		if err := d.AllowNetns(ino); err != nil {
+			t.Fatal(err)
+		}
+		f := follow(t, d, ino)
+		const n = 20000
+		s0, err := d.DropProgram().Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		blastUDPIn(t, name, n, 14)
+		s1, err := d.DropProgram().Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, events := f.waitCounts(t, map[uint16]uint64{14: n})
+		runs := s1.RunCount - s0.RunCount
+		per := (s1.Runtime - s0.Runtime) / time.Duration(max(runs, 1))
+		t.Logf("%s: %d drop hook runs, %v per run; %d events, count sum %d", c.name, runs, per, events, got[14])
+		if got[14] != n || runs < n || per <= 0 || per > 20*time.Microsecond {
+			t.Fatalf("%s: sum %d runs %d per %v", c.name, got[14], runs, per)
+		}
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
