@@ -70,7 +70,7 @@ func (a *Agent) reportLosses(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	var lastCPU []uint64
-	var lastQueue uint64
+	var lastQueue, lastFold uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -91,6 +91,12 @@ func (a *Agent) reportLosses(ctx context.Context) {
 			lastCPU = perCPU
 		} else {
 			a.log.Warn("reading ring buffer losses failed", "error", err)
+		}
+		if st, err := a.dp.Stats(); err == nil {
+			if n := st["drops_fold_lost"]; n > lastFold {
+				a.obs.PublishLost(flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE, n-lastFold, nil)
+				lastFold = n
+			}
 		}
 		if q := a.queueLost.Load(); q > lastQueue {
 			a.obs.PublishLost(flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_AGENT_QUEUE, q-lastQueue, nil)

@@ -34,6 +34,8 @@ func (a *Agent) Status(context.Context) *flowtracev1.ServerStatusResponse {
 		Source: flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_AGENT_QUEUE, Count: a.queueLost.Load()})
 	if c, err := a.dp.Stats(); err == nil {
 		st.DatapathCounters = c
+		st.LostEvents = append(st.LostEvents, &flowtracev1.LostEventsCount{
+			Source: flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE, Count: c["drops_fold_lost"]})
 	}
 
 	a.mu.Lock()

@@ -700,6 +700,8 @@ func SourceText(s flowtracev1.LostEventsSource) string {
 		return "history evicted"
 	case flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_CLIENT_QUEUE:
 		return "client too slow"
+	case flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE:
+		return "kernel drop fold table full"
 	}
 	return "unknown stage"
 }

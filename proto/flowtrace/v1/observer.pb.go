@@ -37,6 +37,10 @@ const (
 	LostEventsSource_LOST_EVENTS_SOURCE_HISTORY_EVICTED LostEventsSource = 3
 	// LOST_EVENTS_SOURCE_CLIENT_QUEUE: this client read too slowly.
 	LostEventsSource_LOST_EVENTS_SOURCE_CLIENT_QUEUE LostEventsSource = 4
+	// LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE: folded drops whose counts the
+	// kernel's fold table could not keep (more new drop signatures than it
+	// holds within a fold window).
+	LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE LostEventsSource = 5
 )
 
 // Enum value maps for LostEventsSource.
@@ -47,6 +51,7 @@ var (
 		2: "LOST_EVENTS_SOURCE_AGENT_QUEUE",
 		3: "LOST_EVENTS_SOURCE_HISTORY_EVICTED",
 		4: "LOST_EVENTS_SOURCE_CLIENT_QUEUE",
+		5: "LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE",
 	}
 	LostEventsSource_value = map[string]int32{
 		"LOST_EVENTS_SOURCE_UNSPECIFIED":        0,
@@ -54,6 +59,7 @@ var (
 		"LOST_EVENTS_SOURCE_AGENT_QUEUE":        2,
 		"LOST_EVENTS_SOURCE_HISTORY_EVICTED":    3,
 		"LOST_EVENTS_SOURCE_CLIENT_QUEUE":       4,
+		"LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE":  5,
 	}
 )
 
@@ -1426,13 +1432,14 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"NodeStatus\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.flowtrace.v1.NodeStateR\x05state\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage*\xd2\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage*\xfc\x01\n" +
 	"\x10LostEventsSource\x12\"\n" +
 	"\x1eLOST_EVENTS_SOURCE_UNSPECIFIED\x10\x00\x12)\n" +
 	"%LOST_EVENTS_SOURCE_KERNEL_RING_BUFFER\x10\x01\x12\"\n" +
 	"\x1eLOST_EVENTS_SOURCE_AGENT_QUEUE\x10\x02\x12&\n" +
 	"\"LOST_EVENTS_SOURCE_HISTORY_EVICTED\x10\x03\x12#\n" +
-	"\x1fLOST_EVENTS_SOURCE_CLIENT_QUEUE\x10\x04*]\n" +
+	"\x1fLOST_EVENTS_SOURCE_CLIENT_QUEUE\x10\x04\x12(\n" +
+	"$LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE\x10\x05*]\n" +
 	"\tNodeState\x12\x1a\n" +
 	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14NODE_STATE_CONNECTED\x10\x01\x12\x1a\n" +
