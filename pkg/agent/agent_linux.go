@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,8 +33,8 @@ import (
 
 // Config configures the agent. Zero values select defaults.
 type Config struct {
-	Socket       string   // unix socket for the API
-	IdentityFile string   // static identity file; "" for none
+	Socket       string // unix socket for the API
+	IdentityFile string // static identity file; "" for none
 	// Kubernetes enables the API server identity source (in-cluster
 	// config, or Kubeconfig when set).
 	Kubernetes        bool
@@ -41,10 +42,10 @@ type Config struct {
 	KubernetesAllPods bool          // watch every pod, not only this node's
 	CNICacheDir       string        // libcni result cache to read pods from; "" for none
 	IdentityGrace     time.Duration // how long a deleted pod keeps naming its IPs
-	NodeName     string   // default: the hostname
-	Include      []string // interface name globs to attach to (default: every veth and NIC)
-	Exclude      []string // interface name globs to skip
-	AttachMode   string   // "" (auto: tcx, else clsact), "tcx" or "clsact"
+	NodeName          string        // default: the hostname
+	Include           []string      // interface name globs to attach to (default: every veth and NIC)
+	Exclude           []string      // interface name globs to skip
+	AttachMode        string        // "" (auto: tcx, else clsact), "tcx" or "clsact"
 
 	FlowReportInterval time.Duration // per-connection report interval (default 5s)
 	MaxFlows           int           // history bound by count (default 65536)
@@ -261,6 +262,14 @@ func (a *Agent) setup() error {
 	if err := a.dp.AllowNetns(a.selfNetns); err != nil {
 		return fmt.Errorf("scope drops to our netns: %w", err)
 	}
+	// Loading parsed the kernel's BTF (CO-RE, drop reasons) and kallsyms:
+	// tens of MB that are garbage now. cilium/ebpf v0.22 keeps no kernel
+	// spec cache to flush (btf.FlushKernelSpec is gone), so hand the pages
+	// back to the kernel now rather than when the scavenger gets to them.
+	// No memory limit is set here: the live heap grows with --max-flows, and
+	// a fixed limit below it would turn into GC CPU; the runtime already
+	// honours GOMEMLIMIT from the environment for operators who want one.
+	debug.FreeOSMemory()
 	a.attacher = attach.New(a.log, attach.Mode(a.cfg.AttachMode))
 	if a.watcher, err = ifwatch.New(ifwatch.Config{Include: a.cfg.Include, Exclude: a.cfg.Exclude}, a.log); err != nil {
 		return err

@@ -10,6 +10,8 @@ package dropreason
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"strings"
 
 	"github.com/cilium/ebpf/btf"
@@ -50,7 +52,31 @@ var ErrNoDropReasons = errors.New("kernel BTF has no enum skb_drop_reason (kerne
 // FromKernel reads the running kernel's BTF. A kernel without drop reasons
 // (before 5.17) gets an empty table, not an error: its drops are reported
 // with reason UNKNOWN (see HasReasons).
+//
+// /sys/kernel/btf/vmlinux is scanned for the reason enums only (scanEnums);
+// a kernel without it falls back to cilium/ebpf's search for a vmlinux ELF.
 func FromKernel() (*Table, error) {
+	raw, err := os.ReadFile(kernelBTFPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fromKernelSpec()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read kernel BTF: %w", err)
+	}
+	enums, err := scanEnums(raw, isReasonEnum)
+	if err != nil {
+		return nil, fmt.Errorf("scan %s: %w", kernelBTFPath, err)
+	}
+	t, err := fromEnums(enums)
+	if errors.Is(err, ErrNoDropReasons) {
+		return Empty(), nil
+	}
+	return t, err
+}
+
+const kernelBTFPath = "/sys/kernel/btf/vmlinux"
+
+func fromKernelSpec() (*Table, error) {
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {
 		return nil, fmt.Errorf("load kernel BTF: %w", err)
@@ -71,16 +97,40 @@ func Empty() *Table {
 func (t *Table) HasReasons() bool { return !t.none }
 
 // FromSpec builds a table from a BTF spec holding enum skb_drop_reason.
+// It decodes every type of spec to find the subsystems' enums: FromKernel
+// avoids that for the running kernel.
 func FromSpec(spec *btf.Spec) (*Table, error) {
-	var e *btf.Enum
-	if err := spec.TypeByName(enumName, &e); err != nil {
-		if errors.Is(err, btf.ErrNotFound) {
-			return nil, ErrNoDropReasons
+	var enums []*btf.Enum
+	for typ, err := range spec.All() {
+		if err != nil {
+			return nil, fmt.Errorf("read BTF types: %w", err)
 		}
-		return nil, fmt.Errorf("find enum %s: %w", enumName, err)
+		if e, ok := typ.(*btf.Enum); ok && isReasonEnum(e.Name) {
+			enums = append(enums, e)
+		}
 	}
-	t := FromEnum(e)
-	t.addSubsystems(spec)
+	return fromEnums(enums)
+}
+
+// fromEnums builds a table from enum skb_drop_reason and the subsystems'
+// reason enums among enums.
+func fromEnums(enums []*btf.Enum) (*Table, error) {
+	var main *btf.Enum
+	for _, e := range enums {
+		if e.Name == enumName {
+			main = e
+			break
+		}
+	}
+	if main == nil {
+		return nil, ErrNoDropReasons
+	}
+	t := FromEnum(main)
+	for _, e := range enums {
+		if e != main {
+			t.addSubsystem(e)
+		}
+	}
 	return t, nil
 }
 
@@ -108,28 +158,19 @@ func FromEnum(e *btf.Enum) *Table {
 	return t
 }
 
-// addSubsystems adds the reasons declared by subsystems in their own enums
-// (e.g. enum ovs_drop_reason), whose values carry the subsystem id in the
-// upper 16 bits.
-func (t *Table) addSubsystems(spec *btf.Spec) {
-	for typ, err := range spec.All() {
-		if err != nil {
-			return
-		}
-		e, ok := typ.(*btf.Enum)
-		if !ok || e.Name == enumName || !strings.HasSuffix(e.Name, "drop_reason") {
+// addSubsystem adds the reasons a subsystem declares in its own enum (e.g.
+// enum ovs_drop_reason), whose values carry the subsystem id in the upper
+// 16 bits.
+func (t *Table) addSubsystem(e *btf.Enum) {
+	for _, v := range e.Values {
+		code := uint32(v.Value)
+		if code>>subsysShift == 0 {
 			continue
 		}
-		for _, v := range e.Values {
-			code := uint32(v.Value)
-			if code>>subsysShift == 0 {
-				continue
-			}
-			if _, dup := t.byCode[code]; dup {
-				continue
-			}
-			t.byCode[code] = Reason{Code: code, Kernel: v.Name, Stable: flowtracev1.DropReason_DROP_REASON_UNKNOWN}
+		if _, dup := t.byCode[code]; dup {
+			continue
 		}
+		t.byCode[code] = Reason{Code: code, Kernel: v.Name, Stable: flowtracev1.DropReason_DROP_REASON_UNKNOWN}
 	}
 }
 

@@ -11,8 +11,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
-	"strings"
+	"strconv"
 	"time"
+	"unsafe"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -49,36 +50,77 @@ type Enricher struct {
 
 	uuidPrefix [8]byte // random per agent run; the suffix counts
 	seq        uint64
+
+	// Per-event allocation is most of the agent's CPU (GC), so parts that
+	// repeat across events are built once and shared by the flows that
+	// carry them. Published flows are never modified (observer, filters and
+	// field masks treat them as shared), so sharing is safe. Each cache is
+	// bounded: it is emptied when full, which also drops deleted pods.
+	endpoints  map[*identity.Pod]*flowtracev1.Endpoint // sources replace a Pod on any change
+	addrs      map[netip.Addr]string
+	ifaceCache map[ifaceKey]*flowtracev1.Interface
+	locations  map[uint64]string
 }
+
+type ifaceKey struct{ netns, ifindex uint32 }
+
+// cacheLimit bounds each cache: a busy node has a few hundred pods and
+// interfaces; a scan of many addresses only costs re-formatting.
+const cacheLimit = 4096
 
 // New returns an Enricher. reasons may be nil on kernels without drop
 // reasons; drops are then reported with an unknown reason.
 func New(node string, ids identity.Getter, reasons Reasons, syms SymbolResolver, ifaces InterfaceNamer) *Enricher {
-	e := &Enricher{node: node, ids: ids, reasons: reasons, syms: syms, ifaces: ifaces}
+	e := &Enricher{node: node, ids: ids, reasons: reasons, syms: syms, ifaces: ifaces,
+		endpoints: map[*identity.Pod]*flowtracev1.Endpoint{}, addrs: map[netip.Addr]string{},
+		ifaceCache: map[ifaceKey]*flowtracev1.Interface{}, locations: map[uint64]string{}}
 	_, _ = rand.Read(e.uuidPrefix[:])
 	return e
 }
 
-// uuid returns a unique id without a syscall per event: a random prefix
-// chosen at start and a sequence number, laid out as a version-4-style UUID.
-func (e *Enricher) uuid() string {
+// uuid writes a unique id into dst without a syscall per event: a random
+// prefix chosen at start and a sequence number, laid out as a
+// version-4-style UUID.
+func (e *Enricher) uuid(dst *[36]byte) {
 	e.seq++
 	var b [16]byte
 	copy(b[:8], e.uuidPrefix[:])
 	binary.BigEndian.PutUint64(b[8:], e.seq)
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	var s [36]byte
-	hex.Encode(s[0:8], b[0:4])
-	s[8] = '-'
-	hex.Encode(s[9:13], b[4:6])
-	s[13] = '-'
-	hex.Encode(s[14:18], b[6:8])
-	s[18] = '-'
-	hex.Encode(s[19:23], b[8:10])
-	s[23] = '-'
-	hex.Encode(s[24:], b[10:])
-	return string(s[:])
+	hex.Encode(dst[0:8], b[0:4])
+	dst[8] = '-'
+	hex.Encode(dst[9:13], b[4:6])
+	dst[13] = '-'
+	hex.Encode(dst[14:18], b[6:8])
+	dst[18] = '-'
+	hex.Encode(dst[19:23], b[8:10])
+	dst[23] = '-'
+	hex.Encode(dst[24:], b[10:])
+}
+
+// flowBlock holds the messages every flow has, so a flow costs one
+// allocation instead of one per message; the flow points into its own
+// block, which lives exactly as long as the flow. The messages are never
+// copied (protobuf forbids copying a message once used).
+type flowBlock struct {
+	flow flowtracev1.Flow
+	time timestamppb.Timestamp
+	ip   flowtracev1.IP
+	l4   flowtracev1.Layer4
+	uuid [36]byte // backs flow.Uuid: written once, before the string is made
+}
+
+// tcpBlock and udpBlock do the same for the layer 4 oneof and its message.
+type tcpBlock struct {
+	oneof flowtracev1.Layer4_Tcp
+	tcp   flowtracev1.TCP
+	flags flowtracev1.TCPFlags
+}
+
+type udpBlock struct {
+	oneof flowtracev1.Layer4_Udp
+	udp   flowtracev1.UDP
 }
 
 // Flow converts one event; ev is not retained. It returns nil for an event
@@ -89,14 +131,16 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 	if ev.Kind == decode.KindTranslated && !isNAT(ev) {
 		return nil
 	}
-	f := &flowtracev1.Flow{
-		Time:         timestamppb.New(ev.Time),
-		Uuid:         e.uuid(),
-		NodeName:     e.node,
-		PacketLength: ev.PktLen,
-		VlanId:       uint32(ev.VLAN),
+	blk := new(flowBlock)
+	f := &blk.flow
+	blk.time.Seconds, blk.time.Nanos = ev.Time.Unix(), int32(ev.Time.Nanosecond())
+	f.Time = &blk.time
+	e.uuid(&blk.uuid)
+	f.Uuid = unsafe.String(&blk.uuid[0], len(blk.uuid))
+	f.NodeName, f.PacketLength, f.VlanId = e.node, ev.PktLen, uint32(ev.VLAN)
+	if e.fillNetwork(ev, &blk.ip, &blk.l4) {
+		f.Ip, f.L4 = &blk.ip, &blk.l4
 	}
-	f.Ip, f.L4 = network(ev)
 	if ev.Src.IsValid() {
 		f.Source = e.endpoint(ev.Src, ev.Time)
 		f.Destination = e.endpoint(ev.Dst, ev.Time)
@@ -131,7 +175,7 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 		}
 		f.DropReasonCode = ev.DropReason
 		if e.syms != nil {
-			f.DropLocation = e.syms.Resolve(ev.Location)
+			f.DropLocation = e.location(ev.Location)
 		}
 		if ev.SkbIif != 0 && ev.SkbIif != ev.Ifindex {
 			f.InputInterface = e.iface(ev.Netns, ev.SkbIif)
@@ -223,7 +267,7 @@ func (e *Enricher) translated(ev *decode.Event, f *flowtracev1.Flow) {
 	orig := *ev
 	orig.Src, orig.Dst, orig.SrcPort, orig.DstPort = ct.OrigSrc, ct.OrigDst, ct.OrigSrcPort, ct.OrigDstPort
 	orig.IPVersion = ct.IPVersion
-	f.Ip, f.L4 = network(&orig)
+	f.Ip, f.L4 = e.network(&orig)
 	f.Source = e.endpoint(ct.OrigSrc, ev.Time)
 	f.Destination = e.endpoint(ev.XlatDst, ev.Time)
 	t := &flowtracev1.Translation{
@@ -262,7 +306,7 @@ func (e *Enricher) mtu(ev *decode.Event, f *flowtracev1.Flow) {
 		}
 		q := decode.Event{IPVersion: ev.Embedded.IPVersion, Proto: ev.Embedded.Proto, Src: ev.Embedded.Src, Dst: ev.Embedded.Dst,
 			SrcPort: ev.Embedded.SrcPort, DstPort: ev.Embedded.DstPort}
-		m.QuotedIp, m.QuotedL4 = network(&q)
+		m.QuotedIp, m.QuotedL4 = e.network(&q)
 		f.Summary = fmt.Sprintf("path MTU %d announced for %s -> %s", ev.MTU, ev.Embedded.Src, ev.Embedded.Dst)
 	}
 	f.Mtu = m
@@ -278,15 +322,52 @@ func observation(d decode.Direction) (flowtracev1.ObservationPoint, flowtracev1.
 	return flowtracev1.ObservationPoint_OBSERVATION_POINT_UNSPECIFIED, flowtracev1.TrafficDirection_TRAFFIC_DIRECTION_UNSPECIFIED
 }
 
+// iface names a device. The namer is asked every time (an index can be
+// reused by another device); the message is reused while its answer holds.
 func (e *Enricher) iface(netns, ifindex uint32) *flowtracev1.Interface {
 	if ifindex == 0 {
 		return nil
 	}
-	i := &flowtracev1.Interface{Index: ifindex, NetnsInode: netns}
+	var name, nsName string
 	if e.ifaces != nil {
-		i.Name, i.Netns = e.ifaces.InterfaceName(netns, ifindex)
+		name, nsName = e.ifaces.InterfaceName(netns, ifindex)
 	}
+	k := ifaceKey{netns, ifindex}
+	if i, ok := e.ifaceCache[k]; ok && i.Name == name && i.Netns == nsName {
+		return i
+	}
+	i := &flowtracev1.Interface{Index: ifindex, NetnsInode: netns, Name: name, Netns: nsName}
+	if len(e.ifaceCache) >= cacheLimit {
+		clear(e.ifaceCache)
+	}
+	e.ifaceCache[k] = i
 	return i
+}
+
+// addr formats an address once: the same few addresses carry most events.
+func (e *Enricher) addr(a netip.Addr) string {
+	if s, ok := e.addrs[a]; ok {
+		return s
+	}
+	s := a.String()
+	if len(e.addrs) >= cacheLimit {
+		clear(e.addrs)
+	}
+	e.addrs[a] = s
+	return s
+}
+
+// location resolves a drop location once per kernel address.
+func (e *Enricher) location(pc uint64) string {
+	if s, ok := e.locations[pc]; ok {
+		return s
+	}
+	s := e.syms.Resolve(pc)
+	if len(e.locations) >= cacheLimit {
+		clear(e.locations)
+	}
+	e.locations[pc] = s
+	return s
 }
 
 // endpoint names ip as it was at t: a pod that was deleted after the packet
@@ -311,6 +392,11 @@ func (e *Enricher) endpoint(ip netip.Addr, t time.Time) *flowtracev1.Endpoint {
 		}
 		return nil
 	}
+	// Sources never modify a Pod they handed out (they replace it), so the
+	// pointer identifies this version of the pod.
+	if ep, ok := e.endpoints[p]; ok {
+		return ep
+	}
 	ep := &flowtracev1.Endpoint{
 		Namespace: p.Namespace,
 		PodName:   p.Name,
@@ -320,27 +406,48 @@ func (e *Enricher) endpoint(ip netip.Addr, t time.Time) *flowtracev1.Endpoint {
 	if p.Workload.Name != "" {
 		ep.Workload = &flowtracev1.Workload{Kind: p.Workload.Kind, Name: p.Workload.Name}
 	}
+	if len(e.endpoints) >= cacheLimit {
+		clear(e.endpoints)
+	}
+	e.endpoints[p] = ep
 	return ep
 }
 
-func network(ev *decode.Event) (*flowtracev1.IP, *flowtracev1.Layer4) {
-	if !ev.Src.IsValid() {
+func (e *Enricher) network(ev *decode.Event) (*flowtracev1.IP, *flowtracev1.Layer4) {
+	ip, l4 := &flowtracev1.IP{}, &flowtracev1.Layer4{}
+	if !e.fillNetwork(ev, ip, l4) {
 		return nil, nil
 	}
-	ip := &flowtracev1.IP{Source: ev.Src.String(), Destination: ev.Dst.String()}
+	return ip, l4
+}
+
+// fillNetwork describes ev's addresses and ports in ip and l4; it reports
+// false, leaving them untouched, for an event without addresses.
+func (e *Enricher) fillNetwork(ev *decode.Event, ip *flowtracev1.IP, l4 *flowtracev1.Layer4) bool {
+	if !ev.Src.IsValid() {
+		return false
+	}
+	ip.Source, ip.Destination = e.addr(ev.Src), e.addr(ev.Dst)
 	switch ev.IPVersion {
 	case 4:
 		ip.IpVersion = flowtracev1.IPVersion_IP_VERSION_IPV4
 	case 6:
 		ip.IpVersion = flowtracev1.IPVersion_IP_VERSION_IPV6
 	}
-	l4 := &flowtracev1.Layer4{}
 	sp, dp := uint32(ev.SrcPort), uint32(ev.DstPort)
 	switch ev.Proto {
 	case protoTCP:
-		l4.Protocol = &flowtracev1.Layer4_Tcp{Tcp: &flowtracev1.TCP{SourcePort: sp, DestinationPort: dp, Flags: tcpFlags(ev.TCPFlags)}}
+		b := new(tcpBlock)
+		b.tcp.SourcePort, b.tcp.DestinationPort = sp, dp
+		setTCPFlags(&b.flags, ev.TCPFlags)
+		b.tcp.Flags = &b.flags
+		b.oneof.Tcp = &b.tcp
+		l4.Protocol = &b.oneof
 	case protoUDP:
-		l4.Protocol = &flowtracev1.Layer4_Udp{Udp: &flowtracev1.UDP{SourcePort: sp, DestinationPort: dp}}
+		b := new(udpBlock)
+		b.udp.SourcePort, b.udp.DestinationPort = sp, dp
+		b.oneof.Udp = &b.udp
+		l4.Protocol = &b.oneof
 	case protoSCTP:
 		l4.Protocol = &flowtracev1.Layer4_Sctp{Sctp: &flowtracev1.SCTP{SourcePort: sp, DestinationPort: dp}}
 	case protoICMP:
@@ -350,7 +457,7 @@ func network(ev *decode.Event) (*flowtracev1.IP, *flowtracev1.Layer4) {
 	default:
 		l4.Protocol = &flowtracev1.Layer4_Other{Other: uint32(ev.Proto)}
 	}
-	return ip, l4
+	return true
 }
 
 // IANA protocol numbers.
@@ -362,23 +469,29 @@ const (
 	protoSCTP   = 132
 )
 
-func tcpFlags(b uint8) *flowtracev1.TCPFlags {
-	return &flowtracev1.TCPFlags{
-		Fin: b&0x01 != 0, Syn: b&0x02 != 0, Rst: b&0x04 != 0, Psh: b&0x08 != 0,
-		Ack: b&0x10 != 0, Urg: b&0x20 != 0, Ece: b&0x40 != 0, Cwr: b&0x80 != 0,
-	}
+func setTCPFlags(f *flowtracev1.TCPFlags, b uint8) {
+	f.Fin, f.Syn, f.Rst, f.Psh = b&0x01 != 0, b&0x02 != 0, b&0x04 != 0, b&0x08 != 0
+	f.Ack, f.Urg, f.Ece, f.Cwr = b&0x10 != 0, b&0x20 != 0, b&0x40 != 0, b&0x80 != 0
 }
 
 // TCPFlagNames renders flags as "SYN,ACK".
 func TCPFlagNames(b uint8) string {
+	return string(appendTCPFlagNames(nil, b))
+}
+
+func appendTCPFlagNames(dst []byte, b uint8) []byte {
 	names := [...]string{"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}
-	var out []string
+	first := true
 	for i, n := range names {
 		if b&(1<<i) != 0 {
-			out = append(out, n)
+			if !first {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, n...)
+			first = false
 		}
 	}
-	return strings.Join(out, ",")
+	return dst
 }
 
 func report(r decode.FlowReason) flowtracev1.FlowReport {
@@ -415,20 +528,37 @@ func summaryFlow(ev *decode.Event) string {
 	if !ev.Src.IsValid() {
 		return ""
 	}
-	s := protoName(ev.Proto)
+	// Appended by hand: fmt boxed both counters and built the string in
+	// three allocations; this is one (the buffer stays on the stack).
+	var buf [96]byte
+	b := append(buf[:0], protoName(ev.Proto)...)
 	if ev.Proto == protoTCP && ev.TCPFlags != 0 {
-		s += " " + TCPFlagNames(ev.TCPFlags)
+		b = append(b, ' ')
+		b = appendTCPFlagNames(b, ev.TCPFlags)
 	}
-	return fmt.Sprintf("%s, %d packets, %d bytes", s, ev.Packets, ev.Bytes)
+	b = append(b, ", "...)
+	b = strconv.AppendUint(b, ev.Packets, 10)
+	b = append(b, " packets, "...)
+	b = strconv.AppendUint(b, ev.Bytes, 10)
+	b = append(b, " bytes"...)
+	return string(b)
 }
 
 func summaryDrop(f *flowtracev1.Flow) string {
-	s := "dropped: " + f.DropReasonKernel
+	// One allocation: the pieces are appended into a stack buffer.
+	var buf [160]byte
+	b := append(buf[:0], "dropped: "...)
+	b = append(b, f.DropReasonKernel...)
 	if f.DropCause == flowtracev1.DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS {
-		s += " (Service " + f.DestinationService.GetNamespace() + "/" + f.DestinationService.GetName() + " has no endpoints)"
+		b = append(b, " (Service "...)
+		b = append(b, f.DestinationService.GetNamespace()...)
+		b = append(b, '/')
+		b = append(b, f.DestinationService.GetName()...)
+		b = append(b, " has no endpoints)"...)
 	}
 	if f.DropLocation != "" {
-		s += " at " + f.DropLocation
+		b = append(b, " at "...)
+		b = append(b, f.DropLocation...)
 	}
-	return s
+	return string(b)
 }

@@ -191,6 +191,7 @@ func parseFile(data []byte) (map[netip.Addr]*Pod, map[netip.Addr]*Service, error
 		if p.Node == "" {
 			p.Node = doc.Node
 		}
+		p.CacheLabels()
 		if len(p.IPs) == 0 {
 			errs = append(errs, fmt.Errorf("pods[%d] %s: no ips", i, p.Key()))
 		}

@@ -49,12 +49,30 @@ type Pod struct {
 	HostNetwork bool `json:"hostNetwork,omitempty"`
 	// NamespaceLabels are the labels of the pod's namespace, when known.
 	NamespaceLabels map[string]string `json:"namespaceLabels,omitempty"`
+
+	labelList []string // LabelList, once CacheLabels ran
 }
 
-// LabelList returns the labels as sorted "key=value" strings.
+// LabelList returns the labels as sorted "key=value" strings. The slice is
+// shared once CacheLabels ran: callers must not modify it.
 func (p *Pod) LabelList() []string {
-	out := make([]string, 0, len(p.Labels))
-	for k, v := range p.Labels {
+	if p.labelList != nil {
+		return p.labelList
+	}
+	return labelList(p.Labels)
+}
+
+// CacheLabels computes LabelList once, so naming both ends of every event
+// does not sort labels again. Sources call it on a Pod they built, before
+// sharing it; Labels must not change afterwards (sources replace a Pod).
+func (p *Pod) CacheLabels() *Pod {
+	p.labelList = labelList(p.Labels)
+	return p
+}
+
+func labelList(labels map[string]string) []string {
+	out := make([]string, 0, len(labels))
+	for k, v := range labels {
 		out = append(out, k+"="+v)
 	}
 	sort.Strings(out)

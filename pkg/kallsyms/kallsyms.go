@@ -29,34 +29,47 @@ func Load() (*Table, error) {
 		return nil, fmt.Errorf("open kallsyms: %w", err)
 	}
 	defer f.Close()
-	return Parse(f)
+	// Sized for a distribution kernel (~120k text symbols, ~3 MB of names),
+	// so the buffers are not regrown (and copied) a dozen times.
+	return parse(f, 1<<17, 4<<20)
 }
 
 type sym struct {
-	addr uint64
-	name string
+	addr       uint64
+	start, end uint32 // the name in the parse buffer
 }
 
 // Parse reads kallsyms text ("addr type name [module]"), keeping text symbols.
-func Parse(r io.Reader) (*Table, error) {
-	var syms []sym
+// It works on the scanner's bytes and copies only the names it keeps: the
+// kernel lists ~200k symbols, and a string and field slice per line made
+// loading cost ~45 MB of garbage at every agent start.
+func Parse(r io.Reader) (*Table, error) { return parse(r, 0, 0) }
+
+// parse is Parse with capacity hints for the symbols and their names.
+func parse(r io.Reader, symHint, nameHint int) (*Table, error) {
+	syms := make([]sym, 0, symHint)
+	buf := make([]byte, 0, nameHint) // names of kept symbols, in file order
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
 	nonzero := false
 	for sc.Scan() {
-		line := sc.Text()
-		f := strings.Fields(line)
-		if len(f) < 3 || (f[1] != "t" && f[1] != "T") {
+		line := sc.Bytes()
+		addrField, rest := field(line)
+		typ, rest := field(rest)
+		name, _ := field(rest)
+		if len(name) == 0 || len(typ) != 1 || (typ[0] != 't' && typ[0] != 'T') {
 			continue
 		}
-		addr, err := strconv.ParseUint(f[0], 16, 64)
-		if err != nil {
+		addr, ok := parseHex(addrField)
+		if !ok {
 			continue
 		}
 		if addr != 0 {
 			nonzero = true
 		}
-		syms = append(syms, sym{addr, f[2]})
+		start := uint32(len(buf))
+		buf = append(buf, name...)
+		syms = append(syms, sym{addr, start, uint32(len(buf))})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read kallsyms: %w", err)
@@ -66,14 +79,50 @@ func Parse(r io.Reader) (*Table, error) {
 	}
 	sort.SliceStable(syms, func(i, j int) bool { return syms[i].addr < syms[j].addr })
 	t := &Table{addrs: make([]uint64, len(syms)), ends: make([]uint32, len(syms))}
-	var b strings.Builder
+	var names strings.Builder
+	names.Grow(len(buf))
 	for i, s := range syms {
 		t.addrs[i] = s.addr
-		b.WriteString(s.name)
-		t.ends[i] = uint32(b.Len())
+		names.Write(buf[s.start:s.end])
+		t.ends[i] = uint32(names.Len())
 	}
-	t.names = b.String()
+	t.names = names.String()
 	return t, nil
+}
+
+// field returns the first space- or tab-separated field of b and the rest.
+func field(b []byte) (f, rest []byte) {
+	i := 0
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t') {
+		i++
+	}
+	j := i
+	for j < len(b) && b[j] != ' ' && b[j] != '\t' {
+		j++
+	}
+	return b[i:j], b[j:]
+}
+
+// parseHex parses a kallsyms address (hex without 0x, at most 16 digits).
+func parseHex(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 16 {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		case c >= 'A' && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return 0, false
+		}
+		v = v<<4 | uint64(c)
+	}
+	return v, true
 }
 
 // Resolve returns "symbol+0xoff" for addr, or "0x<addr>" when addr is below
@@ -97,7 +146,9 @@ func (t *Table) Resolve(addr uint64) string {
 	}
 	name := t.names[start:t.ends[i]]
 	if off := addr - t.addrs[i]; off != 0 {
-		return fmt.Sprintf("%s+0x%x", name, off)
+		b := make([]byte, 0, len(name)+19)
+		b = append(append(b, name...), "+0x"...)
+		return string(strconv.AppendUint(b, off, 16))
 	}
 	return name
 }

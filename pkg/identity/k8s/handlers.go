@@ -41,6 +41,7 @@ func (s *Source) onPod(obj any) {
 		HostNetwork:     p.Spec.HostNetwork,
 		NamespaceLabels: nsLabels,
 	}
+	id.CacheLabels()
 	if p.Spec.HostNetwork {
 		s.mu.Lock()
 		s.hostPods[uid] = id
