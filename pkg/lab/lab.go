@@ -337,7 +337,12 @@ func nodeSteps(n Node) [][]string {
 		inNode("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"),
 		inNode("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"),
 		inNode("sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1"),
-		{"ip", "-n", n.Netns, "link", "add", n.Bridge, "type", "bridge"},
+		// No multicast snooping: nothing in the lab sends MLD queries, and a
+		// snooping bridge can hold back IPv6 neighbour solicitations to a
+		// pod whose MLD report it has not seen yet, so a fresh lab's first
+		// IPv6 connection could stall for a second. The CNI bridge plugin's
+		// bridges are set up the same way in practice.
+		{"ip", "-n", n.Netns, "link", "add", n.Bridge, "type", "bridge", "mcast_snooping", "0"},
 		{"ip", "-n", n.Netns, "addr", "add", n.GatewayV4.String() + "/24", "dev", n.Bridge},
 		{"ip", "-n", n.Netns, "addr", "add", n.GatewayV6.String() + "/64", "dev", n.Bridge, "nodad"},
 		{"ip", "-n", n.Netns, "link", "set", n.Bridge, "up"},
