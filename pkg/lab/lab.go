@@ -281,6 +281,7 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := l.build(ctx); err != nil {
 		return nil, errors.Join(fmt.Errorf("build lab: %w", err), Down(ctx, cfg))
 	}
+	l.warmUp(ctx)
 	if cfg.IdentityFile != "" {
 		if err := l.writeIdentity(cfg.IdentityFile); err != nil {
 			return nil, errors.Join(err, Down(ctx, cfg))
@@ -517,4 +518,19 @@ func (l *Lab) writeIdentity(path string) error {
 		return fmt.Errorf("write identity file: %w", err)
 	}
 	return nil
+}
+
+// warmUp pings every pod from its node once, over IPv4 and IPv6, so that
+// neighbour caches and bridge forwarding tables are filled before anyone
+// uses the lab: a fresh lab's first IPv6 connection through a Service
+// otherwise meets a cold bridge and loses its first SYN (a one-second
+// retransmit). Failures are not errors: the lab's tests say what works.
+func (l *Lab) warmUp(ctx context.Context) {
+	for _, p := range l.Pods {
+		for _, ip := range []netip.Addr{p.IPv4, p.IPv6} {
+			if ip.IsValid() {
+				_, _ = run(ctx, "", "ip", "netns", "exec", p.NodeNetns, "ping", "-c", "1", "-W", "1", ip.String())
+			}
+		}
+	}
 }
