@@ -347,4 +347,46 @@ func TestHubbleCLI(t *testing.T) {
 		out := waitOut(t, has("shop"), "list", "namespaces")
 		t.Logf("hubble list namespaces:\n%s", out)
 	})
+
+	// The same adapter in front of a flowtrace relay sees every node: a
+	// second agent on the lab's second node, both behind the relay.
+	t.Run("through a flowtrace relay, hubble sees all nodes", func(t *testing.T) {
+		// Short paths: a subtest's TempDir is long, unix sockets are not.
+		sdir, err := os.MkdirTemp("", "fth")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(sdir) })
+		sock2, rsock := filepath.Join(sdir, "ft2.sock"), filepath.Join(sdir, "relay.sock")
+		start(t, "agent-node2", "ip", "netns", "exec", l.Nodes[1].Netns, ft, "agent", "--socket", sock2,
+			"--identity-file", ids, "--node-name", lab.Node2Name, "--flow-report-interval", "1s")
+		start(t, "relay", ft, "relay", "--socket", rsock, "--peer", sock, "--peer", sock2)
+		raddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		start(t, "flowtrace-hubble-relay", fth, "--server", rsock, "--listen-address", raddr, "--health-interval", "200ms")
+		api, _ := l.Pod("api")
+		runRelay := func(args ...string) (string, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, hubble, append(args, "--server", raddr)...).CombinedOutput()
+			return string(out), err
+		}
+		deadline := time.Now().Add(40 * time.Second)
+		for {
+			// A drop inside node2's pod (a closed port) is node2's to report.
+			_ = exec.Command("ip", "netns", "exec", api.Netns, "nc", "-z", "-w", "1", api.IPv4.String(), "9999").Run()
+			out, err := runRelay("observe", "--verdict", "DROPPED", "--last", "1000", "-o", "jsonpb")
+			if err == nil && strings.Contains(out, `"node_name":"`+lab.NodeName+`"`) && strings.Contains(out, `"node_name":"`+lab.Node2Name+`"`) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("hubble through the relay never showed drops of both nodes (err %v):\n%.3000s", err, out)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		out, err := runRelay("list", "nodes")
+		if err != nil || !strings.Contains(out, lab.NodeName) || !strings.Contains(out, lab.Node2Name) {
+			t.Errorf("hubble list nodes through the relay (err %v):\n%s", err, out)
+		}
+		t.Logf("hubble list nodes through the relay:\n%s", out)
+	})
 }

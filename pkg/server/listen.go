@@ -14,6 +14,9 @@ import (
 // answers on the socket path.
 var ErrAgentRunning = errors.New("another flowtrace agent is listening")
 
+// maxSocketPath is the longest unix socket path Linux accepts.
+const maxSocketPath = 107
+
 // ListenUnix listens on a unix socket at path, readable and writable by its
 // owner only (0600). It creates the parent directory (0755), replaces a stale
 // socket file left by a crashed agent, and refuses to touch a socket a live
@@ -21,6 +24,11 @@ var ErrAgentRunning = errors.New("another flowtrace agent is listening")
 func ListenUnix(path string) (net.Listener, error) {
 	path = filepath.Clean(path)
 	dir := filepath.Dir(path)
+	// sun_path holds 107 bytes and a NUL; the socket is bound under a
+	// private directory next to path first (".s-" + 8 characters + "/s").
+	if n := len(dir) + len("/.s-12345678/s"); len(path) > maxSocketPath || n > maxSocketPath {
+		return nil, fmt.Errorf("listen on %s: unix socket paths are limited to %d bytes (this one needs %d); choose a shorter path", path, maxSocketPath, max(len(path), n))
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create socket directory %s: %w", dir, err)
 	}
@@ -41,7 +49,7 @@ func ListenUnix(path string) (net.Listener, error) {
 	// Bind inside a private directory, restrict the mode, then rename into
 	// place: the socket is never reachable with the process umask's mode,
 	// and the rename atomically replaces a stale socket file.
-	tmpDir, err := os.MkdirTemp(dir, ".flowtrace-sock-")
+	tmpDir, err := os.MkdirTemp(dir, ".s-")
 	if err != nil {
 		return nil, fmt.Errorf("create temporary socket directory in %s: %w", dir, err)
 	}

@@ -278,3 +278,11 @@ func TestListenUnixStaleAndLive(t *testing.T) {
 		t.Fatalf("regular file: %v", err)
 	}
 }
+
+func TestListenUnixPathTooLong(t *testing.T) {
+	long := filepath.Join(t.TempDir(), strings.Repeat("d", 90), "flowtrace.sock")
+	_, err := ListenUnix(long)
+	if err == nil || !strings.Contains(err.Error(), "limited to 107 bytes") {
+		t.Fatalf("ListenUnix(%d-byte path) = %v, want a clear length error", len(long), err)
+	}
+}
