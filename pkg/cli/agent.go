@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/flowtrace/flowtrace/pkg/agent"
 	"github.com/flowtrace/flowtrace/pkg/server"
@@ -77,15 +78,21 @@ serves Prometheus metrics.`,
 	f.IntVar(&cfg.MaxFlows, "max-flows", 65536, "flows held in history (count bound)")
 	f.DurationVar(&cfg.MaxFlowAge, "max-flow-age", time.Hour, "flows held in history (age bound)")
 	f.BoolVar(&cfg.ScopeAllNetns, "all-netns", false, "report drops from every network namespace on the machine, not only the node's and its pods'")
-	f.StringVar(&cfg.ListenAddress, "listen-address", "", "also serve the API on TCP host:port (requires --tls-cert-file and --tls-key-file; e.g. :4245)")
-	f.StringVar(&cfg.TLS.CertFile, "tls-cert-file", "", "PEM certificate for the TCP listener")
-	f.StringVar(&cfg.TLS.KeyFile, "tls-key-file", "", "PEM private key for the TCP listener")
-	f.StringVar(&cfg.TLS.ClientCAFile, "tls-client-ca-file", "", "require client certificates signed by this PEM CA (mTLS)")
-	f.BoolVar(&cfg.InsecureListen, "insecure-listen", false, "serve plain TCP without TLS: allowed on a loopback --listen-address only")
+	addListenFlags(f, &cfg.ListenAddress, &cfg.TLS, &cfg.InsecureListen)
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", "serve Prometheus metrics on http://ADDRESS/metrics (e.g. :9965)")
 	f.IntVar(&cfg.MetricsTopNamespaces, "metrics-top-namespaces", 50, "namespaces that get their own label on flowtrace_drops_total; the rest count as \"other\"")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
+}
+
+// addListenFlags declares the TCP listener flags the agent and the relay
+// share; checkListenFlags validates them.
+func addListenFlags(f *pflag.FlagSet, listen *string, tls *server.TLSFiles, insecure *bool) {
+	f.StringVar(listen, "listen-address", "", "also serve the API on TCP host:port (requires --tls-cert-file and --tls-key-file; e.g. :4245)")
+	f.StringVar(&tls.CertFile, "tls-cert-file", "", "PEM certificate for the TCP listener")
+	f.StringVar(&tls.KeyFile, "tls-key-file", "", "PEM private key for the TCP listener")
+	f.StringVar(&tls.ClientCAFile, "tls-client-ca-file", "", "require client certificates signed by this PEM CA (mTLS)")
+	f.BoolVar(insecure, "insecure-listen", false, "serve plain TCP without TLS: allowed on a loopback --listen-address only")
 }
 
 // checkListenFlags validates the TCP listener flags the agent and the relay

@@ -74,11 +74,7 @@ TCP with TLS, under the same rules as the agent.`,
 	f.DurationVar(&o.cfg.SortWindow, "sort-window", time.Second, "how long live flows wait to be merged in time order")
 	f.StringVar(&o.cfg.NodeName, "node-name", "relay", "name reported in the relay's status")
 	f.StringVar(&o.socket, "socket", DefaultRelaySocket, "unix socket to serve the API on (mode 0600)")
-	f.StringVar(&o.listen, "listen-address", "", "also serve the API on TCP host:port (requires --tls-cert-file and --tls-key-file)")
-	f.StringVar(&o.tls.CertFile, "tls-cert-file", "", "PEM certificate for the TCP listener")
-	f.StringVar(&o.tls.KeyFile, "tls-key-file", "", "PEM private key for the TCP listener")
-	f.StringVar(&o.tls.ClientCAFile, "tls-client-ca-file", "", "require client certificates signed by this PEM CA (mTLS)")
-	f.BoolVar(&o.insecureListen, "insecure-listen", false, "serve plain TCP without TLS: allowed on a loopback --listen-address only")
+	addListenFlags(f, &o.listen, &o.tls, &o.insecureListen)
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
 }

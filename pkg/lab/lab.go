@@ -338,11 +338,9 @@ func nodeSteps(n Node) [][]string {
 		inNode("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"),
 		inNode("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"),
 		inNode("sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1"),
-		// No multicast snooping: nothing in the lab sends MLD queries, and a
-		// snooping bridge can hold back IPv6 neighbour solicitations to a
-		// pod whose MLD report it has not seen yet, so a fresh lab's first
-		// IPv6 connection could stall for a second. The CNI bridge plugin's
-		// bridges are set up the same way in practice.
+		// No multicast snooping: nothing in the lab sends MLD queries, so
+		// the bridge has nothing to learn from and simply floods multicast.
+		// (A fresh lab's cold first IPv6 connection is handled by warmUp.)
 		{"ip", "-n", n.Netns, "link", "add", n.Bridge, "type", "bridge", "mcast_snooping", "0"},
 		{"ip", "-n", n.Netns, "addr", "add", n.GatewayV4.String() + "/24", "dev", n.Bridge},
 		{"ip", "-n", n.Netns, "addr", "add", n.GatewayV6.String() + "/64", "dev", n.Bridge, "nodad"},
