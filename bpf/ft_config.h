@@ -27,6 +27,13 @@ volatile const __u32 ft_reason_consumed = 0xffffffff;
 volatile const __u8 ft_ct_cast_enabled = 1;   /* read skb->_nfct at tc (kctx or kread below) */
 volatile const __u8 ft_ct_lookup_enabled = 1; /* bpf_skb_ct_lookup kfunc */
 volatile const __u8 ft_fib_enabled = 1;       /* bpf_fib_lookup + bpf_check_mtu */
+/*
+ * Per-packet bookkeeping clock (ft_now): bpf_ktime_get_coarse_ns (5.11+)
+ * reads the last tick's time, while reading the clocksource costs ~35 ns a
+ * packet in a VM; 0 falls back to bpf_ktime_get_ns. Both are
+ * CLOCK_MONOTONIC, which is what user space compares ft_flow_val times with.
+ */
+volatile const __u8 ft_coarse_clock_enabled = 1;
 
 /*
  * How tc reaches the kernel's struct sk_buff behind __sk_buff (for the

@@ -226,6 +226,7 @@ struct ft_flow_key {
 
 /* Aggregation value. Counters are updated with atomics: tc runs on all CPUs. */
 struct ft_flow_val {
+	/* Times in this struct are CLOCK_MONOTONIC (ft_now), not boot time. */
 	__u64 packets; /* unreported since last_report_ns */
 	__u64 bytes;
 	__u64 last_report_ns;

@@ -76,14 +76,14 @@ static __always_inline __u32 ft_tc_netns(struct __sk_buff *skb)
 
 static __always_inline void ft_emit_flow(const struct ft_tuple *t, const struct ft_flow_key *k,
 					 const struct ft_ct *ct, const struct ft_encap *enc,
-					 __u32 netns, __u32 pkt_len, __u64 now, __u8 reason,
+					 __u32 netns, __u32 pkt_len, __u8 reason,
 					 __u64 packets, __u64 bytes, __u8 flags)
 {
 	struct ft_flow_event *e = ft_rb_reserve(sizeof(*e));
 
 	if (!e)
 		return;
-	ft_fill_hdr(&e->hdr, FT_EV_FLOW, sizeof(*e), now);
+	ft_fill_hdr(&e->hdr, FT_EV_FLOW, sizeof(*e), bpf_ktime_get_boot_ns());
 	e->tuple = *t;
 	e->tuple.tcp_flags = flags;
 	e->packets = packets;
@@ -208,7 +208,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb,
 		if (!enc->ip_version)
 			ft_report_ct(skb, t, &k, &nv->ct, netns);
 		if (bpf_map_update_elem(&ft_flows, &k, nv, BPF_NOEXIST) == 0) {
-			ft_emit_flow(t, &k, &nv->ct, enc, netns, len, now, FT_REASON_NEW, 1, len,
+			ft_emit_flow(t, &k, &nv->ct, enc, netns, len, FT_REASON_NEW, 1, len,
 				     t->tcp_flags);
 			return bpf_map_lookup_elem(&ft_flows, &k);
 		}
@@ -264,7 +264,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb,
 		v->ct = ct;
 	else
 		ct = v->ct;
-	ft_emit_flow(t, &k, &ct, &v->encap, v->netns, len, now, reason, pk, by, fl);
+	ft_emit_flow(t, &k, &ct, &v->encap, v->netns, len, reason, pk, by, fl);
 	return v;
 }
 
@@ -333,7 +333,7 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 	__builtin_memset(&sc->enc, 0, sizeof(sc->enc));
 	if (ft_tc_parse(skb, &sc->t, &sc->m, &sc->enc) != FT_PARSE_OK)
 		return FT_TC_ACT_UNSPEC;
-	now = bpf_ktime_get_boot_ns();
+	now = ft_now();
 	v = ft_flow_account(skb, &sc->t, &sc->enc, dir, now);
 	if (!v || sc->enc.ip_version)
 		return FT_TC_ACT_UNSPEC;

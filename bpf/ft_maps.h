@@ -3,6 +3,7 @@
 #define FT_MAPS_H
 
 #include "ft_event.h"
+#include "ft_config.h"
 
 /* The only ring buffer. max_entries is rewritten by the loader (power of two). */
 struct {
@@ -124,13 +125,28 @@ static __always_inline void *ft_rb_reserve(__u32 size)
 	return e;
 }
 
-static __always_inline void ft_fill_hdr(struct ft_event_hdr *h, __u8 type, __u16 len, __u64 now)
+/*
+ * The clock of tc's per-packet bookkeeping (ft_flow_val's *_ns):
+ * CLOCK_MONOTONIC at tick resolution where the kernel has the cheap coarse
+ * read. Good enough for intervals of seconds; event timestamps use exact
+ * boot time instead. tc only: tracing programs may not call the coarse
+ * read, so the drop path keeps boot time.
+ */
+static __always_inline __u64 ft_now(void)
+{
+	if (ft_coarse_clock_enabled)
+		return bpf_ktime_get_coarse_ns();
+	return bpf_ktime_get_ns();
+}
+
+/* ts: the exact bpf_ktime_get_boot_ns(), read only when an event is written. */
+static __always_inline void ft_fill_hdr(struct ft_event_hdr *h, __u8 type, __u16 len, __u64 ts)
 {
 	h->type = type;
 	h->version = FT_EVENT_VERSION;
 	h->len = len;
 	h->cpu = bpf_get_smp_processor_id();
-	h->ts_ns = now;
+	h->ts_ns = ts;
 }
 
 #endif /* FT_MAPS_H */

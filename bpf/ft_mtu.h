@@ -31,13 +31,13 @@ static __always_inline void ft_ct_tuple_from(struct ft_ct_tuple *d, const struct
 
 static __always_inline struct ft_mtu_event *ft_mtu_reserve(const struct ft_tuple *t, __u8 kind,
 							   __u8 dir, __u32 ifindex, __u32 netns,
-							   __u64 now)
+							   __u64 ts)
 {
 	struct ft_mtu_event *e = ft_rb_reserve(sizeof(*e));
 
 	if (!e)
 		return 0;
-	ft_fill_hdr(&e->hdr, FT_EV_MTU, sizeof(*e), now);
+	ft_fill_hdr(&e->hdr, FT_EV_MTU, sizeof(*e), ts);
 	e->tuple = *t;
 	__builtin_memset(&e->emb, 0, sizeof(e->emb));
 	e->emb_proto = 0;
@@ -125,7 +125,8 @@ static __noinline void ft_mtu_check(struct __sk_buff *skb, const struct ft_tuple
 		return;
 	v->mtu_report_ns = now;
 
-	e = ft_mtu_reserve(t, FT_MTU_EXCEEDED, FT_DIR_INGRESS, skb->ifindex, v->netns, now);
+	e = ft_mtu_reserve(t, FT_MTU_EXCEEDED, FT_DIR_INGRESS, skb->ifindex, v->netns,
+			    bpf_ktime_get_boot_ns());
 	if (!e)
 		return;
 	/*

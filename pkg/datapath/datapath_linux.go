@@ -283,6 +283,7 @@ var optionalPaths = []struct {
 	{"ft_kctx_enabled", func(c Config) bool { return c.denyKctx }},
 	{"ft_kread_enabled", func(c Config) bool { return c.denyKread }},
 	{"ft_fib_enabled", func(c Config) bool { return c.denyFIB }},
+	{"ft_coarse_clock_enabled", func(Config) bool { return false }},
 }
 
 // kernelCaps says which optional paths the running kernel offers, from
@@ -311,6 +312,8 @@ func probeKernel(kspec *btf.Spec, cfg Config) kernelCaps {
 		// Only the fallback for kctx: with both, the kfunc path is used.
 		"ft_kread_enabled": !kctx || cfg.denyKctx,
 		"ft_fib_enabled":   helper(asm.FnFibLookup) && helper(asm.FnCheckMtu),
+		// 5.11+; without it tc reads the clocksource per packet.
+		"ft_coarse_clock_enabled": helper(asm.FnKtimeGetCoarseNs),
 	}
 	if caps["ft_kread_enabled"] && (cfg.denyKread || !helper(asm.FnProbeReadKernel)) {
 		caps["ft_kread_enabled"] = false
@@ -336,7 +339,7 @@ func (d *Datapath) loadCore(coreSpec, dropSpec *ebpf.CollectionSpec, caps kernel
 	for _, p := range optionalPaths {
 		on[p.variable] = caps[p.variable] && !p.denied(d.cfg)
 	}
-	var firstErr error
+	var firstErr, lastErr error
 	for off := 0; off <= len(optionalPaths); off++ {
 		if off > 0 {
 			v := optionalPaths[off-1].variable
@@ -382,8 +385,11 @@ func (d *Datapath) loadCore(coreSpec, dropSpec *ebpf.CollectionSpec, caps kernel
 		if !isRefusal(err) {
 			return fmt.Errorf("load bpf objects: %w", verifierDetail(err))
 		}
+		lastErr = err
 	}
-	return fmt.Errorf("load bpf objects: %w", firstErr)
+	// The first refusal names what the kernel lacks; the last one, with
+	// every optional path off, is what actually stops flowtrace here.
+	return fmt.Errorf("load bpf objects: %w\nwith every optional path off: %v", firstErr, verifierDetail(lastErr))
 }
 
 // isRefusal: the kernel (verifier, missing kfunc or helper) said no, as
@@ -561,7 +567,7 @@ func (d *Datapath) ForgetNetns(inode uint32) error {
 // Run reads the ring buffer until ctx is done, calling fn for each decoded
 // event; the *decode.Event is reused, so fn must copy what it keeps. It also
 // flushes idle flow entries every FlowReportInterval and reports folded
-// drops every DropFoldWindow (FlushDrops). Decode errors are
+// drops every half DropFoldWindow (FlushDrops). Decode errors are
 // counted (Stats "decode_errors"), not fatal. Run must not be called
 // concurrently with itself.
 func (d *Datapath) Run(ctx context.Context, fn func(*decode.Event)) error {
@@ -587,7 +593,7 @@ func (d *Datapath) Run(ctx context.Context, fn func(*decode.Event)) error {
 			}
 			lastFlush = now
 		}
-		if d.cfg.DropFoldWindow > 0 && now.Sub(lastFold) >= d.cfg.DropFoldWindow {
+		if d.cfg.DropFoldWindow > 0 && now.Sub(lastFold) >= d.cfg.DropFoldWindow/2 {
 			if _, err := d.FlushDrops(fn); err != nil {
 				d.log.Warn("folded drop flush failed", "error", err)
 			}
@@ -613,6 +619,16 @@ func (d *Datapath) Run(ctx context.Context, fn func(*decode.Event)) error {
 		ev.Time = d.wallTime(ev.TimeNs)
 		fn(&ev)
 	}
+}
+
+// monoNs is the clock of flow entries' times (ft_now in the BPF object:
+// CLOCK_MONOTONIC, coarse or not).
+func monoNs() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano()
 }
 
 func bootNs() int64 {
@@ -651,7 +667,8 @@ func (d *Datapath) FlushIdle(fn func(*decode.Event)) (int, error) {
 		stale   []ftFtFlowKey
 		errs    []error
 	)
-	now := uint64(bootNs())
+	// Entry times are CLOCK_MONOTONIC; the events carry boot time.
+	now, bootNow := uint64(monoNs()), uint64(bootNs())
 	interval := uint64(d.cfg.FlowReportInterval.Nanoseconds())
 	it := d.objs.FtFlows.Iterate()
 	for it.Next(&key, &val) {
@@ -659,8 +676,8 @@ func (d *Datapath) FlushIdle(fn func(*decode.Event)) (int, error) {
 			continue
 		}
 		if val.Packets > 0 {
-			fillFlushEvent(&ev, &key, &val, now)
-			ev.Time = d.wallTime(now)
+			fillFlushEvent(&ev, &key, &val, bootNow)
+			ev.Time = d.wallTime(bootNow)
 			fn(&ev)
 			emitted++
 		}

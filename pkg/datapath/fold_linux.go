@@ -53,10 +53,12 @@ const foldBatch = 512
 // and the last folded drop's length and skb_iif. LastNs is the last folded
 // drop; FirstNs is exact for the first report of a slot and otherwise the
 // previous report's LastNs + 1 (a lower bound: the slot keeps one first
-// time per window, not per report). Signatures idle for two windows are
-// deleted (after a last report), so the walk stays as small as the set of
-// recent signatures. Run calls it every DropFoldWindow. It returns the
-// number of events emitted.
+// time per window, not per report), and it is the event's time, so a
+// report's age is that of the oldest drop it may carry. Signatures idle for
+// two windows are deleted (after a last report), so the walk stays as small
+// as the set of recent signatures. Run calls it every half DropFoldWindow,
+// which bounds how late a folded drop is reported. It returns the number of
+// events emitted.
 func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 	f := &d.folds
 	f.mu.Lock()
@@ -192,8 +194,10 @@ func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 		}
 		for delta := s.Folded - st.reported; delta > 0; {
 			n := min(delta, math.MaxUint32)
-			fillFoldEvent(&w.ev, &key, s, uint32(cpu), uint32(n), first, w.now)
-			w.ev.Time = w.d.wallTime(w.now)
+			// Dated by the first drop it may carry: the strictest
+			// answer to "when did these drops happen".
+			fillFoldEvent(&w.ev, &key, s, uint32(cpu), uint32(n), first)
+			w.ev.Time = w.d.wallTime(w.ev.TimeNs)
 			w.fn(&w.ev)
 			w.emitted++
 			delta -= n
@@ -252,12 +256,12 @@ func (d *Datapath) statSum(idx uint32) (uint64, error) {
 	return sum, nil
 }
 
-func fillFoldEvent(ev *decode.Event, k *ftFtDropKey, s *ftFtDropFold, cpu, count uint32, first, now uint64) {
+func fillFoldEvent(ev *decode.Event, k *ftFtDropKey, s *ftFtDropFold, cpu, count uint32, first uint64) {
 	t := &k.Tuple
 	*ev = decode.Event{
 		Kind:        decode.KindDrop,
 		CPU:         cpu, // the CPU whose slot folded these drops
-		TimeNs:      now,
+		TimeNs:      first,
 		Ifindex:     k.Ifindex,
 		Netns:       k.Netns,
 		EtherType:   t.Ethertype,

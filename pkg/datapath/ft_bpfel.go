@@ -56,6 +56,11 @@ type ftFtDropFold struct {
 	PktLen      uint32
 }
 
+type ftFtDropHdr struct {
+	_ structs.HostLayout
+	B [128]uint8
+}
+
 type ftFtDropKey struct {
 	_        structs.HostLayout
 	Tuple    ftFtTuple
@@ -222,6 +227,7 @@ type ftFtXlateKey struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	ftMapFtDropFolds            = "ft_drop_folds"
+	ftMapFtDropHdrs             = "ft_drop_hdrs"
 	ftMapFtEvents               = "ft_events"
 	ftMapFtFlows                = "ft_flows"
 	ftMapFtLost                 = "ft_lost"
@@ -236,6 +242,7 @@ const (
 	ftProgFtKfreeRaw2           = "ft_kfree_raw2"
 	ftProgFtTcEgress            = "ft_tc_egress"
 	ftProgFtTcIngress           = "ft_tc_ingress"
+	ftVarFtCoarseClockEnabled   = "ft_coarse_clock_enabled"
 	ftVarFtCtCastEnabled        = "ft_ct_cast_enabled"
 	ftVarFtCtLookupEnabled      = "ft_ct_lookup_enabled"
 	ftVarFtDropFoldWindowNs     = "ft_drop_fold_window_ns"
@@ -313,6 +320,7 @@ type ftProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type ftMapSpecs struct {
 	FtDropFolds  *ebpf.MapSpec `ebpf:"ft_drop_folds"`
+	FtDropHdrs   *ebpf.MapSpec `ebpf:"ft_drop_hdrs"`
 	FtEvents     *ebpf.MapSpec `ebpf:"ft_events"`
 	FtFlows      *ebpf.MapSpec `ebpf:"ft_flows"`
 	FtLost       *ebpf.MapSpec `ebpf:"ft_lost"`
@@ -327,6 +335,7 @@ type ftMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ftVariableSpecs struct {
+	FtCoarseClockEnabled   *ebpf.VariableSpec `ebpf:"ft_coarse_clock_enabled"`
 	FtCtCastEnabled        *ebpf.VariableSpec `ebpf:"ft_ct_cast_enabled"`
 	FtCtLookupEnabled      *ebpf.VariableSpec `ebpf:"ft_ct_lookup_enabled"`
 	FtDropFoldWindowNs     *ebpf.VariableSpec `ebpf:"ft_drop_fold_window_ns"`
@@ -370,6 +379,7 @@ func (o *ftObjects) Close() error {
 // It can be passed to loadFtObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ftMaps struct {
 	FtDropFolds  *ebpf.Map `ebpf:"ft_drop_folds"`
+	FtDropHdrs   *ebpf.Map `ebpf:"ft_drop_hdrs"`
 	FtEvents     *ebpf.Map `ebpf:"ft_events"`
 	FtFlows      *ebpf.Map `ebpf:"ft_flows"`
 	FtLost       *ebpf.Map `ebpf:"ft_lost"`
@@ -383,6 +393,7 @@ type ftMaps struct {
 func (m *ftMaps) Close() error {
 	return _FtClose(
 		m.FtDropFolds,
+		m.FtDropHdrs,
 		m.FtEvents,
 		m.FtFlows,
 		m.FtLost,
@@ -398,6 +409,7 @@ func (m *ftMaps) Close() error {
 //
 // It can be passed to loadFtObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ftVariables struct {
+	FtCoarseClockEnabled   *ebpf.Variable `ebpf:"ft_coarse_clock_enabled"`
 	FtCtCastEnabled        *ebpf.Variable `ebpf:"ft_ct_cast_enabled"`
 	FtCtLookupEnabled      *ebpf.Variable `ebpf:"ft_ct_lookup_enabled"`
 	FtDropFoldWindowNs     *ebpf.Variable `ebpf:"ft_drop_fold_window_ns"`
