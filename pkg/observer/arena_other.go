@@ -1,0 +1,10 @@
+//go:build !unix
+
+package observer
+
+// Without mmap the arena lives on the Go heap.
+func mapArena(size int) []byte { return make([]byte, size) }
+
+func unmapArena([]byte) {}
+
+func releaseArena([]byte) {}
