@@ -54,6 +54,9 @@ serves Prometheus metrics.`,
 			if err := checkListenFlags(cfg.ListenAddress, cfg.TLS, cfg.InsecureListen); err != nil {
 				return err
 			}
+			if n := cfg.RingBufferBytes; n < os.Getpagesize() || n&(n-1) != 0 {
+				return usageErrorf("--ring-buffer-bytes %d: want a power of two of at least %d", n, os.Getpagesize())
+			}
 			if cfg.MetricsTopNamespaces < 1 {
 				return usageErrorf("--metrics-top-namespaces %d: must be at least 1", cfg.MetricsTopNamespaces)
 			}
@@ -86,6 +89,7 @@ serves Prometheus metrics.`,
 	f.DurationVar(&cfg.FlowReportInterval, "flow-report-interval", 5*time.Second, "report each connection's counts at most this often")
 	f.IntVar(&cfg.MaxFlows, "max-flows", 65536, "flows held in history (count bound)")
 	f.DurationVar(&cfg.MaxFlowAge, "max-flow-age", time.Hour, "flows held in history (age bound)")
+	f.IntVar(&cfg.RingBufferBytes, "ring-buffer-bytes", agent.DefaultRingBufferBytes, "BPF ring buffer size (power of two): events the kernel can queue while the agent catches up; costs twice this in memory")
 	f.BoolVar(&cfg.ScopeAllNetns, "all-netns", false, "report drops from every network namespace on the machine, not only the node's and its pods'")
 	addListenFlags(f, &cfg.ListenAddress, &cfg.TLS, &cfg.InsecureListen)
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", "serve Prometheus metrics on http://ADDRESS/metrics (e.g. :9965)")
