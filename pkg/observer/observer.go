@@ -461,19 +461,19 @@ func (r *request) read(pos, end uint64) (n int, from uint64, lost uint64) {
 func (r *request) copyLocked(pos, end uint64) int {
 	h := &r.o.hist
 	k := min(uint64(len(r.buf)), end-min(pos, end))
-	total := 0
-	for i := uint64(0); i < k; i++ {
-		total += int(h.at(pos + i).size)
-	}
-	if cap(r.data) < total {
-		r.data = make([]byte, total, total+total/4)
-	}
+	var ends [readBatch]int
 	data := r.data[:0]
 	for i := uint64(0); i < k; i++ {
+		data = h.appendFlow(data, h.at(pos+i))
+		ends[i] = len(data)
+	}
+	r.data = data
+	// Slices are taken once data stopped growing (append may move it).
+	start := 0
+	for i := uint64(0); i < k; i++ {
 		m := h.at(pos + i)
-		s := len(data)
-		data = append(data, h.bytes(m)...)
-		r.buf[i] = entry{added: m.added, flowTime: m.flowTime, data: data[s:len(data):len(data)]}
+		r.buf[i] = entry{added: m.added, flowTime: m.flowTime, data: data[start:ends[i]:ends[i]]}
+		start = ends[i]
 	}
 	return int(k)
 }

@@ -12,11 +12,15 @@ package observer
 //     (GOGC=100 lets the heap grow to twice what is live before collecting);
 //   - no per-flow allocation or slice header survives Publish;
 //   - arena pages become resident only once written, and writing wraps to
-//     the start of the arena as soon as the oldest flow has left room
-//     there, so the pages touched stay close to the bytes actually held.
+//     the start of the arena as soon as the oldest flows have left an
+//     eighth of the bytes held free there, so the pages touched stay
+//     within ~1/8 of the bytes actually held.
 //     When the flows written since the wrap catch up with the oldest ones
 //     while fewer than MaxFlows are held, they are moved up behind the
 //     older ones (each byte at most once) rather than evicting anything.
+//
+// Each record is the flow's bytes with its endpoints and interfaces replaced
+// by references into a dictionary (dict.go).
 //
 // The arena reserves arenaBytesPerFlow per flow of MaxFlows (address space,
 // not memory). When flows are so large on average that the arena fills
@@ -57,6 +61,9 @@ type store struct {
 	wrapSeq uint64
 	// high is the arena's high-water mark: pages below it may be resident.
 	high uint32
+	used uint64 // bytes of the records held
+
+	dict *dict
 }
 
 func newStore(maxFlows int) store {
@@ -64,7 +71,7 @@ func newStore(maxFlows int) store {
 	if size > maxArena {
 		size = maxArena
 	}
-	return store{idx: make([]meta, maxFlows), arena: mapArena(int(size))}
+	return store{idx: make([]meta, maxFlows), arena: mapArena(int(size)), dict: newDict()}
 }
 
 func (s *store) at(seq uint64) *meta { return &s.idx[seq%uint64(len(s.idx))] }
@@ -73,9 +80,11 @@ func (s *store) oldest() *meta { return s.at(s.next - uint64(s.n)) }
 
 // dropOldest forgets the oldest flow; its bytes become free.
 func (s *store) dropOldest() {
+	s.dict.release(s.record(s.oldest()))
+	s.used -= uint64(s.oldest().size)
 	s.n--
 	if s.n == 0 {
-		s.head, s.wrapped = 0, false
+		s.head, s.wrapped, s.used = 0, false, 0
 		return
 	}
 	if s.wrapped && s.next-uint64(s.n) >= s.wrapSeq {
@@ -126,8 +135,11 @@ func (s *store) room(size uint32) (off uint32, evicted int, ok bool) {
 				continue
 			}
 		} else {
-			// Wrap as early as the start has room: the pages in use then
-			// stay those of the bytes held, not of the whole arena.
+			// Wrap once the start has room for an eighth of what is held:
+			// the pages in use then stay those of the bytes held, not of
+			// the whole arena. Wrapping at the first free record would
+			// leave the runs a gap so small that a few larger flows close
+			// it, and each unwrap would move the held bytes up the arena.
 			if tail >= size {
 				s.wrapped, s.wrapEnd, s.wrapSeq = true, s.head, s.next
 				s.head = 0
@@ -145,25 +157,31 @@ func (s *store) room(size uint32) (off uint32, evicted int, ok bool) {
 // add appends a flow's bytes and returns how many older flows it evicted,
 // or ok false when data can never fit (larger than the arena).
 func (s *store) add(added, flowTime int64, data []byte) (evicted int, ok bool) {
-	size := uint32(len(data))
-	if uint64(len(data)) != uint64(size) {
+	var spans [maxRefs]span
+	k, n := s.dict.split(data, &spans)
+	size := uint32(n)
+	if uint64(n) != uint64(size) {
 		return 0, false
 	}
 	off, evicted, ok := s.room(size)
 	if !ok {
 		return evicted, false
 	}
-	copy(s.arena[off:off+size], data)
+	s.dict.encode(s.arena[off:off+size], data, spans[:k])
 	s.head = off + size
 	s.high = max(s.high, s.head)
+	s.used += uint64(size)
 	*s.at(s.next) = meta{off: off, size: size, added: added, flowTime: flowTime}
 	s.next++
 	s.n++
 	return evicted, true
 }
 
-// bytes returns the held flow's bytes; valid until the lock is released.
-func (s *store) bytes(m *meta) []byte { return s.arena[m.off : m.off+m.size] }
+// record returns the held flow's record; valid until the lock is released.
+func (s *store) record(m *meta) []byte { return s.arena[m.off : m.off+m.size] }
+
+// appendFlow appends the held flow's marshalled bytes to dst.
+func (s *store) appendFlow(dst []byte, m *meta) []byte { return s.dict.decode(dst, s.record(m)) }
 
 // release hands the arena's pages back to the kernel once history is empty
 // (age eviction emptied it), so an idle agent does not keep the memory of
