@@ -12,9 +12,9 @@ package observer
 //     (GOGC=100 lets the heap grow to twice what is live before collecting);
 //   - no per-flow allocation or slice header survives Publish;
 //   - arena pages become resident only once written, and writing wraps to
-//     the start of the arena as soon as the oldest flows have left an
-//     eighth of the bytes held free there, so the pages touched stay
-//     within ~1/8 of the bytes actually held.
+//     the start of the arena as soon as the oldest flow has left room
+//     there, so the pages touched stay close to the bytes actually held
+//     (replaying the bench's flow sizes: high-water = bytes held).
 //     When the flows written since the wrap catch up with the oldest ones
 //     while fewer than MaxFlows are held, they are moved up behind the
 //     older ones (each byte at most once) rather than evicting anything.
@@ -61,7 +61,6 @@ type store struct {
 	wrapSeq uint64
 	// high is the arena's high-water mark: pages below it may be resident.
 	high uint32
-	used uint64 // bytes of the records held
 
 	dict *dict
 }
@@ -81,10 +80,9 @@ func (s *store) oldest() *meta { return s.at(s.next - uint64(s.n)) }
 // dropOldest forgets the oldest flow; its bytes become free.
 func (s *store) dropOldest() {
 	s.dict.release(s.record(s.oldest()))
-	s.used -= uint64(s.oldest().size)
 	s.n--
 	if s.n == 0 {
-		s.head, s.wrapped, s.used = 0, false, 0
+		s.head, s.wrapped = 0, false
 		return
 	}
 	if s.wrapped && s.next-uint64(s.n) >= s.wrapSeq {
@@ -135,11 +133,8 @@ func (s *store) room(size uint32) (off uint32, evicted int, ok bool) {
 				continue
 			}
 		} else {
-			// Wrap once the start has room for an eighth of what is held:
-			// the pages in use then stay those of the bytes held, not of
-			// the whole arena. Wrapping at the first free record would
-			// leave the runs a gap so small that a few larger flows close
-			// it, and each unwrap would move the held bytes up the arena.
+			// Wrap as early as the start has room: the pages in use then
+			// stay those of the bytes held, not of the whole arena.
 			if tail >= size {
 				s.wrapped, s.wrapEnd, s.wrapSeq = true, s.head, s.next
 				s.head = 0
@@ -170,7 +165,6 @@ func (s *store) add(added, flowTime int64, data []byte) (evicted int, ok bool) {
 	s.dict.encode(s.arena[off:off+size], data, spans[:k])
 	s.head = off + size
 	s.high = max(s.high, s.head)
-	s.used += uint64(size)
 	*s.at(s.next) = meta{off: off, size: size, added: added, flowTime: flowTime}
 	s.next++
 	s.n++

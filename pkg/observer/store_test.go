@@ -82,10 +82,10 @@ func TestStoreRandom(t *testing.T) {
 			if tc.wantFullCount && s.n != tc.flows {
 				t.Errorf("held %d flows, want the count bound %d", s.n, tc.flows)
 			}
-			// The wrap starts over once an eighth of what is held is free
-			// at the front: the high-water mark stays near the count
-			// bound's bytes, however long the arena is and however many
-			// flows went through.
+			// The wrap starts over as soon as there is room at the front:
+			// the high-water mark stays near the count bound's bytes,
+			// however long the arena is and however many flows went
+			// through.
 			if limit := tc.flows*(1+tc.maxSz)*5/4 + 2*tc.maxSz; int(s.high) > limit || int(s.high) > tc.arena {
 				t.Errorf("high-water %d bytes, want <= %d", s.high, min(limit, tc.arena))
 			}
