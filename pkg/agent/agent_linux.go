@@ -78,12 +78,12 @@ type Config struct {
 	Ready chan<- struct{}
 }
 
-// DefaultRingBufferBytes: 1 MiB holds ~10k events, over 100 ms of the
-// bench's connection churn (~90k events/s) while the agent is descheduled;
-// storms are folded in the kernel and take a few events per 100 ms. 4 MiB
-// (the datapath's own default) cost 8 MiB of RSS for headroom no workload
-// used.
-const DefaultRingBufferBytes = 1 << 20
+// DefaultRingBufferBytes: 2 MiB holds ~20k events, over 200 ms of the
+// bench's connection churn (~90k events/s) while the agent is descheduled.
+// 4 MiB (the datapath's own default) cost 8 MiB of RSS (the pages are
+// mapped twice) for headroom no bench workload used; 1 MiB lost a few
+// dozen events (counted) in one many-flow storm out of three.
+const DefaultRingBufferBytes = 2 << 20
 
 // DefaultGCPercent: history lives outside the Go heap (package observer),
 // so the heap is mostly short-lived garbage of the pipeline around a small
