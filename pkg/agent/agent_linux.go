@@ -55,11 +55,8 @@ type Config struct {
 	// a page; default DefaultRingBufferBytes). Its pages are mapped twice
 	// into the agent, so it costs twice its size in RSS once written.
 	RingBufferBytes int
-	// GCPercent is the Go GC target used when GOGC is not set in the
-	// environment (default DefaultGCPercent); see setGC.
-	GCPercent     int
-	ScopeAllNetns bool // report drops from every netns, not only ours and our pods'
-	Version       string
+	ScopeAllNetns   bool // report drops from every netns, not only ours and our pods'
+	Version         string
 
 	// ListenAddress, when set, also serves the API on TCP host:port with
 	// TLS (TLS.CertFile/KeyFile; mTLS with TLS.ClientCAFile). Plain TCP is
@@ -84,12 +81,6 @@ type Config struct {
 // mapped twice) for headroom no bench workload used; 1 MiB lost a few
 // dozen events (counted) in one many-flow storm out of three.
 const DefaultRingBufferBytes = 2 << 20
-
-// DefaultGCPercent: history lives outside the Go heap (package observer),
-// so the heap is mostly short-lived garbage of the pipeline around a small
-// live set; GOGC=100 let it grow to twice that set. 50 trades a few more
-// (cheap: little to mark) collections for a third less heap.
-const DefaultGCPercent = 50
 
 func (c *Config) defaults() error {
 	if c.Socket == "" {
@@ -122,9 +113,6 @@ func (c *Config) defaults() error {
 	}
 	if c.RingBufferBytes < os.Getpagesize() || c.RingBufferBytes&(c.RingBufferBytes-1) != 0 {
 		return fmt.Errorf("agent: ring buffer size %d: want a power of two of at least %d", c.RingBufferBytes, os.Getpagesize())
-	}
-	if c.GCPercent == 0 {
-		c.GCPercent = DefaultGCPercent
 	}
 	if c.ListenAddress != "" {
 		if err := server.CheckTCPSecurity(c.ListenAddress, c.TLS.CertFile != "" || c.TLS.KeyFile != "", c.InsecureListen); err != nil {
@@ -201,7 +189,6 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 // It always detaches everything it attached before returning.
 func (a *Agent) Run(ctx context.Context) (err error) {
 	a.start = time.Now()
-	a.setGC()
 	if err := a.setup(); err != nil {
 		return errors.Join(err, a.teardown())
 	}
@@ -297,6 +284,16 @@ func (a *Agent) setup() error {
 	// tens of MB that are garbage now. cilium/ebpf v0.22 keeps no kernel
 	// spec cache to flush (btf.FlushKernelSpec is gone), so hand the pages
 	// back to the kernel now rather than when the scavenger gets to them.
+	//
+	// The GC is left at the runtime's defaults (GOGC=100, no memory limit;
+	// GOGC and GOMEMLIMIT from the environment apply as usual). History, the
+	// part that grows with --max-flows, lives outside the Go heap (package
+	// observer), so the heap is a ~15 MB live set plus pipeline garbage.
+	// GOGC=50 saved ~5 MB of it but doubled the many-flow storm's p99
+	// latency in the bench (the GC's worker takes one of two cores while
+	// the agent is saturated), and a limit below the live set, which grows
+	// with clients and --kubernetes in large clusters, would turn into GC
+	// CPU.
 	debug.FreeOSMemory()
 	a.attacher = attach.New(a.log, attach.Mode(a.cfg.AttachMode))
 	if a.watcher, err = ifwatch.New(ifwatch.Config{Include: a.cfg.Include, Exclude: a.cfg.Exclude}, a.log); err != nil {
@@ -353,17 +350,6 @@ func (a *Agent) setup() error {
 	}
 	a.enricher = enrich.New(a.cfg.NodeName, a.ids, reasons, resolver, a)
 	return nil
-}
-
-// setGC applies GCPercent unless the operator set GOGC; GOMEMLIMIT from the
-// environment is honoured by the runtime as usual. No memory limit is set
-// by default: the live heap grows with clients and with --kubernetes in
-// large clusters, and a limit below it would turn into GC CPU.
-func (a *Agent) setGC() {
-	if _, ok := os.LookupEnv("GOGC"); ok {
-		return
-	}
-	debug.SetGCPercent(a.cfg.GCPercent)
 }
 
 // teardown detaches before closing the datapath, so no interface is ever
