@@ -127,10 +127,13 @@ func New(cfg Config, log *slog.Logger) *Observer {
 		hist:      newStore(cfg.MaxFlows),
 		followers: make(map[*follower]struct{}),
 	}
-	// The arena is not Go memory: give its address space back when the
-	// Observer goes (Close must not: publishing after Close works).
+	// The arena and index are not Go memory: give their address space back
+	// when the Observer goes (Close must not: publishing after Close works).
 	if o.hist.arena != nil {
 		runtime.AddCleanup(o, unmapArena, o.hist.arena)
+	}
+	if o.hist.idxMem != nil {
+		runtime.AddCleanup(o, unmapArena, o.hist.idxMem)
 	}
 	return o
 }

@@ -5,7 +5,7 @@ package observer
 // Flows are held as their marshalled bytes, back to back, in one byte arena
 // used as a ring, plus a fixed index ring of small pointer-free records
 // (offset, length, times) addressed by sequence number. Nothing in it is a
-// Go pointer, and the arena is mapped outside the Go heap (arena_unix.go):
+// Go pointer, and both are mapped outside the Go heap (arena_unix.go):
 //
 //   - the garbage collector neither scans history nor counts it toward its
 //     heap goal, so history costs its bytes once instead of up to twice
@@ -46,9 +46,11 @@ type meta struct {
 // store is the ring of held flows: seqs next-n .. next-1, seq s at
 // idx[s%len(idx)]. Its methods are called with Observer.mu held.
 type store struct {
-	idx  []meta
-	next uint64
-	n    int
+	idx []meta
+	// idxMem backs idx when it is mapped outside the heap (nil otherwise).
+	idxMem []byte
+	next   uint64
+	n      int
 
 	arena []byte
 	// head is where the next flow's bytes go. While wrapped, the held bytes
@@ -70,7 +72,8 @@ func newStore(maxFlows int) store {
 	if size > maxArena {
 		size = maxArena
 	}
-	return store{idx: make([]meta, maxFlows), arena: mapArena(int(size)), dict: newDict()}
+	idx, idxMem := mapIndex(maxFlows)
+	return store{idx: idx, idxMem: idxMem, arena: mapArena(int(size)), dict: newDict()}
 }
 
 func (s *store) at(seq uint64) *meta { return &s.idx[seq%uint64(len(s.idx))] }
