@@ -51,8 +51,12 @@ type Config struct {
 	MaxFlows           int           // history bound by count (default 65536)
 	MaxFlowAge         time.Duration // history bound by age (default 1h)
 	QueueSize          int           // agent queue between ring buffer and enrichment (default 8192)
-	ScopeAllNetns      bool          // report drops from every netns, not only ours and our pods'
-	Version            string
+	// RingBufferBytes sizes the BPF ring buffer (a power of two, at least
+	// a page; default DefaultRingBufferBytes). Its pages are mapped twice
+	// into the agent, so it costs twice its size in RSS once written.
+	RingBufferBytes int
+	ScopeAllNetns   bool // report drops from every netns, not only ours and our pods'
+	Version         string
 
 	// ListenAddress, when set, also serves the API on TCP host:port with
 	// TLS (TLS.CertFile/KeyFile; mTLS with TLS.ClientCAFile). Plain TCP is
@@ -70,6 +74,13 @@ type Config struct {
 	// datapath attached: tests and `make demo` wait on it or on the socket.
 	Ready chan<- struct{}
 }
+
+// DefaultRingBufferBytes: 2 MiB holds ~20k events, over 200 ms of the
+// bench's connection churn (~90k events/s) while the agent is descheduled.
+// 4 MiB (the datapath's own default) cost 8 MiB of RSS (the pages are
+// mapped twice) for headroom no bench workload used; 1 MiB lost a few
+// dozen events (counted) in one many-flow storm out of three.
+const DefaultRingBufferBytes = 2 << 20
 
 func (c *Config) defaults() error {
 	if c.Socket == "" {
@@ -96,6 +107,12 @@ func (c *Config) defaults() error {
 	}
 	if c.QueueSize <= 0 {
 		c.QueueSize = 8192
+	}
+	if c.RingBufferBytes == 0 {
+		c.RingBufferBytes = DefaultRingBufferBytes
+	}
+	if c.RingBufferBytes < os.Getpagesize() || c.RingBufferBytes&(c.RingBufferBytes-1) != 0 {
+		return fmt.Errorf("agent: ring buffer size %d: want a power of two of at least %d", c.RingBufferBytes, os.Getpagesize())
 	}
 	if c.ListenAddress != "" {
 		if err := server.CheckTCPSecurity(c.ListenAddress, c.TLS.CertFile != "" || c.TLS.KeyFile != "", c.InsecureListen); err != nil {
@@ -254,6 +271,7 @@ func (a *Agent) setup() error {
 	}
 	a.dp, err = datapath.Load(datapath.Config{
 		FlowReportInterval: a.cfg.FlowReportInterval,
+		RingBufferBytes:    a.cfg.RingBufferBytes,
 		ScopeAllNetns:      a.cfg.ScopeAllNetns,
 	}, a.log)
 	if err != nil {
@@ -266,9 +284,16 @@ func (a *Agent) setup() error {
 	// tens of MB that are garbage now. cilium/ebpf v0.22 keeps no kernel
 	// spec cache to flush (btf.FlushKernelSpec is gone), so hand the pages
 	// back to the kernel now rather than when the scavenger gets to them.
-	// No memory limit is set here: the live heap grows with --max-flows, and
-	// a fixed limit below it would turn into GC CPU; the runtime already
-	// honours GOMEMLIMIT from the environment for operators who want one.
+	//
+	// The GC is left at the runtime's defaults (GOGC=100, no memory limit;
+	// GOGC and GOMEMLIMIT from the environment apply as usual). History, the
+	// part that grows with --max-flows, lives outside the Go heap (package
+	// observer), so the heap is a ~15 MB live set plus pipeline garbage.
+	// GOGC=50 saved ~5 MB of it but doubled the many-flow storm's p99
+	// latency in the bench (the GC's worker takes one of two cores while
+	// the agent is saturated), and a limit below the live set, which grows
+	// with clients and --kubernetes in large clusters, would turn into GC
+	// CPU.
 	debug.FreeOSMemory()
 	a.attacher = attach.New(a.log, attach.Mode(a.cfg.AttachMode))
 	if a.watcher, err = ifwatch.New(ifwatch.Config{Include: a.cfg.Include, Exclude: a.cfg.Exclude}, a.log); err != nil {

@@ -31,7 +31,12 @@ func Load() (*Table, error) {
 	defer f.Close()
 	// Sized for a distribution kernel (~120k text symbols, ~3 MB of names),
 	// so the buffers are not regrown (and copied) a dozen times.
-	return parse(f, 1<<17, 4<<20)
+	t, err := parse(f, 1<<17, 4<<20)
+	if err != nil {
+		return nil, err
+	}
+	t.moveOffHeap()
+	return t, nil
 }
 
 type sym struct {
@@ -150,7 +155,8 @@ func (t *Table) Resolve(addr uint64) string {
 		b = append(append(b, name...), "+0x"...)
 		return string(strconv.AppendUint(b, off, 16))
 	}
-	return name
+	// A copy: names may live in memory unmapped with the table.
+	return strings.Clone(name)
 }
 
 // Len is the number of symbols held.

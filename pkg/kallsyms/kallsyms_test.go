@@ -2,6 +2,7 @@ package kallsyms
 
 import (
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -58,4 +59,25 @@ func TestRunningKernel(t *testing.T) {
 	if tab.Len() < 1000 {
 		t.Fatalf("only %d symbols", tab.Len())
 	}
+}
+
+// TestOffHeapSameAnswers: the table Load moves into its own mapping resolves
+// like the one Parse keeps on the heap, and survives a GC of everything else.
+func TestOffHeapSameAnswers(t *testing.T) {
+	heap, err := Parse(strings.NewReader(sample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved, err := Parse(strings.NewReader(sample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved.moveOffHeap()
+	runtime.GC()
+	for _, addr := range []uint64{0xffffffff81000000, 0xffffffff81000005, 0xffffffff81001010, 0xffffffff81001300, 0xffffffff81002010, 0x10} {
+		if got, want := moved.Resolve(addr), heap.Resolve(addr); got != want {
+			t.Errorf("Resolve(%#x) = %q off the heap, %q on it", addr, got, want)
+		}
+	}
+	runtime.KeepAlive(moved)
 }

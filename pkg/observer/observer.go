@@ -2,7 +2,8 @@
 // flows as they happen, to clients.
 //
 // History is a ring of marshalled Flow protobufs (compact: several times
-// more flows per MB than *Flow values), bounded by count and by age. Age
+// more flows per MB than *Flow values), stored back to back in one arena
+// outside the Go heap (store.go), bounded by count and by age. Age
 // eviction runs on a timer, so old flows leave even when no new ones come.
 //
 // Every reader — a history read or a follower — is a position in the ring.
@@ -21,6 +22,7 @@ package observer
 import (
 	"context"
 	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -61,8 +63,9 @@ const numSources = 5
 // readBatch is how many ring entries a reader copies per lock.
 const readBatch = 256
 
-// entry is one flow in history: the marshalled Flow, with the times kept
-// decoded so that eviction and since/until never unmarshal.
+// entry is one flow as a reader copied it out of history: the marshalled
+// Flow (in the reader's own buffer), with the times kept decoded so that
+// since/until never unmarshal.
 type entry struct {
 	added    int64 // wall clock at Publish, unix ns: age bound
 	flowTime int64 // flow time, unix ns (0 when unset): since/until
@@ -94,9 +97,7 @@ type Observer struct {
 	now func() time.Time
 
 	mu        sync.Mutex
-	ring      []entry
-	next      uint64 // sequence number of the next flow; entry seq s is at ring[s%len]
-	n         int    // entries held: seqs next-n .. next-1
+	hist      store // flows held: seqs hist.next-hist.n .. hist.next-1
 	seen      uint64
 	evicted   uint64 // flows that left history (count or age bound)
 	lost      [numSources]uint64
@@ -119,13 +120,22 @@ func New(cfg Config, log *slog.Logger) *Observer {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Observer{
+	o := &Observer{
 		cfg:       cfg,
 		log:       log,
 		now:       time.Now,
-		ring:      make([]entry, cfg.MaxFlows),
+		hist:      newStore(cfg.MaxFlows),
 		followers: make(map[*follower]struct{}),
 	}
+	// The arena and index are not Go memory: give their address space back
+	// when the Observer goes (Close must not: publishing after Close works).
+	if o.hist.arena != nil {
+		runtime.AddCleanup(o, unmapArena, o.hist.arena)
+	}
+	if o.hist.idxMem != nil {
+		runtime.AddCleanup(o, unmapArena, o.hist.idxMem)
+	}
+	return o
 }
 
 // Config returns the effective configuration.
@@ -163,19 +173,19 @@ func (o *Observer) Publish(f *flowtracev1.Flow) {
 		o.log.Warn("cannot keep flow in history", "error", err)
 		return
 	}
-	e := entry{added: o.now().UnixNano(), flowTime: unixNano(f.GetTime()), data: data}
+	added, flowTime := o.now().UnixNano(), unixNano(f.GetTime())
 
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.evictLocked(e.added)
-	if o.n == len(o.ring) {
-		o.dropOldestLocked()
+	o.evictLocked(added)
+	evicted, ok := o.hist.add(added, flowTime, data)
+	o.evicted += uint64(evicted)
+	if !ok {
+		o.log.Warn("flow too large for history", "bytes", len(data))
+		return
 	}
-	o.ring[o.next%uint64(len(o.ring))] = e
-	o.next++
-	o.n++
 	o.seen++
-	o.armAgeTimerLocked(e.added)
+	o.armAgeTimerLocked(added)
 	for fl := range o.followers {
 		select {
 		case fl.wake <- struct{}{}:
@@ -200,7 +210,7 @@ func (o *Observer) PublishLost(src flowtracev1.LostEventsSource, n uint64, cpu *
 				c := *cpu
 				le.Cpu = &c
 			}
-			fl.lost = append(fl.lost, pendingLost{at: o.next, le: le})
+			fl.lost = append(fl.lost, pendingLost{at: o.hist.next, le: le})
 		} else {
 			// Too many reports waiting: keep the count, lose the cpu.
 			fl.summed[src] += n
@@ -218,24 +228,19 @@ func (o *Observer) evictLocked(now int64) {
 		return
 	}
 	limit := now - int64(o.cfg.MaxAge)
-	for o.n > 0 && o.ring[(o.next-uint64(o.n))%uint64(len(o.ring))].added < limit {
-		o.dropOldestLocked()
+	for o.hist.n > 0 && o.hist.oldest().added < limit {
+		o.hist.dropOldest()
+		o.evicted++
 	}
-}
-
-func (o *Observer) dropOldestLocked() {
-	o.ring[(o.next-uint64(o.n))%uint64(len(o.ring))] = entry{} // release the bytes
-	o.n--
-	o.evicted++
 }
 
 // armAgeTimerLocked makes sure a timer will evict the oldest entry when it
 // expires, so that history honours MaxAge without new flows arriving.
 func (o *Observer) armAgeTimerLocked(now int64) {
-	if o.cfg.MaxAge <= 0 || o.closed || o.ageTimer != nil || o.n == 0 {
+	if o.cfg.MaxAge <= 0 || o.closed || o.ageTimer != nil || o.hist.n == 0 {
 		return
 	}
-	oldest := o.ring[(o.next-uint64(o.n))%uint64(len(o.ring))].added
+	oldest := o.hist.oldest().added
 	d := time.Duration(oldest+int64(o.cfg.MaxAge)-now) + time.Millisecond
 	if d < time.Millisecond {
 		d = time.Millisecond
@@ -249,6 +254,9 @@ func (o *Observer) ageTick() {
 	defer o.mu.Unlock()
 	o.ageTimer = nil
 	o.evictLocked(now)
+	// History emptied by age: nothing arrived for MaxAge, so hand the
+	// arena's pages back rather than keep the memory of a past burst.
+	o.hist.release()
 	o.armAgeTimerLocked(now)
 }
 
@@ -278,8 +286,8 @@ func (o *Observer) Status() Status {
 	defer o.mu.Unlock()
 	o.evictLocked(now)
 	st := Status{
-		NumFlows:     uint64(o.n),
-		MaxFlows:     uint64(len(o.ring)),
+		NumFlows:     uint64(o.hist.n),
+		MaxFlows:     uint64(len(o.hist.idx)),
 		SeenFlows:    o.seen,
 		EvictedFlows: o.evicted,
 		MaxAge:       o.cfg.MaxAge,
@@ -300,8 +308,8 @@ func (o *Observer) Status() Status {
 // timeRangeLocked scans the flow times held: they are only roughly ordered
 // (per-CPU ring buffers), so the head is not necessarily the oldest.
 func (o *Observer) timeRangeLocked() (oldest, newest int64) {
-	for i := 0; i < o.n; i++ {
-		t := o.ring[(o.next-uint64(o.n)+uint64(i))%uint64(len(o.ring))].flowTime
+	for i := 0; i < o.hist.n; i++ {
+		t := o.hist.at(o.hist.next - uint64(o.hist.n) + uint64(i)).flowTime
 		if t == 0 {
 			continue
 		}
@@ -323,6 +331,7 @@ type request struct {
 	since, until int64
 	send         func(*flowtracev1.GetFlowsResponse) error
 	buf          []entry
+	data         []byte // backs buf's data: the bytes of one batch
 }
 
 func (r *request) inRange(e *entry) bool {
@@ -365,8 +374,8 @@ func (o *Observer) GetFlows(ctx context.Context, req *flowtracev1.GetFlowsReques
 	now := o.now().UnixNano()
 	o.mu.Lock()
 	o.evictLocked(now)
-	end := o.next
-	start := o.next - uint64(o.n)
+	end := o.hist.next
+	start := o.hist.next - uint64(o.hist.n)
 	evicted := o.evicted
 	oldestTime, _ := o.timeRangeLocked()
 	var fl *follower
@@ -434,23 +443,42 @@ func (o *Observer) GetFlows(ctx context.Context, req *flowtracev1.GetFlowsReques
 	return r.followLive(ctx, fl, end)
 }
 
-// read copies up to len(buf) entries from seq pos (but not past end) and
+// read copies up to len(r.buf) entries from seq pos (but not past end) and
 // says how many entries between pos and the first copied one left history
 // before this reader got to them.
-func (o *Observer) read(pos, end uint64, buf []entry) (n int, from uint64, lost uint64) {
+func (r *request) read(pos, end uint64) (n int, from uint64, lost uint64) {
+	o := r.o
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	oldest := o.next - uint64(o.n)
+	oldest := o.hist.next - uint64(o.hist.n)
 	if pos < oldest {
 		lost = min(oldest, end) - pos
 		pos += lost
 		o.lost[flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_HISTORY_EVICTED] += lost
 	}
-	for n < len(buf) && pos+uint64(n) < end {
-		buf[n] = o.ring[(pos+uint64(n))%uint64(len(o.ring))]
-		n++
+	return r.copyLocked(pos, end), pos, lost
+}
+
+// copyLocked copies entries from pos (held) up to end into r.buf, their
+// bytes into r.data: the arena is rewritten once the lock is released.
+func (r *request) copyLocked(pos, end uint64) int {
+	h := &r.o.hist
+	k := min(uint64(len(r.buf)), end-min(pos, end))
+	var ends [readBatch]int
+	data := r.data[:0]
+	for i := uint64(0); i < k; i++ {
+		data = h.appendFlow(data, h.at(pos+i))
+		ends[i] = len(data)
 	}
-	return n, pos, lost
+	r.data = data
+	// Slices are taken once data stopped growing (append may move it).
+	start := 0
+	for i := uint64(0); i < k; i++ {
+		m := h.at(pos + i)
+		r.buf[i] = entry{added: m.added, flowTime: m.flowTime, data: data[start:ends[i]:ends[i]]}
+		start = ends[i]
+	}
+	return int(k)
 }
 
 func (r *request) buffer() []entry {
@@ -470,7 +498,7 @@ func (r *request) forward(ctx context.Context, pos, end, limit uint64) (uint64, 
 		if err := ctx.Err(); err != nil {
 			return pos, err
 		}
-		n, from, lost := r.o.read(pos, end, buf)
+		n, from, lost := r.read(pos, end)
 		if lost > 0 {
 			if err := r.send(r.o.lostResponse(&flowtracev1.LostEvents{
 				Source: flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_HISTORY_EVICTED, NumEventsLost: lost,
@@ -510,7 +538,7 @@ func (r *request) lastN(ctx context.Context, start, end, n uint64) ([]*flowtrace
 		if hi-lo > uint64(len(buf)) {
 			lo = hi - uint64(len(buf))
 		}
-		got, from, _ := r.o.readNoCount(lo, hi, buf)
+		got, from := r.readNoCount(lo, hi)
 		if got == 0 {
 			break // the rest was evicted while we scanned
 		}
@@ -534,18 +562,15 @@ func (r *request) lastN(ctx context.Context, start, end, n uint64) ([]*flowtrace
 // readNoCount is read for the backward scan of --last: entries evicted
 // meanwhile are older than every flow it returns, so they are not a gap in
 // what the client sees (HistoryStart covers them).
-func (o *Observer) readNoCount(pos, end uint64, buf []entry) (n int, from uint64, lost uint64) {
+func (r *request) readNoCount(pos, end uint64) (n int, from uint64) {
+	o := r.o
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	oldest := o.next - uint64(o.n)
+	oldest := o.hist.next - uint64(o.hist.n)
 	if pos < oldest {
 		pos = min(oldest, end)
 	}
-	for n < len(buf) && pos+uint64(n) < end {
-		buf[n] = o.ring[(pos+uint64(n))%uint64(len(o.ring))]
-		n++
-	}
-	return n, pos, 0
+	return r.copyLocked(pos, end), pos
 }
 
 // followLive streams flows from seq pos on as they are published, with
@@ -562,7 +587,7 @@ func (r *request) followLive(ctx context.Context, fl *follower, pos uint64) erro
 	o := r.o
 	for {
 		o.mu.Lock()
-		target := o.next
+		target := o.hist.next
 		var due []pendingLost
 		for len(fl.lost) > 0 && fl.lost[0].at <= pos {
 			due = append(due, fl.lost[0])

@@ -218,7 +218,7 @@ func TestAgeEvictionWithoutNewFlows(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		o.mu.Lock()
-		n := o.n
+		n := o.hist.n
 		o.mu.Unlock()
 		if n == 0 {
 			break

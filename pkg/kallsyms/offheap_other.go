@@ -1,0 +1,5 @@
+//go:build !unix
+
+package kallsyms
+
+func (t *Table) moveOffHeap() {}
