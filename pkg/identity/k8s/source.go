@@ -106,7 +106,8 @@ type sliceInfo struct {
 }
 
 // New builds the informers; Run starts them. The client is passed in so
-// tests use the fake clientset or a real API server alike.
+// unit tests can serve it from the fake clientset; the agent and the
+// integration tests use NewClient's REST clients against an API server.
 func New(cfg Config, client Client, log *slog.Logger) (*Source, error) {
 	if !cfg.AllPods && cfg.NodeName == "" {
 		return nil, fmt.Errorf("kubernetes identity: node name is required unless all pods are watched")
