@@ -304,11 +304,11 @@ func (a *Agent) setup() error {
 	// cache works without API access, the static file is for labs and
 	// hosts without Kubernetes (see package identity).
 	if a.cfg.Kubernetes {
-		cs, err := k8s.NewClient(a.cfg.Kubeconfig)
+		kc, err := k8s.NewClient(a.cfg.Kubeconfig)
 		if err != nil {
 			return fmt.Errorf("kubernetes identity source: %w", err)
 		}
-		src, err := k8s.New(k8s.Config{NodeName: a.cfg.NodeName, AllPods: a.cfg.KubernetesAllPods, Grace: a.cfg.IdentityGrace}, cs, a.log)
+		src, err := k8s.New(k8s.Config{NodeName: a.cfg.NodeName, AllPods: a.cfg.KubernetesAllPods, Grace: a.cfg.IdentityGrace}, kc, a.log)
 		if err != nil {
 			return fmt.Errorf("kubernetes identity source: %w", err)
 		}

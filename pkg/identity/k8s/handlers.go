@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/flowtrace/flowtrace/pkg/identity"
 )
@@ -79,7 +80,7 @@ func (s *Source) workloadOf(p *corev1.Pod) identity.Workload {
 	}
 	switch ref.Kind {
 	case "ReplicaSet":
-		if rs, err := s.rsLister.ReplicaSets(p.Namespace).Get(ref.Name); err == nil {
+		if rs, ok := cachedAs[*appsv1.ReplicaSet](s.rsStore, p.Namespace, ref.Name); ok {
 			if up := metav1.GetControllerOf(rs); up != nil {
 				return identity.Workload{Kind: up.Kind, Name: up.Name}
 			}
@@ -91,13 +92,24 @@ func (s *Source) workloadOf(p *corev1.Pod) identity.Workload {
 			}
 		}
 	case "Job":
-		if j, err := s.jobLister.Jobs(p.Namespace).Get(ref.Name); err == nil {
+		if j, ok := cachedAs[*batchv1.Job](s.jobStore, p.Namespace, ref.Name); ok {
 			if up := metav1.GetControllerOf(j); up != nil {
 				return identity.Workload{Kind: up.Kind, Name: up.Name}
 			}
 		}
 	}
 	return identity.Workload{Kind: ref.Kind, Name: ref.Name}
+}
+
+// cachedAs reads namespace/name from an informer's store.
+func cachedAs[T any](store cache.Indexer, ns, name string) (T, bool) {
+	var zero T
+	obj, ok, err := store.GetByKey(ns + "/" + name)
+	if err != nil || !ok {
+		return zero, false
+	}
+	t, ok := obj.(T)
+	return t, ok
 }
 
 // onOwner re-resolves the workload of the pods a ReplicaSet or Job controls.

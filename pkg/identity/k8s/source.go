@@ -24,12 +24,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	appslisters "k8s.io/client-go/listers/apps/v1"
-	batchlisters "k8s.io/client-go/listers/batch/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/flowtrace/flowtrace/pkg/identity"
@@ -63,12 +62,12 @@ type Source struct {
 	log  *slog.Logger
 	hist *identity.History
 
-	podFactory informers.SharedInformerFactory
-	factory    informers.SharedInformerFactory
-	pods       cache.SharedIndexInformer
-	synced     []namedSync
-	rsLister   appslisters.ReplicaSetLister
-	jobLister  batchlisters.JobLister
+	informers []cache.SharedIndexInformer
+	pods      cache.SharedIndexInformer
+	synced    []namedSync
+	// Metadata-only caches of ReplicaSets and Jobs, read by key.
+	rsStore  cache.Indexer
+	jobStore cache.Indexer
 
 	mu         sync.RWMutex
 	nsLabels   map[string]map[string]string
@@ -107,8 +106,9 @@ type sliceInfo struct {
 }
 
 // New builds the informers; Run starts them. The client is passed in so
-// tests use the fake clientset or a real API server alike.
-func New(cfg Config, client kubernetes.Interface, log *slog.Logger) (*Source, error) {
+// unit tests can serve it from the fake clientset; the agent and the
+// integration tests use NewClient's REST clients against an API server.
+func New(cfg Config, client Client, log *slog.Logger) (*Source, error) {
 	if !cfg.AllPods && cfg.NodeName == "" {
 		return nil, fmt.Errorf("kubernetes identity: node name is required unless all pods are watched")
 	}
@@ -131,26 +131,51 @@ func New(cfg Config, client kubernetes.Interface, log *slog.Logger) (*Source, er
 		nodes:      map[string]*identity.Node{},
 		nodeIPs:    map[netip.Addr]*identity.Node{},
 	}
-	podOpts := []informers.SharedInformerOption{}
+	podSel := ""
 	if !cfg.AllPods {
-		sel := fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName).String()
-		podOpts = append(podOpts, informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = sel }))
+		podSel = fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName).String()
 	}
-	s.podFactory = informers.NewSharedInformerFactoryWithOptions(client, cfg.Resync, podOpts...)
-	s.factory = informers.NewSharedInformerFactory(client, cfg.Resync)
-
-	s.pods = s.podFactory.Core().V1().Pods().Informer()
-	svcs := s.factory.Core().V1().Services().Informer()
-	slices := s.factory.Discovery().V1().EndpointSlices().Informer()
-	nodes := s.factory.Core().V1().Nodes().Informer()
-	nss := s.factory.Core().V1().Namespaces().Informer()
-	rss := s.factory.Apps().V1().ReplicaSets()
-	jobs := s.factory.Batch().V1().Jobs()
-	s.rsLister, s.jobLister = rss.Lister(), jobs.Lister()
-
-	if err := s.pods.AddIndexers(cache.Indexers{ownerIndex: podOwnerIndex}); err != nil {
-		return nil, fmt.Errorf("pod owner index: %w", err)
+	informer := func(res schema.GroupVersionResource, sel string, example runtime.Object, idx cache.Indexers) (cache.SharedIndexInformer, error) {
+		lw, err := client.ListWatch(res, sel)
+		if err != nil {
+			return nil, fmt.Errorf("%s list/watch: %w", res.Resource, err)
+		}
+		inf := cache.NewSharedIndexInformer(lw, example, cfg.Resync, idx)
+		s.informers = append(s.informers, inf)
+		return inf, nil
 	}
+	var err error
+	// Pods are indexed by namespace (namespace label changes) and by
+	// controller (owners arriving after their pods).
+	if s.pods, err = informer(podsResource, podSel, &corev1.Pod{},
+		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc, ownerIndex: podOwnerIndex}); err != nil {
+		return nil, err
+	}
+	svcs, err := informer(servicesResource, "", &corev1.Service{}, cache.Indexers{})
+	if err != nil {
+		return nil, err
+	}
+	slices, err := informer(endpointSlicesResource, "", &discoveryv1.EndpointSlice{}, cache.Indexers{})
+	if err != nil {
+		return nil, err
+	}
+	nodes, err := informer(nodesResource, "", &corev1.Node{}, cache.Indexers{})
+	if err != nil {
+		return nil, err
+	}
+	nss, err := informer(namespacesResource, "", &corev1.Namespace{}, cache.Indexers{})
+	if err != nil {
+		return nil, err
+	}
+	rss, err := informer(replicaSetsResource, "", &appsv1.ReplicaSet{}, cache.Indexers{})
+	if err != nil {
+		return nil, err
+	}
+	jobs, err := informer(jobsResource, "", &batchv1.Job{}, cache.Indexers{})
+	if err != nil {
+		return nil, err
+	}
+	s.rsStore, s.jobStore = rss.GetIndexer(), jobs.GetIndexer()
 	type reg struct {
 		name string
 		inf  cache.SharedIndexInformer
@@ -163,8 +188,8 @@ func New(cfg Config, client kubernetes.Interface, log *slog.Logger) (*Source, er
 		{"endpointslices", slices, stripManagedFields, handler(s.onSlice, s.onSliceDelete)},
 		{"nodes", nodes, stripNode, handler(s.onNode, s.onNodeDelete)},
 		{"namespaces", nss, stripManagedFields, handler(s.onNamespace, s.onNamespaceDelete)},
-		{"replicasets", rss.Informer(), metadataOnly, handler(s.onOwner, s.onOwner)},
-		{"jobs", jobs.Informer(), metadataOnly, handler(s.onOwner, s.onOwner)},
+		{"replicasets", rss, metadataOnly, handler(s.onOwner, s.onOwner)},
+		{"jobs", jobs, metadataOnly, handler(s.onOwner, s.onOwner)},
 	}
 	for _, r := range regs {
 		if err := r.inf.SetTransform(r.tf); err != nil {
@@ -283,17 +308,17 @@ func (s *Source) Synced() (bool, string) {
 
 // Run starts the informers and keeps them running until ctx is done.
 func (s *Source) Run(ctx context.Context) error {
-	s.podFactory.Start(ctx.Done())
-	s.factory.Start(ctx.Done())
+	var wg sync.WaitGroup
+	for _, inf := range s.informers {
+		wg.Go(func() { inf.RunWithContext(ctx) })
+	}
 	prune := time.NewTicker(s.hist.Grace() / 4)
 	defer prune.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			// The factories' stop channel is ctx.Done(), already closed, so
-			// Shutdown only waits for the informer goroutines to return.
-			s.podFactory.Shutdown()
-			s.factory.Shutdown()
+			// The informers stop with ctx; wait for their goroutines.
+			wg.Wait()
 			return nil
 		case <-prune.C:
 			s.hist.Prune()

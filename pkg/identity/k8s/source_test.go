@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -15,8 +16,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/flowtrace/flowtrace/pkg/identity"
 )
@@ -50,6 +55,67 @@ func pod(ns, name, node string, owner []metav1.OwnerReference, labels map[string
 	return p
 }
 
+// fakeClient serves the source from the fake clientset (tests only: the
+// production Client uses per-group REST clients, which the integration
+// tests in test/k8s run against a real API server).
+type fakeClient struct {
+	cs *fake.Clientset
+
+	mu        sync.Mutex
+	selectors map[string]string // resource -> field selector asked for
+}
+
+func newFakeClient(cs *fake.Clientset) *fakeClient {
+	return &fakeClient{cs: cs, selectors: map[string]string{}}
+}
+
+func (f *fakeClient) ListWatch(res schema.GroupVersionResource, sel string) (cache.ListerWatcher, error) {
+	f.mu.Lock()
+	f.selectors[res.Resource] = sel
+	f.mu.Unlock()
+	switch res {
+	case podsResource:
+		c := f.cs.CoreV1().Pods("")
+		return fakeLW(f.cs, sel, c.List, c.Watch), nil
+	case servicesResource:
+		c := f.cs.CoreV1().Services("")
+		return fakeLW(f.cs, sel, c.List, c.Watch), nil
+	case nodesResource:
+		c := f.cs.CoreV1().Nodes()
+		return fakeLW(f.cs, sel, c.List, c.Watch), nil
+	case namespacesResource:
+		c := f.cs.CoreV1().Namespaces()
+		return fakeLW(f.cs, sel, c.List, c.Watch), nil
+	case endpointSlicesResource:
+		c := f.cs.DiscoveryV1().EndpointSlices("")
+		return fakeLW(f.cs, sel, c.List, c.Watch), nil
+	case replicaSetsResource:
+		c := f.cs.AppsV1().ReplicaSets("")
+		return fakeLW(f.cs, sel, c.List, c.Watch), nil
+	case jobsResource:
+		c := f.cs.BatchV1().Jobs("")
+		return fakeLW(f.cs, sel, c.List, c.Watch), nil
+	}
+	return nil, fmt.Errorf("unexpected resource %s", res)
+}
+
+func fakeLW[L runtime.Object](cs *fake.Clientset, sel string,
+	list func(context.Context, metav1.ListOptions) (L, error),
+	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error)) cache.ListerWatcher {
+	// The fake clientset says it cannot serve watch-list requests; passing
+	// it lets the reflector fall back to list+watch.
+	return cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = sel
+			return list(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = sel
+			return watchFn(ctx, o)
+		},
+	}, cs)
+}
+
 func start(t *testing.T, cfg Config, objs ...any) (*Source, *fake.Clientset) {
 	t.Helper()
 	var rt []any
@@ -59,7 +125,7 @@ func start(t *testing.T, cfg Config, objs ...any) (*Source, *fake.Clientset) {
 	for _, o := range rt {
 		create(t, cs, o)
 	}
-	s, err := New(cfg, cs, quiet())
+	s, err := New(cfg, newFakeClient(cs), quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +401,33 @@ func TestFinishedPodReleasesIP(t *testing.T) {
 }
 
 func TestConfigValidation(t *testing.T) {
-	if _, err := New(Config{}, fake.NewClientset(), quiet()); err == nil {
+	if _, err := New(Config{}, newFakeClient(fake.NewClientset()), quiet()); err == nil {
 		t.Error("no node name and not all pods accepted")
+	}
+}
+
+func TestPodFieldSelector(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{NodeName: "n1"}, "spec.nodeName=n1"},
+		{Config{NodeName: "n1", AllPods: true}, ""},
+	} {
+		fc := newFakeClient(fake.NewClientset())
+		if _, err := New(tc.cfg, fc, quiet()); err != nil {
+			t.Fatal(err)
+		}
+		if got := fc.selectors["pods"]; got != tc.want {
+			t.Errorf("%+v: pod field selector %q, want %q", tc.cfg, got, tc.want)
+		}
+		if len(fc.selectors) != 7 {
+			t.Errorf("%+v: watched %v, want 7 resources", tc.cfg, fc.selectors)
+		}
+		for res, sel := range fc.selectors {
+			if res != "pods" && sel != "" {
+				t.Errorf("%s watched with field selector %q", res, sel)
+			}
+		}
 	}
 }

@@ -39,7 +39,13 @@ func TestRegisterLab(t *testing.T) {
 		t.Fatalf("second Register: %v", err)
 	}
 
-	src, err := k8s.New(k8s.Config{NodeName: "lab-node"}, c.Client, quiet())
+	// The agent's own client (per-group REST clients), not the clientset
+	// the lab registers with.
+	kc, err := k8s.NewClientForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := k8s.New(k8s.Config{NodeName: "lab-node"}, kc, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
