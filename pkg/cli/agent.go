@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,7 +16,7 @@ import (
 
 func newAgentCmd(version string) *cobra.Command {
 	cfg := agent.Config{Version: version}
-	var logLevel string
+	var logLevel, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node agent: attach the datapath and serve flows",
@@ -59,6 +61,13 @@ serves Prometheus metrics.`,
 			if err != nil {
 				return err
 			}
+			if cpuProfile != "" {
+				stop, err := startCPUProfile(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer stop(log)
+			}
 			return a.Run(cmd.Context())
 		},
 	}
@@ -82,7 +91,29 @@ serves Prometheus metrics.`,
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", "serve Prometheus metrics on http://ADDRESS/metrics (e.g. :9965)")
 	f.IntVar(&cfg.MetricsTopNamespaces, "metrics-top-namespaces", 50, "namespaces that get their own label on flowtrace_drops_total; the rest count as \"other\"")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	// Hidden: a developer's tool for the benchmark, not a user feature.
+	f.StringVar(&cpuProfile, "cpu-profile", "", "write a Go CPU profile of the agent's run to this file (for go tool pprof)")
+	_ = f.MarkHidden("cpu-profile")
 	return cmd
+}
+
+// startCPUProfile profiles the process from now until stop is called (the
+// agent's Run returned, e.g. on SIGINT), so a profile covers the whole run.
+func startCPUProfile(path string) (stop func(*slog.Logger), err error) {
+	out, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(out); err != nil {
+		_ = out.Close()
+		return nil, fmt.Errorf("--cpu-profile: start: %w", err)
+	}
+	return func(log *slog.Logger) {
+		pprof.StopCPUProfile()
+		if err := out.Close(); err != nil {
+			log.Warn("writing the CPU profile failed", "file", path, "error", err)
+		}
+	}, nil
 }
 
 // addListenFlags declares the TCP listener flags the agent and the relay
