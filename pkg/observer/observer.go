@@ -93,6 +93,9 @@ type Observer struct {
 	log *slog.Logger
 	now func() time.Time
 
+	encMu   sync.Mutex // Publish's scratch buffer
+	scratch []byte
+
 	mu        sync.Mutex
 	ring      []entry
 	next      uint64 // sequence number of the next flow; entry seq s is at ring[s%len]
@@ -158,7 +161,7 @@ func (o *Observer) Publish(f *flowtracev1.Flow) {
 		return
 	}
 	// Marshal outside the lock: readers only wait for the append.
-	data, err := proto.Marshal(f)
+	data, err := o.encode(f)
 	if err != nil {
 		o.log.Warn("cannot keep flow in history", "error", err)
 		return
@@ -182,6 +185,19 @@ func (o *Observer) Publish(f *flowtracev1.Flow) {
 		default: // already woken
 		}
 	}
+}
+
+// encode marshals f into a reused scratch buffer (appendFlow: no size pass,
+// no reflection) and keeps an exact-size copy, so history holds no slack.
+func (o *Observer) encode(f *flowtracev1.Flow) ([]byte, error) {
+	o.encMu.Lock()
+	defer o.encMu.Unlock()
+	buf, ok := appendFlow(o.scratch[:0], f)
+	if !ok {
+		return proto.Marshal(f) // says what is wrong (invalid UTF-8)
+	}
+	o.scratch = buf
+	return append(make([]byte, 0, len(buf)), buf...), nil
 }
 
 // PublishLost records n events lost upstream of the observer (kernel ring

@@ -1,0 +1,159 @@
+package observer
+
+import (
+	"bytes"
+	"strconv"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
+)
+
+// fill sets every field of m, recursively, to a non-zero value; of each
+// oneof it sets the member numbered variant (modulo the members).
+func fill(m protoreflect.Message, variant int, n *int) {
+	fields := m.Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if od := fd.ContainingOneof(); od != nil && !od.IsSynthetic() {
+			if od.Fields().Get(variant%od.Fields().Len()) != fd {
+				continue
+			}
+		}
+		*n++
+		if fd.IsList() {
+			l := m.Mutable(fd).List()
+			// An empty element too: repeated strings keep it.
+			l.Append(scalar(fd, *n))
+			if fd.Kind() == protoreflect.StringKind {
+				l.Append(protoreflect.ValueOfString(""))
+			}
+			continue
+		}
+		if fd.Kind() == protoreflect.MessageKind {
+			fill(m.Mutable(fd).Message(), variant, n)
+			continue
+		}
+		m.Set(fd, scalar(fd, *n))
+	}
+}
+
+func scalar(fd protoreflect.FieldDescriptor, n int) protoreflect.Value {
+	switch fd.Kind() {
+	case protoreflect.BoolKind:
+		return protoreflect.ValueOfBool(true)
+	case protoreflect.EnumKind:
+		vals := fd.Enum().Values()
+		return protoreflect.ValueOfEnum(vals.Get(1 + n%(vals.Len()-1)).Number())
+	case protoreflect.Int32Kind:
+		return protoreflect.ValueOfInt32(int32(-n)) // negative: ten-byte varint
+	case protoreflect.Int64Kind:
+		return protoreflect.ValueOfInt64(int64(n) << 40)
+	case protoreflect.Uint32Kind:
+		return protoreflect.ValueOfUint32(uint32(n) * 1000003)
+	case protoreflect.Uint64Kind:
+		return protoreflect.ValueOfUint64(uint64(n) << 50)
+	case protoreflect.StringKind:
+		return protoreflect.ValueOfString(fd.TextName() + "-" + strconv.Itoa(n) + "-ü")
+	}
+	panic("fill: add kind " + fd.Kind().String())
+}
+
+func checkEncoding(t *testing.T, name string, f *flowtracev1.Flow) {
+	t.Helper()
+	got, ok := appendFlow([]byte("prefix"), f)
+	if !ok {
+		t.Fatalf("%s: appendFlow refused a valid flow", name)
+	}
+	if !bytes.HasPrefix(got, []byte("prefix")) {
+		t.Fatalf("%s: appendFlow lost what b held", name)
+	}
+	got = got[len("prefix"):]
+	want, err := proto.Marshal(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := &flowtracev1.Flow{}
+	if err := proto.Unmarshal(got, back); err != nil {
+		t.Fatalf("%s: undecodable: %v", name, err)
+	}
+	if !proto.Equal(back, f) {
+		t.Fatalf("%s: decodes to\n%v\nwant\n%v", name, back, f)
+	}
+	// Same field order as proto's marshaller: byte for byte.
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s: bytes differ from proto.Marshal\n got %x\nwant %x", name, got, want)
+	}
+}
+
+// TestAppendFlowMatchesProto: every field of Flow, at every depth, with each
+// oneof member in turn, encodes as proto.Marshal encodes it. A field added
+// to Flow that appendFlow does not write fails here.
+func TestAppendFlowMatchesProto(t *testing.T) {
+	for variant := range 6 {
+		f := &flowtracev1.Flow{}
+		n := 0
+		fill(f.ProtoReflect(), variant, &n)
+		checkEncoding(t, "variant "+strconv.Itoa(variant), f)
+	}
+	checkEncoding(t, "empty", &flowtracev1.Flow{})
+	// Present but empty messages are written; a oneof scalar 0 too.
+	checkEncoding(t, "empty messages", &flowtracev1.Flow{
+		Time: &timestamppb.Timestamp{}, Ip: &flowtracev1.IP{}, Source: &flowtracev1.Endpoint{Workload: &flowtracev1.Workload{}},
+		L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Tcp{Tcp: &flowtracev1.TCP{Flags: &flowtracev1.TCPFlags{}}}},
+	})
+	checkEncoding(t, "udp", &flowtracev1.Flow{L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Udp{Udp: &flowtracev1.UDP{}}}})
+	checkEncoding(t, "other 0", &flowtracev1.Flow{L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Other{}}})
+	checkEncoding(t, "empty l4", &flowtracev1.Flow{L4: &flowtracev1.Layer4{}})
+	checkEncoding(t, "negative time", &flowtracev1.Flow{Time: &timestamppb.Timestamp{Seconds: -5, Nanos: -1}})
+	// Sub-messages whose length needs a two- and a three-byte varint.
+	for _, size := range []int{127, 128, 200, 16383, 16384, 70000} {
+		checkEncoding(t, "label "+strconv.Itoa(size), &flowtracev1.Flow{
+			Uuid:   "u",
+			Source: &flowtracev1.Endpoint{Namespace: "ns", Labels: []string{strings.Repeat("x", size)}, NodeName: "n"},
+			Ip:     &flowtracev1.IP{Source: "10.0.0.1"},
+		})
+	}
+	for i := range 3 {
+		checkEncoding(t, "realistic", realisticFlow(i))
+	}
+}
+
+func TestAppendFlowInvalidUTF8(t *testing.T) {
+	bad := string([]byte{0xff, 0xfe})
+	for _, f := range []*flowtracev1.Flow{
+		{Summary: bad},
+		{Source: &flowtracev1.Endpoint{Labels: []string{"ok", bad}}},
+		{Interface: &flowtracev1.Interface{Name: bad}},
+		{Translation: &flowtracev1.Translation{OriginalIp: bad}},
+	} {
+		if _, ok := appendFlow(nil, f); ok {
+			t.Errorf("accepted invalid UTF-8 in %v", f)
+		}
+		if _, err := proto.Marshal(f); err == nil {
+			t.Errorf("proto.Marshal accepts %v: appendFlow need not refuse it", f)
+		}
+	}
+}
+
+func BenchmarkEncode(b *testing.B) {
+	f := realisticFlow(1)
+	b.Run("appendFlow", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf []byte
+		for range b.N {
+			buf, _ = appendFlow(buf[:0], f)
+		}
+	})
+	b.Run("proto.Marshal", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf []byte
+		for range b.N {
+			buf, _ = proto.MarshalOptions{}.MarshalAppend(buf[:0], f)
+		}
+	})
+}
