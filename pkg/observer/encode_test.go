@@ -2,6 +2,7 @@ package observer
 
 import (
 	"bytes"
+	"context"
 	"strconv"
 	"strings"
 	"testing"
@@ -156,4 +157,51 @@ func BenchmarkEncode(b *testing.B) {
 			buf, _ = proto.MarshalOptions{}.MarshalAppend(buf[:0], f)
 		}
 	})
+}
+
+// TestLiveWindow: the newest liveWindow flows reach readers as the very
+// values published (no unmarshal); older ones are decoded from history and
+// equal to what was published.
+func TestLiveWindow(t *testing.T) {
+	const n = liveWindow + 300
+	o := New(Config{MaxFlows: 2 * liveWindow}, nil)
+	published := make([]*flowtracev1.Flow, n)
+	for i := range published {
+		published[i] = realisticFlow(i)
+		o.Publish(published[i])
+	}
+	var got []*flowtracev1.Flow
+	err := o.GetFlows(context.Background(), &flowtracev1.GetFlowsRequest{}, nil, func(r *flowtracev1.GetFlowsResponse) error {
+		got = append(got, r.GetFlow())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Fatalf("got %d flows, want %d", len(got), n)
+	}
+	for i, f := range got {
+		live := i >= n-liveWindow
+		if (f == published[i]) != live {
+			t.Fatalf("flow %d: shared=%v, want %v", i, f == published[i], live)
+		}
+		if !proto.Equal(f, published[i]) {
+			t.Fatalf("flow %d differs from what was published", i)
+		}
+	}
+	// Evicted flows leave the window too: a small ring holds no stale flow.
+	small := New(Config{MaxFlows: 2}, nil)
+	for i := range 5 {
+		small.Publish(realisticFlow(i))
+	}
+	held := 0
+	for _, f := range small.live {
+		if f != nil {
+			held++
+		}
+	}
+	if held != 2 {
+		t.Fatalf("live window holds %d flows with 2 in history", held)
+	}
 }

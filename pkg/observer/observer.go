@@ -61,6 +61,12 @@ const numSources = 5
 // readBatch is how many ring entries a reader copies per lock.
 const readBatch = 256
 
+// liveWindow is how many of the newest flows are also held as the *Flow
+// values Publish got: a follower that keeps up sends those without
+// unmarshalling history's copy (the unmarshal was half of a follower's
+// CPU). About 1 MB; older flows are decoded from history as before.
+const liveWindow = 1024
+
 // entry is one flow in history: the marshalled Flow, with the times kept
 // decoded so that eviction and since/until never unmarshal.
 type entry struct {
@@ -86,8 +92,10 @@ type follower struct {
 	maxLost int
 }
 
-// Observer holds history and subscribers. Flows passed to Publish are
-// marshalled at once and may be reused by the caller afterwards.
+// Observer holds history and subscribers. A flow passed to Publish is
+// marshalled at once, and also shared as is with live followers for a
+// while: neither it nor the messages it points to may be modified after
+// Publish (the enricher never does; it shares messages between flows).
 type Observer struct {
 	cfg Config
 	log *slog.Logger
@@ -104,6 +112,7 @@ type Observer struct {
 	evicted   uint64 // flows that left history (count or age bound)
 	lost      [numSources]uint64
 	followers map[*follower]struct{}
+	live      [liveWindow]*flowtracev1.Flow // flow seq s at live[s%liveWindow], while in the ring
 	ageTimer  *time.Timer
 	closed    bool
 }
@@ -175,6 +184,7 @@ func (o *Observer) Publish(f *flowtracev1.Flow) {
 		o.dropOldestLocked()
 	}
 	o.ring[o.next%uint64(len(o.ring))] = e
+	o.live[o.next%liveWindow] = f
 	o.next++
 	o.n++
 	o.seen++
@@ -240,7 +250,11 @@ func (o *Observer) evictLocked(now int64) {
 }
 
 func (o *Observer) dropOldestLocked() {
-	o.ring[(o.next-uint64(o.n))%uint64(len(o.ring))] = entry{} // release the bytes
+	seq := o.next - uint64(o.n)
+	o.ring[seq%uint64(len(o.ring))] = entry{} // release the bytes
+	if o.next-seq <= liveWindow {
+		o.live[seq%liveWindow] = nil
+	}
 	o.n--
 	o.evicted++
 }
@@ -339,16 +353,21 @@ type request struct {
 	since, until int64
 	send         func(*flowtracev1.GetFlowsResponse) error
 	buf          []entry
+	flows        []*flowtracev1.Flow // buf's flows still in the live window, else nil
 }
 
 func (r *request) inRange(e *entry) bool {
 	return (r.since == 0 || e.flowTime >= r.since) && (r.until == 0 || e.flowTime <= r.until)
 }
 
-// decode returns the entry's flow when it passes time range and filters.
-func (r *request) decode(e *entry) (*flowtracev1.Flow, bool) {
+// decode returns the entry's flow when it passes time range and filters:
+// live, the published flow itself, else unmarshalled from history.
+func (r *request) decode(e *entry, live *flowtracev1.Flow) (*flowtracev1.Flow, bool) {
 	if !r.inRange(e) {
 		return nil, false
+	}
+	if live != nil {
+		return live, r.m.Match(live)
 	}
 	f := &flowtracev1.Flow{}
 	if err := proto.Unmarshal(e.data, f); err != nil {
@@ -450,10 +469,11 @@ func (o *Observer) GetFlows(ctx context.Context, req *flowtracev1.GetFlowsReques
 	return r.followLive(ctx, fl, end)
 }
 
-// read copies up to len(buf) entries from seq pos (but not past end) and
-// says how many entries between pos and the first copied one left history
-// before this reader got to them.
-func (o *Observer) read(pos, end uint64, buf []entry) (n int, from uint64, lost uint64) {
+// read copies up to len(buf) entries from seq pos (but not past end), with
+// their flows where still live (flows[i], else nil), and says how many
+// entries between pos and the first copied one left history before this
+// reader got to them.
+func (o *Observer) read(pos, end uint64, buf []entry, flows []*flowtracev1.Flow) (n int, from uint64, lost uint64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	oldest := o.next - uint64(o.n)
@@ -462,31 +482,42 @@ func (o *Observer) read(pos, end uint64, buf []entry) (n int, from uint64, lost 
 		pos += lost
 		o.lost[flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_HISTORY_EVICTED] += lost
 	}
-	for n < len(buf) && pos+uint64(n) < end {
-		buf[n] = o.ring[(pos+uint64(n))%uint64(len(o.ring))]
-		n++
-	}
+	n = o.copyLocked(pos, end, buf, flows)
 	return n, pos, lost
 }
 
-func (r *request) buffer() []entry {
+func (o *Observer) copyLocked(pos, end uint64, buf []entry, flows []*flowtracev1.Flow) (n int) {
+	for n < len(buf) && pos+uint64(n) < end {
+		seq := pos + uint64(n)
+		buf[n] = o.ring[seq%uint64(len(o.ring))]
+		flows[n] = nil
+		if o.next-seq <= liveWindow {
+			flows[n] = o.live[seq%liveWindow]
+		}
+		n++
+	}
+	return n
+}
+
+func (r *request) buffer() ([]entry, []*flowtracev1.Flow) {
 	if r.buf == nil {
 		r.buf = make([]entry, readBatch)
+		r.flows = make([]*flowtracev1.Flow, readBatch)
 	}
-	return r.buf
+	return r.buf, r.flows
 }
 
 // forward sends matching flows from seq pos up to end, at most limit (0: no
 // limit), reporting inline any that left history before it read them. It
 // returns the position reached.
 func (r *request) forward(ctx context.Context, pos, end, limit uint64) (uint64, error) {
-	buf := r.buffer()
+	buf, flows := r.buffer()
 	var sent uint64
 	for pos < end {
 		if err := ctx.Err(); err != nil {
 			return pos, err
 		}
-		n, from, lost := r.o.read(pos, end, buf)
+		n, from, lost := r.o.read(pos, end, buf, flows)
 		if lost > 0 {
 			if err := r.send(r.o.lostResponse(&flowtracev1.LostEvents{
 				Source: flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_HISTORY_EVICTED, NumEventsLost: lost,
@@ -496,8 +527,8 @@ func (r *request) forward(ctx context.Context, pos, end, limit uint64) (uint64, 
 		}
 		pos = from + uint64(n)
 		for i := 0; i < n; i++ {
-			f, ok := r.decode(&buf[i])
-			buf[i] = entry{}
+			f, ok := r.decode(&buf[i], flows[i])
+			buf[i], flows[i] = entry{}, nil
 			if !ok {
 				continue
 			}
@@ -515,7 +546,7 @@ func (r *request) forward(ctx context.Context, pos, end, limit uint64) (uint64, 
 // lastN collects the newest n matching flows before end, scanning backward
 // a batch at a time (the lock is held only to copy a batch), oldest first.
 func (r *request) lastN(ctx context.Context, start, end, n uint64) ([]*flowtracev1.Flow, error) {
-	buf := r.buffer()
+	buf, flows := r.buffer()
 	var out []*flowtracev1.Flow
 	hi := end
 	for hi > start && uint64(len(out)) < n {
@@ -526,15 +557,15 @@ func (r *request) lastN(ctx context.Context, start, end, n uint64) ([]*flowtrace
 		if hi-lo > uint64(len(buf)) {
 			lo = hi - uint64(len(buf))
 		}
-		got, from, _ := r.o.readNoCount(lo, hi, buf)
+		got, from, _ := r.o.readNoCount(lo, hi, buf, flows)
 		if got == 0 {
 			break // the rest was evicted while we scanned
 		}
 		for i := got - 1; i >= 0 && uint64(len(out)) < n; i-- {
-			if f, ok := r.decode(&buf[i]); ok {
+			if f, ok := r.decode(&buf[i], flows[i]); ok {
 				out = append(out, f)
 			}
-			buf[i] = entry{}
+			buf[i], flows[i] = entry{}, nil
 		}
 		if from > lo {
 			break // older entries are gone
@@ -550,18 +581,14 @@ func (r *request) lastN(ctx context.Context, start, end, n uint64) ([]*flowtrace
 // readNoCount is read for the backward scan of --last: entries evicted
 // meanwhile are older than every flow it returns, so they are not a gap in
 // what the client sees (HistoryStart covers them).
-func (o *Observer) readNoCount(pos, end uint64, buf []entry) (n int, from uint64, lost uint64) {
+func (o *Observer) readNoCount(pos, end uint64, buf []entry, flows []*flowtracev1.Flow) (n int, from uint64, lost uint64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	oldest := o.next - uint64(o.n)
 	if pos < oldest {
 		pos = min(oldest, end)
 	}
-	for n < len(buf) && pos+uint64(n) < end {
-		buf[n] = o.ring[(pos+uint64(n))%uint64(len(o.ring))]
-		n++
-	}
-	return n, pos, 0
+	return o.copyLocked(pos, end, buf, flows), pos, 0
 }
 
 // followLive streams flows from seq pos on as they are published, with
