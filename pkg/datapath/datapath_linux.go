@@ -565,6 +565,17 @@ func (d *Datapath) ForgetNetns(inode uint32) error {
 // counted (Stats "decode_errors"), not fatal. Run must not be called
 // concurrently with itself.
 func (d *Datapath) Run(ctx context.Context, fn func(*decode.Event)) error {
+	return d.RunFlush(ctx, fn, nil)
+}
+
+// housekeepEvery bounds how many records Run reads between looks at the
+// clock (flushes, clock resync, ctx) while the ring buffer stays non-empty.
+const housekeepEvery = 64
+
+// RunFlush is Run, also calling flush (when not nil) each time it has
+// drained the ring buffer, before it waits for more: a caller that batches
+// fn's events hands a partial batch on then, so batching delays no event.
+func (d *Datapath) RunFlush(ctx context.Context, fn func(*decode.Event), flush func()) error {
 	// Closing the reader is the only way to interrupt a blocked read early;
 	// the poll deadline bounds the wait anyway.
 	var rec ringbuf.Record
@@ -572,46 +583,62 @@ func (d *Datapath) Run(ctx context.Context, fn func(*decode.Event)) error {
 	lastFlush := time.Now()
 	lastFold := time.Now()
 	lastSync := time.Now()
+	drained, sinceLook := true, 0
 	for {
-		if err := ctx.Err(); err != nil {
-			return nil
-		}
-		now := time.Now()
-		if now.Sub(lastSync) >= clockResync {
-			d.resyncClock()
-			lastSync = now
-		}
-		if now.Sub(lastFlush) >= d.cfg.FlowReportInterval {
-			if _, err := d.FlushIdle(fn); err != nil {
-				d.log.Warn("idle flow flush failed", "error", err)
+		// The clock, ctx and the poll deadline are looked at when the ring
+		// is drained (the next read may wait) and every housekeepEvery
+		// records, not per record.
+		if drained || sinceLook >= housekeepEvery {
+			sinceLook = 0
+			if err := ctx.Err(); err != nil {
+				return nil
 			}
-			lastFlush = now
-		}
-		if d.cfg.DropFoldWindow > 0 && now.Sub(lastFold) >= d.cfg.DropFoldWindow {
-			if _, err := d.FlushDrops(fn); err != nil {
-				d.log.Warn("folded drop flush failed", "error", err)
+			now := time.Now()
+			if now.Sub(lastSync) >= clockResync {
+				d.resyncClock()
+				lastSync = now
 			}
-			lastFold = now
+			if now.Sub(lastFlush) >= d.cfg.FlowReportInterval {
+				if _, err := d.FlushIdle(fn); err != nil {
+					d.log.Warn("idle flow flush failed", "error", err)
+				}
+				lastFlush = now
+			}
+			if d.cfg.DropFoldWindow > 0 && now.Sub(lastFold) >= d.cfg.DropFoldWindow {
+				if _, err := d.FlushDrops(fn); err != nil {
+					d.log.Warn("folded drop flush failed", "error", err)
+				}
+				lastFold = now
+			}
+			if flush != nil {
+				flush() // what the table walks emitted
+			}
+			d.rd.SetDeadline(now.Add(readPoll))
 		}
-		d.rd.SetDeadline(now.Add(readPoll))
 		err := d.rd.ReadInto(&rec)
 		switch {
 		case err == nil:
 		case errors.Is(err, os.ErrDeadlineExceeded):
+			drained = true
 			continue
 		case errors.Is(err, ringbuf.ErrClosed):
 			return nil
 		default:
 			return fmt.Errorf("read ring buffer: %w", err)
 		}
+		sinceLook++
+		drained = d.rd.AvailableBytes() == 0
 		if err := decode.Decode(rec.RawSample, &ev); err != nil {
 			if d.decodeErrors.Add(1) == 1 {
 				d.log.Warn("undecodable ring buffer record", "error", err)
 			}
-			continue
+		} else {
+			ev.Time = d.wallTime(ev.TimeNs)
+			fn(&ev)
 		}
-		ev.Time = d.wallTime(ev.TimeNs)
-		fn(&ev)
+		if drained && flush != nil {
+			flush()
+		}
 	}
 }
 

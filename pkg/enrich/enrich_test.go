@@ -145,7 +145,9 @@ func (s svcIDs) ServiceByIP(ip netip.Addr) (*identity.Service, bool) {
 
 type longSyms struct{}
 
-func (longSyms) Resolve(uint64) string { return strings.Repeat("a_long_kernel_function_name_", 4) + "+0x8d" }
+func (longSyms) Resolve(uint64) string {
+	return strings.Repeat("a_long_kernel_function_name_", 4) + "+0x8d"
+}
 
 // TestSummariesAndBlocks: summaries short enough to live in the flow's own
 // block and longer ones are both whole, and flows do not share bytes.
