@@ -303,8 +303,25 @@ func TestPeriodicAndIdleFlush(t *testing.T) {
 // TestRunDeliversLoneEvent checks that a single event (no forced wakeup) is
 // delivered promptly through Run, with a plausible wall time.
 func TestRunDeliversLoneEvent(t *testing.T) {
-	d := load(t, Config{})
-	ctx, cancel := context.WithCancel(context.Background())
+	t.Run("netpoller", func(t *testing.T) {
+		d := load(t, Config{})
+		if d.wait == nil {
+			t.Fatal("the ring buffer fd was not pollable by the Go runtime")
+		}
+		testLoneEvent(t, d)
+	})
+	// Where the netpoller refuses the fd, the reader's own wait is used.
+	t.Run("epoll_wait", func(t *testing.T) {
+		d := load(t, Config{})
+		if err := d.wait.Close(); err != nil {
+			t.Fatal(err)
+		}
+		d.wait = nil
+		testLoneEvent(t, d)
+	})
+}
+
+func testLoneEvent(t *testing.T, d *Datapath) {	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	got := make(chan decode.Event, 16)
 	done := make(chan error, 1)
@@ -330,10 +347,19 @@ func TestRunDeliversLoneEvent(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Fatal("no event within 1s")
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
+	// Close interrupts a waiting Run, which returns without error.
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
 	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run did not return after Close")
+	}
+	cancel()
 }
 
 func TestLostCounter(t *testing.T) {
