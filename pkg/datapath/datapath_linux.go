@@ -153,8 +153,8 @@ type Datapath struct {
 	closed       atomic.Bool // Close began: Run's wait failing is the shutdown
 	// ringMu keeps Run's look at the ring's positions (available) apart
 	// from Close unmapping the ring.
-	ringMu sync.RWMutex
-	closeErr     error
+	ringMu   sync.RWMutex
+	closeErr error
 }
 
 func (c Config) withDefaults() (Config, error) {

@@ -321,7 +321,8 @@ func TestRunDeliversLoneEvent(t *testing.T) {
 	})
 }
 
-func testLoneEvent(t *testing.T, d *Datapath) {	ctx, cancel := context.WithCancel(context.Background())
+func testLoneEvent(t *testing.T, d *Datapath) {
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	got := make(chan decode.Event, 16)
 	done := make(chan error, 1)
