@@ -25,15 +25,37 @@ import (
 // ok is false when a string is not valid UTF-8, which proto.Marshal
 // refuses: the caller then lets proto.Marshal report the error.
 func appendFlow(b []byte, f *flowtracev1.Flow) (_ []byte, ok bool) {
-	var e encoder
-	e.b = b
+	return appendFlowCached(b, f, nil)
+}
+
+// appendFlowCached is appendFlow reusing, through c (may be nil), the
+// encodings of the pod endpoints and interfaces that many flows share.
+func appendFlowCached(b []byte, f *flowtracev1.Flow, c *encodeCache) (_ []byte, ok bool) {
+	e := encoder{b: b, cache: c}
 	e.flow(f)
 	return e.b, e.ok()
 }
 
+// encodeCache keeps the encoded bodies of the messages the enricher shares
+// between flows (a pod's endpoint, an interface), keyed by pointer: a
+// published flow and its messages are never modified (see Publish), and a
+// pointer held as a key cannot be reused for another message. Bounded:
+// emptied when full.
+type encodeCache struct {
+	endpoints map[*flowtracev1.Endpoint][]byte
+	ifaces    map[*flowtracev1.Interface][]byte
+}
+
+const encodeCacheLimit = 4096
+
+func newEncodeCache() *encodeCache {
+	return &encodeCache{endpoints: map[*flowtracev1.Endpoint][]byte{}, ifaces: map[*flowtracev1.Interface][]byte{}}
+}
+
 type encoder struct {
-	b   []byte
-	bad bool // an invalid string, or a sub-message proto refused
+	b     []byte
+	bad   bool // an invalid string, or a sub-message proto refused
+	cache *encodeCache
 }
 
 func (e *encoder) ok() bool { return !e.bad }
@@ -220,6 +242,34 @@ func (e *encoder) flag(num protowire.Number, v bool) {
 }
 
 func (e *encoder) endpoint(num protowire.Number, ep *flowtracev1.Endpoint) {
+	// Pods' endpoints are shared; a node's is made per flow and small.
+	if c := e.cache; c != nil && ep.PodName != "" {
+		if body, ok := c.endpoints[ep]; ok {
+			e.b = appendVarint(appendTag(e.b, num, protowire.BytesType), uint64(len(body)))
+			e.b = append(e.b, body...)
+			return
+		}
+		start := len(e.b)
+		e.endpointBody(num, ep)
+		if !e.bad {
+			if len(c.endpoints) >= encodeCacheLimit {
+				clear(c.endpoints)
+			}
+			c.endpoints[ep] = bodyOf(e.b[start:])
+		}
+		return
+	}
+	e.endpointBody(num, ep)
+}
+
+// bodyOf copies the body of the one length-delimited field in b.
+func bodyOf(b []byte) []byte {
+	_, _, n := protowire.ConsumeTag(b)
+	body, _ := protowire.ConsumeBytes(b[n:])
+	return append([]byte(nil), body...)
+}
+
+func (e *encoder) endpointBody(num protowire.Number, ep *flowtracev1.Endpoint) {
 	s := e.open(num)
 	e.str(1, ep.Namespace)
 	e.str(2, ep.PodName)
@@ -243,6 +293,26 @@ func (e *encoder) endpoint(num protowire.Number, ep *flowtracev1.Endpoint) {
 }
 
 func (e *encoder) iface(num protowire.Number, i *flowtracev1.Interface) {
+	if c := e.cache; c != nil {
+		if body, ok := c.ifaces[i]; ok {
+			e.b = appendVarint(appendTag(e.b, num, protowire.BytesType), uint64(len(body)))
+			e.b = append(e.b, body...)
+			return
+		}
+		start := len(e.b)
+		e.ifaceBody(num, i)
+		if !e.bad {
+			if len(c.ifaces) >= encodeCacheLimit {
+				clear(c.ifaces)
+			}
+			c.ifaces[i] = bodyOf(e.b[start:])
+		}
+		return
+	}
+	e.ifaceBody(num, i)
+}
+
+func (e *encoder) ifaceBody(num protowire.Number, i *flowtracev1.Interface) {
 	s := e.open(num)
 	e.str(1, i.Name)
 	e.varint(2, uint64(i.Index))

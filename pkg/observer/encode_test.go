@@ -89,6 +89,44 @@ func checkEncoding(t *testing.T, name string, f *flowtracev1.Flow) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("%s: bytes differ from proto.Marshal\n got %x\nwant %x", name, got, want)
 	}
+	// Through the cache of shared messages: filled, then hit.
+	c := newEncodeCache()
+	for pass := range 2 {
+		cached, ok := appendFlowCached(nil, f, c)
+		if !ok || !bytes.Equal(cached, want) {
+			t.Fatalf("%s: cached encoding, pass %d, differs from proto.Marshal\n got %x\nwant %x", name, pass, cached, want)
+		}
+	}
+}
+
+// TestEncodeCacheShared: flows sharing a pod's endpoint and an interface
+// reuse their encodings; other flows' messages do not leak in.
+func TestEncodeCacheShared(t *testing.T) {
+	c := newEncodeCache()
+	pod := &flowtracev1.Endpoint{Namespace: "shop", PodName: "web-1", Labels: []string{"app=web"}, NodeName: "n1"}
+	node := &flowtracev1.Endpoint{NodeName: "n2"}
+	eth := &flowtracev1.Interface{Name: "eth0", Index: 2}
+	for i := range 10 {
+		f := &flowtracev1.Flow{Uuid: strconv.Itoa(i), Source: pod, Destination: node, Interface: eth,
+			InputInterface: &flowtracev1.Interface{Name: "veth" + strconv.Itoa(i), Index: uint32(i + 10)}}
+		got, ok := appendFlowCached(nil, f, c)
+		want, _ := proto.Marshal(f)
+		if !ok || !bytes.Equal(got, want) {
+			t.Fatalf("flow %d: cached encoding differs", i)
+		}
+	}
+	if len(c.endpoints) != 1 {
+		t.Errorf("%d endpoints cached, want the pod's only", len(c.endpoints))
+	}
+	if len(c.ifaces) != 11 {
+		t.Errorf("%d interfaces cached, want 11", len(c.ifaces))
+	}
+	for i := range encodeCacheLimit + 1 {
+		appendFlowCached(nil, &flowtracev1.Flow{Interface: &flowtracev1.Interface{Index: uint32(i)}}, c)
+	}
+	if len(c.ifaces) > encodeCacheLimit {
+		t.Errorf("interface cache grew to %d, limit %d", len(c.ifaces), encodeCacheLimit)
+	}
 }
 
 // TestAppendFlowMatchesProto: every field of Flow, at every depth, with each
@@ -148,6 +186,14 @@ func BenchmarkEncode(b *testing.B) {
 		var buf []byte
 		for range b.N {
 			buf, _ = appendFlow(buf[:0], f)
+		}
+	})
+	b.Run("appendFlowCached", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf []byte
+		c := newEncodeCache()
+		for range b.N {
+			buf, _ = appendFlowCached(buf[:0], f, c)
 		}
 	})
 	b.Run("proto.Marshal", func(b *testing.B) {

@@ -101,8 +101,9 @@ type Observer struct {
 	log *slog.Logger
 	now func() time.Time
 
-	encMu   sync.Mutex // Publish's scratch buffer
-	scratch []byte
+	encMu    sync.Mutex // Publish's scratch buffer and encoding cache
+	scratch  []byte
+	encCache *encodeCache
 
 	mu        sync.Mutex
 	ring      []entry
@@ -202,7 +203,10 @@ func (o *Observer) Publish(f *flowtracev1.Flow) {
 func (o *Observer) encode(f *flowtracev1.Flow) ([]byte, error) {
 	o.encMu.Lock()
 	defer o.encMu.Unlock()
-	buf, ok := appendFlow(o.scratch[:0], f)
+	if o.encCache == nil {
+		o.encCache = newEncodeCache()
+	}
+	buf, ok := appendFlowCached(o.scratch[:0], f, o.encCache)
 	if !ok {
 		return proto.Marshal(f) // says what is wrong (invalid UTF-8)
 	}
