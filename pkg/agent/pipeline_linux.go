@@ -91,6 +91,9 @@ func (a *Agent) enrichLoop(ctx context.Context) {
 			a.publish(f)
 		}
 	}
+	// A batch's flows are published together: one wake-up of the
+	// followers per batch.
+	pending := make([]*flowtracev1.Flow, 0, batchSize)
 	for {
 		select {
 		case <-ctx.Done():
@@ -105,12 +108,15 @@ func (a *Agent) enrichLoop(ctx context.Context) {
 					continue
 				}
 				if f.Mtu == nil {
-					a.publish(f)
+					pending = append(pending, f)
 					continue
 				}
-				publish(pmtu.Add(f, time.Now()))
+				pending = append(pending, pmtu.Add(f, time.Now())...)
 			}
 			a.queue.recycle(b)
+			a.publishBatch(pending)
+			clear(pending)
+			pending = pending[:0]
 		}
 	}
 }
@@ -121,6 +127,19 @@ func (a *Agent) publish(f *flowtracev1.Flow) {
 		a.metrics.ObserveFlow(f)
 	}
 	a.obs.Publish(f)
+}
+
+// publishBatch is publish for flows in order, handed to the observer at once.
+func (a *Agent) publishBatch(fs []*flowtracev1.Flow) {
+	if len(fs) == 0 {
+		return
+	}
+	if a.metrics != nil {
+		for _, f := range fs {
+			a.metrics.ObserveFlow(f)
+		}
+	}
+	a.obs.PublishBatch(fs)
 }
 
 // pmtuWait is how long a too-big packet waits for its ICMP error: the

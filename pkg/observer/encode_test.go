@@ -251,3 +251,31 @@ func TestLiveWindow(t *testing.T) {
 		t.Fatalf("live window holds %d flows with 2 in history", held)
 	}
 }
+
+// TestPublishBatch: a batch lands in order, nil flows skipped, and a small
+// ring keeps the newest of a batch larger than itself.
+func TestPublishBatch(t *testing.T) {
+	o := New(Config{MaxFlows: 3}, nil)
+	o.PublishBatch([]*flowtracev1.Flow{mkFlow(0), nil, mkFlow(1)})
+	o.PublishBatch(nil)
+	o.PublishBatch([]*flowtracev1.Flow{mkFlow(2), mkFlow(3), mkFlow(4)})
+	var got []string
+	err := o.GetFlows(context.Background(), &flowtracev1.GetFlowsRequest{}, nil, func(r *flowtracev1.GetFlowsResponse) error {
+		if f := r.GetFlow(); f != nil {
+			got = append(got, f.GetUuid())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "2,3,4" {
+		t.Fatalf("history %v, want 2,3,4", got)
+	}
+	if st := o.Status(); st.SeenFlows != 5 || st.EvictedFlows != 2 {
+		t.Fatalf("seen %d evicted %d, want 5 and 2", st.SeenFlows, st.EvictedFlows)
+	}
+	if o.pubFlows[:cap(o.pubFlows)][0] != nil {
+		t.Fatal("the publish buffer keeps a flow")
+	}
+}

@@ -101,9 +101,12 @@ type Observer struct {
 	log *slog.Logger
 	now func() time.Time
 
-	encMu    sync.Mutex // Publish's scratch buffer and encoding cache
-	scratch  []byte
-	encCache *encodeCache
+	// pubMu serializes publishers; it guards what they reuse.
+	pubMu      sync.Mutex
+	scratch    []byte
+	encCache   *encodeCache
+	pubEntries []entry
+	pubFlows   []*flowtracev1.Flow
 
 	mu        sync.Mutex
 	ring      []entry
@@ -167,29 +170,55 @@ func unixNano(ts *timestamppb.Timestamp) int64 {
 // Publish appends f to history and wakes the followers. It never waits for
 // a client.
 func (o *Observer) Publish(f *flowtracev1.Flow) {
-	if f == nil {
-		return
-	}
-	// Marshal outside the lock: readers only wait for the append.
-	data, err := o.encode(f)
-	if err != nil {
-		o.log.Warn("cannot keep flow in history", "error", err)
-		return
-	}
-	e := entry{added: o.now().UnixNano(), flowTime: unixNano(f.GetTime()), data: data}
+	one := [1]*flowtracev1.Flow{f}
+	o.PublishBatch(one[:])
+}
 
+// PublishBatch is Publish for several flows, in order: history's lock is
+// taken, and the followers woken, once for all of them (a follower woken
+// per flow ran, and parked again, for every flow). nil flows are skipped;
+// fs is not retained.
+func (o *Observer) PublishBatch(fs []*flowtracev1.Flow) {
+	o.pubMu.Lock()
+	defer o.pubMu.Unlock()
+	// Marshal outside the lock: readers only wait for the append.
+	es, flows := o.pubEntries[:0], o.pubFlows[:0]
+	added := o.now().UnixNano()
+	for _, f := range fs {
+		if f == nil {
+			continue
+		}
+		data, err := o.encode(f)
+		if err != nil {
+			o.log.Warn("cannot keep flow in history", "error", err)
+			continue
+		}
+		es = append(es, entry{added: added, flowTime: unixNano(f.GetTime()), data: data})
+		flows = append(flows, f)
+	}
+	if len(es) > 0 {
+		o.appendLocked(es, flows)
+	}
+	clear(es) // hold no history bytes or flows past their eviction
+	clear(flows)
+	o.pubEntries, o.pubFlows = es[:0], flows[:0]
+}
+
+func (o *Observer) appendLocked(es []entry, flows []*flowtracev1.Flow) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.evictLocked(e.added)
-	if o.n == len(o.ring) {
-		o.dropOldestLocked()
+	o.evictLocked(es[0].added)
+	for i, e := range es {
+		if o.n == len(o.ring) {
+			o.dropOldestLocked()
+		}
+		o.ring[o.next%uint64(len(o.ring))] = e
+		o.live[o.next%liveWindow] = flows[i]
+		o.next++
+		o.n++
+		o.seen++
 	}
-	o.ring[o.next%uint64(len(o.ring))] = e
-	o.live[o.next%liveWindow] = f
-	o.next++
-	o.n++
-	o.seen++
-	o.armAgeTimerLocked(e.added)
+	o.armAgeTimerLocked(es[0].added)
 	for fl := range o.followers {
 		select {
 		case fl.wake <- struct{}{}:
@@ -200,9 +229,8 @@ func (o *Observer) Publish(f *flowtracev1.Flow) {
 
 // encode marshals f into a reused scratch buffer (appendFlow: no size pass,
 // no reflection) and keeps an exact-size copy, so history holds no slack.
+// pubMu is held.
 func (o *Observer) encode(f *flowtracev1.Flow) ([]byte, error) {
-	o.encMu.Lock()
-	defer o.encMu.Unlock()
 	if o.encCache == nil {
 		o.encCache = newEncodeCache()
 	}
