@@ -150,11 +150,11 @@ type Datapath struct {
 	folds        foldTracker
 	bootOffset   atomic.Int64 // wall ns - boot ns
 	closeOnce    sync.Once
+	closeErr     error
 	closed       atomic.Bool // Close began: Run's wait failing is the shutdown
 	// ringMu keeps Run's look at the ring's positions (available) apart
 	// from Close unmapping the ring.
-	ringMu   sync.RWMutex
-	closeErr error
+	ringMu sync.RWMutex
 }
 
 func (c Config) withDefaults() (Config, error) {
