@@ -17,7 +17,6 @@ import (
 
 	"github.com/flowtrace/flowtrace/pkg/attach"
 	"github.com/flowtrace/flowtrace/pkg/datapath"
-	"github.com/flowtrace/flowtrace/pkg/decode"
 	"github.com/flowtrace/flowtrace/pkg/dropreason"
 	"github.com/flowtrace/flowtrace/pkg/enrich"
 	"github.com/flowtrace/flowtrace/pkg/identity"
@@ -148,7 +147,7 @@ type Agent struct {
 	metrics   *metrics.Metrics // nil without --metrics-address
 	tlsConfig *tls.Config      // nil without TLS on the TCP listener
 
-	queue     chan decode.Event
+	queue     *eventQueue
 	queueLost atomic.Uint64
 
 	mu    sync.Mutex
@@ -174,15 +173,16 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	return &Agent{
+	a := &Agent{
 		cfg:        cfg,
 		log:        log,
-		queue:      make(chan decode.Event, cfg.QueueSize),
 		links:      map[int]linkState{},
 		netnsRefs:  map[uint32]int{},
 		netnsName:  map[uint32]string{},
 		otherNames: map[uint32]string{},
-	}, nil
+	}
+	a.queue = newEventQueue(cfg.QueueSize, &a.queueLost)
+	return a, nil
 }
 
 // Run starts the agent and blocks until ctx is done or a component fails.
@@ -214,7 +214,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	for _, s := range a.ids {
 		g.Go(func() error { return s.Run(ctx) })
 	}
-	g.Go(func() error { return a.dp.Run(ctx, a.offer) })
+	g.Go(func() error { return a.dp.RunFlush(ctx, a.queue.offer, a.queue.flush) })
 	g.Go(func() error { a.enrichLoop(ctx); return nil })
 	g.Go(func() error { a.reportLosses(ctx); return nil })
 

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/flowtrace/flowtrace/pkg/decode"
@@ -9,13 +10,73 @@ import (
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 )
 
+// batchSize events travel through the agent queue together: one channel
+// operation, and at most one wake-up of the enrich goroutine, per batch
+// instead of per event (the wake-ups were a large part of the agent's
+// system time under churn).
+const batchSize = 32
+
+type eventBatch struct {
+	n   int
+	evs [batchSize]decode.Event
+}
+
+// eventQueue carries events from the ring buffer reader to enrichLoop in
+// batches. The reader fills one batch (offer) and hands it on when it is
+// full or when the ring buffer is drained (flush), so a lone event waits
+// for no other. Batches are recycled: no allocation per event or batch.
+type eventQueue struct {
+	ch   chan *eventBatch
+	free chan *eventBatch
+	cur  *eventBatch // being filled; the reader goroutine's only
+	lost *atomic.Uint64
+}
+
+// newEventQueue holds up to size events (rounded up to whole batches).
+func newEventQueue(size int, lost *atomic.Uint64) *eventQueue {
+	n := max((size+batchSize-1)/batchSize, 1)
+	// n queued, one being filled, one being enriched.
+	return &eventQueue{ch: make(chan *eventBatch, n), free: make(chan *eventBatch, n+2), lost: lost}
+}
+
 // offer is the datapath's callback: it must never block the ring buffer
-// reader, so a full queue drops the event and counts it.
-func (a *Agent) offer(ev *decode.Event) {
+// reader, so a full queue drops the batch and counts its events.
+func (q *eventQueue) offer(ev *decode.Event) {
+	if q.cur == nil {
+		select {
+		case q.cur = <-q.free:
+		default:
+			q.cur = new(eventBatch)
+		}
+	}
+	q.cur.evs[q.cur.n] = *ev
+	q.cur.n++
+	if q.cur.n == batchSize {
+		q.flush()
+	}
+}
+
+// flush hands on the batch being filled.
+func (q *eventQueue) flush() {
+	b := q.cur
+	if b == nil || b.n == 0 {
+		return
+	}
 	select {
-	case a.queue <- *ev:
+	case q.ch <- b:
+		q.cur = nil
 	default:
-		a.queueLost.Add(1)
+		q.lost.Add(uint64(b.n))
+		b.n = 0
+	}
+}
+
+// recycle returns an enriched batch for the reader to fill again.
+func (q *eventQueue) recycle(b *eventBatch) {
+	b.n = 0
+	select {
+	case q.free <- b:
+	default:
 	}
 }
 
@@ -30,6 +91,9 @@ func (a *Agent) enrichLoop(ctx context.Context) {
 			a.publish(f)
 		}
 	}
+	// A batch's flows are published together: one wake-up of the
+	// followers per batch.
+	pending := make([]*flowtracev1.Flow, 0, batchSize)
 	for {
 		select {
 		case <-ctx.Done():
@@ -37,16 +101,22 @@ func (a *Agent) enrichLoop(ctx context.Context) {
 			return
 		case now := <-tick.C:
 			publish(pmtu.Expire(now))
-		case ev := <-a.queue:
-			f := a.enricher.Flow(&ev)
-			if f == nil {
-				continue
+		case b := <-a.queue.ch:
+			for i := range b.n {
+				f := a.enricher.Flow(&b.evs[i])
+				if f == nil {
+					continue
+				}
+				if f.Mtu == nil {
+					pending = append(pending, f)
+					continue
+				}
+				pending = append(pending, pmtu.Add(f, time.Now())...)
 			}
-			if f.Mtu == nil {
-				a.publish(f)
-				continue
-			}
-			publish(pmtu.Add(f, time.Now()))
+			a.queue.recycle(b)
+			a.publishBatch(pending)
+			clear(pending)
+			pending = pending[:0]
 		}
 	}
 }
@@ -57,6 +127,19 @@ func (a *Agent) publish(f *flowtracev1.Flow) {
 		a.metrics.ObserveFlow(f)
 	}
 	a.obs.Publish(f)
+}
+
+// publishBatch is publish for flows in order, handed to the observer at once.
+func (a *Agent) publishBatch(fs []*flowtracev1.Flow) {
+	if len(fs) == 0 {
+		return
+	}
+	if a.metrics != nil {
+		for _, f := range fs {
+			a.metrics.ObserveFlow(f)
+		}
+	}
+	a.obs.PublishBatch(fs)
 }
 
 // pmtuWait is how long a too-big packet waits for its ICMP error: the

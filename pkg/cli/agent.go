@@ -17,7 +17,7 @@ import (
 
 func newAgentCmd(version string) *cobra.Command {
 	cfg := agent.Config{Version: version}
-	var logLevel, memProfile string
+	var logLevel, memProfile, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node agent: attach the datapath and serve flows",
@@ -65,6 +65,13 @@ serves Prometheus metrics.`,
 			if err != nil {
 				return err
 			}
+			if cpuProfile != "" {
+				stop, err := startCPUProfile(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer stop(log)
+			}
 			runErr := a.Run(cmd.Context())
 			if memProfile != "" {
 				if err := writeMemProfile(memProfile, log); err != nil {
@@ -99,6 +106,9 @@ serves Prometheus metrics.`,
 	// profile says nothing an operator can act on.
 	f.StringVar(&memProfile, "mem-profile", "", "write a heap profile to FILE when the agent exits")
 	_ = f.MarkHidden("mem-profile")
+	// Hidden: a developer's tool for the benchmark, not a user feature.
+	f.StringVar(&cpuProfile, "cpu-profile", "", "write a Go CPU profile of the agent's run to this file (for go tool pprof)")
+	_ = f.MarkHidden("cpu-profile")
 	return cmd
 }
 
@@ -122,6 +132,25 @@ func writeMemProfile(path string, log *slog.Logger) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return f.Close()
+}
+
+// startCPUProfile profiles the process from now until stop is called (the
+// agent's Run returned, e.g. on SIGINT), so a profile covers the whole run.
+func startCPUProfile(path string) (stop func(*slog.Logger), err error) {
+	out, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(out); err != nil {
+		_ = out.Close()
+		return nil, fmt.Errorf("--cpu-profile: start: %w", err)
+	}
+	return func(log *slog.Logger) {
+		pprof.StopCPUProfile()
+		if err := out.Close(); err != nil {
+			log.Warn("writing the CPU profile failed", "file", path, "error", err)
+		}
+	}, nil
 }
 
 // addListenFlags declares the TCP listener flags the agent and the relay

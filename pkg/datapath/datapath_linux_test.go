@@ -303,7 +303,25 @@ func TestPeriodicAndIdleFlush(t *testing.T) {
 // TestRunDeliversLoneEvent checks that a single event (no forced wakeup) is
 // delivered promptly through Run, with a plausible wall time.
 func TestRunDeliversLoneEvent(t *testing.T) {
-	d := load(t, Config{})
+	t.Run("netpoller", func(t *testing.T) {
+		d := load(t, Config{})
+		if d.wait == nil {
+			t.Fatal("the ring buffer fd was not pollable by the Go runtime")
+		}
+		testLoneEvent(t, d)
+	})
+	// Where the netpoller refuses the fd, the reader's own wait is used.
+	t.Run("epoll_wait", func(t *testing.T) {
+		d := load(t, Config{})
+		if err := d.wait.Close(); err != nil {
+			t.Fatal(err)
+		}
+		d.wait = nil
+		testLoneEvent(t, d)
+	})
+}
+
+func testLoneEvent(t *testing.T, d *Datapath) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	got := make(chan decode.Event, 16)
@@ -330,10 +348,19 @@ func TestRunDeliversLoneEvent(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Fatal("no event within 1s")
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
+	// Close interrupts a waiting Run, which returns without error.
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
 	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run did not return after Close")
+	}
+	cancel()
 }
 
 func TestLostCounter(t *testing.T) {
@@ -465,4 +492,106 @@ func TestABIMatchesGenerated(t *testing.T) {
 			t.Errorf("%s: C layout %d, decode constant %d", c.name, c.got, c.want)
 		}
 	}
+}
+
+// TestFlushIdleBatches fills the flow table past several lookup batches and
+// checks the batched walk visits every entry once: idle ones with counts are
+// emitted, stale ones deleted, including keys another writer removed first.
+func TestFlushIdleBatches(t *testing.T) {
+	const interval = 100 * time.Millisecond
+	d := load(t, Config{FlowReportInterval: interval})
+	const n = 3*flowBatch + 17
+	now := uint64(bootNs())
+	keys := make([]ftFtFlowKey, n)
+	vals := make([]ftFtFlowVal, n)
+	for i := range keys {
+		keys[i] = ftFtFlowKey{Sport: uint16(i), Dport: 80, Proto: 6, IpVersion: 4, Dir: 1, Ifindex: 1}
+		keys[i].Saddr[0], keys[i].Daddr[0] = 10, 10
+		switch i % 3 {
+		case 0: // busy: left alone
+			vals[i].LastSeenNs = now
+		case 1: // idle with counts: emitted and kept
+			vals[i].LastSeenNs = now - uint64(interval) - uint64(20*time.Millisecond)
+			vals[i].Packets = uint64(i + 1)
+		case 2: // stale, no counts: deleted
+			vals[i].LastSeenNs = now - 3*uint64(interval)
+		}
+	}
+	if _, err := d.objs.FtFlows.BatchUpdate(keys, vals, nil); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint16]int{}
+	if err := d.walkFlows(func(k *ftFtFlowKey, _ *ftFtFlowVal) { seen[k.Sport]++ }); err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != n {
+		t.Fatalf("walk saw %d distinct entries, want %d", len(seen), n)
+	}
+	for p, c := range seen {
+		if c != 1 {
+			t.Fatalf("entry %d visited %d times", p, c)
+		}
+	}
+	// The fallback for kernels without batch operations sees the same.
+	clear(seen)
+	if err := d.walkFlowsOneByOne(func(k *ftFtFlowKey, _ *ftFtFlowVal) { seen[k.Sport]++ }); err != nil || len(seen) != n {
+		t.Fatalf("one-by-one walk saw %d entries (err %v), want %d", len(seen), err, n)
+	}
+	var packets uint64
+	got, err := d.FlushIdle(func(ev *decode.Event) {
+		if ev.SrcPort%3 != 1 || ev.FlowReason != decode.ReasonIdleFlush {
+			t.Errorf("unexpected flush event %+v", ev)
+		}
+		packets += ev.Packets
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want uint64
+	wantN := 0
+	for i := 1; i < n; i += 3 {
+		want += uint64(i + 1)
+		wantN++
+	}
+	if got != wantN || packets != want {
+		t.Fatalf("emitted %d events with %d packets, want %d with %d", got, packets, wantN, want)
+	}
+	left := 0
+	if err := d.walkFlows(func(k *ftFtFlowKey, v *ftFtFlowVal) {
+		left++
+		if k.Sport%3 == 2 {
+			t.Errorf("stale entry %d not deleted", k.Sport)
+		}
+		if k.Sport%3 == 1 && v.Packets != 0 {
+			t.Errorf("flushed entry %d still has %d packets", k.Sport, v.Packets)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := n - countMod(n, 2); left != want {
+		t.Fatalf("%d entries left, want %d", left, want)
+	}
+	// Keys already gone (2 and 5 are stale: deleted above) do not stop the
+	// deletion of the others.
+	gone := []ftFtFlowKey{keys[2], keys[0], keys[5], keys[3]}
+	if err := d.deleteFlows(gone); err != nil {
+		t.Fatal(err)
+	}
+	var v ftFtFlowVal
+	for _, k := range []ftFtFlowKey{keys[0], keys[3]} {
+		if err := d.objs.FtFlows.Lookup(&k, &v); !errors.Is(err, ebpf.ErrKeyNotExist) {
+			t.Fatalf("key %d not deleted: %v", k.Sport, err)
+		}
+	}
+}
+
+// countMod counts i in [0,n) with i%3 == r.
+func countMod(n, r int) int {
+	c := 0
+	for i := range n {
+		if i%3 == r {
+			c++
+		}
+	}
+	return c
 }

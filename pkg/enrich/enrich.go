@@ -108,7 +108,27 @@ type flowBlock struct {
 	time timestamppb.Timestamp
 	ip   flowtracev1.IP
 	l4   flowtracev1.Layer4
+	// Both layer 4 blocks: a few unused bytes cost less than a second
+	// allocation per flow.
+	tcp  tcpBlock
+	udp  udpBlock
 	uuid [36]byte // backs flow.Uuid: written once, before the string is made
+	// summary backs flow.Summary when it fits (nearly always).
+	summary [summaryInline]byte
+}
+
+// summaryInline fits most summaries and keeps the block, with its 8-byte
+// malloc header, in the 768-byte size class.
+const summaryInline = 72
+
+// bytesString makes the summary appended into the flow's block (or, when it
+// outgrew the block, into a slice of its own) the flow's string without a
+// copy: nothing writes to those bytes afterwards.
+func bytesString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
 // tcpBlock and udpBlock do the same for the layer 4 oneof and its message.
@@ -138,7 +158,7 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 	e.uuid(&blk.uuid)
 	f.Uuid = unsafe.String(&blk.uuid[0], len(blk.uuid))
 	f.NodeName, f.PacketLength, f.VlanId = e.node, ev.PktLen, uint32(ev.VLAN)
-	if e.fillNetwork(ev, &blk.ip, &blk.l4) {
+	if e.fillNetwork(ev, &blk.ip, &blk.l4, &blk.tcp, &blk.udp) {
 		f.Ip, f.L4 = &blk.ip, &blk.l4
 	}
 	if ev.Src.IsValid() {
@@ -161,7 +181,7 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 		f.Report = report(ev.FlowReason)
 		f.IsReply = ev.CT.Flags.Has(decode.CTKnown | decode.CTReply)
 		f.ObservationPoint, f.TrafficDirection = observation(ev.Direction)
-		f.Summary = summaryFlow(ev)
+		f.Summary = bytesString(appendSummaryFlow(blk.summary[:0], ev))
 	case decode.KindDrop:
 		f.Verdict = flowtracev1.Verdict_VERDICT_DROPPED
 		f.ObservationPoint = flowtracev1.ObservationPoint_OBSERVATION_POINT_KFREE_SKB
@@ -185,7 +205,7 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 				f.DropCause = flowtracev1.DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS
 			}
 		}
-		f.Summary = summaryDrop(f)
+		f.Summary = bytesString(appendSummaryDrop(blk.summary[:0], f))
 	case decode.KindTranslated:
 		e.translated(ev, f)
 	case decode.KindMTU:
@@ -415,15 +435,16 @@ func (e *Enricher) endpoint(ip netip.Addr, t time.Time) *flowtracev1.Endpoint {
 
 func (e *Enricher) network(ev *decode.Event) (*flowtracev1.IP, *flowtracev1.Layer4) {
 	ip, l4 := &flowtracev1.IP{}, &flowtracev1.Layer4{}
-	if !e.fillNetwork(ev, ip, l4) {
+	if !e.fillNetwork(ev, ip, l4, nil, nil) {
 		return nil, nil
 	}
 	return ip, l4
 }
 
-// fillNetwork describes ev's addresses and ports in ip and l4; it reports
-// false, leaving them untouched, for an event without addresses.
-func (e *Enricher) fillNetwork(ev *decode.Event, ip *flowtracev1.IP, l4 *flowtracev1.Layer4) bool {
+// fillNetwork describes ev's addresses and ports in ip and l4, in tcp or
+// udp when given (else allocated); it reports false, leaving them
+// untouched, for an event without addresses.
+func (e *Enricher) fillNetwork(ev *decode.Event, ip *flowtracev1.IP, l4 *flowtracev1.Layer4, tcp *tcpBlock, udp *udpBlock) bool {
 	if !ev.Src.IsValid() {
 		return false
 	}
@@ -437,14 +458,20 @@ func (e *Enricher) fillNetwork(ev *decode.Event, ip *flowtracev1.IP, l4 *flowtra
 	sp, dp := uint32(ev.SrcPort), uint32(ev.DstPort)
 	switch ev.Proto {
 	case protoTCP:
-		b := new(tcpBlock)
+		b := tcp
+		if b == nil {
+			b = new(tcpBlock)
+		}
 		b.tcp.SourcePort, b.tcp.DestinationPort = sp, dp
 		setTCPFlags(&b.flags, ev.TCPFlags)
 		b.tcp.Flags = &b.flags
 		b.oneof.Tcp = &b.tcp
 		l4.Protocol = &b.oneof
 	case protoUDP:
-		b := new(udpBlock)
+		b := udp
+		if b == nil {
+			b = new(udpBlock)
+		}
 		b.udp.SourcePort, b.udp.DestinationPort = sp, dp
 		b.oneof.Udp = &b.udp
 		l4.Protocol = &b.oneof
@@ -524,14 +551,13 @@ func protoName(p uint8) string {
 	return fmt.Sprintf("proto %d", p)
 }
 
-func summaryFlow(ev *decode.Event) string {
+// appendSummaryFlow appends by hand: fmt boxed both counters and built the
+// string in three allocations.
+func appendSummaryFlow(b []byte, ev *decode.Event) []byte {
 	if !ev.Src.IsValid() {
-		return ""
+		return b
 	}
-	// Appended by hand: fmt boxed both counters and built the string in
-	// three allocations; this is one (the buffer stays on the stack).
-	var buf [96]byte
-	b := append(buf[:0], protoName(ev.Proto)...)
+	b = append(b, protoName(ev.Proto)...)
 	if ev.Proto == protoTCP && ev.TCPFlags != 0 {
 		b = append(b, ' ')
 		b = appendTCPFlagNames(b, ev.TCPFlags)
@@ -541,13 +567,11 @@ func summaryFlow(ev *decode.Event) string {
 	b = append(b, " packets, "...)
 	b = strconv.AppendUint(b, ev.Bytes, 10)
 	b = append(b, " bytes"...)
-	return string(b)
+	return b
 }
 
-func summaryDrop(f *flowtracev1.Flow) string {
-	// One allocation: the pieces are appended into a stack buffer.
-	var buf [160]byte
-	b := append(buf[:0], "dropped: "...)
+func appendSummaryDrop(b []byte, f *flowtracev1.Flow) []byte {
+	b = append(b, "dropped: "...)
 	b = append(b, f.DropReasonKernel...)
 	if f.DropCause == flowtracev1.DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS {
 		b = append(b, " (Service "...)
@@ -560,5 +584,5 @@ func summaryDrop(f *flowtracev1.Flow) string {
 		b = append(b, " at "...)
 		b = append(b, f.DropLocation...)
 	}
-	return string(b)
+	return b
 }

@@ -142,3 +142,34 @@ func (s svcIDs) ServiceByIP(ip netip.Addr) (*identity.Service, bool) {
 	v, ok := s.svcs[ip]
 	return v, ok
 }
+
+type longSyms struct{}
+
+func (longSyms) Resolve(uint64) string {
+	return strings.Repeat("a_long_kernel_function_name_", 4) + "+0x8d"
+}
+
+// TestSummariesAndBlocks: summaries short enough to live in the flow's own
+// block and longer ones are both whole, and flows do not share bytes.
+func TestSummariesAndBlocks(t *testing.T) {
+	short := New("n1", ids, fakeReasons{}, fakeSyms{}, fakeIfaces{})
+	long := New("n1", ids, fakeReasons{}, longSyms{}, fakeIfaces{})
+	drop := &decode.Event{Kind: decode.KindDrop, IPVersion: 4, Src: frontend, Dst: db, Proto: 6, DropReason: 6, Location: 1, Count: 1}
+	flow := &decode.Event{Kind: decode.KindFlow, IPVersion: 4, Src: frontend, Dst: db, Proto: 17, SrcPort: 1, DstPort: 53, Packets: 3, Bytes: 300}
+	f1, f2 := short.Flow(drop), long.Flow(drop)
+	f3 := short.Flow(flow)
+	flow.Packets = 4
+	f4 := short.Flow(flow)
+	if want := "dropped: NETFILTER_DROP at nf_hook_slow+0x8d"; f1.Summary != want {
+		t.Errorf("short summary %q, want %q", f1.Summary, want)
+	}
+	if want := "dropped: NETFILTER_DROP at " + (longSyms{}).Resolve(0); f2.Summary != want || len(want) <= summaryInline {
+		t.Errorf("long summary %q, want %q (longer than %d)", f2.Summary, want, summaryInline)
+	}
+	if f3.Summary != "UDP, 3 packets, 300 bytes" || f4.Summary != "UDP, 4 packets, 300 bytes" {
+		t.Errorf("flow summaries %q, %q", f3.Summary, f4.Summary)
+	}
+	if f3.L4.GetUdp().GetDestinationPort() != 53 || f3.L4.GetUdp() == f4.L4.GetUdp() || f3.Uuid == f4.Uuid {
+		t.Errorf("flows share their blocks: %v %v", f3, f4)
+	}
+}

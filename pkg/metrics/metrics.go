@@ -54,6 +54,19 @@ type Metrics struct {
 	mu    sync.Mutex
 	topN  int
 	nsSet map[string]struct{}
+
+	// The children already looked up, so a flow costs a map read, not a
+	// label formatting (String, ToLower: an allocation) and a hash of the
+	// label values. Bounded: verdicts and reasons are enums, namespaces
+	// topN + 2.
+	cmu         sync.Mutex
+	flowsByVerd map[flowtracev1.Verdict]prometheus.Counter
+	dropsBy     map[dropKey]prometheus.Counter
+}
+
+type dropKey struct {
+	reason flowtracev1.DropReason
+	ns     string
 }
 
 // New registers the collectors.
@@ -71,6 +84,9 @@ func New(cfg Config, src Sources) *Metrics {
 		}, []string{"reason", "namespace"}),
 		topN:  cfg.TopNamespaces,
 		nsSet: map[string]struct{}{},
+
+		flowsByVerd: map[flowtracev1.Verdict]prometheus.Counter{},
+		dropsBy:     map[dropKey]prometheus.Counter{},
 	}
 	m.reg.MustRegister(m.flows, m.drops, &scrape{src: src},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -90,15 +106,39 @@ func (m *Metrics) ObserveFlow(f *flowtracev1.Flow) {
 	if f == nil {
 		return
 	}
-	m.flows.WithLabelValues(EnumLabel(f.GetVerdict().String(), "VERDICT_")).Inc()
-	if f.GetVerdict() != flowtracev1.Verdict_VERDICT_DROPPED {
+	v := f.GetVerdict()
+	m.flowCounter(v).Inc()
+	if v != flowtracev1.Verdict_VERDICT_DROPPED {
 		return
 	}
 	n := float64(f.GetEventCount())
 	if n == 0 {
 		n = 1
 	}
-	m.drops.WithLabelValues(EnumLabel(f.GetDropReason().String(), "DROP_REASON_"), m.namespace(f)).Add(n)
+	m.dropCounter(f.GetDropReason(), m.namespace(f)).Add(n)
+}
+
+func (m *Metrics) flowCounter(v flowtracev1.Verdict) prometheus.Counter {
+	m.cmu.Lock()
+	defer m.cmu.Unlock()
+	c, ok := m.flowsByVerd[v]
+	if !ok {
+		c = m.flows.WithLabelValues(EnumLabel(v.String(), "VERDICT_"))
+		m.flowsByVerd[v] = c
+	}
+	return c
+}
+
+func (m *Metrics) dropCounter(r flowtracev1.DropReason, ns string) prometheus.Counter {
+	m.cmu.Lock()
+	defer m.cmu.Unlock()
+	k := dropKey{r, ns}
+	c, ok := m.dropsBy[k]
+	if !ok {
+		c = m.drops.WithLabelValues(EnumLabel(r.String(), "DROP_REASON_"), ns)
+		m.dropsBy[k] = c
+	}
+	return c
 }
 
 // namespace admits the first topN namespaces; later ones are "other".

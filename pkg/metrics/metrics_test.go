@@ -143,3 +143,23 @@ func TestEnumLabel(t *testing.T) {
 		t.Errorf("got %q", got)
 	}
 }
+
+func TestObserveFlowAllocs(t *testing.T) {
+	m := New(Config{TopNamespaces: 2}, Sources{})
+	fwd := &flowtracev1.Flow{Verdict: flowtracev1.Verdict_VERDICT_FORWARDED}
+	d := drop("shop", flowtracev1.DropReason_DROP_REASON_NO_SOCKET, 3)
+	m.ObserveFlow(fwd)
+	m.ObserveFlow(d)
+	if n := testing.AllocsPerRun(100, func() { m.ObserveFlow(fwd); m.ObserveFlow(d) }); n != 0 {
+		t.Errorf("%v allocations per two flows, want 0", n)
+	}
+	text := scrapeText(t, m)
+	for _, want := range []string{
+		`flowtrace_flows_total{verdict="forwarded"} 102`,
+		`flowtrace_drops_total{namespace="shop",reason="no_socket"} 306`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}

@@ -63,6 +63,12 @@ const numSources = 5
 // readBatch is how many ring entries a reader copies per lock.
 const readBatch = 256
 
+// liveWindow is how many of the newest flows are also held as the *Flow
+// values Publish got: a follower that keeps up sends those without
+// reassembling and unmarshalling history's copy (the unmarshal was half of
+// a follower's CPU). About 1 MB; older flows are decoded from history.
+const liveWindow = 1024
+
 // entry is one flow as a reader copied it out of history: the marshalled
 // Flow (in the reader's own buffer), with the times kept decoded so that
 // since/until never unmarshal.
@@ -89,15 +95,25 @@ type follower struct {
 	maxLost int
 }
 
-// Observer holds history and subscribers. Flows passed to Publish are
-// marshalled at once and may be reused by the caller afterwards.
+// Observer holds history and subscribers. A flow passed to Publish is
+// marshalled at once, and also shared as is with live followers for a
+// while: neither it nor the messages it points to may be modified after
+// Publish (the enricher never does; it shares messages between flows).
 type Observer struct {
 	cfg Config
 	log *slog.Logger
 	now func() time.Time
 
+	// pubMu serializes publishers; it guards what they reuse.
+	pubMu      sync.Mutex
+	scratch    []byte
+	encCache   *encodeCache
+	pubEntries []entry
+	pubFlows   []*flowtracev1.Flow
+
 	mu        sync.Mutex
-	hist      store // flows held: seqs hist.next-hist.n .. hist.next-1
+	hist      store                         // flows held: seqs hist.next-hist.n .. hist.next-1
+	live      [liveWindow]*flowtracev1.Flow // flow seq s at live[s%liveWindow], while held
 	seen      uint64
 	evicted   uint64 // flows that left history (count or age bound)
 	lost      [numSources]uint64
@@ -164,28 +180,75 @@ func unixNano(ts *timestamppb.Timestamp) int64 {
 // Publish appends f to history and wakes the followers. It never waits for
 // a client.
 func (o *Observer) Publish(f *flowtracev1.Flow) {
-	if f == nil {
-		return
-	}
-	// Marshal outside the lock: readers only wait for the append.
-	data, err := proto.Marshal(f)
-	if err != nil {
-		o.log.Warn("cannot keep flow in history", "error", err)
-		return
-	}
-	added, flowTime := o.now().UnixNano(), unixNano(f.GetTime())
+	one := [1]*flowtracev1.Flow{f}
+	o.PublishBatch(one[:])
+}
 
+// PublishBatch is Publish for several flows, in order: history's lock is
+// taken, and the followers woken, once for all of them (a follower woken
+// per flow ran, and parked again, for every flow). nil flows are skipped;
+// fs is not retained.
+func (o *Observer) PublishBatch(fs []*flowtracev1.Flow) {
+	o.pubMu.Lock()
+	defer o.pubMu.Unlock()
+	// Marshal outside the lock: readers only wait for the append.
+	es, flows := o.pubEntries[:0], o.pubFlows[:0]
+	added := o.now().UnixNano()
+	for _, f := range fs {
+		if f == nil {
+			continue
+		}
+		data, err := o.encode(f)
+		if err != nil {
+			o.log.Warn("cannot keep flow in history", "error", err)
+			continue
+		}
+		es = append(es, entry{added: added, flowTime: unixNano(f.GetTime()), data: data})
+		flows = append(flows, f)
+	}
+	if len(es) > 0 {
+		o.appendLocked(es, flows)
+	}
+	clear(es) // no references into scratch, no flows past their eviction
+	clear(flows)
+	o.pubEntries, o.pubFlows, o.scratch = es[:0], flows[:0], o.scratch[:0]
+}
+
+// encode appends f's encoding to the batch's reused scratch buffer
+// (appendFlow: no size pass, no reflection); history copies the bytes into
+// its arena, after which PublishBatch empties scratch. pubMu is held.
+func (o *Observer) encode(f *flowtracev1.Flow) ([]byte, error) {
+	if o.encCache == nil {
+		o.encCache = newEncodeCache()
+	}
+	start := len(o.scratch)
+	buf, ok := appendFlowCached(o.scratch, f, o.encCache)
+	if !ok {
+		return proto.Marshal(f) // says what is wrong (invalid UTF-8)
+	}
+	// A grown buffer leaves earlier encodings in the old one, which their
+	// entries still reference until the append.
+	o.scratch = buf
+	return buf[start:len(buf):len(buf)], nil
+}
+
+func (o *Observer) appendLocked(es []entry, flows []*flowtracev1.Flow) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.evictLocked(added)
-	evicted, ok := o.hist.add(added, flowTime, data)
-	o.evicted += uint64(evicted)
-	if !ok {
-		o.log.Warn("flow too large for history", "bytes", len(data))
-		return
+	o.evictLocked(es[0].added)
+	for i, e := range es {
+		oldest := o.hist.next - uint64(o.hist.n)
+		evicted, ok := o.hist.add(e.added, e.flowTime, e.data)
+		o.releaseLiveLocked(oldest, oldest+uint64(evicted))
+		o.evicted += uint64(evicted)
+		if !ok {
+			o.log.Warn("flow too large for history", "bytes", len(e.data))
+			continue
+		}
+		o.live[(o.hist.next-1)%liveWindow] = flows[i]
+		o.seen++
 	}
-	o.seen++
-	o.armAgeTimerLocked(added)
+	o.armAgeTimerLocked(es[0].added)
 	for fl := range o.followers {
 		select {
 		case fl.wake <- struct{}{}:
@@ -229,8 +292,18 @@ func (o *Observer) evictLocked(now int64) {
 	}
 	limit := now - int64(o.cfg.MaxAge)
 	for o.hist.n > 0 && o.hist.oldest().added < limit {
+		seq := o.hist.next - uint64(o.hist.n)
+		o.releaseLiveLocked(seq, seq+1)
 		o.hist.dropOldest()
 		o.evicted++
+	}
+}
+
+// releaseLiveLocked forgets the live flows of seqs [from, to), which left
+// history, so the window keeps no flow alive past its eviction.
+func (o *Observer) releaseLiveLocked(from, to uint64) {
+	for seq := max(from, o.hist.next-min(o.hist.next, liveWindow)); seq < to; seq++ {
+		o.live[seq%liveWindow] = nil
 	}
 }
 
@@ -331,17 +404,22 @@ type request struct {
 	since, until int64
 	send         func(*flowtracev1.GetFlowsResponse) error
 	buf          []entry
-	data         []byte // backs buf's data: the bytes of one batch
+	flows        []*flowtracev1.Flow // buf's flows still in the live window, else nil
+	data         []byte              // backs buf's data: the bytes of one batch
 }
 
 func (r *request) inRange(e *entry) bool {
 	return (r.since == 0 || e.flowTime >= r.since) && (r.until == 0 || e.flowTime <= r.until)
 }
 
-// decode returns the entry's flow when it passes time range and filters.
-func (r *request) decode(e *entry) (*flowtracev1.Flow, bool) {
+// decode returns the entry's flow when it passes time range and filters:
+// live, the published flow itself, else unmarshalled from history.
+func (r *request) decode(e *entry, live *flowtracev1.Flow) (*flowtracev1.Flow, bool) {
 	if !r.inRange(e) {
 		return nil, false
+	}
+	if live != nil {
+		return live, r.m.Match(live)
 	}
 	f := &flowtracev1.Flow{}
 	if err := proto.Unmarshal(e.data, f); err != nil {
@@ -460,14 +538,23 @@ func (r *request) read(pos, end uint64) (n int, from uint64, lost uint64) {
 }
 
 // copyLocked copies entries from pos (held) up to end into r.buf, their
-// bytes into r.data: the arena is rewritten once the lock is released.
+// bytes into r.data (the arena is rewritten once the lock is released), or
+// their flows into r.flows while those are in the live window.
 func (r *request) copyLocked(pos, end uint64) int {
-	h := &r.o.hist
+	o := r.o
+	h := &o.hist
 	k := min(uint64(len(r.buf)), end-min(pos, end))
 	var ends [readBatch]int
 	data := r.data[:0]
 	for i := uint64(0); i < k; i++ {
-		data = h.appendFlow(data, h.at(pos+i))
+		seq := pos + i
+		r.flows[i] = nil
+		if h.next-seq <= liveWindow {
+			r.flows[i] = o.live[seq%liveWindow]
+		}
+		if r.flows[i] == nil {
+			data = h.appendFlow(data, h.at(seq))
+		}
 		ends[i] = len(data)
 	}
 	r.data = data
@@ -481,18 +568,19 @@ func (r *request) copyLocked(pos, end uint64) int {
 	return int(k)
 }
 
-func (r *request) buffer() []entry {
+func (r *request) buffer() ([]entry, []*flowtracev1.Flow) {
 	if r.buf == nil {
 		r.buf = make([]entry, readBatch)
+		r.flows = make([]*flowtracev1.Flow, readBatch)
 	}
-	return r.buf
+	return r.buf, r.flows
 }
 
 // forward sends matching flows from seq pos up to end, at most limit (0: no
 // limit), reporting inline any that left history before it read them. It
 // returns the position reached.
 func (r *request) forward(ctx context.Context, pos, end, limit uint64) (uint64, error) {
-	buf := r.buffer()
+	buf, flows := r.buffer()
 	var sent uint64
 	for pos < end {
 		if err := ctx.Err(); err != nil {
@@ -508,8 +596,8 @@ func (r *request) forward(ctx context.Context, pos, end, limit uint64) (uint64, 
 		}
 		pos = from + uint64(n)
 		for i := 0; i < n; i++ {
-			f, ok := r.decode(&buf[i])
-			buf[i] = entry{}
+			f, ok := r.decode(&buf[i], flows[i])
+			buf[i], flows[i] = entry{}, nil
 			if !ok {
 				continue
 			}
@@ -527,7 +615,7 @@ func (r *request) forward(ctx context.Context, pos, end, limit uint64) (uint64, 
 // lastN collects the newest n matching flows before end, scanning backward
 // a batch at a time (the lock is held only to copy a batch), oldest first.
 func (r *request) lastN(ctx context.Context, start, end, n uint64) ([]*flowtracev1.Flow, error) {
-	buf := r.buffer()
+	buf, flows := r.buffer()
 	var out []*flowtracev1.Flow
 	hi := end
 	for hi > start && uint64(len(out)) < n {
@@ -543,10 +631,10 @@ func (r *request) lastN(ctx context.Context, start, end, n uint64) ([]*flowtrace
 			break // the rest was evicted while we scanned
 		}
 		for i := got - 1; i >= 0 && uint64(len(out)) < n; i-- {
-			if f, ok := r.decode(&buf[i]); ok {
+			if f, ok := r.decode(&buf[i], flows[i]); ok {
 				out = append(out, f)
 			}
-			buf[i] = entry{}
+			buf[i], flows[i] = entry{}, nil
 		}
 		if from > lo {
 			break // older entries are gone

@@ -92,11 +92,14 @@ type namedStorm struct {
 }
 
 type tracerRun struct {
-	Round     int     `json:"round"`
-	Tracer    string  `json:"tracer"`
-	CPUSecs   float64 `json:"cpu_seconds"`
-	PeakRSSMB float64 `json:"peak_rss_mb"`
-	Events    uint64  `json:"events,omitempty"` // flowtrace: flows seen + lost
+	Round   int     `json:"round"`
+	Tracer  string  `json:"tracer"`
+	CPUSecs float64 `json:"cpu_seconds"`
+	// StartCPUSecs is the part of CPUSecs spent before the tracer was
+	// ready (flowtrace: BTF, program loads and the verifier, attaching).
+	StartCPUSecs float64 `json:"start_cpu_seconds,omitempty"`
+	PeakRSSMB    float64 `json:"peak_rss_mb"`
+	Events       uint64  `json:"events,omitempty"` // flowtrace: flows seen + lost
 }
 
 func run(ctx context.Context, o options, log *slog.Logger) error {
@@ -194,7 +197,7 @@ func runTracer(ctx context.Context, b *bed, o options, tc tracerConfig, round in
 	}
 	defer func() {
 		cpu, rss := r.usage()
-		tr := tracerRun{Round: round, Tracer: name, CPUSecs: cpu, PeakRSSMB: rss}
+		tr := tracerRun{Round: round, Tracer: name, CPUSecs: cpu, StartCPUSecs: r.readyCPU, PeakRSSMB: rss}
 		if r.agent != nil {
 			if st, serr := r.agent.status(ctx); serr == nil {
 				tr.Events = st.GetSeenFlows() + lostTotal(st, flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_RING_BUFFER,

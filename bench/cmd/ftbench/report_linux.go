@@ -128,7 +128,7 @@ var figureOrder = []string{
 	"tc_ns_per_packet", "tc_vs_floor", "kfree_skb_ns_per_drop", "kfree_skb_vs_floor",
 	"storm_rate_per_s", "storm_kernel_drops", "storm_unaccounted", "storm_accounted", "storm_delivered_pct", "storm_latency_p99_ms",
 	"storm_many_rate_per_s", "storm_many_kernel_drops", "storm_many_unaccounted", "storm_many_accounted", "storm_many_delivered_pct", "storm_many_latency_p99_ms",
-	"agent_cpu_s_per_100k_events", "tracer_cpu_s_per_run", "tracer_peak_rss_mb", "held_flows", "rss_mb_held_flows",
+	"agent_cpu_s_per_100k_events", "agent_start_cpu_s", "tracer_cpu_s_per_run", "tracer_peak_rss_mb", "held_flows", "rss_mb_held_flows",
 }
 
 func fmtStat(s *stat, unit string) string {

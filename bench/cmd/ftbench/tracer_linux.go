@@ -38,6 +38,9 @@ type running struct {
 	fl    *floor
 	agent *agentConn
 	out   *bytes.Buffer
+	// readyCPU is the tracer's CPU seconds when it became ready: a start-up
+	// cost, not a cost per event.
+	readyCPU float64
 }
 
 type tracerConfig struct {
@@ -87,6 +90,7 @@ func startTracer(ctx context.Context, name string, b *bed, tc tracerConfig) (*ru
 	if err := r.waitReady(ctx, b); err != nil {
 		return nil, errors.Join(err, r.stop())
 	}
+	r.readyCPU, _ = r.usage()
 	ids, err := progIDsTree(r.cmd.Process.Pid)
 	if err != nil {
 		return nil, errors.Join(err, r.stop())

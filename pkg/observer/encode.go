@@ -1,0 +1,343 @@
+package observer
+
+import (
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
+)
+
+// appendFlow appends f's protobuf wire encoding to b, as proto.Marshal
+// would write it (fields in number order, zero scalars omitted, present
+// messages written even when empty), so any protobuf reader decodes it.
+//
+// Why by hand: every flow the agent publishes is marshalled into history,
+// and the generic table-driven marshaller (a size pass, then an append pass
+// with reflection-driven coders) was a fifth of the agent's CPU under
+// connection churn. The messages every flow carries are written here
+// directly; the rare ones (translation, MTU, encapsulation, SCTP, ICMP)
+// go through proto's own marshaller. TestAppendFlowMatchesProto fails when
+// Flow gains a field this file does not write.
+//
+// ok is false when a string is not valid UTF-8, which proto.Marshal
+// refuses: the caller then lets proto.Marshal report the error.
+func appendFlow(b []byte, f *flowtracev1.Flow) (_ []byte, ok bool) {
+	return appendFlowCached(b, f, nil)
+}
+
+// appendFlowCached is appendFlow reusing, through c (may be nil), the
+// encodings of the pod endpoints and interfaces that many flows share.
+func appendFlowCached(b []byte, f *flowtracev1.Flow, c *encodeCache) (_ []byte, ok bool) {
+	e := encoder{b: b, cache: c}
+	e.flow(f)
+	return e.b, e.ok()
+}
+
+// encodeCache keeps the encoded bodies of the messages the enricher shares
+// between flows (a pod's endpoint, an interface), keyed by pointer: a
+// published flow and its messages are never modified (see Publish), and a
+// pointer held as a key cannot be reused for another message. Bounded:
+// emptied when full.
+type encodeCache struct {
+	endpoints map[*flowtracev1.Endpoint][]byte
+	ifaces    map[*flowtracev1.Interface][]byte
+}
+
+const encodeCacheLimit = 4096
+
+func newEncodeCache() *encodeCache {
+	return &encodeCache{endpoints: map[*flowtracev1.Endpoint][]byte{}, ifaces: map[*flowtracev1.Interface][]byte{}}
+}
+
+type encoder struct {
+	b     []byte
+	bad   bool // an invalid string, or a sub-message proto refused
+	cache *encodeCache
+}
+
+func (e *encoder) ok() bool { return !e.bad }
+
+func (e *encoder) flow(f *flowtracev1.Flow) {
+	if f.Time != nil {
+		e.timestamp(1, f.Time)
+	}
+	e.str(2, f.Uuid)
+	e.str(3, f.NodeName)
+	e.varint(4, uint64(f.Verdict))
+	e.varint(5, uint64(f.DropReason))
+	e.str(6, f.DropReasonKernel)
+	e.varint(7, uint64(f.DropReasonCode))
+	e.str(8, f.DropLocation)
+	e.varint(9, uint64(f.EventCount))
+	if f.Ip != nil {
+		e.ip(10, f.Ip)
+	}
+	if f.L4 != nil {
+		e.layer4(11, f.L4)
+	}
+	if f.Source != nil {
+		e.endpoint(12, f.Source)
+	}
+	if f.Destination != nil {
+		e.endpoint(13, f.Destination)
+	}
+	if f.Interface != nil {
+		e.iface(14, f.Interface)
+	}
+	e.varint(15, uint64(f.TrafficDirection))
+	e.varint(16, uint64(f.ObservationPoint))
+	e.varint(17, f.Packets)
+	e.varint(18, f.Bytes)
+	e.varint(19, uint64(f.Report))
+	e.varint(20, uint64(f.VlanId))
+	e.varint(21, uint64(f.PacketLength))
+	if f.InputInterface != nil {
+		e.iface(22, f.InputInterface)
+	}
+	e.str(23, f.Summary)
+	if f.SourceService != nil {
+		e.service(24, f.SourceService)
+	}
+	if f.DestinationService != nil {
+		e.service(25, f.DestinationService)
+	}
+	if f.Translation != nil {
+		e.message(26, f.Translation)
+	}
+	if f.Mtu != nil {
+		e.message(27, f.Mtu)
+	}
+	if f.Encapsulation != nil {
+		e.message(28, f.Encapsulation)
+	}
+	e.varint(29, uint64(f.DropCause))
+	if f.IsReply {
+		e.varint(30, 1)
+	}
+}
+
+// varint writes a non-zero integer field (enums, uint32/64, bools, and
+// int32/int64 as their two's complement, as protobuf does).
+func (e *encoder) varint(num protowire.Number, v uint64) {
+	if v == 0 {
+		return
+	}
+	e.b = appendVarint(appendTag(e.b, num, protowire.VarintType), v)
+}
+
+// appendVarint and appendTag are protowire's, with the one-byte case first:
+// nearly every tag and most values here are below 128.
+func appendVarint(b []byte, v uint64) []byte {
+	for v >= 0x80 {
+		b = append(b, byte(v)|0x80)
+		v >>= 7
+	}
+	return append(b, byte(v))
+}
+
+func appendTag(b []byte, num protowire.Number, typ protowire.Type) []byte {
+	return appendVarint(b, uint64(num)<<3|uint64(typ))
+}
+
+func (e *encoder) str(num protowire.Number, s string) {
+	if s == "" {
+		return
+	}
+	if !utf8.ValidString(s) {
+		e.bad = true
+		return
+	}
+	e.b = appendTag(e.b, num, protowire.BytesType)
+	e.b = append(appendVarint(e.b, uint64(len(s))), s...)
+}
+
+// open starts a length-delimited field with a one-byte length placeholder
+// (most sub-messages are shorter than 128 bytes); close writes the length,
+// moving the body when its varint needs more bytes.
+func (e *encoder) open(num protowire.Number) int {
+	e.b = append(appendTag(e.b, num, protowire.BytesType), 0)
+	return len(e.b)
+}
+
+func (e *encoder) close(start int) {
+	n := len(e.b) - start
+	if n < 0x80 {
+		e.b[start-1] = byte(n)
+		return
+	}
+	extra := protowire.SizeVarint(uint64(n)) - 1
+	for range extra {
+		e.b = append(e.b, 0)
+	}
+	copy(e.b[start+extra:], e.b[start:start+n])
+	appendVarint(e.b[:start-1], uint64(n)) // in place: capacity is there
+}
+
+func (e *encoder) timestamp(num protowire.Number, t *timestamppb.Timestamp) {
+	s := e.open(num)
+	e.varint(1, uint64(t.Seconds))
+	e.varint(2, uint64(int64(t.Nanos)))
+	e.close(s)
+}
+
+func (e *encoder) ip(num protowire.Number, ip *flowtracev1.IP) {
+	s := e.open(num)
+	e.str(1, ip.Source)
+	e.str(2, ip.Destination)
+	e.varint(3, uint64(ip.IpVersion))
+	e.close(s)
+}
+
+func (e *encoder) layer4(num protowire.Number, l4 *flowtracev1.Layer4) {
+	switch l4.Protocol.(type) {
+	case nil, *flowtracev1.Layer4_Tcp, *flowtracev1.Layer4_Udp, *flowtracev1.Layer4_Other:
+	default:
+		// ICMP and SCTP: rare enough for the generic marshaller.
+		e.message(num, l4)
+		return
+	}
+	s := e.open(num)
+	switch p := l4.Protocol.(type) {
+	case nil:
+	case *flowtracev1.Layer4_Tcp:
+		t := e.open(1)
+		if p.Tcp != nil {
+			e.varint(1, uint64(p.Tcp.SourcePort))
+			e.varint(2, uint64(p.Tcp.DestinationPort))
+			if fl := p.Tcp.Flags; fl != nil {
+				fs := e.open(3)
+				e.flag(1, fl.Fin)
+				e.flag(2, fl.Syn)
+				e.flag(3, fl.Rst)
+				e.flag(4, fl.Psh)
+				e.flag(5, fl.Ack)
+				e.flag(6, fl.Urg)
+				e.flag(7, fl.Ece)
+				e.flag(8, fl.Cwr)
+				e.close(fs)
+			}
+		}
+		e.close(t)
+	case *flowtracev1.Layer4_Udp:
+		u := e.open(2)
+		if p.Udp != nil {
+			e.varint(1, uint64(p.Udp.SourcePort))
+			e.varint(2, uint64(p.Udp.DestinationPort))
+		}
+		e.close(u)
+	case *flowtracev1.Layer4_Other:
+		// A oneof scalar is written even when zero: it is set.
+		e.b = appendVarint(appendTag(e.b, 6, protowire.VarintType), uint64(p.Other))
+	}
+	e.close(s)
+}
+
+func (e *encoder) flag(num protowire.Number, v bool) {
+	if v {
+		e.b = append(e.b, byte(num)<<3|byte(protowire.VarintType), 1)
+	}
+}
+
+func (e *encoder) endpoint(num protowire.Number, ep *flowtracev1.Endpoint) {
+	// Pods' endpoints are shared; a node's is made per flow and small.
+	if c := e.cache; c != nil && ep.PodName != "" {
+		if body, ok := c.endpoints[ep]; ok {
+			e.b = appendVarint(appendTag(e.b, num, protowire.BytesType), uint64(len(body)))
+			e.b = append(e.b, body...)
+			return
+		}
+		start := len(e.b)
+		e.endpointBody(num, ep)
+		if !e.bad {
+			if len(c.endpoints) >= encodeCacheLimit {
+				clear(c.endpoints)
+			}
+			c.endpoints[ep] = bodyOf(e.b[start:])
+		}
+		return
+	}
+	e.endpointBody(num, ep)
+}
+
+// bodyOf copies the body of the one length-delimited field in b.
+func bodyOf(b []byte) []byte {
+	_, _, n := protowire.ConsumeTag(b)
+	body, _ := protowire.ConsumeBytes(b[n:])
+	return append([]byte(nil), body...)
+}
+
+func (e *encoder) endpointBody(num protowire.Number, ep *flowtracev1.Endpoint) {
+	s := e.open(num)
+	e.str(1, ep.Namespace)
+	e.str(2, ep.PodName)
+	for _, l := range ep.Labels {
+		// Repeated strings are written even when empty.
+		if !utf8.ValidString(l) {
+			e.bad = true
+			continue
+		}
+		e.b = appendTag(e.b, 3, protowire.BytesType)
+		e.b = append(appendVarint(e.b, uint64(len(l))), l...)
+	}
+	if w := ep.Workload; w != nil {
+		ws := e.open(4)
+		e.str(1, w.Kind)
+		e.str(2, w.Name)
+		e.close(ws)
+	}
+	e.str(5, ep.NodeName)
+	e.close(s)
+}
+
+func (e *encoder) iface(num protowire.Number, i *flowtracev1.Interface) {
+	if c := e.cache; c != nil {
+		if body, ok := c.ifaces[i]; ok {
+			e.b = appendVarint(appendTag(e.b, num, protowire.BytesType), uint64(len(body)))
+			e.b = append(e.b, body...)
+			return
+		}
+		start := len(e.b)
+		e.ifaceBody(num, i)
+		if !e.bad {
+			if len(c.ifaces) >= encodeCacheLimit {
+				clear(c.ifaces)
+			}
+			c.ifaces[i] = bodyOf(e.b[start:])
+		}
+		return
+	}
+	e.ifaceBody(num, i)
+}
+
+func (e *encoder) ifaceBody(num protowire.Number, i *flowtracev1.Interface) {
+	s := e.open(num)
+	e.str(1, i.Name)
+	e.varint(2, uint64(i.Index))
+	e.varint(3, uint64(i.NetnsInode))
+	e.str(4, i.Netns)
+	e.close(s)
+}
+
+func (e *encoder) service(num protowire.Number, svc *flowtracev1.Service) {
+	s := e.open(num)
+	e.str(1, svc.Namespace)
+	e.str(2, svc.Name)
+	e.str(3, svc.PortName)
+	e.varint(4, uint64(svc.Port))
+	e.close(s)
+}
+
+// message writes a sub-message with proto's marshaller.
+func (e *encoder) message(num protowire.Number, m proto.Message) {
+	s := e.open(num)
+	out, err := proto.MarshalOptions{}.MarshalAppend(e.b, m)
+	if err != nil {
+		e.bad = true
+		out = e.b[:s]
+	}
+	e.b = out
+	e.close(s)
+}

@@ -1,0 +1,281 @@
+package observer
+
+import (
+	"bytes"
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
+)
+
+// fill sets every field of m, recursively, to a non-zero value; of each
+// oneof it sets the member numbered variant (modulo the members).
+func fill(m protoreflect.Message, variant int, n *int) {
+	fields := m.Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if od := fd.ContainingOneof(); od != nil && !od.IsSynthetic() {
+			if od.Fields().Get(variant%od.Fields().Len()) != fd {
+				continue
+			}
+		}
+		*n++
+		if fd.IsList() {
+			l := m.Mutable(fd).List()
+			// An empty element too: repeated strings keep it.
+			l.Append(scalar(fd, *n))
+			if fd.Kind() == protoreflect.StringKind {
+				l.Append(protoreflect.ValueOfString(""))
+			}
+			continue
+		}
+		if fd.Kind() == protoreflect.MessageKind {
+			fill(m.Mutable(fd).Message(), variant, n)
+			continue
+		}
+		m.Set(fd, scalar(fd, *n))
+	}
+}
+
+func scalar(fd protoreflect.FieldDescriptor, n int) protoreflect.Value {
+	switch fd.Kind() {
+	case protoreflect.BoolKind:
+		return protoreflect.ValueOfBool(true)
+	case protoreflect.EnumKind:
+		vals := fd.Enum().Values()
+		return protoreflect.ValueOfEnum(vals.Get(1 + n%(vals.Len()-1)).Number())
+	case protoreflect.Int32Kind:
+		return protoreflect.ValueOfInt32(int32(-n)) // negative: ten-byte varint
+	case protoreflect.Int64Kind:
+		return protoreflect.ValueOfInt64(int64(n) << 40)
+	case protoreflect.Uint32Kind:
+		return protoreflect.ValueOfUint32(uint32(n) * 1000003)
+	case protoreflect.Uint64Kind:
+		return protoreflect.ValueOfUint64(uint64(n) << 50)
+	case protoreflect.StringKind:
+		return protoreflect.ValueOfString(fd.TextName() + "-" + strconv.Itoa(n) + "-ü")
+	}
+	panic("fill: add kind " + fd.Kind().String())
+}
+
+func checkEncoding(t *testing.T, name string, f *flowtracev1.Flow) {
+	t.Helper()
+	got, ok := appendFlow([]byte("prefix"), f)
+	if !ok {
+		t.Fatalf("%s: appendFlow refused a valid flow", name)
+	}
+	if !bytes.HasPrefix(got, []byte("prefix")) {
+		t.Fatalf("%s: appendFlow lost what b held", name)
+	}
+	got = got[len("prefix"):]
+	want, err := proto.Marshal(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := &flowtracev1.Flow{}
+	if err := proto.Unmarshal(got, back); err != nil {
+		t.Fatalf("%s: undecodable: %v", name, err)
+	}
+	if !proto.Equal(back, f) {
+		t.Fatalf("%s: decodes to\n%v\nwant\n%v", name, back, f)
+	}
+	// Same field order as proto's marshaller: byte for byte.
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s: bytes differ from proto.Marshal\n got %x\nwant %x", name, got, want)
+	}
+	// Through the cache of shared messages: filled, then hit.
+	c := newEncodeCache()
+	for pass := range 2 {
+		cached, ok := appendFlowCached(nil, f, c)
+		if !ok || !bytes.Equal(cached, want) {
+			t.Fatalf("%s: cached encoding, pass %d, differs from proto.Marshal\n got %x\nwant %x", name, pass, cached, want)
+		}
+	}
+}
+
+// TestEncodeCacheShared: flows sharing a pod's endpoint and an interface
+// reuse their encodings; other flows' messages do not leak in.
+func TestEncodeCacheShared(t *testing.T) {
+	c := newEncodeCache()
+	pod := &flowtracev1.Endpoint{Namespace: "shop", PodName: "web-1", Labels: []string{"app=web"}, NodeName: "n1"}
+	node := &flowtracev1.Endpoint{NodeName: "n2"}
+	eth := &flowtracev1.Interface{Name: "eth0", Index: 2}
+	for i := range 10 {
+		f := &flowtracev1.Flow{Uuid: strconv.Itoa(i), Source: pod, Destination: node, Interface: eth,
+			InputInterface: &flowtracev1.Interface{Name: "veth" + strconv.Itoa(i), Index: uint32(i + 10)}}
+		got, ok := appendFlowCached(nil, f, c)
+		want, _ := proto.Marshal(f)
+		if !ok || !bytes.Equal(got, want) {
+			t.Fatalf("flow %d: cached encoding differs", i)
+		}
+	}
+	if len(c.endpoints) != 1 {
+		t.Errorf("%d endpoints cached, want the pod's only", len(c.endpoints))
+	}
+	if len(c.ifaces) != 11 {
+		t.Errorf("%d interfaces cached, want 11", len(c.ifaces))
+	}
+	for i := range encodeCacheLimit + 1 {
+		appendFlowCached(nil, &flowtracev1.Flow{Interface: &flowtracev1.Interface{Index: uint32(i)}}, c)
+	}
+	if len(c.ifaces) > encodeCacheLimit {
+		t.Errorf("interface cache grew to %d, limit %d", len(c.ifaces), encodeCacheLimit)
+	}
+}
+
+// TestAppendFlowMatchesProto: every field of Flow, at every depth, with each
+// oneof member in turn, encodes as proto.Marshal encodes it. A field added
+// to Flow that appendFlow does not write fails here.
+func TestAppendFlowMatchesProto(t *testing.T) {
+	for variant := range 6 {
+		f := &flowtracev1.Flow{}
+		n := 0
+		fill(f.ProtoReflect(), variant, &n)
+		checkEncoding(t, "variant "+strconv.Itoa(variant), f)
+	}
+	checkEncoding(t, "empty", &flowtracev1.Flow{})
+	// Present but empty messages are written; a oneof scalar 0 too.
+	checkEncoding(t, "empty messages", &flowtracev1.Flow{
+		Time: &timestamppb.Timestamp{}, Ip: &flowtracev1.IP{}, Source: &flowtracev1.Endpoint{Workload: &flowtracev1.Workload{}},
+		L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Tcp{Tcp: &flowtracev1.TCP{Flags: &flowtracev1.TCPFlags{}}}},
+	})
+	checkEncoding(t, "udp", &flowtracev1.Flow{L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Udp{Udp: &flowtracev1.UDP{}}}})
+	checkEncoding(t, "other 0", &flowtracev1.Flow{L4: &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Other{}}})
+	checkEncoding(t, "empty l4", &flowtracev1.Flow{L4: &flowtracev1.Layer4{}})
+	checkEncoding(t, "negative time", &flowtracev1.Flow{Time: &timestamppb.Timestamp{Seconds: -5, Nanos: -1}})
+	// Sub-messages whose length needs a two- and a three-byte varint.
+	for _, size := range []int{127, 128, 200, 16383, 16384, 70000} {
+		checkEncoding(t, "label "+strconv.Itoa(size), &flowtracev1.Flow{
+			Uuid:   "u",
+			Source: &flowtracev1.Endpoint{Namespace: "ns", Labels: []string{strings.Repeat("x", size)}, NodeName: "n"},
+			Ip:     &flowtracev1.IP{Source: "10.0.0.1"},
+		})
+	}
+	for i := range 3 {
+		checkEncoding(t, "realistic", realisticFlow(i))
+	}
+}
+
+func TestAppendFlowInvalidUTF8(t *testing.T) {
+	bad := string([]byte{0xff, 0xfe})
+	for _, f := range []*flowtracev1.Flow{
+		{Summary: bad},
+		{Source: &flowtracev1.Endpoint{Labels: []string{"ok", bad}}},
+		{Interface: &flowtracev1.Interface{Name: bad}},
+		{Translation: &flowtracev1.Translation{OriginalIp: bad}},
+	} {
+		if _, ok := appendFlow(nil, f); ok {
+			t.Errorf("accepted invalid UTF-8 in %v", f)
+		}
+		if _, err := proto.Marshal(f); err == nil {
+			t.Errorf("proto.Marshal accepts %v: appendFlow need not refuse it", f)
+		}
+	}
+}
+
+func BenchmarkEncode(b *testing.B) {
+	f := realisticFlow(1)
+	b.Run("appendFlow", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf []byte
+		for range b.N {
+			buf, _ = appendFlow(buf[:0], f)
+		}
+	})
+	b.Run("appendFlowCached", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf []byte
+		c := newEncodeCache()
+		for range b.N {
+			buf, _ = appendFlowCached(buf[:0], f, c)
+		}
+	})
+	b.Run("proto.Marshal", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf []byte
+		for range b.N {
+			buf, _ = proto.MarshalOptions{}.MarshalAppend(buf[:0], f)
+		}
+	})
+}
+
+// TestLiveWindow: the newest liveWindow flows reach readers as the very
+// values published (no unmarshal); older ones are decoded from history and
+// equal to what was published.
+func TestLiveWindow(t *testing.T) {
+	const n = liveWindow + 300
+	o := New(Config{MaxFlows: 2 * liveWindow}, nil)
+	published := make([]*flowtracev1.Flow, n)
+	for i := range published {
+		published[i] = realisticFlow(i)
+		o.Publish(published[i])
+	}
+	var got []*flowtracev1.Flow
+	err := o.GetFlows(context.Background(), &flowtracev1.GetFlowsRequest{}, nil, func(r *flowtracev1.GetFlowsResponse) error {
+		got = append(got, r.GetFlow())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Fatalf("got %d flows, want %d", len(got), n)
+	}
+	for i, f := range got {
+		live := i >= n-liveWindow
+		if (f == published[i]) != live {
+			t.Fatalf("flow %d: shared=%v, want %v", i, f == published[i], live)
+		}
+		if !proto.Equal(f, published[i]) {
+			t.Fatalf("flow %d differs from what was published", i)
+		}
+	}
+	// Evicted flows leave the window too: a small ring holds no stale flow.
+	small := New(Config{MaxFlows: 2}, nil)
+	for i := range 5 {
+		small.Publish(realisticFlow(i))
+	}
+	held := 0
+	for _, f := range small.live {
+		if f != nil {
+			held++
+		}
+	}
+	if held != 2 {
+		t.Fatalf("live window holds %d flows with 2 in history", held)
+	}
+}
+
+// TestPublishBatch: a batch lands in order, nil flows skipped, and a small
+// ring keeps the newest of a batch larger than itself.
+func TestPublishBatch(t *testing.T) {
+	o := New(Config{MaxFlows: 3}, nil)
+	o.PublishBatch([]*flowtracev1.Flow{mkFlow(0), nil, mkFlow(1)})
+	o.PublishBatch(nil)
+	o.PublishBatch([]*flowtracev1.Flow{mkFlow(2), mkFlow(3), mkFlow(4)})
+	var got []string
+	err := o.GetFlows(context.Background(), &flowtracev1.GetFlowsRequest{}, nil, func(r *flowtracev1.GetFlowsResponse) error {
+		if f := r.GetFlow(); f != nil {
+			got = append(got, f.GetUuid())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "2,3,4" {
+		t.Fatalf("history %v, want 2,3,4", got)
+	}
+	if st := o.Status(); st.SeenFlows != 5 || st.EvictedFlows != 2 {
+		t.Fatalf("seen %d evicted %d, want 5 and 2", st.SeenFlows, st.EvictedFlows)
+	}
+	if o.pubFlows[:cap(o.pubFlows)][0] != nil {
+		t.Fatal("the publish buffer keeps a flow")
+	}
+}
