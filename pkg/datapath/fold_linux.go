@@ -48,16 +48,16 @@ func (f *foldTracker) totals() (reported, lost uint64) {
 const foldBatch = 512
 
 // FlushDrops reports the drops the kernel folded since the previous call:
-// one drop event per signature and CPU with new folded drops, carrying
-// their count, the signature's tuple, reason, location, netns and ifindex,
-// and the last folded drop's length and skb_iif. LastNs is the last folded
-// drop; FirstNs is exact for the first report of a slot and otherwise the
+// one drop event per signature with new folded drops on any CPU, carrying
+// their count (summed over CPUs), the signature's tuple, reason, location,
+// netns and ifindex, and the last folded drop's length and skb_iif. LastNs
+// is the last folded drop; FirstNs is exact for the first report of a slot and otherwise the
 // previous report's LastNs + 1 (a lower bound: the slot keeps one first
 // time per window, not per report), and it is the event's time, so a
 // report's age is that of the oldest drop it may carry. Signatures idle for
 // two windows are deleted (after a last report), so the walk stays as small
-// as the set of recent signatures. Run calls it every half DropFoldWindow,
-// which bounds how late a folded drop is reported. It returns the number of
+// as the set of recent signatures. Run calls it every foldReportEvery (or
+// half a shorter window), which bounds how late a folded drop is reported. It returns the number of
 // events emitted.
 func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 	f := &d.folds
@@ -173,7 +173,13 @@ func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 	if len(seen) < len(slots) {
 		seen = append(seen, make([]foldSeen, len(slots)-len(seen))...)
 	}
-	var active uint64
+	// One report per signature for all CPUs (a storm spread over CPUs is
+	// still one flow to the user): the sum of the slots' new drops, dated by
+	// the earliest first drop, with the newest slot's length and skb_iif.
+	var (
+		active, delta, first uint64
+		newest               = -1
+	)
 	for cpu := range slots {
 		s, st := &slots[cpu], &seen[cpu]
 		if s.CreatedNs == 0 {
@@ -188,24 +194,34 @@ func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 		if s.Folded <= st.reported {
 			continue
 		}
-		first := s.FoldFirstNs
+		fst := s.FoldFirstNs
 		if st.lastNs != 0 {
-			first = st.lastNs + 1
+			fst = st.lastNs + 1
 		}
-		for delta := s.Folded - st.reported; delta > 0; {
+		if first == 0 || fst < first {
+			first = fst
+		}
+		if newest < 0 || s.LastNs > slots[newest].LastNs {
+			newest = cpu
+		}
+		delta += s.Folded - st.reported
+		st.reported, st.lastNs = s.Folded, s.LastNs
+	}
+	f.seen[key] = seen
+	if newest >= 0 {
+		f.reportedTotal += delta
+		last := slots[newest].LastNs
+		for delta > 0 {
 			n := min(delta, math.MaxUint32)
 			// Dated by the first drop it may carry: the strictest
 			// answer to "when did these drops happen".
-			fillFoldEvent(&w.ev, &key, s, uint32(cpu), uint32(n), first)
+			fillFoldEvent(&w.ev, &key, &slots[newest], uint32(newest), uint32(n), first, last)
 			w.ev.Time = w.d.wallTime(w.ev.TimeNs)
 			w.fn(&w.ev)
 			w.emitted++
 			delta -= n
 		}
-		f.reportedTotal += s.Folded - st.reported
-		st.reported, st.lastNs = s.Folded, s.LastNs
 	}
-	f.seen[key] = seen
 	if w.now > active && w.now-active > 2*w.window {
 		w.idle = append(w.idle, key)
 	}
@@ -256,7 +272,9 @@ func (d *Datapath) statSum(idx uint32) (uint64, error) {
 	return sum, nil
 }
 
-func fillFoldEvent(ev *decode.Event, k *ftFtDropKey, s *ftFtDropFold, cpu, count uint32, first uint64) {
+// fillFoldEvent: s is the slot that folded the newest drop (its length and
+// skb_iif are reported, cpu is its CPU); first and last span every slot.
+func fillFoldEvent(ev *decode.Event, k *ftFtDropKey, s *ftFtDropFold, cpu, count uint32, first, last uint64) {
 	t := &k.Tuple
 	*ev = decode.Event{
 		Kind:        decode.KindDrop,
@@ -280,7 +298,7 @@ func fillFoldEvent(ev *decode.Event, k *ftFtDropKey, s *ftFtDropFold, cpu, count
 		SkbIif:      s.SkbIif,
 		Count:       count,
 		FirstNs:     first,
-		LastNs:      s.LastNs,
+		LastNs:      last,
 	}
 	ev.Src, ev.Dst = decode.Addrs(t.IpVersion, t.Saddr[:], t.Daddr[:])
 }

@@ -34,6 +34,7 @@ type options struct {
 	stormRate     int
 	manyDuration  time.Duration
 	heldFlows     int
+	workloads     string
 	tracers       string
 	tracerCmd     string
 	flowtraceBin  string
@@ -50,6 +51,7 @@ func main() {
 	flag.IntVar(&o.stormRate, "storm-rate", 200000, "drops per second the storms aim for")
 	flag.DurationVar(&o.manyDuration, "many-duration", 3*time.Second, "length of the many-flow drop storm")
 	flag.IntVar(&o.heldFlows, "held-flows", 65536, "flows the agent holds for the peak RSS figure")
+	flag.StringVar(&o.workloads, "workloads", allWorkloads, "workloads to run, comma-separated (a figure whose workload did not run is left out)")
 	flag.StringVar(&o.tracers, "tracers", "none,floor,flowtrace,tcpdump", "tracers to compare (none is always included)")
 	flag.StringVar(&o.tracerCmd, "tracer-cmd", "", `another tracer to compare, run as "sh -c CMD" in the node namespace (env: FTBENCH_IFACES, FTBENCH_CLIENT_VETH, FTBENCH_NODE_NETNS)`)
 	flag.StringVar(&o.flowtraceBin, "flowtrace-bin", "bin/flowtrace", "flowtrace binary")
@@ -57,6 +59,12 @@ func main() {
 	flag.BoolVar(&o.smoke, "smoke", false, "seconds-long run that only checks every stage works (CI)")
 	flag.BoolVar(&o.extended, "extended", false, "build the extended lab (second node over VXLAN) as the testbed")
 	flag.Parse()
+	for _, w := range strings.Split(o.workloads, ",") {
+		if !strings.Contains(","+allWorkloads+",", ","+w+",") {
+			fmt.Fprintf(os.Stderr, "ftbench: unknown workload %q (have %s)\n", w, allWorkloads)
+			os.Exit(2)
+		}
+	}
 	if o.smoke {
 		o.rounds, o.duration, o.stormDuration, o.manyDuration = 1, time.Second, time.Second, time.Second
 		o.stormRate, o.heldFlows = 20000, 2000
@@ -68,6 +76,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "ftbench:", err)
 		os.Exit(1)
 	}
+}
+
+// allWorkloads: the names measure() logs, in the order they run.
+const allWorkloads = "tcp_stream,udp64,rr,churn,storm_one,storm_many"
+
+// runs says whether the workload was asked for (--workloads).
+func (o options) runs(workload string) bool {
+	return strings.Contains(","+o.workloads+",", ","+workload+",")
 }
 
 type results struct {
@@ -214,6 +230,9 @@ func runTracer(ctx context.Context, b *bed, o options, tc tracerConfig, round in
 	}()
 
 	measure := func(workload string, fn func() ([]float64, error), names ...string) error {
+		if !o.runs(workload) {
+			return nil
+		}
 		before := r.progs.snapshot()
 		vals, err := fn()
 		if err != nil {
