@@ -498,10 +498,17 @@ func TestABIMatchesGenerated(t *testing.T) {
 // checks the batched walk visits every entry once: idle ones with counts are
 // emitted, stale ones deleted, including keys another writer removed first.
 func TestFlushIdleBatches(t *testing.T) {
-	const interval = 100 * time.Millisecond
+	// Seconds of margin: under emulation (the kernel matrix) the batch
+	// update and the walks below take far more than 100 ms.
+	const interval = 2 * time.Second
 	d := load(t, Config{FlowReportInterval: interval})
 	const n = 3*flowBatch + 17
-	now := uint64(bootNs())
+	// Entry times are CLOCK_MONOTONIC; a guest booted seconds ago must be
+	// old enough for "now - 3 intervals" to exist.
+	if up := time.Duration(monoNs()); up < 4*interval {
+		time.Sleep(4*interval - up)
+	}
+	now := uint64(monoNs())
 	keys := make([]ftFtFlowKey, n)
 	vals := make([]ftFtFlowVal, n)
 	for i := range keys {
@@ -511,7 +518,7 @@ func TestFlushIdleBatches(t *testing.T) {
 		case 0: // busy: left alone
 			vals[i].LastSeenNs = now
 		case 1: // idle with counts: emitted and kept
-			vals[i].LastSeenNs = now - uint64(interval) - uint64(20*time.Millisecond)
+			vals[i].LastSeenNs = now - uint64(interval) - uint64(interval/4)
 			vals[i].Packets = uint64(i + 1)
 		case 2: // stale, no counts: deleted
 			vals[i].LastSeenNs = now - 3*uint64(interval)

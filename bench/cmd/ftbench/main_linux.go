@@ -35,6 +35,7 @@ type options struct {
 	manyDuration  time.Duration
 	heldFlows     int
 	workloads     string
+	agentProcs    int
 	tracers       string
 	tracerCmd     string
 	flowtraceBin  string
@@ -52,6 +53,7 @@ func main() {
 	flag.DurationVar(&o.manyDuration, "many-duration", 3*time.Second, "length of the many-flow drop storm")
 	flag.IntVar(&o.heldFlows, "held-flows", 65536, "flows the agent holds for the peak RSS figure")
 	flag.StringVar(&o.workloads, "workloads", allWorkloads, "workloads to run, comma-separated (a figure whose workload did not run is left out)")
+	flag.IntVar(&o.agentProcs, "agent-gomaxprocs", 1, "GOMAXPROCS of the flowtrace agent, as deployed: the DaemonSet's 1-core CPU limit makes the Go runtime pick 1 (0: the runtime's default for the machine)")
 	flag.StringVar(&o.tracers, "tracers", "none,floor,flowtrace,tcpdump", "tracers to compare (none is always included)")
 	flag.StringVar(&o.tracerCmd, "tracer-cmd", "", `another tracer to compare, run as "sh -c CMD" in the node namespace (env: FTBENCH_IFACES, FTBENCH_CLIENT_VETH, FTBENCH_NODE_NETNS)`)
 	flag.StringVar(&o.flowtraceBin, "flowtrace-bin", "bin/flowtrace", "flowtrace binary")
@@ -163,7 +165,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	_ = unix.Uname(&uts)
 	res := &results{Command: strings.Join(os.Args, " "), Time: time.Now().UTC(), Kernel: unix.ByteSliceToString(uts.Release[:]),
 		CPUs: runtime.NumCPU(), Smoke: o.smoke, Rounds: o.rounds, Programs: map[string][]string{}}
-	tc := tracerConfig{flowtraceBin: o.flowtraceBin, tracerCmd: o.tracerCmd, maxFlows: 65536, log: log}
+	tc := tracerConfig{flowtraceBin: o.flowtraceBin, tracerCmd: o.tracerCmd, maxFlows: 65536, gomaxprocs: o.agentProcs, log: log}
 
 	for round := range o.rounds {
 		order := slices.Clone(tracers)

@@ -47,7 +47,10 @@ type tracerConfig struct {
 	flowtraceBin string
 	tracerCmd    string
 	maxFlows     int
-	log          *slog.Logger
+	// gomaxprocs, when > 0, is the agent's GOMAXPROCS: what the Go runtime
+	// derives from a CPU limit (deploy/daemonset.yaml sets 1 core).
+	gomaxprocs int
+	log        *slog.Logger
 }
 
 func startTracer(ctx context.Context, name string, b *bed, tc tracerConfig) (*running, error) {
@@ -71,6 +74,9 @@ func startTracer(ctx context.Context, name string, b *bed, tc tracerConfig) (*ru
 			"--identity-file", b.cfg.IdentityFile, "--include", b.cfg.Prefix + "v-*", "--log-level", "warn",
 			"--max-flows", strconv.Itoa(tc.maxFlows)}
 		r.cmd = exec.Command("ip", args...)
+		if tc.gomaxprocs > 0 {
+			r.cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(tc.gomaxprocs))
+		}
 	case tracerTcpdump:
 		// The baseline: tcpdump on the client pod's host veth,
 		// capturing whole packets to nowhere.
