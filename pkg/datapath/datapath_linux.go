@@ -675,16 +675,6 @@ func (d *Datapath) RunFlush(ctx context.Context, fn func(*decode.Event), flush f
 	}
 }
 
-// monoNs is the clock of flow entries' times (ft_now in the BPF object:
-// CLOCK_MONOTONIC, coarse or not).
-func monoNs() int64 {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0
-	}
-	return ts.Nano()
-}
-
 // ringWaiter parks the reader in the Go runtime's netpoller while the ring
 // buffer is empty. The ring buffer reader's own wait is a blocking
 // epoll_wait: a goroutine blocked in a syscall makes the runtime's sysmon
@@ -745,9 +735,16 @@ func (d *Datapath) available() bool {
 	return !d.closed.Load() && d.rd.AvailableBytes() > 0
 }
 
-func bootNs() int64 {
+// bootNs is the clock of event timestamps (bpf_ktime_get_boot_ns).
+func bootNs() int64 { return clockNs(unix.CLOCK_BOOTTIME) }
+
+// monoNs is the clock of flow entries' times (ft_now in the BPF object:
+// CLOCK_MONOTONIC, coarse or not).
+func monoNs() int64 { return clockNs(unix.CLOCK_MONOTONIC) }
+
+func clockNs(id int32) int64 {
 	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+	if err := unix.ClockGettime(id, &ts); err != nil {
 		return 0
 	}
 	return ts.Nano()
