@@ -104,6 +104,8 @@ static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *
  * emitted drop of the slot is older than the window; the drops folded in
  * between are reported by user space from the slot's cumulative counter, so
  * a storm costs one event per window per CPU plus one per user-space walk.
+ * A slot is made by the second drop of a signature within a window (see
+ * ft_drop_recent), which it counts as its first fold.
  * Times are boot time: tracing programs may not use the coarse clock
  * (bpf_ktime_get_coarse_ns is refused there).
  */
@@ -111,13 +113,31 @@ static __always_inline int ft_drop_fold_in(struct ft_drop_key *k, struct sk_buff
 					   int btf)
 {
 	struct ft_drop_fold *f = bpf_map_lookup_elem(&ft_drop_folds, k);
+	__u64 *emitted;
 
 	if (!f) {
-		struct ft_drop_fold nf = { .created_ns = now, .emit_ns = now };
+		struct ft_drop_fold nf = {};
 
+		emitted = bpf_map_lookup_elem(&ft_drop_recent, k);
+		if (!emitted || now - *emitted >= ft_drop_fold_window_ns) {
+			bpf_map_update_elem(&ft_drop_recent, k, &now, BPF_ANY);
+			return 0;
+		}
+		/*
+		 * Values of a per-CPU map created here start on this CPU only;
+		 * the other CPUs' slots stay zero (unused) until they fold.
+		 */
+		nf.created_ns = now;
+		nf.emit_ns = *emitted;
+		nf.fold_first_ns = now;
+		nf.last_ns = now;
+		nf.folded = 1;
+		nf.skb_iif = FT_SKB(btf, skb, skb_iif);
+		nf.pkt_len = FT_SKB(btf, skb, len);
 		/* Full map (LRU evicts) or a race with another CPU: just emit. */
-		bpf_map_update_elem(&ft_drop_folds, k, &nf, BPF_NOEXIST);
-		return 0;
+		if (bpf_map_update_elem(&ft_drop_folds, k, &nf, BPF_NOEXIST))
+			return 0;
+		return 1;
 	}
 	if (f->created_ns && now - f->emit_ns < ft_drop_fold_window_ns) {
 		f->folded += 1; /* per-CPU slot: no atomic needed */

@@ -87,6 +87,22 @@ struct {
 	__type(value, struct ft_drop_fold);
 } ft_drop_folds SEC(".maps");
 
+/*
+ * The last emitted drop of each signature (boot ns), whatever the CPU. A
+ * fold slot is only made for a signature that drops again within the fold
+ * window: most signatures are one drop each (a closed port hit once per
+ * connection, a TCP reset), and user space walks every fold slot every 50
+ * ms at ~0.5 us a slot, so under connection churn a slot per drop made the
+ * walks most of the agent's CPU. User space never reads this map; the LRU
+ * forgets old signatures. max_entries is rewritten by the loader.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct ft_drop_key);
+	__type(value, __u64);
+} ft_drop_recent SEC(".maps");
+
 static __always_inline void ft_stat_inc(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&ft_stats, &idx);

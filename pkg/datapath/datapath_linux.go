@@ -248,8 +248,11 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 	spec.Maps["ft_events"].MaxEntries = uint32(cfg.RingBufferBytes)
 	spec.Maps["ft_flows"].MaxEntries = uint32(cfg.FlowTableEntries)
 	spec.Maps["ft_drop_folds"].MaxEntries = uint32(cfg.DropFoldEntries)
+	spec.Maps["ft_drop_recent"].MaxEntries = uint32(cfg.DropFoldEntries)
 	if cfg.DropFoldWindow < 0 {
-		spec.Maps["ft_drop_folds"].MaxEntries = 1 // unused: keep no per-CPU memory
+		// Unused: keep no (per-CPU) memory.
+		spec.Maps["ft_drop_folds"].MaxEntries = 1
+		spec.Maps["ft_drop_recent"].MaxEntries = 1
 	}
 
 	// The drop programs are optional per kernel: load them separately so a
@@ -532,6 +535,7 @@ func (d *Datapath) tryDrop(spec *ebpf.CollectionSpec, prog string, attach func(*
 	repl := map[string]*ebpf.Map{
 		"ft_events":      d.objs.FtEvents,
 		"ft_drop_folds":  d.objs.FtDropFolds,
+		"ft_drop_recent": d.objs.FtDropRecent,
 		"ft_flows":       d.objs.FtFlows,
 		"ft_lost":        d.objs.FtLost,
 		"ft_netns_scope": d.objs.FtNetnsScope,
@@ -804,7 +808,7 @@ func (d *Datapath) FlushIdle(fn func(*decode.Event)) (int, error) {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("iterate flow table: %w", err))
 	}
-	if err := d.deleteFlows(stale); err != nil {
+	if err := deleteKeys(d.objs.FtFlows, stale); err != nil {
 		errs = append(errs, fmt.Errorf("delete idle flow entry: %w", err))
 	}
 	return emitted, errors.Join(errs...)
@@ -850,11 +854,12 @@ func (d *Datapath) walkFlowsOneByOne(visit func(*ftFtFlowKey, *ftFtFlowVal)) err
 	return it.Err()
 }
 
-// deleteFlows deletes keys, many per syscall; a key already gone (the
-// kernel's LRU evicted it meanwhile) is skipped.
-func (d *Datapath) deleteFlows(keys []ftFtFlowKey) error {
+// deleteKeys deletes keys from m, many per syscall; a key already gone
+// (the kernel's LRU evicted it meanwhile) is skipped. Kernels without
+// batch deletes (before 5.6) delete one key per syscall.
+func deleteKeys[K any](m *ebpf.Map, keys []K) error {
 	for len(keys) > 0 {
-		n, err := d.objs.FtFlows.BatchDelete(keys, nil)
+		n, err := m.BatchDelete(keys, nil)
 		switch {
 		case err == nil:
 			return nil
@@ -863,7 +868,7 @@ func (d *Datapath) deleteFlows(keys []ftFtFlowKey) error {
 		case errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL):
 			var errs []error
 			for i := range keys {
-				if err := d.objs.FtFlows.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 					errs = append(errs, err)
 				}
 			}

@@ -581,7 +581,7 @@ func TestFlushIdleBatches(t *testing.T) {
 	// Keys already gone (2 and 5 are stale: deleted above) do not stop the
 	// deletion of the others.
 	gone := []ftFtFlowKey{keys[2], keys[0], keys[5], keys[3]}
-	if err := d.deleteFlows(gone); err != nil {
+	if err := deleteKeys(d.objs.FtFlows, gone); err != nil {
 		t.Fatal(err)
 	}
 	var v ftFtFlowVal

@@ -25,10 +25,18 @@ type foldSeen struct {
 	lastNs   uint64 // last drop covered by the previous report
 }
 
+// foldState is user space's view of one signature: what it has reported
+// of each CPU's slot, and the FlushDrops pass that last saw it.
+type foldState struct {
+	walk uint64
+	cpus []foldSeen
+}
+
 // foldTracker holds the user-space side of drop folding.
 type foldTracker struct {
 	mu   sync.Mutex
-	seen map[ftFtDropKey][]foldSeen
+	seen map[ftFtDropKey]*foldState
+	walk uint64 // FlushDrops passes so far
 	// reportedTotal: folded drops reported by FlushDrops, all signatures.
 	reportedTotal uint64
 	// lost: folded drops no report can carry any more, because the LRU
@@ -64,8 +72,9 @@ func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.seen == nil {
-		f.seen = make(map[ftFtDropKey][]foldSeen)
+		f.seen = make(map[ftFtDropKey]*foldState)
 	}
+	f.walk++
 	// Read the kernel's total before the walk: every fold it includes is
 	// then either reported below or lost, so total - reported never
 	// overstates the loss.
@@ -78,8 +87,7 @@ func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 		return 0, fmt.Errorf("possible cpus: %w", err)
 	}
 	w := foldWalk{d: d, f: f, fn: fn, now: uint64(bootNs()),
-		window:  uint64(max(d.cfg.DropFoldWindow.Nanoseconds(), 0)),
-		visited: make(map[ftFtDropKey]struct{}, len(f.seen))}
+		window: uint64(max(d.cfg.DropFoldWindow.Nanoseconds(), 0))}
 	var errs []error
 	if err := w.batchWalk(ncpu); err != nil {
 		errs = append(errs, err)
@@ -88,8 +96,8 @@ func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 	// only when a direct lookup confirms it is gone, or a later walk would
 	// report its whole counter again.
 	slots := make([]ftFtDropFold, ncpu)
-	for k := range f.seen {
-		if _, ok := w.visited[k]; ok {
+	for k, st := range f.seen {
+		if st.walk == f.walk {
 			continue
 		}
 		err := d.objs.FtDropFolds.Lookup(&k, &slots)
@@ -118,7 +126,6 @@ type foldWalk struct {
 	window  uint64
 	ev      decode.Event
 	emitted int
-	visited map[ftFtDropKey]struct{}
 	idle    []ftFtDropKey
 }
 
@@ -168,10 +175,14 @@ func (w *foldWalk) iterWalk(ncpu int) error {
 // add to without first emitting an event.
 func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 	f := w.f
-	w.visited[key] = struct{}{}
-	seen := f.seen[key]
-	if len(seen) < len(slots) {
-		seen = append(seen, make([]foldSeen, len(slots)-len(seen))...)
+	st := f.seen[key]
+	if st == nil {
+		st = &foldState{}
+		f.seen[key] = st
+	}
+	st.walk = f.walk
+	if len(st.cpus) < len(slots) {
+		st.cpus = append(st.cpus, make([]foldSeen, len(slots)-len(st.cpus))...)
 	}
 	// One report per signature for all CPUs (a storm spread over CPUs is
 	// still one flow to the user): the sum of the slots' new drops, dated by
@@ -181,22 +192,22 @@ func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 		newest               = -1
 	)
 	for cpu := range slots {
-		s, st := &slots[cpu], &seen[cpu]
+		s, sc := &slots[cpu], &st.cpus[cpu]
 		if s.CreatedNs == 0 {
 			continue
 		}
 		active = max(active, s.EmitNs, s.LastNs)
-		if st.created != s.CreatedNs {
+		if sc.created != s.CreatedNs {
 			// A new slot instance (the entry was evicted and came back):
 			// its counter starts at zero.
-			*st = foldSeen{created: s.CreatedNs}
+			*sc = foldSeen{created: s.CreatedNs}
 		}
-		if s.Folded <= st.reported {
+		if s.Folded <= sc.reported {
 			continue
 		}
 		fst := s.FoldFirstNs
-		if st.lastNs != 0 {
-			fst = st.lastNs + 1
+		if sc.lastNs != 0 {
+			fst = sc.lastNs + 1
 		}
 		if first == 0 || fst < first {
 			first = fst
@@ -204,10 +215,9 @@ func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 		if newest < 0 || s.LastNs > slots[newest].LastNs {
 			newest = cpu
 		}
-		delta += s.Folded - st.reported
-		st.reported, st.lastNs = s.Folded, s.LastNs
+		delta += s.Folded - sc.reported
+		sc.reported, sc.lastNs = s.Folded, s.LastNs
 	}
-	f.seen[key] = seen
 	if newest >= 0 {
 		f.reportedTotal += delta
 		last := slots[newest].LastNs

@@ -283,6 +283,68 @@ func TestDropFoldSignatures(t *testing.T) {
 	}
 }
 
+// TestDropFoldSpent: drops that are each the only one of their signature
+// (a closed port hit once per connection, as under connection churn) are
+// reported once each, leave no fold slot behind a window later, and a
+// signature that comes back afterwards is reported again, exactly.
+func TestDropFoldSpent(t *testing.T) {
+	const window = 100 * time.Millisecond
+	d := load(t, Config{DropFoldWindow: window})
+	name, ino := testNetns(t)
+	if err := d.AllowNetns(ino); err != nil {
+		t.Fatal(err)
+	}
+	f := follow(t, d, ino)
+	const n = 400
+	ports := make([]int, n)
+	want := map[uint16]uint64{}
+	for i := range ports {
+		ports[i] = 20000 + i
+		want[uint16(ports[i])] = 1
+	}
+	blastUDPIn(t, name, n, ports...)
+	got, events := f.waitCounts(t, want)
+	if events != n || len(got) != n {
+		t.Fatalf("%d events over %d ports for %d lone drops", events, len(got), n)
+	}
+	// Spent slots go one window after their drop, at a walk (every 50 ms).
+	left := -1
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		left = 0
+		var k ftFtDropKey
+		var v []ftFtDropFold
+		it := d.objs.FtDropFolds.Iterate()
+		for it.Next(&k, &v) {
+			if k.Netns == ino && k.Tuple.Proto == 17 && k.Tuple.Dport >= 20000 && k.Tuple.Dport < 20000+n {
+				left++
+			}
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if left == 0 {
+			break
+		}
+	}
+	if left != 0 {
+		t.Fatalf("%d spent fold slots still in the table", left)
+	}
+	// The same signatures again, three drops each: folded as new ones.
+	for i := range ports {
+		want[uint16(ports[i])] = 4
+	}
+	blastUDPIn(t, name, 3*n, ports...)
+	got, _ = f.waitCounts(t, want)
+	for p, w := range want {
+		if got[p] != w {
+			t.Fatalf("port %d: %d drops reported, want %d", p, got[p], w)
+		}
+	}
+	if st := stats(t, d); st["drops_fold_lost"] != 0 {
+		t.Fatalf("drops_fold_lost %d", st["drops_fold_lost"])
+	}
+}
+
 // TestDropFoldDisabled: a negative window turns folding off, every drop is
 // its own event with count 1.
 func TestDropFoldDisabled(t *testing.T) {

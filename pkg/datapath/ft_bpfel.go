@@ -228,6 +228,7 @@ type ftFtXlateKey struct {
 const (
 	ftMapFtDropFolds            = "ft_drop_folds"
 	ftMapFtDropHdrs             = "ft_drop_hdrs"
+	ftMapFtDropRecent           = "ft_drop_recent"
 	ftMapFtEvents               = "ft_events"
 	ftMapFtFlows                = "ft_flows"
 	ftMapFtLost                 = "ft_lost"
@@ -321,6 +322,7 @@ type ftProgramSpecs struct {
 type ftMapSpecs struct {
 	FtDropFolds  *ebpf.MapSpec `ebpf:"ft_drop_folds"`
 	FtDropHdrs   *ebpf.MapSpec `ebpf:"ft_drop_hdrs"`
+	FtDropRecent *ebpf.MapSpec `ebpf:"ft_drop_recent"`
 	FtEvents     *ebpf.MapSpec `ebpf:"ft_events"`
 	FtFlows      *ebpf.MapSpec `ebpf:"ft_flows"`
 	FtLost       *ebpf.MapSpec `ebpf:"ft_lost"`
@@ -380,6 +382,7 @@ func (o *ftObjects) Close() error {
 type ftMaps struct {
 	FtDropFolds  *ebpf.Map `ebpf:"ft_drop_folds"`
 	FtDropHdrs   *ebpf.Map `ebpf:"ft_drop_hdrs"`
+	FtDropRecent *ebpf.Map `ebpf:"ft_drop_recent"`
 	FtEvents     *ebpf.Map `ebpf:"ft_events"`
 	FtFlows      *ebpf.Map `ebpf:"ft_flows"`
 	FtLost       *ebpf.Map `ebpf:"ft_lost"`
@@ -394,6 +397,7 @@ func (m *ftMaps) Close() error {
 	return _FtClose(
 		m.FtDropFolds,
 		m.FtDropHdrs,
+		m.FtDropRecent,
 		m.FtEvents,
 		m.FtFlows,
 		m.FtLost,

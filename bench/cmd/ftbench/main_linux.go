@@ -36,6 +36,7 @@ type options struct {
 	heldFlows     int
 	workloads     string
 	agentProcs    int
+	agentArgs     string
 	tracers       string
 	tracerCmd     string
 	flowtraceBin  string
@@ -56,6 +57,7 @@ func main() {
 	flag.IntVar(&o.agentProcs, "agent-gomaxprocs", 1, "GOMAXPROCS of the flowtrace agent, as deployed: the DaemonSet's 1-core CPU limit makes the Go runtime pick 1 (0: the runtime's default for the machine)")
 	flag.StringVar(&o.tracers, "tracers", "none,floor,flowtrace,tcpdump", "tracers to compare (none is always included)")
 	flag.StringVar(&o.tracerCmd, "tracer-cmd", "", `another tracer to compare, run as "sh -c CMD" in the node namespace (env: FTBENCH_IFACES, FTBENCH_CLIENT_VETH, FTBENCH_NODE_NETNS)`)
+	flag.StringVar(&o.agentArgs, "agent-args", "", `extra flowtrace agent flags, space-separated (e.g. "--cpu-profile /tmp/agent.prof"; a later round's agent overwrites an earlier one's file)`)
 	flag.StringVar(&o.flowtraceBin, "flowtrace-bin", "bin/flowtrace", "flowtrace binary")
 	flag.StringVar(&o.out, "out", "bench/results/latest.json", "results file (JSON)")
 	flag.BoolVar(&o.smoke, "smoke", false, "seconds-long run that only checks every stage works (CI)")
@@ -165,7 +167,8 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	_ = unix.Uname(&uts)
 	res := &results{Command: strings.Join(os.Args, " "), Time: time.Now().UTC(), Kernel: unix.ByteSliceToString(uts.Release[:]),
 		CPUs: runtime.NumCPU(), Smoke: o.smoke, Rounds: o.rounds, Programs: map[string][]string{}}
-	tc := tracerConfig{flowtraceBin: o.flowtraceBin, tracerCmd: o.tracerCmd, maxFlows: 65536, gomaxprocs: o.agentProcs, log: log}
+	tc := tracerConfig{flowtraceBin: o.flowtraceBin, tracerCmd: o.tracerCmd, maxFlows: 65536, gomaxprocs: o.agentProcs,
+		agentArgs: strings.Fields(o.agentArgs), log: log}
 
 	for round := range o.rounds {
 		order := slices.Clone(tracers)

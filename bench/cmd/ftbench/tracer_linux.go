@@ -50,7 +50,10 @@ type tracerConfig struct {
 	// gomaxprocs, when > 0, is the agent's GOMAXPROCS: what the Go runtime
 	// derives from a CPU limit (deploy/daemonset.yaml sets 1 core).
 	gomaxprocs int
-	log        *slog.Logger
+	// agentArgs are appended to the agent's command line (--agent-args),
+	// e.g. its hidden --cpu-profile flag, to profile it under a workload.
+	agentArgs []string
+	log       *slog.Logger
 }
 
 func startTracer(ctx context.Context, name string, b *bed, tc tracerConfig) (*running, error) {
@@ -73,6 +76,7 @@ func startTracer(ctx context.Context, name string, b *bed, tc tracerConfig) (*ru
 		args := []string{"netns", "exec", b.lab.NodeNetns, tc.flowtraceBin, "agent", "--socket", sock,
 			"--identity-file", b.cfg.IdentityFile, "--include", b.cfg.Prefix + "v-*", "--log-level", "warn",
 			"--max-flows", strconv.Itoa(tc.maxFlows)}
+		args = append(args, tc.agentArgs...)
 		r.cmd = exec.Command("ip", args...)
 		if tc.gomaxprocs > 0 {
 			r.cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(tc.gomaxprocs))
