@@ -341,3 +341,27 @@ func (e *encoder) message(num protowire.Number, m proto.Message) {
 	e.b = out
 	e.close(s)
 }
+
+// AppendFlowsResponse appends the wire encoding of a flow response (r
+// carries a Flow) to b, byte for byte what proto.Marshal writes, with this
+// file's flow encoder: the gRPC server sends every followed flow through
+// it (see pkg/server's codec). ok is false for any other response, or
+// when proto.Marshal must judge the flow (an invalid string): the caller
+// then marshals r with proto.
+func AppendFlowsResponse(b []byte, r *flowtracev1.GetFlowsResponse) (_ []byte, ok bool) {
+	f, isFlow := r.GetResponseTypes().(*flowtracev1.GetFlowsResponse_Flow)
+	if !isFlow || f.Flow == nil || len(r.ProtoReflect().GetUnknown()) > 0 {
+		return b, false
+	}
+	// proto.Marshal writes the fields outside oneofs first, then the
+	// oneof's member.
+	e := encoder{b: b}
+	e.str(3, r.NodeName)
+	if r.Time != nil {
+		e.timestamp(4, r.Time)
+	}
+	start := e.open(1)
+	e.flow(f.Flow)
+	e.close(start)
+	return e.b, e.ok()
+}

@@ -162,6 +162,50 @@ func TestAppendFlowMatchesProto(t *testing.T) {
 	}
 }
 
+// TestAppendFlowsResponseMatchesProto: the gRPC server's encoding of a
+// flow response is proto.Marshal's, byte for byte; other responses and
+// flows proto must judge are left to proto.
+func TestAppendFlowsResponseMatchesProto(t *testing.T) {
+	var flows []*flowtracev1.Flow
+	for variant := range 6 {
+		f := &flowtracev1.Flow{}
+		n := 0
+		fill(f.ProtoReflect(), variant, &n)
+		flows = append(flows, f)
+	}
+	flows = append(flows, &flowtracev1.Flow{}, realisticFlow(0),
+		&flowtracev1.Flow{Uuid: "u", Source: &flowtracev1.Endpoint{Labels: []string{strings.Repeat("x", 300)}}})
+	for i, f := range flows {
+		for _, r := range []*flowtracev1.GetFlowsResponse{
+			{ResponseTypes: &flowtracev1.GetFlowsResponse_Flow{Flow: f}, NodeName: "node-1", Time: f.GetTime()},
+			{ResponseTypes: &flowtracev1.GetFlowsResponse_Flow{Flow: f}},
+			{ResponseTypes: &flowtracev1.GetFlowsResponse_Flow{Flow: f}, Time: &timestamppb.Timestamp{}},
+		} {
+			got, ok := AppendFlowsResponse(nil, r)
+			if !ok {
+				t.Fatalf("flow %d: refused a valid response", i)
+			}
+			want, err := proto.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("flow %d: bytes differ from proto.Marshal\n got %x\nwant %x", i, got, want)
+			}
+		}
+	}
+	for name, r := range map[string]*flowtracev1.GetFlowsResponse{
+		"lost events":  {ResponseTypes: &flowtracev1.GetFlowsResponse_LostEvents{LostEvents: &flowtracev1.LostEvents{NumEventsLost: 3}}},
+		"empty":        {},
+		"nil flow":     {ResponseTypes: &flowtracev1.GetFlowsResponse_Flow{}},
+		"invalid utf8": {ResponseTypes: &flowtracev1.GetFlowsResponse_Flow{Flow: &flowtracev1.Flow{Summary: string([]byte{0xff})}}},
+	} {
+		if _, ok := AppendFlowsResponse(nil, r); ok {
+			t.Errorf("%s: encoded by hand, want proto.Marshal", name)
+		}
+	}
+}
+
 func TestAppendFlowInvalidUTF8(t *testing.T) {
 	bad := string([]byte{0xff, 0xfe})
 	for _, f := range []*flowtracev1.Flow{

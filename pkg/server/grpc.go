@@ -103,6 +103,7 @@ func CheckLimits(req *flowtracev1.GetFlowsRequest, lim Limits) error {
 func NewGRPCServer(ctx context.Context, svc flowtracev1.ObserverServiceServer, lim Limits, creds credentials.TransportCredentials) *grpc.Server {
 	lim = lim.withDefaults()
 	opts := []grpc.ServerOption{
+		grpc.ForceServerCodecV2(newFlowCodec()),
 		grpc.MaxRecvMsgSize(lim.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(lim.MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinTime, PermitWithoutStream: true}),

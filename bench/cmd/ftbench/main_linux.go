@@ -57,7 +57,7 @@ func main() {
 	flag.IntVar(&o.agentProcs, "agent-gomaxprocs", 1, "GOMAXPROCS of the flowtrace agent, as deployed: the DaemonSet's 1-core CPU limit makes the Go runtime pick 1 (0: the runtime's default for the machine)")
 	flag.StringVar(&o.tracers, "tracers", "none,floor,flowtrace,tcpdump", "tracers to compare (none is always included)")
 	flag.StringVar(&o.tracerCmd, "tracer-cmd", "", `another tracer to compare, run as "sh -c CMD" in the node namespace (env: FTBENCH_IFACES, FTBENCH_CLIENT_VETH, FTBENCH_NODE_NETNS)`)
-	flag.StringVar(&o.agentArgs, "agent-args", "", `extra flowtrace agent flags, space-separated (e.g. "--cpu-profile /tmp/agent.prof"; a later round's agent overwrites an earlier one's file)`)
+	flag.StringVar(&o.agentArgs, "agent-args", "", `extra flowtrace agent flags, space-separated (e.g. "--cpu-profile /tmp/agent-{run}.prof"; {run} becomes r1, r2, ... for each round's agent and "held" for the held-flows one)`)
 	flag.StringVar(&o.flowtraceBin, "flowtrace-bin", "bin/flowtrace", "flowtrace binary")
 	flag.StringVar(&o.out, "out", "bench/results/latest.json", "results file (JSON)")
 	flag.BoolVar(&o.smoke, "smoke", false, "seconds-long run that only checks every stage works (CI)")
@@ -212,6 +212,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 
 // runTracer starts one tracer, runs every workload under it, and stops it.
 func runTracer(ctx context.Context, b *bed, o options, tc tracerConfig, round int, name string, res *results, log *slog.Logger) (err error) {
+	tc.run = fmt.Sprintf("r%d", round+1)
 	r, err := startTracer(ctx, name, b, tc)
 	if err != nil {
 		return err
@@ -302,6 +303,7 @@ func runTracer(ctx context.Context, b *bed, o options, tc tracerConfig, round in
 // records its peak RSS.
 func heldFlows(ctx context.Context, b *bed, o options, tc tracerConfig, res *results) error {
 	tc.maxFlows = o.heldFlows
+	tc.run = "held"
 	r, err := startTracer(ctx, tracerFlowtrace, b, tc)
 	if err != nil {
 		return err

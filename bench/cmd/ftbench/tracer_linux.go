@@ -51,8 +51,10 @@ type tracerConfig struct {
 	// derives from a CPU limit (deploy/daemonset.yaml sets 1 core).
 	gomaxprocs int
 	// agentArgs are appended to the agent's command line (--agent-args),
-	// e.g. its hidden --cpu-profile flag, to profile it under a workload.
+	// e.g. its hidden --cpu-profile flag, to profile it under a workload;
+	// "{run}" in them becomes run, which names this agent's run.
 	agentArgs []string
+	run       string
 	log       *slog.Logger
 }
 
@@ -76,7 +78,9 @@ func startTracer(ctx context.Context, name string, b *bed, tc tracerConfig) (*ru
 		args := []string{"netns", "exec", b.lab.NodeNetns, tc.flowtraceBin, "agent", "--socket", sock,
 			"--identity-file", b.cfg.IdentityFile, "--include", b.cfg.Prefix + "v-*", "--log-level", "warn",
 			"--max-flows", strconv.Itoa(tc.maxFlows)}
-		args = append(args, tc.agentArgs...)
+		for _, a := range tc.agentArgs {
+			args = append(args, strings.ReplaceAll(a, "{run}", tc.run))
+		}
 		r.cmd = exec.Command("ip", args...)
 		if tc.gomaxprocs > 0 {
 			r.cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(tc.gomaxprocs))
