@@ -1,6 +1,7 @@
 package observer
 
 import (
+	"sync"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -342,20 +343,31 @@ func (e *encoder) message(num protowire.Number, m proto.Message) {
 	e.close(s)
 }
 
-// AppendFlowsResponse appends the wire encoding of a flow response (r
-// carries a Flow) to b, byte for byte what proto.Marshal writes, with this
-// file's flow encoder: the gRPC server sends every followed flow through
-// it (see pkg/server's codec). ok is false for any other response, or
-// when proto.Marshal must judge the flow (an invalid string): the caller
-// then marshals r with proto.
-func AppendFlowsResponse(b []byte, r *flowtracev1.GetFlowsResponse) (_ []byte, ok bool) {
+// ResponseEncoder writes flow responses with this file's flow encoder,
+// reusing the encodings of shared endpoints and interfaces across every
+// response it writes. Safe for concurrent use: the gRPC server's codec
+// serves all streams with one.
+type ResponseEncoder struct {
+	mu    sync.Mutex
+	cache *encodeCache
+}
+
+func NewResponseEncoder() *ResponseEncoder { return &ResponseEncoder{cache: newEncodeCache()} }
+
+// Append appends the wire encoding of a flow response (r carries a Flow) to
+// b, byte for byte what proto.Marshal writes. ok is false for any other
+// response, or when proto.Marshal must judge the flow (an invalid string):
+// the caller then marshals r with proto.
+func (re *ResponseEncoder) Append(b []byte, r *flowtracev1.GetFlowsResponse) (_ []byte, ok bool) {
 	f, isFlow := r.GetResponseTypes().(*flowtracev1.GetFlowsResponse_Flow)
 	if !isFlow || f.Flow == nil || len(r.ProtoReflect().GetUnknown()) > 0 {
 		return b, false
 	}
+	re.mu.Lock()
+	defer re.mu.Unlock()
 	// proto.Marshal writes the fields outside oneofs first, then the
 	// oneof's member.
-	e := encoder{b: b}
+	e := encoder{b: b, cache: re.cache}
 	e.str(3, r.NodeName)
 	if r.Time != nil {
 		e.timestamp(4, r.Time)

@@ -14,9 +14,14 @@ import (
 // encoder: the same bytes as proto.Marshal (a test holds it to that) for a
 // fraction of the CPU, which was a tenth of the agent's under a drop storm
 // with a follower. Everything else, requests included, goes to proto.
-type flowCodec struct{ base encoding.CodecV2 }
+type flowCodec struct {
+	base  encoding.CodecV2
+	flows *observer.ResponseEncoder
+}
 
-func newFlowCodec() flowCodec { return flowCodec{base: encoding.GetCodecV2(proto.Name)} }
+func newFlowCodec() flowCodec {
+	return flowCodec{base: encoding.GetCodecV2(proto.Name), flows: observer.NewResponseEncoder()}
+}
 
 // encodedFlowCap fits the encoding of most flows at once (a flow with two
 // named pods, a Service and a translation is ~400-600 bytes).
@@ -24,7 +29,7 @@ const encodedFlowCap = 768
 
 func (c flowCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if r, ok := v.(*flowtracev1.GetFlowsResponse); ok {
-		if b, ok := observer.AppendFlowsResponse(make([]byte, 0, encodedFlowCap), r); ok {
+		if b, ok := c.flows.Append(make([]byte, 0, encodedFlowCap), r); ok {
 			return mem.BufferSlice{mem.SliceBuffer(b)}, nil
 		}
 	}
