@@ -609,6 +609,8 @@ func (d *Datapath) RunFlush(ctx context.Context, fn func(*decode.Event), flush f
 	lastFlush := time.Now()
 	lastFold := time.Now()
 	lastSync := time.Now()
+	foldEvery := min(d.cfg.DropFoldWindow/2, foldReportEvery)
+	poll := readPoll
 	drained, sinceLook := true, 0
 	for {
 		// The clock, ctx and the poll deadline are looked at when the ring
@@ -630,17 +632,28 @@ func (d *Datapath) RunFlush(ctx context.Context, fn func(*decode.Event), flush f
 				}
 				lastFlush = now
 			}
-			if d.cfg.DropFoldWindow > 0 && now.Sub(lastFold) >= min(d.cfg.DropFoldWindow/2, foldReportEvery) {
-				if _, err := d.FlushDrops(fn); err != nil {
-					d.log.Warn("folded drop flush failed", "error", err)
+			poll = readPoll
+			if d.cfg.DropFoldWindow > 0 {
+				if now.Sub(lastFold) >= foldEvery {
+					if _, err := d.FlushDrops(fn); err != nil {
+						d.log.Warn("folded drop flush failed", "error", err)
+					}
+					// On schedule, not from whenever this pass ran: a
+					// report's oldest drop is then at most foldEvery old.
+					lastFold = lastFold.Add(foldEvery)
+					if now.Sub(lastFold) >= foldEvery {
+						lastFold = now // fell a whole period behind
+					}
 				}
-				lastFold = now
+				// Wake for the next walk even while the ring stays quiet:
+				// a wait of readPoll would delay it by up to that much.
+				poll = min(poll, max(foldEvery-now.Sub(lastFold), time.Millisecond))
 			}
 			if flush != nil {
 				flush() // what the table walks emitted
 			}
 			if d.wait == nil {
-				d.rd.SetDeadline(now.Add(readPoll))
+				d.rd.SetDeadline(now.Add(poll))
 			}
 		}
 		err := d.rd.ReadInto(&rec)
@@ -648,8 +661,9 @@ func (d *Datapath) RunFlush(ctx context.Context, fn func(*decode.Event), flush f
 		case err == nil:
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			if d.wait != nil {
-				// Drained: park until the BPF side's wake-up or readPoll.
-				if err := d.wait.wait(readPoll, d.available); err != nil {
+				// Drained: park until the BPF side's wake-up, readPoll or
+				// the next fold walk.
+				if err := d.wait.wait(poll, d.available); err != nil {
 					if d.closed.Load() {
 						return nil
 					}
