@@ -214,7 +214,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	for _, s := range a.ids {
 		g.Go(func() error { return s.Run(ctx) })
 	}
-	g.Go(func() error { return a.dp.RunFlush(ctx, a.queue.offer, a.queue.flush) })
+	g.Go(func() error {
+		return a.dp.RunSink(ctx, datapath.Sink{Record: a.queue.offerRecord, Event: a.queue.offer, Flush: a.queue.flush})
+	})
 	g.Go(func() error { a.enrichLoop(ctx); return nil })
 	g.Go(func() error { a.reportLosses(ctx); return nil })
 
