@@ -155,8 +155,8 @@ func (s *store) room(size uint32) (off uint32, evicted int, ok bool) {
 // add appends a flow's bytes and returns how many older flows it evicted,
 // or ok false when data can never fit (larger than the arena).
 func (s *store) add(added, flowTime int64, data []byte) (evicted int, ok bool) {
-	var spans [maxRefs]span
-	k, n := s.dict.split(data, &spans)
+	var l layout
+	n := s.dict.split(data, &l)
 	size := uint32(n)
 	if uint64(n) != uint64(size) {
 		return 0, false
@@ -165,7 +165,7 @@ func (s *store) add(added, flowTime int64, data []byte) (evicted int, ok bool) {
 	if !ok {
 		return evicted, false
 	}
-	s.dict.encode(s.arena[off:off+size], data, spans[:k])
+	s.dict.encode(s.arena[off:off+size], data, &l)
 	s.head = off + size
 	s.high = max(s.high, s.head)
 	*s.at(s.next) = meta{off: off, size: size, added: added, flowTime: flowTime}
