@@ -103,6 +103,29 @@ func (s *store) unwrap() {
 	}
 	s.head += s.wrapEnd
 	s.wrapped = false
+	s.high = max(s.high, s.head)
+}
+
+// shiftUpper moves the upper run up by d bytes, opening d bytes between
+// the lower run's end and the oldest flow.
+func (s *store) shiftUpper(d uint32) {
+	tail := s.oldest().off
+	copy(s.arena[tail+d:s.wrapEnd+d], s.arena[tail:s.wrapEnd])
+	for seq := s.next - uint64(s.n); seq < s.wrapSeq; seq++ {
+		s.at(seq).off += d
+	}
+	s.wrapEnd += d
+	s.high = max(s.high, s.wrapEnd)
+}
+
+// growStep is how much room the arena gains when the flows written since
+// the wrap catch up with the oldest ones: a 64th of the bytes held (at
+// least a page), so that the pages touched stay within ~2% of the most
+// bytes ever held while the catch-ups, each a copy of up to all the bytes
+// held, stay rare.
+func (s *store) growStep(size uint32) uint32 {
+	held := s.wrapEnd - s.oldest().off + s.head
+	return max(size, held/64, 4096)
 }
 
 // room makes space for size bytes, evicting the oldest flows when the
@@ -130,6 +153,23 @@ func (s *store) room(size uint32) (off uint32, evicted int, ok bool) {
 		if s.wrapped {
 			if s.head+size <= tail {
 				return s.head, evicted, true
+			}
+			// The newer flows caught up with the oldest: the bytes held
+			// grew (larger flows replacing smaller ones, or fewer than
+			// MaxFlows held), so the arena must grow, by about what is
+			// missing. Moving the newer run up behind the older one
+			// grows it by that whole run and, wrapping again at once,
+			// twice in a row doubled the pages touched at the count
+			// bound; so that is done only for a short run, and the
+			// older run moves up by a step otherwise.
+			step := s.growStep(size)
+			if s.head <= step && uint64(s.wrapEnd)+uint64(s.head)+uint64(size) <= uint64(len(s.arena)) {
+				s.unwrap()
+				continue
+			}
+			if uint64(s.wrapEnd)+uint64(step) <= uint64(len(s.arena)) {
+				s.shiftUpper(step)
+				continue
 			}
 			if uint64(s.wrapEnd)+uint64(s.head)+uint64(size) <= uint64(len(s.arena)) {
 				s.unwrap()
