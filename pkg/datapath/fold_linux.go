@@ -103,6 +103,7 @@ func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 		f.keys = make([]ftFtDropKey, foldBatch)
 		f.vals = make([]ftFtDropFold, foldBatch*ncpu)
 		f.slots = make([]ftFtDropFold, ncpu)
+		f.idle = make([]ftFtDropKey, 0, maxReclaim)
 	}
 	f.walks++
 	w := foldWalk{d: d, f: f, fn: fn, now: uint64(bootNs()), walk: f.walks,
@@ -256,10 +257,18 @@ func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 			delta -= n
 		}
 	}
-	if w.now > active && w.now-active > 2*w.window {
+	if w.now > active && w.now-active > 2*w.window && len(f.idle) < maxReclaim {
 		f.idle = append(f.idle, key)
 	}
 }
+
+// maxReclaim bounds the idle signatures one pass deletes. A scan's
+// thousands of signatures go idle together; deleting all of them at once
+// cost a syscall each in one pass and a key list of up to DropFoldEntries
+// (1.2 MB at 16k). The rest wait for the next passes, 50 ms apart: an idle
+// entry can stay in the kernel's LRU a little longer, it holds nothing
+// that is still to be reported.
+const maxReclaim = 1024
 
 // reclaim deletes idle signatures, reading each one's final state in the
 // same syscall where the kernel offers it (5.14+) so a drop folded after

@@ -341,6 +341,25 @@ func TestDropFoldScanState(t *testing.T) {
 	if per := (m1.TotalAlloc - m0.TotalAlloc) / passes; per > 64<<10 {
 		t.Fatalf("FlushDrops allocates %d bytes per pass over %d signatures", per, inMap)
 	}
+	// Two windows later the scan is idle: Run's passes delete it, at most
+	// maxReclaim signatures a pass, so the key list stays small.
+	deadline := time.Now().Add(2*d.cfg.DropFoldWindow + 3*time.Second)
+	for inMap > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		inMap = 0
+		for it := d.objs.FtDropFolds.Iterate(); it.Next(&k, &v); {
+			inMap++
+		}
+	}
+	d.folds.mu.Lock()
+	idleCap := cap(d.folds.idle)
+	d.folds.mu.Unlock()
+	if inMap != 0 {
+		t.Fatalf("%d idle signatures still in the fold map", inMap)
+	}
+	if idleCap > maxReclaim {
+		t.Fatalf("idle key list grew to %d, want at most %d", idleCap, maxReclaim)
+	}
 }
 
 // TestDropFoldDisabled: a negative window turns folding off, every drop is
