@@ -7,12 +7,16 @@ import (
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 )
 
-// dict interns the sub-messages that repeat from flow to flow: the source
-// and destination endpoints (namespace, pod, labels, workload, node) and
-// the interfaces. A node has a few hundred pods and interfaces at most,
-// while history holds tens of thousands of flows, so each held flow keeps
-// a 5-byte reference instead of ~60 bytes per endpoint: ~40% of a typical
-// enriched flow. Entries are reference-counted by the flows in history and
+// dict interns the fields that repeat from flow to flow: the source and
+// destination endpoints (namespace, pod, labels, workload, node), the
+// interfaces and services, and the strings with few values (node name,
+// kernel drop reason, drop location: a kernel has only so many call sites
+// that free packets). A node has a few hundred pods and interfaces at
+// most, while history holds tens of thousands of flows, so each held flow
+// keeps a 5-byte reference instead of ~60 bytes per endpoint: ~40% of a
+// typical enriched flow. Fields whose values do not repeat (addresses,
+// ports, summaries) stay inline: an entry per flow would cost more than
+// the bytes it replaces. Entries are reference-counted by the flows in history and
 // leave with the last one, so the dictionary is bounded by what is held.
 //
 // It works on the marshalled bytes (protowire), not on *Flow, so it does
@@ -33,9 +37,10 @@ type dictVal struct {
 	refs uint32
 }
 
-// maxRefs bounds the references one flow stores; more occurrences of the
-// interned fields (never produced by the agent) stay inline.
-const maxRefs = 8
+// maxRefs bounds the references one flow stores (it fits refsMask); more
+// occurrences of the interned fields (never produced by the agent) stay
+// inline.
+const maxRefs = 12
 
 // refSize is one reference in a record's header: field index, id (LE).
 const refSize = 5
@@ -55,7 +60,8 @@ const (
 func newDict() *dict {
 	d := &dict{ids: make(map[string]uint32)}
 	fields := (&flowtracev1.Flow{}).ProtoReflect().Descriptor().Fields()
-	for _, name := range []string{"source", "destination", "interface", "input_interface"} {
+	for _, name := range []string{"source", "destination", "interface", "input_interface",
+		"node_name", "drop_reason_kernel", "drop_location", "source_service", "destination_service"} {
 		if fd := fields.ByName(protoreflect.Name(name)); fd != nil {
 			d.fields = append(d.fields, fd.Number())
 		}

@@ -124,3 +124,46 @@ func TestDictUUID(t *testing.T) {
 		}
 	}
 }
+
+// TestDictDropFields: a drop's kernel reason and location, a long node
+// name and the services are held once for all the flows that share them.
+func TestDictDropFields(t *testing.T) {
+	s := store{idx: make([]meta, 64), arena: make([]byte, 64*1024), dict: newDict()}
+	drop := func(i int) *flowtracev1.Flow {
+		f := realisticFlow(i)
+		f.NodeName = "ip-10-0-12-34.eu-west-1.compute.internal"
+		f.Verdict = flowtracev1.Verdict_VERDICT_DROPPED
+		f.DropReasonKernel = []string{"NETFILTER_DROP", "NO_SOCKET"}[i%2]
+		f.DropLocation = []string{"nf_hook_slow+0x9c", "__udp4_lib_rcv+0x5a2"}[i%2]
+		f.DestinationService = &flowtracev1.Service{Namespace: "shop", Name: "db", PortName: "postgres", Port: 5432}
+		return f
+	}
+	var raw int
+	for i := range 64 {
+		data, err := proto.Marshal(drop(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw += len(data)
+		if _, ok := s.add(int64(i), int64(i), data); !ok {
+			t.Fatal("add refused")
+		}
+	}
+	for seq := uint64(0); seq < 64; seq++ {
+		got := &flowtracev1.Flow{}
+		if err := proto.Unmarshal(s.appendFlow(nil, s.at(seq)), got); err != nil {
+			t.Fatal(err)
+		}
+		if want := drop(int(seq)); !proto.Equal(got, want) {
+			t.Fatalf("seq %d: got %v\nwant %v", seq, got, want)
+		}
+	}
+	// source, destination, interface, node, NETFILTER_DROP, 2 locations,
+	// service; NO_SOCKET is too short for a reference to save anything.
+	if n := len(s.dict.ids); n != 8 {
+		t.Errorf("dictionary holds %d values, want 8", n)
+	}
+	if per := int(s.high) / 64; per > raw/64/2 {
+		t.Errorf("%d bytes a record for %d-byte flows", per, raw/64)
+	}
+}
