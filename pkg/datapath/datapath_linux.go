@@ -642,7 +642,8 @@ func (d *Datapath) DecodeRecord(rec []byte, ev *decode.Event) bool {
 }
 
 // RunSink is RunFlush for a Sink: Run's reading, table walks and clock
-// keeping, with the records handed on undecoded.
+// keeping, with the records handed on undecoded. Record and Event must be
+// set.
 func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 	fn, flush := sink.Event, sink.Flush
 	// Closing the reader is the only way to interrupt a blocked read early;

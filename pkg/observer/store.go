@@ -16,8 +16,9 @@ package observer
 //     there, so the pages touched stay close to the bytes actually held
 //     (replaying the bench's flow sizes: high-water = bytes held).
 //     When the flows written since the wrap catch up with the oldest ones
-//     while fewer than MaxFlows are held, they are moved up behind the
-//     older ones (each byte at most once) rather than evicting anything.
+//     (the bytes held grew), room is made rather than anything evicted: a
+//     short newer run moves up behind the older one, otherwise the older
+//     run moves up by a 64th of the bytes held (room).
 //
 // Each record is the flow's bytes with its endpoints and interfaces replaced
 // by references into a dictionary (dict.go).
