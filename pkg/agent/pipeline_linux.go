@@ -44,8 +44,9 @@ func (b *eventBatch) record(i int) []byte {
 // eventQueue carries events from the ring buffer reader to enrichLoop in
 // batches. The reader fills one batch (offerRecord, offer) and hands it on
 // when it is full or when the ring buffer is drained (flush), so a lone
-// event waits for no other. Batches are recycled: no allocation per event
-// or batch.
+// event waits for no other. Batches are recycled (up to keepFree of each
+// kind): no allocation per event, nor per batch unless a burst fills the
+// queue beyond them.
 type eventQueue struct {
 	ch      chan *eventBatch
 	freeRaw chan *eventBatch
@@ -54,12 +55,19 @@ type eventQueue struct {
 	lost    *atomic.Uint64
 }
 
+// keepFree bounds the empty batches kept for reuse, per kind: enough for
+// the steady state (a few batches in flight), while the batches a burst
+// filled the queue with become garbage once drained, so an agent does not
+// keep a full queue's memory (1.6 MB of raw batches) after a burst.
+const keepFree = 16
+
 // newEventQueue holds up to size events (rounded up to whole batches).
 func newEventQueue(size int, lost *atomic.Uint64) *eventQueue {
 	n := max((size+batchSize-1)/batchSize, 1)
 	// n queued, one being filled, one being enriched.
-	return &eventQueue{ch: make(chan *eventBatch, n), freeRaw: make(chan *eventBatch, n+2),
-		freeEvs: make(chan *eventBatch, n+2), lost: lost}
+	keep := min(n+2, keepFree)
+	return &eventQueue{ch: make(chan *eventBatch, n), freeRaw: make(chan *eventBatch, keep),
+		freeEvs: make(chan *eventBatch, keep), lost: lost}
 }
 
 // offerRecord is the datapath's callback for a ring buffer record (valid

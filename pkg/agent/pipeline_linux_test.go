@@ -150,5 +150,12 @@ func TestEventQueueRecords(t *testing.T) {
 	if per > 1.25*maxRecord {
 		t.Fatalf("%.0f bytes per queued record", per)
 	}
+	// Drained, the queue keeps only keepFree empty batches for reuse.
+	for len(big.ch) > 0 {
+		big.recycle(<-big.ch)
+	}
+	if len(big.freeRaw) != keepFree {
+		t.Fatalf("%d empty batches kept after a burst, want %d", len(big.freeRaw), keepFree)
+	}
 	runtime.KeepAlive(big)
 }
