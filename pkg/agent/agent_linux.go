@@ -214,7 +214,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	for _, s := range a.ids {
 		g.Go(func() error { return s.Run(ctx) })
 	}
-	g.Go(func() error { return a.dp.RunFlush(ctx, a.queue.offer, a.queue.flush) })
+	g.Go(func() error {
+		return a.dp.RunSink(ctx, datapath.Sink{Record: a.queue.offerRecord, Event: a.queue.offer, Flush: a.queue.flush})
+	})
 	g.Go(func() error { a.enrichLoop(ctx); return nil })
 	g.Go(func() error { a.reportLosses(ctx); return nil })
 
@@ -265,10 +267,11 @@ func (a *Agent) setup() error {
 		a.log.Warn("drop reasons unavailable; drops are reported without a reason", "error", err)
 		a.reasons = nil
 	}
-	syms, err := kallsyms.Load()
-	if err != nil {
-		a.log.Warn("kernel symbols unavailable; drop locations are shown as addresses", "error", err)
-	}
+	// Each start-up stage parses something large and keeps little of it
+	// (kernel BTF twice: the drop reasons' enum, then CO-RE; kallsyms), so
+	// each one's garbage is handed back before the next: VmHWM is a peak,
+	// and the stages' garbage on top of each other was ~3 MB of it.
+	debug.FreeOSMemory()
 	a.dp, err = datapath.Load(datapath.Config{
 		FlowReportInterval: a.cfg.FlowReportInterval,
 		RingBufferBytes:    a.cfg.RingBufferBytes,
@@ -280,21 +283,26 @@ func (a *Agent) setup() error {
 	if err := a.dp.AllowNetns(a.selfNetns); err != nil {
 		return fmt.Errorf("scope drops to our netns: %w", err)
 	}
-	// Loading parsed the kernel's BTF (CO-RE, drop reasons) and kallsyms:
-	// tens of MB that are garbage now. cilium/ebpf v0.22 keeps no kernel
-	// spec cache to flush (btf.FlushKernelSpec is gone), so hand the pages
-	// back to the kernel now rather than when the scavenger gets to them.
+	// Loading parsed the kernel's BTF (CO-RE): tens of MB that are garbage
+	// now. cilium/ebpf v0.22 keeps no kernel spec cache to flush
+	// (btf.FlushKernelSpec is gone), so hand the pages back to the kernel
+	// now rather than when the scavenger gets to them.
 	//
 	// The GC is left at the runtime's defaults (GOGC=100, no memory limit;
 	// GOGC and GOMEMLIMIT from the environment apply as usual). History, the
 	// part that grows with --max-flows, lives outside the Go heap (package
-	// observer), so the heap is a ~15 MB live set plus pipeline garbage.
+	// observer), so the heap is a ~3 MB live set plus pipeline garbage.
 	// GOGC=50 saved ~5 MB of it but doubled the many-flow storm's p99
 	// latency in the bench (the GC's worker takes one of two cores while
 	// the agent is saturated), and a limit below the live set, which grows
 	// with clients and --kubernetes in large clusters, would turn into GC
 	// CPU.
 	debug.FreeOSMemory()
+	syms, err := kallsyms.Load()
+	if err != nil {
+		a.log.Warn("kernel symbols unavailable; drop locations are shown as addresses", "error", err)
+	}
+	debug.FreeOSMemory() // the parse buffers (~5 MB); the table is off-heap
 	a.attacher = attach.New(a.log, attach.Mode(a.cfg.AttachMode))
 	if a.watcher, err = ifwatch.New(ifwatch.Config{Include: a.cfg.Include, Exclude: a.cfg.Exclude}, a.log); err != nil {
 		return err

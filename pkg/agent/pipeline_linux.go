@@ -16,37 +16,96 @@ import (
 // system time under churn).
 const batchSize = 32
 
+// maxRecord is the largest ring buffer record (decode's ABI sizes): a raw
+// batch has room for batchSize of them.
+const maxRecord = max(decode.FlowSize, decode.DropSize, decode.XlateSize, decode.MTUSize)
+
+// eventBatch is batchSize events, either as the ring buffer records they
+// came in (raw, decoded by enrichLoop: ~6 KB a batch) or, for the few
+// events table walks produce, decoded (evs: 14 KB a batch). A full queue
+// of decoded events was 4 MB of live heap, 8 MB at the GC's goal, when
+// the agent fell behind a burst of new connections.
 type eventBatch struct {
-	n   int
-	evs [batchSize]decode.Event
+	n    int
+	raw  []byte            // records back to back; nil in a decoded batch
+	ends [batchSize]uint32 // ends[i] is the end of record i in raw
+	evs  []decode.Event    // nil in a raw batch
+}
+
+// record returns the batch's record i (raw batches).
+func (b *eventBatch) record(i int) []byte {
+	start := uint32(0)
+	if i > 0 {
+		start = b.ends[i-1]
+	}
+	return b.raw[start:b.ends[i]]
 }
 
 // eventQueue carries events from the ring buffer reader to enrichLoop in
-// batches. The reader fills one batch (offer) and hands it on when it is
-// full or when the ring buffer is drained (flush), so a lone event waits
-// for no other. Batches are recycled: no allocation per event or batch.
+// batches. The reader fills one batch (offerRecord, offer) and hands it on
+// when it is full or when the ring buffer is drained (flush), so a lone
+// event waits for no other. Batches are recycled (up to keepFree of each
+// kind): no allocation per event, nor per batch unless a burst fills the
+// queue beyond them.
 type eventQueue struct {
-	ch   chan *eventBatch
-	free chan *eventBatch
-	cur  *eventBatch // being filled; the reader goroutine's only
-	lost *atomic.Uint64
+	ch      chan *eventBatch
+	freeRaw chan *eventBatch
+	freeEvs chan *eventBatch
+	cur     *eventBatch // being filled; the reader goroutine's only
+	lost    *atomic.Uint64
 }
+
+// keepFree bounds the empty batches kept for reuse, per kind: enough for
+// the steady state (a few batches in flight), while the batches a burst
+// filled the queue with become garbage once drained, so an agent does not
+// keep a full queue's memory (1.6 MB of raw batches) after a burst.
+const keepFree = 16
 
 // newEventQueue holds up to size events (rounded up to whole batches).
 func newEventQueue(size int, lost *atomic.Uint64) *eventQueue {
 	n := max((size+batchSize-1)/batchSize, 1)
 	// n queued, one being filled, one being enriched.
-	return &eventQueue{ch: make(chan *eventBatch, n), free: make(chan *eventBatch, n+2), lost: lost}
+	keep := min(n+2, keepFree)
+	return &eventQueue{ch: make(chan *eventBatch, n), freeRaw: make(chan *eventBatch, keep),
+		freeEvs: make(chan *eventBatch, keep), lost: lost}
 }
 
-// offer is the datapath's callback: it must never block the ring buffer
-// reader, so a full queue drops the batch and counts its events.
-func (q *eventQueue) offer(ev *decode.Event) {
+// offerRecord is the datapath's callback for a ring buffer record (valid
+// only during the call, so it is copied). Like offer, it never blocks.
+func (q *eventQueue) offerRecord(rec []byte) {
+	if q.cur != nil && (q.cur.raw == nil || len(q.cur.raw)+len(rec) > cap(q.cur.raw)) {
+		q.flush() // a decoded batch, or no room: order is kept
+	}
 	if q.cur == nil {
 		select {
-		case q.cur = <-q.free:
+		case q.cur = <-q.freeRaw:
 		default:
-			q.cur = new(eventBatch)
+			q.cur = &eventBatch{raw: make([]byte, 0, batchSize*maxRecord)}
+		}
+	}
+	b := q.cur
+	// A record larger than the ABI's largest grows the buffer (allocates)
+	// rather than being refused; decoding then tells what it is.
+	b.raw = append(b.raw, rec...)
+	b.ends[b.n] = uint32(len(b.raw))
+	b.n++
+	if b.n == batchSize {
+		q.flush()
+	}
+}
+
+// offer is the datapath's callback for a decoded event: it must never
+// block the ring buffer reader, so a full queue drops the batch and counts
+// its events.
+func (q *eventQueue) offer(ev *decode.Event) {
+	if q.cur != nil && q.cur.evs == nil {
+		q.flush()
+	}
+	if q.cur == nil {
+		select {
+		case q.cur = <-q.freeEvs:
+		default:
+			q.cur = &eventBatch{evs: make([]decode.Event, batchSize)}
 		}
 	}
 	q.cur.evs[q.cur.n] = *ev
@@ -67,15 +126,26 @@ func (q *eventQueue) flush() {
 		q.cur = nil
 	default:
 		q.lost.Add(uint64(b.n))
-		b.n = 0
+		b.reset()
+	}
+}
+
+func (b *eventBatch) reset() {
+	b.n = 0
+	if b.raw != nil {
+		b.raw = b.raw[:0]
 	}
 }
 
 // recycle returns an enriched batch for the reader to fill again.
 func (q *eventQueue) recycle(b *eventBatch) {
-	b.n = 0
+	b.reset()
+	free := q.freeEvs
+	if b.raw != nil {
+		free = q.freeRaw
+	}
 	select {
-	case q.free <- b:
+	case free <- b:
 	default:
 	}
 }
@@ -94,6 +164,7 @@ func (a *Agent) enrichLoop(ctx context.Context) {
 	// A batch's flows are published together: one wake-up of the
 	// followers per batch.
 	pending := make([]*flowtracev1.Flow, 0, batchSize)
+	var ev decode.Event // raw records are decoded into it, one at a time
 	for {
 		select {
 		case <-ctx.Done():
@@ -103,7 +174,15 @@ func (a *Agent) enrichLoop(ctx context.Context) {
 			publish(pmtu.Expire(now))
 		case b := <-a.queue.ch:
 			for i := range b.n {
-				f := a.enricher.Flow(&b.evs[i])
+				e := &ev
+				if b.raw != nil {
+					if !a.dp.DecodeRecord(b.record(i), e) {
+						continue
+					}
+				} else {
+					e = &b.evs[i]
+				}
+				f := a.enricher.Flow(e)
 				if f == nil {
 					continue
 				}

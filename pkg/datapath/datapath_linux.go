@@ -602,10 +602,57 @@ const housekeepEvery = 64
 // drained the ring buffer, before it waits for more: a caller that batches
 // fn's events hands a partial batch on then, so batching delays no event.
 func (d *Datapath) RunFlush(ctx context.Context, fn func(*decode.Event), flush func()) error {
+	var ev decode.Event
+	return d.RunSink(ctx, Sink{
+		Record: func(rec []byte) {
+			if d.DecodeRecord(rec, &ev) {
+				fn(&ev)
+			}
+		},
+		Event: fn,
+		Flush: flush,
+	})
+}
+
+// Sink receives what RunSink reads, for a caller that queues ring buffer
+// records as they are and decodes them elsewhere (DecodeRecord): a record
+// is at most 176 bytes, a decoded event 448, and a queue of thousands of
+// them is most of the agent's heap when it falls behind.
+type Sink struct {
+	// Record gets each ring buffer record, undecoded; the bytes are valid
+	// only during the call.
+	Record func(rec []byte)
+	// Event gets the events table walks produce (idle flow reports,
+	// folded drops), decoded and timed; the *decode.Event is reused.
+	Event func(*decode.Event)
+	// Flush, when not nil, is called each time the ring buffer is drained
+	// and after each table walk.
+	Flush func()
+}
+
+// DecodeRecord decodes a record RunSink handed to Sink.Record and sets its
+// wall time. A record that does not decode is counted (Stats
+// "decode_errors"), the first one logged, and false returned. It is safe
+// to call from any goroutine, concurrently with RunSink.
+func (d *Datapath) DecodeRecord(rec []byte, ev *decode.Event) bool {
+	if err := decode.Decode(rec, ev); err != nil {
+		if d.decodeErrors.Add(1) == 1 {
+			d.log.Warn("undecodable ring buffer record", "error", err)
+		}
+		return false
+	}
+	ev.Time = d.wallTime(ev.TimeNs)
+	return true
+}
+
+// RunSink is RunFlush for a Sink: Run's reading, table walks and clock
+// keeping, with the records handed on undecoded. Record and Event must be
+// set.
+func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
+	fn, flush := sink.Event, sink.Flush
 	// Closing the reader is the only way to interrupt a blocked read early;
 	// the poll deadline bounds the wait anyway.
 	var rec ringbuf.Record
-	var ev decode.Event
 	lastFlush := time.Now()
 	lastFold := time.Now()
 	lastSync := time.Now()
@@ -679,14 +726,7 @@ func (d *Datapath) RunFlush(ctx context.Context, fn func(*decode.Event), flush f
 		}
 		sinceLook++
 		drained = !d.available()
-		if err := decode.Decode(rec.RawSample, &ev); err != nil {
-			if d.decodeErrors.Add(1) == 1 {
-				d.log.Warn("undecodable ring buffer record", "error", err)
-			}
-		} else {
-			ev.Time = d.wallTime(ev.TimeNs)
-			fn(&ev)
-		}
+		sink.Record(rec.RawSample)
 		if drained && flush != nil {
 			flush()
 		}

@@ -25,18 +25,31 @@ type foldSeen struct {
 	lastNs   uint64 // last drop covered by the previous report
 }
 
-// foldState is user space's view of one signature: what it has reported
-// of each CPU's slot, and the FlushDrops pass that last saw it.
+// foldState is what user space has reported of one signature, per CPU.
 type foldState struct {
-	walk uint64
+	walk uint64 // the FlushDrops pass that last visited the signature
 	cpus []foldSeen
 }
 
 // foldTracker holds the user-space side of drop folding.
 type foldTracker struct {
-	mu   sync.Mutex
+	mu sync.Mutex
+	// seen holds only the signatures with folded drops reported on some
+	// CPU. A signature with none reported has nothing to remember: its
+	// whole counter is new. (The kernel makes no slot for a signature that
+	// drops once, but a CPU that only emitted leaves an empty one, and an
+	// entry for each of the up to DropFoldEntries slots cost ~4 MB of
+	// heap, twice that at the GC's goal.)
 	seen map[ftFtDropKey]*foldState
-	walk uint64 // FlushDrops passes so far
+	// walks counts FlushDrops passes; foldState.walk tells whether the
+	// current pass has visited a signature without a map per pass.
+	walks uint64
+	// Buffers of the batch lookups and the idle list, kept between
+	// passes (FlushDrops runs every 50 ms).
+	keys  []ftFtDropKey
+	vals  []ftFtDropFold
+	slots []ftFtDropFold
+	idle  []ftFtDropKey
 	// reportedTotal: folded drops reported by FlushDrops, all signatures.
 	reportedTotal uint64
 	// lost: folded drops no report can carry any more, because the LRU
@@ -74,7 +87,6 @@ func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 	if f.seen == nil {
 		f.seen = make(map[ftFtDropKey]*foldState)
 	}
-	f.walk++
 	// Read the kernel's total before the walk: every fold it includes is
 	// then either reported below or lost, so total - reported never
 	// overstates the loss.
@@ -86,7 +98,14 @@ func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("possible cpus: %w", err)
 	}
-	w := foldWalk{d: d, f: f, fn: fn, now: uint64(bootNs()),
+	if len(f.slots) != ncpu {
+		f.keys = make([]ftFtDropKey, foldBatch)
+		f.vals = make([]ftFtDropFold, foldBatch*ncpu)
+		f.slots = make([]ftFtDropFold, ncpu)
+		f.idle = make([]ftFtDropKey, 0, maxReclaim)
+	}
+	f.walks++
+	w := foldWalk{d: d, f: f, fn: fn, now: uint64(bootNs()), walk: f.walks,
 		window: uint64(max(d.cfg.DropFoldWindow.Nanoseconds(), 0))}
 	var errs []error
 	if err := w.batchWalk(ncpu); err != nil {
@@ -94,10 +113,11 @@ func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 	}
 	// A walk can miss a key that moved while it ran. Forget a signature
 	// only when a direct lookup confirms it is gone, or a later walk would
-	// report its whole counter again.
-	slots := make([]ftFtDropFold, ncpu)
+	// report its whole counter again. (A missed signature that is not in
+	// seen has reported nothing: the next walk reports all of it.)
+	slots := f.slots
 	for k, st := range f.seen {
-		if st.walk == f.walk {
+		if st.walk == w.walk {
 			continue
 		}
 		err := d.objs.FtDropFolds.Lookup(&k, &slots)
@@ -110,7 +130,9 @@ func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 			errs = append(errs, fmt.Errorf("look up drop fold: %w", err))
 		}
 	}
-	errs = append(errs, w.reclaim(slots))
+	if err := w.reclaim(slots); err != nil {
+		errs = append(errs, err)
+	}
 	if foldedBefore > f.reportedTotal && foldedBefore-f.reportedTotal > f.lost {
 		f.lost = foldedBefore - f.reportedTotal
 	}
@@ -124,17 +146,16 @@ type foldWalk struct {
 	fn      func(*decode.Event)
 	now     uint64
 	window  uint64
+	walk    uint64 // this pass's number (foldTracker.walks)
 	ev      decode.Event
 	emitted int
-	idle    []ftFtDropKey
 }
 
 // batchWalk reads the whole fold map, foldBatch signatures per syscall
 // (one NextKey + Lookup pair per signature costs ~8 us: 130 ms for a full
 // 16k map), falling back to the iterator where batch lookups are missing.
 func (w *foldWalk) batchWalk(ncpu int) error {
-	keys := make([]ftFtDropKey, foldBatch)
-	vals := make([]ftFtDropFold, foldBatch*ncpu)
+	keys, vals := w.f.keys, w.f.vals
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := w.d.objs.FtDropFolds.BatchLookup(&cursor, keys, vals, nil)
@@ -148,16 +169,16 @@ func (w *foldWalk) batchWalk(ncpu int) error {
 			if n > 0 {
 				return fmt.Errorf("batch lookup drop folds: %w", err)
 			}
-			return w.iterWalk(ncpu)
+			return w.iterWalk()
 		case err != nil:
 			return fmt.Errorf("batch lookup drop folds: %w", err)
 		}
 	}
 }
 
-func (w *foldWalk) iterWalk(ncpu int) error {
+func (w *foldWalk) iterWalk() error {
 	var key ftFtDropKey
-	slots := make([]ftFtDropFold, ncpu)
+	slots := w.f.slots
 	it := w.d.objs.FtDropFolds.Iterate()
 	for it.Next(&key, &slots) {
 		w.visit(key, slots)
@@ -175,14 +196,9 @@ func (w *foldWalk) iterWalk(ncpu int) error {
 // add to without first emitting an event.
 func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 	f := w.f
-	st := f.seen[key]
-	if st == nil {
-		st = &foldState{}
-		f.seen[key] = st
-	}
-	st.walk = f.walk
-	if len(st.cpus) < len(slots) {
-		st.cpus = append(st.cpus, make([]foldSeen, len(slots)-len(st.cpus))...)
+	st := f.seen[key] // nil: nothing reported on any CPU
+	if st != nil {
+		st.walk = w.walk
 	}
 	// One report per signature for all CPUs (a storm spread over CPUs is
 	// still one flow to the user): the sum of the slots' new drops, dated by
@@ -192,22 +208,23 @@ func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 		newest               = -1
 	)
 	for cpu := range slots {
-		s, sc := &slots[cpu], &st.cpus[cpu]
+		s := &slots[cpu]
 		if s.CreatedNs == 0 {
 			continue
 		}
 		active = max(active, s.EmitNs, s.LastNs)
-		if sc.created != s.CreatedNs {
-			// A new slot instance (the entry was evicted and came back):
-			// its counter starts at zero.
-			*sc = foldSeen{created: s.CreatedNs}
+		var prev foldSeen
+		if st != nil && cpu < len(st.cpus) && st.cpus[cpu].created == s.CreatedNs {
+			// Otherwise a new slot instance (the entry was evicted and
+			// came back), whose counter starts at zero.
+			prev = st.cpus[cpu]
 		}
-		if s.Folded <= sc.reported {
+		if s.Folded <= prev.reported {
 			continue
 		}
 		fst := s.FoldFirstNs
-		if sc.lastNs != 0 {
-			fst = sc.lastNs + 1
+		if prev.lastNs != 0 {
+			fst = prev.lastNs + 1
 		}
 		if first == 0 || fst < first {
 			first = fst
@@ -215,8 +232,15 @@ func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 		if newest < 0 || s.LastNs > slots[newest].LastNs {
 			newest = cpu
 		}
-		delta += s.Folded - sc.reported
-		sc.reported, sc.lastNs = s.Folded, s.LastNs
+		delta += s.Folded - prev.reported
+		if st == nil {
+			st = &foldState{walk: w.walk}
+			f.seen[key] = st
+		}
+		if len(st.cpus) < len(slots) {
+			st.cpus = append(st.cpus, make([]foldSeen, len(slots)-len(st.cpus))...)
+		}
+		st.cpus[cpu] = foldSeen{created: s.CreatedNs, reported: s.Folded, lastNs: s.LastNs}
 	}
 	if newest >= 0 {
 		f.reportedTotal += delta
@@ -232,10 +256,18 @@ func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 			delta -= n
 		}
 	}
-	if w.now > active && w.now-active > 2*w.window {
-		w.idle = append(w.idle, key)
+	if w.now > active && w.now-active > 2*w.window && len(f.idle) < maxReclaim {
+		f.idle = append(f.idle, key)
 	}
 }
+
+// maxReclaim bounds the idle signatures one pass deletes. A scan's
+// thousands of signatures go idle together; deleting all of them at once
+// cost a syscall each in one pass and a key list of up to DropFoldEntries
+// (1.2 MB at 16k). The rest wait for the next passes, 50 ms apart: an idle
+// entry can stay in the kernel's LRU a little longer, it holds nothing
+// that is still to be reported.
+const maxReclaim = 1024
 
 // reclaim deletes idle signatures, reading each one's final state in the
 // same syscall where the kernel offers it (5.14+) so a drop folded after
@@ -245,7 +277,9 @@ func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 func (w *foldWalk) reclaim(slots []ftFtDropFold) error {
 	var errs []error
 	m := w.d.objs.FtDropFolds
-	for _, k := range w.idle {
+	// visit appends to f.idle: walk a snapshot of this pass's list.
+	idle := w.f.idle
+	for _, k := range idle {
 		err := m.LookupAndDelete(&k, &slots)
 		if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL) || errors.Is(err, errENOTSUPP) {
 			if err = m.Lookup(&k, &slots); err == nil {
@@ -262,7 +296,7 @@ func (w *foldWalk) reclaim(slots []ftFtDropFold) error {
 			errs = append(errs, fmt.Errorf("delete idle drop fold: %w", err))
 		}
 	}
-	w.idle = w.idle[:0]
+	w.f.idle = idle[:0]
 	return errors.Join(errs...)
 }
 

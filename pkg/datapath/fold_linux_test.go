@@ -345,6 +345,104 @@ func TestDropFoldSpent(t *testing.T) {
 	}
 }
 
+// TestDropFoldScanState: a scan (thousands of signatures that each drop
+// once) makes no fold slot in the kernel (ft_drop_recent remembers it) and
+// leaves no per-signature state in user space, while a storm's folded
+// drops beside it are still counted exactly; slots with nothing to report
+// cost FlushDrops no allocation per signature, and idle ones are deleted.
+func TestDropFoldScanState(t *testing.T) {
+	d := load(t, Config{})
+	name, ino := testNetns(t)
+	if err := d.AllowNetns(ino); err != nil {
+		t.Fatal(err)
+	}
+	f := follow(t, d, ino)
+	const scan, storm = 4000, 3000
+	ports := make([]int, scan)
+	want := map[uint16]uint64{}
+	for i := range ports {
+		ports[i] = 20000 + i
+		want[uint16(ports[i])] = 1
+	}
+	blastUDPIn(t, name, scan, ports...)
+	blastUDPIn(t, name, storm, 9)
+	want[9] = storm
+	got, events := f.waitCounts(t, want)
+	for p, n := range want {
+		if got[p] != n {
+			t.Fatalf("port %d: count %d, want %d (%d events)", p, got[p], n, events)
+		}
+	}
+	var inMap int
+	var k ftFtDropKey
+	var v []ftFtDropFold
+	for it := d.objs.FtDropFolds.Iterate(); it.Next(&k, &v); {
+		inMap++
+	}
+	d.folds.mu.Lock()
+	held := len(d.folds.seen)
+	d.folds.mu.Unlock()
+	t.Logf("%d signatures in the kernel's fold map, %d in user space", inMap, held)
+	if inMap > 1 {
+		t.Fatalf("fold map holds %d signatures, want only the storm's", inMap)
+	}
+	if held > 1 {
+		t.Fatalf("user space keeps %d signatures, want at most the storm's one", held)
+	}
+	// Slots with nothing folded, as the kernel leaves on a CPU that only
+	// emitted: user space must not keep or allocate anything for them.
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := uint64(bootNs())
+	vals := make([]ftFtDropFold, ncpu)
+	for i := range vals {
+		vals[i] = ftFtDropFold{CreatedNs: now, EmitNs: now}
+	}
+	for i := range scan {
+		sk := ftFtDropKey{Netns: ino, Reason: 1, Location: uint64(i + 1)}
+		if err := d.objs.FtDropFolds.Update(&sk, vals, ebpf.UpdateAny); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inMap += scan
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	const passes = 5
+	for range passes {
+		if _, err := d.FlushDrops(func(*decode.Event) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&m1)
+	// The old tracker allocated a visited set and an entry per signature
+	// every pass (~400 KB here); what is left is the library's per-batch
+	// syscall buffers and whatever the follower's goroutine allocated.
+	if per := (m1.TotalAlloc - m0.TotalAlloc) / passes; per > 64<<10 {
+		t.Fatalf("FlushDrops allocates %d bytes per pass over %d signatures", per, inMap)
+	}
+	// Two windows later the scan is idle: Run's passes delete it, at most
+	// maxReclaim signatures a pass, so the key list stays small.
+	deadline := time.Now().Add(2*d.cfg.DropFoldWindow + 3*time.Second)
+	for inMap > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		inMap = 0
+		for it := d.objs.FtDropFolds.Iterate(); it.Next(&k, &v); {
+			inMap++
+		}
+	}
+	d.folds.mu.Lock()
+	idleCap := cap(d.folds.idle)
+	d.folds.mu.Unlock()
+	if inMap != 0 {
+		t.Fatalf("%d idle signatures still in the fold map", inMap)
+	}
+	if idleCap > maxReclaim {
+		t.Fatalf("idle key list grew to %d, want at most %d", idleCap, maxReclaim)
+	}
+}
+
 // TestDropFoldDisabled: a negative window turns folding off, every drop is
 // its own event with count 1.
 func TestDropFoldDisabled(t *testing.T) {

@@ -4,6 +4,7 @@ package kallsyms
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -29,15 +30,18 @@ func Load() (*Table, error) {
 		return nil, fmt.Errorf("open kallsyms: %w", err)
 	}
 	defer f.Close()
-	// Sized for a distribution kernel (~120k text symbols, ~3 MB of names),
-	// so the buffers are not regrown (and copied) a dozen times.
-	t, err := parse(f, 1<<17, 4<<20)
+	// Sized for a distribution kernel (~65k text symbols and ~1.5 MB of
+	// names once the __pfx_ stubs are left out), so the buffers are not
+	// regrown (and copied) a dozen times.
+	t, err := parse(f, 1<<16, 2<<20)
 	if err != nil {
 		return nil, err
 	}
 	t.moveOffHeap()
 	return t, nil
 }
+
+var pfx = []byte("__pfx_")
 
 type sym struct {
 	addr       uint64
@@ -63,6 +67,15 @@ func parse(r io.Reader, symHint, nameHint int) (*Table, error) {
 		typ, rest := field(rest)
 		name, _ := field(rest)
 		if len(name) == 0 || len(typ) != 1 || (typ[0] != 't' && typ[0] != 'T') {
+			continue
+		}
+		// Kernels built with function padding (x86 call depth tracking,
+		// CFI) name the 16 padding bytes before every function
+		// __pfx_<function>: nearly half of all text symbols and ~1.5 MB of
+		// names. No drop happens in padding, and a return address just
+		// past a function's last call then reads as that function+off
+		// rather than as the next function's stub, so they are left out.
+		if bytes.HasPrefix(name, pfx) {
 			continue
 		}
 		addr, ok := parseHex(addrField)
@@ -143,13 +156,9 @@ func (t *Table) Resolve(addr uint64) string {
 	if i < 0 {
 		return fmt.Sprintf("0x%x", addr)
 	}
-	// Aliases share an address; prefer the last one sorted stably, which
-	// in kallsyms order is the function proper rather than a __pfx_ stub.
-	start := uint32(0)
-	if i > 0 {
-		start = t.ends[i-1]
-	}
-	name := t.names[start:t.ends[i]]
+	// Aliases share an address; prefer the last one sorted stably (the
+	// last one kallsyms lists).
+	name := t.name(i)
 	if off := addr - t.addrs[i]; off != 0 {
 		b := make([]byte, 0, len(name)+19)
 		b = append(append(b, name...), "+0x"...)
@@ -157,6 +166,15 @@ func (t *Table) Resolve(addr uint64) string {
 	}
 	// A copy: names may live in memory unmapped with the table.
 	return strings.Clone(name)
+}
+
+// name is symbol i's name, in the table's memory.
+func (t *Table) name(i int) string {
+	start := uint32(0)
+	if i > 0 {
+		start = t.ends[i-1]
+	}
+	return t.names[start:t.ends[i]]
 }
 
 // Len is the number of symbols held.

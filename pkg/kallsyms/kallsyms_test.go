@@ -21,6 +21,7 @@ func TestResolve(t *testing.T) {
 	}
 	cases := map[uint64]string{
 		0xffffffff81001010: "nf_hook_slow",
+		0xffffffff81001008: "_stext+0x1008", // __pfx_ stubs are not kept
 		0xffffffff8100109c: "nf_hook_slow+0x8c",
 		0xffffffff81001300: "nf_hook_slow+0x2f0", // data symbols are skipped
 		0xffffffff81002004: "tcp_v4_rcv+0x4",
@@ -58,6 +59,11 @@ func TestRunningKernel(t *testing.T) {
 	}
 	if tab.Len() < 1000 {
 		t.Fatalf("only %d symbols", tab.Len())
+	}
+	for i := range tab.Len() {
+		if name := tab.name(i); strings.HasPrefix(name, "__pfx_") {
+			t.Fatalf("symbol %d is a padding stub: %s", i, name)
+		}
 	}
 }
 

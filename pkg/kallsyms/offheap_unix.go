@@ -9,10 +9,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// moveOffHeap copies the table (~5 MB for a distribution kernel, held for
+// moveOffHeap copies the table (~2 MB for a distribution kernel, held for
 // the agent's lifetime, pointer-free) into an anonymous mapping. On the Go
 // heap it counted toward the GC's goal, which GOGC=100 sets at twice the
-// live heap: another ~5 MB of RSS for memory that is never garbage. The
+// live heap: as much again in RSS for memory that is never garbage. The
 // mapping goes when the table does. On failure the table stays as it is.
 func (t *Table) moveOffHeap() {
 	n := len(t.addrs)

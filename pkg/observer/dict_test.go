@@ -67,9 +67,103 @@ func TestDictSaves(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var spans [maxRefs]span
-	k, size := d.split(data, &spans)
-	if k != 3 || size > len(data)*3/4 {
-		t.Errorf("%d fields interned, record %d bytes for a %d-byte flow", k, size, len(data))
+	var l layout
+	size := d.split(data, &l)
+	if l.refs != 3 || !l.hasID || size > len(data)*3/4 {
+		t.Errorf("%d fields interned (uuid packed: %v), record %d bytes for a %d-byte flow", l.refs, l.hasID, size, len(data))
+	}
+}
+
+// TestDictUUID: a canonical uuid is held as 16 bytes and comes back as the
+// same string; any other form is kept as it is.
+func TestDictUUID(t *testing.T) {
+	for _, tc := range []struct {
+		uuid   string
+		packed bool
+	}{
+		{"6f1c2a4e-8d3b-4c5a-9e7f-0123456789ab", true},
+		{"00000000-0000-0000-0000-000000000000", true},
+		{"6F1C2A4E-8D3B-4C5A-9E7F-0123456789AB", false}, // upper case
+		{"6f1c2a4e-8d3b-4c5a-9e7f-0123456789a", false},  // short
+		{"6f1c2a4e-8d3b-4c5a-9e7f-0123456789abc", false},
+		{"6f1c2a4e+8d3b-4c5a-9e7f-0123456789ab", false},
+		{"6f1c2a4e-8d3b-4c5a-9e7f-0123456789ag", false},
+		{"not a uuid", false},
+		{"", false},
+	} {
+		s := store{idx: make([]meta, 4), arena: make([]byte, 4096), dict: newDict()}
+		f := realisticFlow(1)
+		f.Uuid = tc.uuid
+		data, err := proto.Marshal(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var l layout
+		size := s.dict.split(data, &l)
+		if l.hasID != tc.packed {
+			t.Errorf("%q: packed %v, want %v", tc.uuid, l.hasID, tc.packed)
+		}
+		if _, ok := s.add(1, 1, data); !ok {
+			t.Fatal("add refused")
+		}
+		if tc.packed {
+			inline := f.Uuid
+			f.Uuid = ""
+			without, _ := proto.Marshal(f)
+			f.Uuid = inline
+			if got, want := size, s.dict.split(without, &l)+uuidPacked; got != want {
+				t.Errorf("%q: record %d bytes, want %d (the uuid in 16)", tc.uuid, got, want)
+			}
+		}
+		got := &flowtracev1.Flow{}
+		if err := proto.Unmarshal(s.appendFlow(nil, s.at(0)), got); err != nil {
+			t.Fatalf("%q: %v", tc.uuid, err)
+		}
+		if !proto.Equal(got, f) {
+			t.Errorf("%q: came back as %q", tc.uuid, got.GetUuid())
+		}
+	}
+}
+
+// TestDictDropFields: a drop's kernel reason and location, a long node
+// name and the services are held once for all the flows that share them.
+func TestDictDropFields(t *testing.T) {
+	s := store{idx: make([]meta, 64), arena: make([]byte, 64*1024), dict: newDict()}
+	drop := func(i int) *flowtracev1.Flow {
+		f := realisticFlow(i)
+		f.NodeName = "ip-10-0-12-34.eu-west-1.compute.internal"
+		f.Verdict = flowtracev1.Verdict_VERDICT_DROPPED
+		f.DropReasonKernel = []string{"NETFILTER_DROP", "NO_SOCKET"}[i%2]
+		f.DropLocation = []string{"nf_hook_slow+0x9c", "__udp4_lib_rcv+0x5a2"}[i%2]
+		f.DestinationService = &flowtracev1.Service{Namespace: "shop", Name: "db", PortName: "postgres", Port: 5432}
+		return f
+	}
+	var raw int
+	for i := range 64 {
+		data, err := proto.Marshal(drop(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw += len(data)
+		if _, ok := s.add(int64(i), int64(i), data); !ok {
+			t.Fatal("add refused")
+		}
+	}
+	for seq := uint64(0); seq < 64; seq++ {
+		got := &flowtracev1.Flow{}
+		if err := proto.Unmarshal(s.appendFlow(nil, s.at(seq)), got); err != nil {
+			t.Fatal(err)
+		}
+		if want := drop(int(seq)); !proto.Equal(got, want) {
+			t.Fatalf("seq %d: got %v\nwant %v", seq, got, want)
+		}
+	}
+	// source, destination, interface, node, NETFILTER_DROP, 2 locations,
+	// service; NO_SOCKET is too short for a reference to save anything.
+	if n := len(s.dict.ids); n != 8 {
+		t.Errorf("dictionary holds %d values, want 8", n)
+	}
+	if per := int(s.high) / 64; per > raw/64/2 {
+		t.Errorf("%d bytes a record for %d-byte flows", per, raw/64)
 	}
 }

@@ -252,14 +252,24 @@ func BenchmarkEncode(b *testing.B) {
 	})
 }
 
-// TestLiveWindow: the newest liveWindow flows reach readers as the very
-// values published (no unmarshal); older ones are decoded from history and
-// equal to what was published.
+// TestLiveWindow: while someone follows, the newest liveWindow flows reach
+// readers as the very values published (no unmarshal); older ones, and
+// those published while no one followed, are decoded from history and
+// equal to what was published. Without followers the window keeps no flow
+// alive.
 func TestLiveWindow(t *testing.T) {
-	const n = liveWindow + 300
-	o := New(Config{MaxFlows: 2 * liveWindow}, nil)
-	published := make([]*flowtracev1.Flow, n)
-	for i := range published {
+	const before, n = 300, liveWindow + 300
+	o := New(Config{MaxFlows: 4 * liveWindow}, nil)
+	published := make([]*flowtracev1.Flow, before+n)
+	for i := range before {
+		published[i] = realisticFlow(i)
+		o.Publish(published[i])
+	}
+	if held := liveHeld(o); held != 0 {
+		t.Fatalf("live window holds %d flows with no follower", held)
+	}
+	stop := follow(t, o)
+	for i := before; i < before+n; i++ {
 		published[i] = realisticFlow(i)
 		o.Publish(published[i])
 	}
@@ -271,11 +281,11 @@ func TestLiveWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != n {
-		t.Fatalf("got %d flows, want %d", len(got), n)
+	if len(got) != len(published) {
+		t.Fatalf("got %d flows, want %d", len(got), len(published))
 	}
 	for i, f := range got {
-		live := i >= n-liveWindow
+		live := i >= len(published)-liveWindow
 		if (f == published[i]) != live {
 			t.Fatalf("flow %d: shared=%v, want %v", i, f == published[i], live)
 		}
@@ -283,20 +293,56 @@ func TestLiveWindow(t *testing.T) {
 			t.Fatalf("flow %d differs from what was published", i)
 		}
 	}
+	stop()
+	if held := liveHeld(o); held != 0 {
+		t.Fatalf("live window holds %d flows after the last follower left", held)
+	}
+	// Nor are flows published after the last follower left.
+	stop = follow(t, o)
+	o.Publish(realisticFlow(0))
+	stop()
+	o.Publish(realisticFlow(1))
+	if held := liveHeld(o); held != 0 {
+		t.Fatalf("live window holds %d flows", held)
+	}
+
 	// Evicted flows leave the window too: a small ring holds no stale flow.
 	small := New(Config{MaxFlows: 2}, nil)
+	stop = follow(t, small)
+	defer stop()
 	for i := range 5 {
 		small.Publish(realisticFlow(i))
 	}
+	if held := liveHeld(small); held != 2 {
+		t.Fatalf("live window holds %d flows with 2 in history", held)
+	}
+}
+
+// follow subscribes a follower that discards what it gets; stop ends it
+// and waits until it is gone.
+func follow(t *testing.T, o *Observer) (stop func()) {
+	t.Helper()
+	n := o.Status().Followers
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = o.GetFlows(ctx, &flowtracev1.GetFlowsRequest{Follow: true}, nil, func(*flowtracev1.GetFlowsResponse) error { return nil })
+	}()
+	waitFollowers(t, o, n+1)
+	return func() { cancel(); <-done }
+}
+
+func liveHeld(o *Observer) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	held := 0
-	for _, f := range small.live {
+	for _, f := range o.live {
 		if f != nil {
 			held++
 		}
 	}
-	if held != 2 {
-		t.Fatalf("live window holds %d flows with 2 in history", held)
-	}
+	return held
 }
 
 // TestPublishBatch: a batch lands in order, nil flows skipped, and a small

@@ -64,9 +64,10 @@ const numSources = 5
 const readBatch = 256
 
 // liveWindow is how many of the newest flows are also held as the *Flow
-// values Publish got: a follower that keeps up sends those without
-// reassembling and unmarshalling history's copy (the unmarshal was half of
-// a follower's CPU). About 1 MB; older flows are decoded from history.
+// values Publish got, while anyone follows: a follower that keeps up sends
+// those without reassembling and unmarshalling history's copy (the
+// unmarshal was half of a follower's CPU). About 1 MB; older flows, and
+// flows published while no one followed, are decoded from history.
 const liveWindow = 1024
 
 // entry is one flow as a reader copied it out of history: the marshalled
@@ -245,7 +246,15 @@ func (o *Observer) appendLocked(es []entry, flows []*flowtracev1.Flow) {
 			o.log.Warn("flow too large for history", "bytes", len(e.data))
 			continue
 		}
-		o.live[(o.hist.next-1)%liveWindow] = flows[i]
+		// Only followers read the window often enough to gain from it;
+		// without one it would keep ~1024 flows (1.5 MB, twice that at
+		// the GC's goal) alive for nothing. The slot is cleared either
+		// way: it held the flow of seq-liveWindow.
+		var live *flowtracev1.Flow
+		if len(o.followers) > 0 {
+			live = flows[i]
+		}
+		o.live[(o.hist.next-1)%liveWindow] = live
 		o.seen++
 	}
 	o.armAgeTimerLocked(es[0].added)
@@ -466,6 +475,9 @@ func (o *Observer) GetFlows(ctx context.Context, req *flowtracev1.GetFlowsReques
 		defer func() {
 			o.mu.Lock()
 			delete(o.followers, fl)
+			if len(o.followers) == 0 {
+				clear(o.live[:]) // see appendLocked
+			}
 			o.mu.Unlock()
 		}()
 	}

@@ -16,8 +16,9 @@ package observer
 //     there, so the pages touched stay close to the bytes actually held
 //     (replaying the bench's flow sizes: high-water = bytes held).
 //     When the flows written since the wrap catch up with the oldest ones
-//     while fewer than MaxFlows are held, they are moved up behind the
-//     older ones (each byte at most once) rather than evicting anything.
+//     (the bytes held grew), room is made rather than anything evicted: a
+//     short newer run moves up behind the older one, otherwise the older
+//     run moves up by a 64th of the bytes held (room).
 //
 // Each record is the flow's bytes with its endpoints and interfaces replaced
 // by references into a dictionary (dict.go).
@@ -103,6 +104,29 @@ func (s *store) unwrap() {
 	}
 	s.head += s.wrapEnd
 	s.wrapped = false
+	s.high = max(s.high, s.head)
+}
+
+// shiftUpper moves the upper run up by d bytes, opening d bytes between
+// the lower run's end and the oldest flow.
+func (s *store) shiftUpper(d uint32) {
+	tail := s.oldest().off
+	copy(s.arena[tail+d:s.wrapEnd+d], s.arena[tail:s.wrapEnd])
+	for seq := s.next - uint64(s.n); seq < s.wrapSeq; seq++ {
+		s.at(seq).off += d
+	}
+	s.wrapEnd += d
+	s.high = max(s.high, s.wrapEnd)
+}
+
+// growStep is how much room the arena gains when the flows written since
+// the wrap catch up with the oldest ones: a 64th of the bytes held (at
+// least a page), so that the pages touched stay within ~2% of the most
+// bytes ever held while the catch-ups, each a copy of up to all the bytes
+// held, stay rare.
+func (s *store) growStep(size uint32) uint32 {
+	held := s.wrapEnd - s.oldest().off + s.head
+	return max(size, held/64, 4096)
 }
 
 // room makes space for size bytes, evicting the oldest flows when the
@@ -131,6 +155,23 @@ func (s *store) room(size uint32) (off uint32, evicted int, ok bool) {
 			if s.head+size <= tail {
 				return s.head, evicted, true
 			}
+			// The newer flows caught up with the oldest: the bytes held
+			// grew (larger flows replacing smaller ones, or fewer than
+			// MaxFlows held), so the arena must grow, by about what is
+			// missing. Moving the newer run up behind the older one
+			// grows it by that whole run and, wrapping again at once,
+			// twice in a row doubled the pages touched at the count
+			// bound; so that is done only for a short run, and the
+			// older run moves up by a step otherwise.
+			step := s.growStep(size)
+			if s.head <= step && uint64(s.wrapEnd)+uint64(s.head)+uint64(size) <= uint64(len(s.arena)) {
+				s.unwrap()
+				continue
+			}
+			if uint64(s.wrapEnd)+uint64(step) <= uint64(len(s.arena)) {
+				s.shiftUpper(step)
+				continue
+			}
 			if uint64(s.wrapEnd)+uint64(s.head)+uint64(size) <= uint64(len(s.arena)) {
 				s.unwrap()
 				continue
@@ -155,8 +196,8 @@ func (s *store) room(size uint32) (off uint32, evicted int, ok bool) {
 // add appends a flow's bytes and returns how many older flows it evicted,
 // or ok false when data can never fit (larger than the arena).
 func (s *store) add(added, flowTime int64, data []byte) (evicted int, ok bool) {
-	var spans [maxRefs]span
-	k, n := s.dict.split(data, &spans)
+	var l layout
+	n := s.dict.split(data, &l)
 	size := uint32(n)
 	if uint64(n) != uint64(size) {
 		return 0, false
@@ -165,7 +206,7 @@ func (s *store) add(added, flowTime int64, data []byte) (evicted int, ok bool) {
 	if !ok {
 		return evicted, false
 	}
-	s.dict.encode(s.arena[off:off+size], data, spans[:k])
+	s.dict.encode(s.arena[off:off+size], data, &l)
 	s.head = off + size
 	s.high = max(s.high, s.head)
 	*s.at(s.next) = meta{off: off, size: size, added: added, flowTime: flowTime}

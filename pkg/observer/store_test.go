@@ -93,6 +93,53 @@ func TestStoreRandom(t *testing.T) {
 	}
 }
 
+// TestStoreExtent: at the count bound, with sizes that wander around a
+// mean (the agent's mix of flow and drop records), the arena's pages
+// touched stay those of the most bytes ever held, plus a little slack,
+// however many flows go through; and the high-water mark covers every byte
+// written, so release hands them all back.
+func TestStoreExtent(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	const flows = 4096
+	s := store{idx: make([]meta, flows), arena: make([]byte, flows*2048), dict: newDict()}
+	sizes := map[uint64]int{}
+	var held, maxHeld, extent int
+	for i := 0; i < 300000; i++ {
+		size := []int{120, 120, 180}[rng.IntN(3)] + rng.IntN(8)
+		if s.n == flows {
+			old := s.next - uint64(s.n)
+			held -= int(s.at(old).size)
+			delete(sizes, old)
+		}
+		seq := s.next
+		sizes[seq] = size
+		if _, ok := s.add(int64(i), int64(i), record(seq, size)); !ok {
+			t.Fatal("add refused")
+		}
+		m := s.at(seq)
+		held += int(m.size)
+		maxHeld = max(maxHeld, held)
+		// Every held flow's end: flows moved up by the store count too.
+		if i%64 == 0 {
+			for q := s.next - uint64(s.n); q < s.next; q++ {
+				extent = max(extent, int(s.at(q).off+s.at(q).size))
+			}
+		}
+		extent = max(extent, int(m.off+m.size))
+		if i%4999 == 0 {
+			checkStore(t, &s, sizes)
+		}
+	}
+	checkStore(t, &s, sizes)
+	t.Logf("most bytes held %d, arena extent %d (%.3fx), high-water %d", maxHeld, extent, float64(extent)/float64(maxHeld), s.high)
+	if limit := maxHeld + maxHeld/16 + 8<<10; extent > limit {
+		t.Errorf("arena extent %d bytes for at most %d held, want <= %d", extent, maxHeld, limit)
+	}
+	if int(s.high) < extent {
+		t.Errorf("high-water %d below the %d bytes written", s.high, extent)
+	}
+}
+
 func TestStoreTooLarge(t *testing.T) {
 	s := store{idx: make([]meta, 4), arena: make([]byte, 100), dict: newDict()}
 	// A record is the flow plus a one-byte header.
