@@ -31,6 +31,7 @@
  */
 struct ft_drop_hdr {
 	__u8 b[FT_DROP_HDR];
+	struct ft_clock_memo clk; /* the fold clock; lives across drops */
 };
 
 struct {
@@ -66,7 +67,8 @@ static __always_inline __u32 ft_skb_netns(struct sk_buff *skb, __u32 *ifindex, i
 }
 
 /* Parse the dropped packet's headers into t (on the stack, before folding). */
-static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *t, int btf)
+static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *t,
+					  struct ft_drop_hdr *hb, int btf)
 {
 	const unsigned char *head = FT_SKB(btf, skb, head);
 	__u32 tail = FT_SKB(btf, skb, tail);
@@ -74,8 +76,6 @@ static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *
 	__u16 proto = bpf_ntohs(FT_SKB(btf, skb, protocol));
 	struct ft_src src = {};
 	struct ft_pmeta m = {};
-	struct ft_drop_hdr *hb;
-	__u32 zero = 0;
 
 	/* Early drops may happen before the network header was set. */
 	if (nh == FT_HDR_UNSET || nh == 0 || nh >= tail) {
@@ -90,7 +90,6 @@ static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *
 	 * (5.10's loses the bound of a computed one). Bytes past the linear
 	 * data are never parsed (buflen), and the probe read is fault-safe.
 	 */
-	hb = bpf_map_lookup_elem(&ft_drop_hdrs, &zero);
 	if (hb && !bpf_probe_read_kernel(hb->b, FT_DROP_HDR, src.head)) {
 		src.buf = hb->b;
 		src.buflen = src.end < FT_DROP_HDR ? src.end : FT_DROP_HDR;
@@ -105,7 +104,9 @@ static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *
  * between are reported by user space from the slot's cumulative counter, so
  * a storm costs one event per window per CPU plus one per user-space walk.
  * Times are boot time: tracing programs may not use the coarse clock
- * (bpf_ktime_get_coarse_ns is refused there).
+ * (bpf_ktime_get_coarse_ns is refused there). now is memoised per jiffy
+ * (ft_boot_memo): a window of 100 ms needs no better, and an emitted drop
+ * reads the exact time itself.
  */
 static __always_inline int ft_drop_fold_in(struct ft_drop_key *k, struct sk_buff *skb, __u64 now,
 					   int btf)
@@ -145,6 +146,8 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 {
 	struct ft_drop_event *e;
 	struct ft_drop_key k = {};
+	struct ft_drop_hdr *hb;
+	__u32 zero = 0;
 	__u64 now;
 
 	if (has_reason && (reason == ft_reason_not_dropped || reason == ft_reason_consumed))
@@ -158,12 +161,22 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 	}
 	k.location = location;
 	k.reason = reason;
-	ft_drop_tuple(skb, &k.tuple, btf);
-	now = bpf_ktime_get_boot_ns();
-	if (ft_drop_fold_window_ns && ft_drop_fold_in(&k, skb, now, btf)) {
-		ft_stat_inc(FT_STAT_DROPS_FOLDED);
-		return 0;
+	hb = bpf_map_lookup_elem(&ft_drop_hdrs, &zero);
+	ft_drop_tuple(skb, &k.tuple, hb, btf);
+	if (ft_drop_fold_window_ns) {
+		now = hb ? ft_boot_memo(&hb->clk) : bpf_ktime_get_boot_ns();
+		if (ft_drop_fold_in(&k, skb, now, btf)) {
+			ft_stat_inc(FT_STAT_DROPS_FOLDED);
+			return 0;
+		}
 	}
+	/*
+	 * An event carries the exact time. It also becomes the memo, so the
+	 * drops folded after it are never dated before it.
+	 */
+	now = bpf_ktime_get_boot_ns();
+	if (hb && ft_jiffies_enabled)
+		hb->clk.ns = now;
 
 	e = ft_rb_reserve(sizeof(*e));
 	if (!e)

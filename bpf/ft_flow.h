@@ -45,6 +45,7 @@ struct {
  * per CPU is enough.
  */
 struct ft_scratch {
+	struct ft_clock_memo clk; /* ft_now's; lives across packets */
 	struct ft_tuple t; /* the packet being handled */
 	struct ft_pmeta m;
 	struct ft_encap enc;
@@ -333,7 +334,7 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 	__builtin_memset(&sc->enc, 0, sizeof(sc->enc));
 	if (ft_tc_parse(skb, &sc->t, &sc->m, &sc->enc) != FT_PARSE_OK)
 		return FT_TC_ACT_UNSPEC;
-	now = ft_now();
+	now = ft_now(&sc->clk);
 	v = ft_flow_account(skb, &sc->t, &sc->enc, dir, now);
 	if (!v || sc->enc.ip_version)
 		return FT_TC_ACT_UNSPEC;

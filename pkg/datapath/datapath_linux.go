@@ -300,6 +300,7 @@ var optionalPaths = []struct {
 	{"ft_kread_enabled", func(c Config) bool { return c.denyKread }},
 	{"ft_fib_enabled", func(c Config) bool { return c.denyFIB }},
 	{"ft_coarse_clock_enabled", func(Config) bool { return false }},
+	{"ft_jiffies_enabled", func(Config) bool { return false }},
 }
 
 // kernelCaps says which optional paths the running kernel offers, from
@@ -330,6 +331,8 @@ func probeKernel(kspec *btf.Spec, cfg Config) kernelCaps {
 		"ft_fib_enabled":   helper(asm.FnFibLookup) && helper(asm.FnCheckMtu),
 		// 5.11+; without it tc reads the clocksource per packet.
 		"ft_coarse_clock_enabled": helper(asm.FnKtimeGetCoarseNs),
+		// 5.5+; without it the clocks are read per packet and drop.
+		"ft_jiffies_enabled": helper(asm.FnJiffies64),
 	}
 	if caps["ft_kread_enabled"] && (cfg.denyKread || !helper(asm.FnProbeReadKernel)) {
 		caps["ft_kread_enabled"] = false
