@@ -4,6 +4,7 @@ package datapath
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -108,6 +109,10 @@ const (
 	// with NTP steps and suspend.
 	clockResync = 10 * time.Second
 )
+
+// scratchTCPacketsOff is the offset of tc_packets in struct ft_scratch, the
+// per-CPU count of FT_STAT_TC_PACKETS. Keep in sync with bpf/ft_flow.h.
+const scratchTCPacketsOff = 0
 
 // statNames follows enum ft_stat. Keep in sync with bpf/ft_event.h.
 var statNames = [...]string{
@@ -936,6 +941,17 @@ func (d *Datapath) Stats() (map[string]uint64, error) {
 			sum += v
 		}
 		out[name] = sum
+	}
+	// tc counts its packets in its per-CPU scratch value (see struct
+	// ft_scratch in bpf/ft_flow.h), which it looks up anyway.
+	var scratch [][]byte
+	if err := d.objs.FtScratch.Lookup(uint32(0), &scratch); err != nil {
+		return nil, fmt.Errorf("read ft_scratch: %w", err)
+	}
+	for _, v := range scratch {
+		if len(v) >= scratchTCPacketsOff+8 {
+			out["tc_packets"] += binary.NativeEndian.Uint64(v[scratchTCPacketsOff:])
+		}
 	}
 	out["decode_errors"] = d.decodeErrors.Load()
 	reported, lost := d.folds.totals()

@@ -13,6 +13,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 
 	"github.com/flowtrace/flowtrace/pkg/decode"
@@ -492,6 +493,28 @@ func TestABIMatchesGenerated(t *testing.T) {
 			t.Errorf("%s: C layout %d, decode constant %d", c.name, c.got, c.want)
 		}
 	}
+}
+
+// TestScratchCounterOffset checks that Stats reads tc's packet count where
+// the BPF object keeps it (struct ft_scratch, from the object's BTF).
+func TestScratchCounterOffset(t *testing.T) {
+	spec, err := loadFt()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st *btf.Struct
+	if err := spec.Types.TypeByName("ft_scratch", &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range st.Members {
+		if m.Name == "tc_packets" {
+			if off := m.Offset.Bytes(); off != scratchTCPacketsOff || btf.UnderlyingType(m.Type).(*btf.Int).Size != 8 {
+				t.Fatalf("ft_scratch.tc_packets at %d (%v), Stats reads offset %d", off, m.Type, scratchTCPacketsOff)
+			}
+			return
+		}
+	}
+	t.Fatalf("no tc_packets in struct ft_scratch: %v", st.Members)
 }
 
 // TestFlushIdleBatches fills the flow table past several lookup batches and

@@ -162,8 +162,9 @@ type ftFtMtuEvent struct {
 }
 
 type ftFtScratch struct {
-	_   structs.HostLayout
-	Clk struct {
+	_         structs.HostLayout
+	TcPackets uint64
+	Clk       struct {
 		_       structs.HostLayout
 		Jiffies uint64
 		Ns      uint64
