@@ -241,7 +241,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb,
 
 	if (t->tcp_flags & (FT_TCP_SYN | FT_TCP_FIN | FT_TCP_RST))
 		reason = FT_REASON_TCP_FLAGS;
-	else if (now - v->last_report_ns >= ft_flow_report_interval_ns)
+	else if (ft_since(now, v->last_report_ns) >= (__s64)ft_flow_report_interval_ns)
 		reason = FT_REASON_PERIODIC;
 	if (!reason)
 		return v;

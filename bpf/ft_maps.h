@@ -158,6 +158,18 @@ static __always_inline __u64 ft_now(struct ft_clock_memo *c)
 	return c->ns;
 }
 
+/*
+ * Time from then to now of ft_now values, signed: a flow entry is shared by
+ * all CPUs, and another CPU's memo may be a tick ahead of this one's (and
+ * without the memo, its read may simply land later), so a time stored in the
+ * entry can be "after" now. Unsigned, that difference wraps to a huge
+ * interval and fires a spurious periodic report or MTU re-check.
+ */
+static __always_inline __s64 ft_since(__u64 now, __u64 then)
+{
+	return (__s64)(now - then);
+}
+
 /* Boot time, memoised per jiffy like ft_now (for tracing programs). */
 static __always_inline __u64 ft_boot_memo(struct ft_clock_memo *c)
 {

@@ -72,7 +72,7 @@ static __noinline void ft_mtu_check(struct __sk_buff *skb, const struct ft_tuple
 		return;
 	if (t->ip_version == 4 && !m->df)
 		return; /* the router fragments it */
-	if (v->egress_mtu && m->l3_len <= v->egress_mtu && now - v->mtu_checked_ns < ft_flow_report_interval_ns)
+	if (v->egress_mtu && m->l3_len <= v->egress_mtu && ft_since(now, v->mtu_checked_ns) < (__s64)ft_flow_report_interval_ns)
 		return;
 
 	fib.ifindex = skb->ifindex;
@@ -121,7 +121,7 @@ static __noinline void ft_mtu_check(struct __sk_buff *skb, const struct ft_tuple
 	v->mtu_checked_ns = now;
 	if (rc == BPF_MTU_CHK_RET_SUCCESS)
 		return;
-	if (v->mtu_report_ns && now - v->mtu_report_ns < ft_flow_report_interval_ns)
+	if (v->mtu_report_ns && ft_since(now, v->mtu_report_ns) < (__s64)ft_flow_report_interval_ns)
 		return;
 	v->mtu_report_ns = now;
 

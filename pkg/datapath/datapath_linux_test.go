@@ -301,6 +301,39 @@ func TestPeriodicAndIdleFlush(t *testing.T) {
 	}
 }
 
+// TestReportTimeAheadOfClock: an entry's last report may carry a time a
+// little after the clock of the CPU counting the next packet (another CPU's
+// per-jiffy clock memo, or FlushIdle's exact clock against the kernel's
+// coarse one). That must read as "just reported", not as a wrapped-around
+// interval that fires a periodic report.
+func TestReportTimeAheadOfClock(t *testing.T) {
+	d := load(t, Config{FlowReportInterval: time.Second})
+	f := tcpFrame(51500, decode.TCPAck, 10)
+	run(t, d.Egress(), f) // NEW
+	if evs := drain(t, d); len(evs) != 1 || evs[0].FlowReason != decode.ReasonNew {
+		t.Fatalf("events: %+v", evs)
+	}
+	var k ftFtFlowKey
+	var v ftFtFlowVal
+	it := d.objs.FtFlows.Iterate()
+	if !it.Next(&k, &v) {
+		t.Fatalf("no flow entry: %v", it.Err())
+	}
+	v.LastReportNs = uint64(monoNs()) + uint64(50*time.Millisecond)
+	if err := d.objs.FtFlows.Update(&k, &v, ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		run(t, d.Egress(), f)
+	}
+	if evs := drain(t, d); len(evs) != 0 {
+		t.Fatalf("report time ahead of the clock fired reports: %+v", evs)
+	}
+	if err := d.objs.FtFlows.Lookup(&k, &v); err != nil || v.Packets != 10 {
+		t.Fatalf("entry after 10 packets: %+v %v", v, err)
+	}
+}
+
 // TestRunDeliversLoneEvent checks that a single event (no forced wakeup) is
 // delivered promptly through Run, with a plausible wall time.
 func TestRunDeliversLoneEvent(t *testing.T) {
