@@ -121,6 +121,15 @@ static __always_inline int ft_drop_fold_in(struct ft_drop_key *k, struct sk_buff
 		return 0;
 	}
 	if (f->created_ns && now - f->emit_ns < ft_drop_fold_window_ns) {
+		/*
+		 * The memo repeats one time for a whole jiffy, but user space
+		 * dates a report's first drop as the previous report's last
+		 * + 1 ns: keep a slot's times strictly increasing (it runs
+		 * ahead of the memo by 1 ns per drop at most until the next
+		 * jiffy's reading catches up).
+		 */
+		if (now <= f->last_ns)
+			now = f->last_ns + 1;
 		f->folded += 1; /* per-CPU slot: no atomic needed */
 		if (!f->fold_first_ns)
 			f->fold_first_ns = now;
