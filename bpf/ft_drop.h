@@ -120,7 +120,7 @@ static __always_inline int ft_drop_fold_in(struct ft_drop_key *k, struct sk_buff
 		bpf_map_update_elem(&ft_drop_folds, k, &nf, BPF_NOEXIST);
 		return 0;
 	}
-	if (f->created_ns && now - f->emit_ns < ft_drop_fold_window_ns) {
+	if (f->created_ns && ft_since(now, f->emit_ns) < (__s64)ft_drop_fold_window_ns) {
 		/*
 		 * The memo repeats one time for a whole jiffy, but user space
 		 * dates a report's first drop as the previous report's last

@@ -159,8 +159,8 @@ static __always_inline __u64 ft_now(struct ft_clock_memo *c)
 }
 
 /*
- * Time from then to now of ft_now values, signed: a flow entry is shared by
- * all CPUs, and another CPU's memo may be a tick ahead of this one's (and
+ * Time from then to now of ft_now (or ft_boot_memo) values, signed: a flow
+ * entry is shared by all CPUs, and another CPU's memo may be a tick ahead of this one's (and
  * without the memo, its read may simply land later), so a time stored in the
  * entry can be "after" now. Unsigned, that difference wraps to a huge
  * interval and fires a spurious periodic report or MTU re-check.
