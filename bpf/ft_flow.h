@@ -177,7 +177,13 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb,
 						      const struct ft_tuple *t,
 						      const struct ft_encap *enc, __u8 dir, __u64 now)
 {
-	struct ft_flow_key k = {};
+	/*
+	 * t is &ft_scratch.t, 8-aligned in the map value; saying so lets clang
+	 * copy the addresses 8 bytes at a time instead of assembling them from
+	 * 2-byte loads (ft_tuple's own alignment): ~40 instructions a packet.
+	 */
+	const struct ft_tuple *ta = __builtin_assume_aligned(t, 8);
+	struct ft_flow_key k __attribute__((aligned(8))) = {};
 	struct ft_flow_val *v;
 	struct ft_ct ct = {};
 	__u32 len = skb->len;
@@ -186,8 +192,8 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb,
 	__u8 reason = 0;
 	__u8 fl;
 
-	__builtin_memcpy(k.saddr, t->saddr, 16);
-	__builtin_memcpy(k.daddr, t->daddr, 16);
+	__builtin_memcpy(k.saddr, ta->saddr, 16);
+	__builtin_memcpy(k.daddr, ta->daddr, 16);
 	k.sport = t->sport;
 	k.dport = t->dport;
 	k.proto = t->proto;
