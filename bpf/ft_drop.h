@@ -31,6 +31,7 @@
  */
 struct ft_drop_hdr {
 	__u8 b[FT_DROP_HDR];
+	struct ft_clock_memo clk; /* the fold clock; lives across drops */
 };
 
 struct {
@@ -66,7 +67,8 @@ static __always_inline __u32 ft_skb_netns(struct sk_buff *skb, __u32 *ifindex, i
 }
 
 /* Parse the dropped packet's headers into t (on the stack, before folding). */
-static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *t, int btf)
+static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *t,
+					  struct ft_drop_hdr *hb, int btf)
 {
 	const unsigned char *head = FT_SKB(btf, skb, head);
 	__u32 tail = FT_SKB(btf, skb, tail);
@@ -74,8 +76,6 @@ static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *
 	__u16 proto = bpf_ntohs(FT_SKB(btf, skb, protocol));
 	struct ft_src src = {};
 	struct ft_pmeta m = {};
-	struct ft_drop_hdr *hb;
-	__u32 zero = 0;
 
 	/* Early drops may happen before the network header was set. */
 	if (nh == FT_HDR_UNSET || nh == 0 || nh >= tail) {
@@ -90,7 +90,6 @@ static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *
 	 * (5.10's loses the bound of a computed one). Bytes past the linear
 	 * data are never parsed (buflen), and the probe read is fault-safe.
 	 */
-	hb = bpf_map_lookup_elem(&ft_drop_hdrs, &zero);
 	if (hb && !bpf_probe_read_kernel(hb->b, FT_DROP_HDR, src.head)) {
 		src.buf = hb->b;
 		src.buflen = src.end < FT_DROP_HDR ? src.end : FT_DROP_HDR;
@@ -107,7 +106,9 @@ static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *
  * A slot is made by the second drop of a signature within a window (see
  * ft_drop_recent), which it counts as its first fold.
  * Times are boot time: tracing programs may not use the coarse clock
- * (bpf_ktime_get_coarse_ns is refused there).
+ * (bpf_ktime_get_coarse_ns is refused there). now is memoised per jiffy
+ * (ft_boot_memo): a window of 100 ms needs no better, and an emitted drop
+ * reads the exact time itself.
  */
 static __always_inline int ft_drop_fold_in(struct ft_drop_key *k, struct sk_buff *skb, __u64 now,
 					   int btf)
@@ -119,14 +120,19 @@ static __always_inline int ft_drop_fold_in(struct ft_drop_key *k, struct sk_buff
 		struct ft_drop_fold nf = {};
 
 		emitted = bpf_map_lookup_elem(&ft_drop_recent, k);
-		if (!emitted || now - *emitted >= ft_drop_fold_window_ns) {
+		/* Signed: another CPU's memo can be a tick ahead of ours. */
+		if (!emitted || ft_since(now, *emitted) >= (__s64)ft_drop_fold_window_ns) {
 			bpf_map_update_elem(&ft_drop_recent, k, &now, BPF_ANY);
 			return 0;
 		}
 		/*
 		 * Values of a per-CPU map created here start on this CPU only;
 		 * the other CPUs' slots stay zero (unused) until they fold.
+		 * The fold is dated after the emitted drop, as a slot's times
+		 * must increase.
 		 */
+		if (now <= *emitted)
+			now = *emitted + 1;
 		nf.created_ns = now;
 		nf.emit_ns = *emitted;
 		nf.fold_first_ns = now;
@@ -139,7 +145,16 @@ static __always_inline int ft_drop_fold_in(struct ft_drop_key *k, struct sk_buff
 			return 0;
 		return 1;
 	}
-	if (f->created_ns && now - f->emit_ns < ft_drop_fold_window_ns) {
+	if (f->created_ns && ft_since(now, f->emit_ns) < (__s64)ft_drop_fold_window_ns) {
+		/*
+		 * The memo repeats one time for a whole jiffy, but user space
+		 * dates a report's first drop as the previous report's last
+		 * + 1 ns: keep a slot's times strictly increasing (it runs
+		 * ahead of the memo by 1 ns per drop at most until the next
+		 * jiffy's reading catches up).
+		 */
+		if (now <= f->last_ns)
+			now = f->last_ns + 1;
 		f->folded += 1; /* per-CPU slot: no atomic needed */
 		if (!f->fold_first_ns)
 			f->fold_first_ns = now;
@@ -165,6 +180,8 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 {
 	struct ft_drop_event *e;
 	struct ft_drop_key k = {};
+	struct ft_drop_hdr *hb;
+	__u32 zero = 0;
 	__u64 now;
 
 	if (has_reason && (reason == ft_reason_not_dropped || reason == ft_reason_consumed))
@@ -178,12 +195,22 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 	}
 	k.location = location;
 	k.reason = reason;
-	ft_drop_tuple(skb, &k.tuple, btf);
-	now = bpf_ktime_get_boot_ns();
-	if (ft_drop_fold_window_ns && ft_drop_fold_in(&k, skb, now, btf)) {
-		ft_stat_inc(FT_STAT_DROPS_FOLDED);
-		return 0;
+	hb = bpf_map_lookup_elem(&ft_drop_hdrs, &zero);
+	ft_drop_tuple(skb, &k.tuple, hb, btf);
+	if (ft_drop_fold_window_ns) {
+		now = hb ? ft_boot_memo(&hb->clk) : bpf_ktime_get_boot_ns();
+		if (ft_drop_fold_in(&k, skb, now, btf)) {
+			ft_stat_inc(FT_STAT_DROPS_FOLDED);
+			return 0;
+		}
 	}
+	/*
+	 * An event carries the exact time. It also becomes the memo, so the
+	 * drops folded after it are never dated before it.
+	 */
+	now = bpf_ktime_get_boot_ns();
+	if (hb && ft_jiffies_enabled)
+		hb->clk.ns = now;
 
 	e = ft_rb_reserve(sizeof(*e));
 	if (!e)

@@ -192,7 +192,7 @@ struct ft_mtu_event {
 
 /* Per-CPU counters in ft_stats; names in pkg/datapath must follow this order. */
 enum ft_stat {
-	FT_STAT_TC_PACKETS = 0,
+	FT_STAT_TC_PACKETS = 0, /* counted in ft_scratch.tc_packets (ft_flow.h) */
 	FT_STAT_NON_IP,
 	FT_STAT_TRUNCATED,
 	FT_STAT_MALFORMED,

@@ -142,17 +142,64 @@ static __always_inline void *ft_rb_reserve(__u32 size)
 }
 
 /*
+ * A clock value read in the jiffy `jiffies` on this CPU (per-CPU map
+ * storage). Readers of the same jiffy reuse it: the memo is at most about a
+ * tick behind the clock (two when the reader sees the new jiffy before the
+ * tick updated timekeeping), never ahead, and never goes backwards on a CPU.
+ */
+struct ft_clock_memo {
+	__u64 jiffies;
+	__u64 ns;
+};
+
+/*
  * The clock of tc's per-packet bookkeeping (ft_flow_val's *_ns):
  * CLOCK_MONOTONIC at tick resolution where the kernel has the cheap coarse
  * read. Good enough for intervals of seconds; event timestamps use exact
  * boot time instead. tc only: tracing programs may not call the coarse
- * read, so the drop path keeps boot time.
+ * read, so the drop path keeps boot time (ft_boot_memo).
  */
-static __always_inline __u64 ft_now(void)
+static __always_inline __u64 ft_now(struct ft_clock_memo *c)
 {
-	if (ft_coarse_clock_enabled)
-		return bpf_ktime_get_coarse_ns();
-	return bpf_ktime_get_ns();
+	__u64 j = 0;
+
+	if (ft_jiffies_enabled) {
+		j = bpf_jiffies64();
+		if (c->jiffies == j && c->ns)
+			return c->ns;
+	}
+	c->ns = ft_coarse_clock_enabled ? bpf_ktime_get_coarse_ns() : bpf_ktime_get_ns();
+	if (ft_jiffies_enabled)
+		c->jiffies = j;
+	return c->ns;
+}
+
+/*
+ * Time from then to now of ft_now (or ft_boot_memo) values, signed: a flow
+ * entry is shared by all CPUs, and another CPU's memo may be a tick ahead of this one's (and
+ * without the memo, its read may simply land later), so a time stored in the
+ * entry can be "after" now. Unsigned, that difference wraps to a huge
+ * interval and fires a spurious periodic report or MTU re-check.
+ */
+static __always_inline __s64 ft_since(__u64 now, __u64 then)
+{
+	return (__s64)(now - then);
+}
+
+/* Boot time, memoised per jiffy like ft_now (for tracing programs). */
+static __always_inline __u64 ft_boot_memo(struct ft_clock_memo *c)
+{
+	__u64 j = 0;
+
+	if (ft_jiffies_enabled) {
+		j = bpf_jiffies64();
+		if (c->jiffies == j && c->ns)
+			return c->ns;
+	}
+	c->ns = bpf_ktime_get_boot_ns();
+	if (ft_jiffies_enabled)
+		c->jiffies = j;
+	return c->ns;
 }
 
 /* ts: the exact bpf_ktime_get_boot_ns(), read only when an event is written. */

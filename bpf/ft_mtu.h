@@ -54,11 +54,29 @@ static __always_inline struct ft_mtu_event *ft_mtu_reserve(const struct ft_tuple
 }
 
 /*
+ * Whether ft_mtu_check has anything to do; inline, so the packets that need
+ * no check (small ones, non-DF IPv4, a fresh cached MTU: nearly all) do not
+ * pay a subprogram call.
+ */
+static __always_inline int ft_mtu_due(const struct ft_tuple *t, const struct ft_pmeta *m,
+				      const struct ft_flow_val *v, __u64 now)
+{
+	if (!ft_fib_enabled || m->l3_len <= ft_mtu_min_len)
+		return 0;
+	if (t->ip_version == 4 && !m->df)
+		return 0; /* the router fragments it */
+	if (v->egress_mtu && m->l3_len <= v->egress_mtu &&
+	    ft_since(now, v->mtu_checked_ns) < (__s64)ft_flow_report_interval_ns)
+		return 0;
+	return 1;
+}
+
+/*
  * Ingress MTU check of one forwarded packet. v caches the egress device and
  * its MTU per flow entry for one report interval, so a bulk transfer pays the
  * FIB lookup once per interval, not per packet; a packet larger than the
  * cached MTU always re-checks. Reports are rate-limited to one per entry and
- * interval.
+ * interval. Only called when ft_mtu_due.
  */
 static __noinline void ft_mtu_check(struct __sk_buff *skb, const struct ft_tuple *t,
 				     const struct ft_pmeta *m, struct ft_flow_val *v, __u64 now)
@@ -67,13 +85,6 @@ static __noinline void ft_mtu_check(struct __sk_buff *skb, const struct ft_tuple
 	struct ft_mtu_event *e;
 	__u32 mtu, egress;
 	long rc;
-
-	if (!ft_fib_enabled || m->l3_len <= ft_mtu_min_len)
-		return;
-	if (t->ip_version == 4 && !m->df)
-		return; /* the router fragments it */
-	if (v->egress_mtu && m->l3_len <= v->egress_mtu && now - v->mtu_checked_ns < ft_flow_report_interval_ns)
-		return;
 
 	fib.ifindex = skb->ifindex;
 	fib.l4_protocol = t->proto;
@@ -121,7 +132,7 @@ static __noinline void ft_mtu_check(struct __sk_buff *skb, const struct ft_tuple
 	v->mtu_checked_ns = now;
 	if (rc == BPF_MTU_CHK_RET_SUCCESS)
 		return;
-	if (v->mtu_report_ns && now - v->mtu_report_ns < ft_flow_report_interval_ns)
+	if (v->mtu_report_ns && ft_since(now, v->mtu_report_ns) < (__s64)ft_flow_report_interval_ns)
 		return;
 	v->mtu_report_ns = now;
 

@@ -4,6 +4,7 @@ package datapath
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -108,6 +109,10 @@ const (
 	// with NTP steps and suspend.
 	clockResync = 10 * time.Second
 )
+
+// scratchTCPacketsOff is the offset of tc_packets in struct ft_scratch, the
+// per-CPU count of FT_STAT_TC_PACKETS. Keep in sync with bpf/ft_flow.h.
+const scratchTCPacketsOff = 0
 
 // statNames follows enum ft_stat. Keep in sync with bpf/ft_event.h.
 var statNames = [...]string{
@@ -303,6 +308,7 @@ var optionalPaths = []struct {
 	{"ft_kread_enabled", func(c Config) bool { return c.denyKread }},
 	{"ft_fib_enabled", func(c Config) bool { return c.denyFIB }},
 	{"ft_coarse_clock_enabled", func(Config) bool { return false }},
+	{"ft_jiffies_enabled", func(Config) bool { return false }},
 }
 
 // kernelCaps says which optional paths the running kernel offers, from
@@ -333,6 +339,8 @@ func probeKernel(kspec *btf.Spec, cfg Config) kernelCaps {
 		"ft_fib_enabled":   helper(asm.FnFibLookup) && helper(asm.FnCheckMtu),
 		// 5.11+; without it tc reads the clocksource per packet.
 		"ft_coarse_clock_enabled": helper(asm.FnKtimeGetCoarseNs),
+		// 5.5+; without it the clocks are read per packet and drop.
+		"ft_jiffies_enabled": helper(asm.FnJiffies64),
 	}
 	if caps["ft_kread_enabled"] && (cfg.denyKread || !helper(asm.FnProbeReadKernel)) {
 		caps["ft_kread_enabled"] = false
@@ -992,6 +1000,17 @@ func (d *Datapath) Stats() (map[string]uint64, error) {
 			sum += v
 		}
 		out[name] = sum
+	}
+	// tc counts its packets in its per-CPU scratch value (see struct
+	// ft_scratch in bpf/ft_flow.h), which it looks up anyway.
+	var scratch [][]byte
+	if err := d.objs.FtScratch.Lookup(uint32(0), &scratch); err != nil {
+		return nil, fmt.Errorf("read ft_scratch: %w", err)
+	}
+	for _, v := range scratch {
+		if len(v) >= scratchTCPacketsOff+8 {
+			out["tc_packets"] += binary.NativeEndian.Uint64(v[scratchTCPacketsOff:])
+		}
 	}
 	out["decode_errors"] = d.decodeErrors.Load()
 	reported, lost := d.folds.totals()

@@ -13,6 +13,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 
 	"github.com/flowtrace/flowtrace/pkg/decode"
@@ -300,6 +301,39 @@ func TestPeriodicAndIdleFlush(t *testing.T) {
 	}
 }
 
+// TestReportTimeAheadOfClock: an entry's last report may carry a time a
+// little after the clock of the CPU counting the next packet (another CPU's
+// per-jiffy clock memo, or FlushIdle's exact clock against the kernel's
+// coarse one). That must read as "just reported", not as a wrapped-around
+// interval that fires a periodic report.
+func TestReportTimeAheadOfClock(t *testing.T) {
+	d := load(t, Config{FlowReportInterval: time.Second})
+	f := tcpFrame(51500, decode.TCPAck, 10)
+	run(t, d.Egress(), f) // NEW
+	if evs := drain(t, d); len(evs) != 1 || evs[0].FlowReason != decode.ReasonNew {
+		t.Fatalf("events: %+v", evs)
+	}
+	var k ftFtFlowKey
+	var v ftFtFlowVal
+	it := d.objs.FtFlows.Iterate()
+	if !it.Next(&k, &v) {
+		t.Fatalf("no flow entry: %v", it.Err())
+	}
+	v.LastReportNs = uint64(monoNs()) + uint64(50*time.Millisecond)
+	if err := d.objs.FtFlows.Update(&k, &v, ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		run(t, d.Egress(), f)
+	}
+	if evs := drain(t, d); len(evs) != 0 {
+		t.Fatalf("report time ahead of the clock fired reports: %+v", evs)
+	}
+	if err := d.objs.FtFlows.Lookup(&k, &v); err != nil || v.Packets != 10 {
+		t.Fatalf("entry after 10 packets: %+v %v", v, err)
+	}
+}
+
 // TestRunDeliversLoneEvent checks that a single event (no forced wakeup) is
 // delivered promptly through Run, with a plausible wall time.
 func TestRunDeliversLoneEvent(t *testing.T) {
@@ -492,6 +526,28 @@ func TestABIMatchesGenerated(t *testing.T) {
 			t.Errorf("%s: C layout %d, decode constant %d", c.name, c.got, c.want)
 		}
 	}
+}
+
+// TestScratchCounterOffset checks that Stats reads tc's packet count where
+// the BPF object keeps it (struct ft_scratch, from the object's BTF).
+func TestScratchCounterOffset(t *testing.T) {
+	spec, err := loadFt()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st *btf.Struct
+	if err := spec.Types.TypeByName("ft_scratch", &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range st.Members {
+		if m.Name == "tc_packets" {
+			if off := m.Offset.Bytes(); off != scratchTCPacketsOff || btf.UnderlyingType(m.Type).(*btf.Int).Size != 8 {
+				t.Fatalf("ft_scratch.tc_packets at %d (%v), Stats reads offset %d", off, m.Type, scratchTCPacketsOff)
+			}
+			return
+		}
+	}
+	t.Fatalf("no tc_packets in struct ft_scratch: %v", st.Members)
 }
 
 // TestFlushIdleBatches fills the flow table past several lookup batches and

@@ -57,8 +57,13 @@ type ftFtDropFold struct {
 }
 
 type ftFtDropHdr struct {
-	_ structs.HostLayout
-	B [128]uint8
+	_   structs.HostLayout
+	B   [128]uint8
+	Clk struct {
+		_       structs.HostLayout
+		Jiffies uint64
+		Ns      uint64
+	}
 }
 
 type ftFtDropKey struct {
@@ -157,7 +162,13 @@ type ftFtMtuEvent struct {
 }
 
 type ftFtScratch struct {
-	_ structs.HostLayout
+	_         structs.HostLayout
+	TcPackets uint64
+	Clk       struct {
+		_       structs.HostLayout
+		Jiffies uint64
+		Ns      uint64
+	}
 	T ftFtTuple
 	M struct {
 		_         structs.HostLayout
@@ -249,6 +260,7 @@ const (
 	ftVarFtDropFoldWindowNs     = "ft_drop_fold_window_ns"
 	ftVarFtFibEnabled           = "ft_fib_enabled"
 	ftVarFtFlowReportIntervalNs = "ft_flow_report_interval_ns"
+	ftVarFtJiffiesEnabled       = "ft_jiffies_enabled"
 	ftVarFtKctxEnabled          = "ft_kctx_enabled"
 	ftVarFtKreadEnabled         = "ft_kread_enabled"
 	ftVarFtMtuMinLen            = "ft_mtu_min_len"
@@ -343,6 +355,7 @@ type ftVariableSpecs struct {
 	FtDropFoldWindowNs     *ebpf.VariableSpec `ebpf:"ft_drop_fold_window_ns"`
 	FtFibEnabled           *ebpf.VariableSpec `ebpf:"ft_fib_enabled"`
 	FtFlowReportIntervalNs *ebpf.VariableSpec `ebpf:"ft_flow_report_interval_ns"`
+	FtJiffiesEnabled       *ebpf.VariableSpec `ebpf:"ft_jiffies_enabled"`
 	FtKctxEnabled          *ebpf.VariableSpec `ebpf:"ft_kctx_enabled"`
 	FtKreadEnabled         *ebpf.VariableSpec `ebpf:"ft_kread_enabled"`
 	FtMtuMinLen            *ebpf.VariableSpec `ebpf:"ft_mtu_min_len"`
@@ -419,6 +432,7 @@ type ftVariables struct {
 	FtDropFoldWindowNs     *ebpf.Variable `ebpf:"ft_drop_fold_window_ns"`
 	FtFibEnabled           *ebpf.Variable `ebpf:"ft_fib_enabled"`
 	FtFlowReportIntervalNs *ebpf.Variable `ebpf:"ft_flow_report_interval_ns"`
+	FtJiffiesEnabled       *ebpf.Variable `ebpf:"ft_jiffies_enabled"`
 	FtKctxEnabled          *ebpf.Variable `ebpf:"ft_kctx_enabled"`
 	FtKreadEnabled         *ebpf.Variable `ebpf:"ft_kread_enabled"`
 	FtMtuMinLen            *ebpf.Variable `ebpf:"ft_mtu_min_len"`
