@@ -283,9 +283,20 @@ func TestDropFoldSignatures(t *testing.T) {
 	}
 }
 
+// lonePorts: n ports from 20000 on, each expected to drop once.
+func lonePorts(n int) ([]int, map[uint16]uint64) {
+	ports := make([]int, n)
+	want := make(map[uint16]uint64, n)
+	for i := range ports {
+		ports[i] = 20000 + i
+		want[uint16(ports[i])] = 1
+	}
+	return ports, want
+}
+
 // TestDropFoldSpent: drops that are each the only one of their signature
 // (a closed port hit once per connection, as under connection churn) are
-// reported once each, leave no fold slot behind a window later, and a
+// reported once each, leave no fold slot behind, and a
 // signature that comes back afterwards is reported again, exactly.
 func TestDropFoldSpent(t *testing.T) {
 	const window = 100 * time.Millisecond
@@ -296,18 +307,14 @@ func TestDropFoldSpent(t *testing.T) {
 	}
 	f := follow(t, d, ino)
 	const n = 400
-	ports := make([]int, n)
-	want := map[uint16]uint64{}
-	for i := range ports {
-		ports[i] = 20000 + i
-		want[uint16(ports[i])] = 1
-	}
+	ports, want := lonePorts(n)
 	blastUDPIn(t, name, n, ports...)
 	got, events := f.waitCounts(t, want)
 	if events != n || len(got) != n {
 		t.Fatalf("%d events over %d ports for %d lone drops", events, len(got), n)
 	}
-	// Spent slots go one window after their drop, at a walk (every 50 ms).
+	// A lone drop makes no fold slot (ft_drop_recent remembers it); wait
+	// a little in case one was made and is reclaimed by a walk.
 	left := -1
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		left = 0
@@ -358,12 +365,7 @@ func TestDropFoldScanState(t *testing.T) {
 	}
 	f := follow(t, d, ino)
 	const scan, storm = 4000, 3000
-	ports := make([]int, scan)
-	want := map[uint16]uint64{}
-	for i := range ports {
-		ports[i] = 20000 + i
-		want[uint16(ports[i])] = 1
-	}
+	ports, want := lonePorts(scan)
 	blastUDPIn(t, name, scan, ports...)
 	blastUDPIn(t, name, storm, 9)
 	want[9] = storm
