@@ -20,11 +20,12 @@ VM_CACHE ?= $(HOME)/.cache/flowtrace/vm
 VM_OUT ?= $(VM_CACHE)/out
 VM_JOBS ?= 2
 # Under TCG the suites run ~15-50x slower than natively (datapath: 6 s ->
-# 200 s on 6.1, 330 s on 5.10, whose older JIT and verifier are slower); a
-# hung guest is killed after VM_TIMEOUT, a hung test binary after
-# VM_TEST_TIMEOUT (go test -timeout, which also prints the stuck goroutines).
-VM_TIMEOUT ?= 1200
-VM_TEST_TIMEOUT ?= 600s
+# 315 s on 6.1, 600+ s on 5.10, whose older JIT and verifier are slower:
+# every test that loads the object verifies it for ~8 s); a hung guest is
+# killed after VM_TIMEOUT, a hung test binary after VM_TEST_TIMEOUT (go test
+# -timeout, which also prints the stuck goroutines).
+VM_TIMEOUT ?= 1800
+VM_TEST_TIMEOUT ?= 1200s
 VM_MEM ?= 1024
 VM_TESTFLAGS ?=
 
