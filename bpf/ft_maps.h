@@ -153,13 +153,12 @@ struct ft_clock_memo {
 };
 
 /*
- * The clock of tc's per-packet bookkeeping (ft_flow_val's *_ns):
- * CLOCK_MONOTONIC at tick resolution where the kernel has the cheap coarse
- * read. Good enough for intervals of seconds; event timestamps use exact
- * boot time instead. tc only: tracing programs may not call the coarse
- * read, so the drop path keeps boot time (ft_boot_memo).
+ * A clock read at most once per jiffy and CPU: c holds this jiffy's
+ * reading (bpf_jiffies64 is a plain load on 64-bit JITs). boot is a
+ * constant at each call, so each program keeps only its own clock's call:
+ * tracing programs may not call the coarse read.
  */
-static __always_inline __u64 ft_now(struct ft_clock_memo *c)
+static __always_inline __u64 ft_clock_memo(struct ft_clock_memo *c, int boot)
 {
 	__u64 j = 0;
 
@@ -168,10 +167,30 @@ static __always_inline __u64 ft_now(struct ft_clock_memo *c)
 		if (c->jiffies == j && c->ns)
 			return c->ns;
 	}
-	c->ns = ft_coarse_clock_enabled ? bpf_ktime_get_coarse_ns() : bpf_ktime_get_ns();
+	if (boot)
+		c->ns = bpf_ktime_get_boot_ns();
+	else
+		c->ns = ft_coarse_clock_enabled ? bpf_ktime_get_coarse_ns() : bpf_ktime_get_ns();
 	if (ft_jiffies_enabled)
 		c->jiffies = j;
 	return c->ns;
+}
+
+/*
+ * The clock of tc's per-packet bookkeeping (ft_flow_val's *_ns):
+ * CLOCK_MONOTONIC at tick resolution where the kernel has the cheap coarse
+ * read. Good enough for intervals of seconds; event timestamps use exact
+ * boot time instead. tc only: the drop path keeps boot time (ft_boot_memo).
+ */
+static __always_inline __u64 ft_now(struct ft_clock_memo *c)
+{
+	return ft_clock_memo(c, 0);
+}
+
+/* Boot time, memoised per jiffy like ft_now (for tracing programs). */
+static __always_inline __u64 ft_boot_memo(struct ft_clock_memo *c)
+{
+	return ft_clock_memo(c, 1);
 }
 
 /*
@@ -184,22 +203,6 @@ static __always_inline __u64 ft_now(struct ft_clock_memo *c)
 static __always_inline __s64 ft_since(__u64 now, __u64 then)
 {
 	return (__s64)(now - then);
-}
-
-/* Boot time, memoised per jiffy like ft_now (for tracing programs). */
-static __always_inline __u64 ft_boot_memo(struct ft_clock_memo *c)
-{
-	__u64 j = 0;
-
-	if (ft_jiffies_enabled) {
-		j = bpf_jiffies64();
-		if (c->jiffies == j && c->ns)
-			return c->ns;
-	}
-	c->ns = bpf_ktime_get_boot_ns();
-	if (ft_jiffies_enabled)
-		c->jiffies = j;
-	return c->ns;
 }
 
 /* ts: the exact bpf_ktime_get_boot_ns(), read only when an event is written. */
