@@ -97,6 +97,18 @@ type follower struct {
 	arrived []time.Time
 }
 
+// followDrops loads a datapath with cfg, makes a test netns whose drops it
+// reports, and follows them.
+func followDrops(t *testing.T, cfg Config) (*Datapath, string, uint32, *follower) {
+	t.Helper()
+	d := load(t, cfg)
+	name, ino := testNetns(t)
+	if err := d.AllowNetns(ino); err != nil {
+		t.Fatal(err)
+	}
+	return d, name, ino, follow(t, d, ino)
+}
+
 func follow(t *testing.T, d *Datapath, ino uint32) *follower {
 	t.Helper()
 	f := &follower{netns: ino}
@@ -163,12 +175,7 @@ func TestDropFoldStatIndex(t *testing.T) {
 // become far fewer events whose counts add up exactly to what the kernel
 // counted (Udp NoPorts) and to what the BPF side saw.
 func TestDropFoldStorm(t *testing.T) {
-	d := load(t, Config{})
-	name, ino := testNetns(t)
-	if err := d.AllowNetns(ino); err != nil {
-		t.Fatal(err)
-	}
-	f := follow(t, d, ino)
+	d, name, _, f := followDrops(t, Config{})
 	stop, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
 	if err != nil {
 		t.Fatalf("enable bpf stats: %v", err)
@@ -230,12 +237,7 @@ func TestDropFoldStorm(t *testing.T) {
 // TestDropFoldLone: a single drop (first of its signature) reaches a
 // follower within 100 ms, and so does the next one after the window.
 func TestDropFoldLone(t *testing.T) {
-	d := load(t, Config{DropFoldWindow: 100 * time.Millisecond})
-	name, ino := testNetns(t)
-	if err := d.AllowNetns(ino); err != nil {
-		t.Fatal(err)
-	}
-	f := follow(t, d, ino)
+	_, name, _, f := followDrops(t, Config{DropFoldWindow: 100 * time.Millisecond})
 	for i := 0; i < 3; i++ {
 		sent := time.Now()
 		blastUDPIn(t, name, 1, 8)
@@ -265,12 +267,7 @@ func TestDropFoldLone(t *testing.T) {
 // TestDropFoldSignatures: interleaved drops to two ports fold per port, never
 // into each other.
 func TestDropFoldSignatures(t *testing.T) {
-	d := load(t, Config{})
-	name, ino := testNetns(t)
-	if err := d.AllowNetns(ino); err != nil {
-		t.Fatal(err)
-	}
-	f := follow(t, d, ino)
+	_, name, _, f := followDrops(t, Config{})
 	const n = 3000
 	blastUDPIn(t, name, 2*n, 11, 12)
 	got, events := f.waitCounts(t, map[uint16]uint64{11: n, 12: n})
@@ -300,12 +297,7 @@ func lonePorts(n int) ([]int, map[uint16]uint64) {
 // signature that comes back afterwards is reported again, exactly.
 func TestDropFoldSpent(t *testing.T) {
 	const window = 100 * time.Millisecond
-	d := load(t, Config{DropFoldWindow: window})
-	name, ino := testNetns(t)
-	if err := d.AllowNetns(ino); err != nil {
-		t.Fatal(err)
-	}
-	f := follow(t, d, ino)
+	d, name, ino, f := followDrops(t, Config{DropFoldWindow: window})
 	const n = 400
 	ports, want := lonePorts(n)
 	blastUDPIn(t, name, n, ports...)
@@ -358,12 +350,7 @@ func TestDropFoldSpent(t *testing.T) {
 // drops beside it are still counted exactly; slots with nothing to report
 // cost FlushDrops no allocation per signature, and idle ones are deleted.
 func TestDropFoldScanState(t *testing.T) {
-	d := load(t, Config{})
-	name, ino := testNetns(t)
-	if err := d.AllowNetns(ino); err != nil {
-		t.Fatal(err)
-	}
-	f := follow(t, d, ino)
+	d, name, ino, f := followDrops(t, Config{})
 	const scan, storm = 4000, 3000
 	ports, want := lonePorts(scan)
 	blastUDPIn(t, name, scan, ports...)
@@ -448,12 +435,7 @@ func TestDropFoldScanState(t *testing.T) {
 // TestDropFoldDisabled: a negative window turns folding off, every drop is
 // its own event with count 1.
 func TestDropFoldDisabled(t *testing.T) {
-	d := load(t, Config{DropFoldWindow: -1})
-	name, ino := testNetns(t)
-	if err := d.AllowNetns(ino); err != nil {
-		t.Fatal(err)
-	}
-	f := follow(t, d, ino)
+	d, name, _, f := followDrops(t, Config{DropFoldWindow: -1})
 	st0 := stats(t, d)
 	const n = 500
 	blastUDPIn(t, name, n, 13)
@@ -479,12 +461,7 @@ func TestDropFoldCost(t *testing.T) {
 		name   string
 		window time.Duration
 	}{{"folding off", -1}, {"folding on", 0}} {
-		d := load(t, Config{DropFoldWindow: c.window, RingBufferBytes: 16 << 20})
-		name, ino := testNetns(t)
-		if err := d.AllowNetns(ino); err != nil {
-			t.Fatal(err)
-		}
-		f := follow(t, d, ino)
+		d, name, _, f := followDrops(t, Config{DropFoldWindow: c.window, RingBufferBytes: 16 << 20})
 		const n = 20000
 		s0, err := d.DropProgram().Stats()
 		if err != nil {
