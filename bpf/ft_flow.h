@@ -354,7 +354,7 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 	if (sc->t.proto == FT_IPPROTO_ICMP || sc->t.proto == FT_IPPROTO_ICMPV6)
 		ft_icmp_pmtu(skb, &sc->t, &sc->m, dir, v->netns);
 	/* ICMP too: a DF ping is how people probe a path's MTU. */
-	if (dir == FT_DIR_INGRESS && ft_mtu_due(&sc->t, &sc->m, v, now))
+	if (dir == FT_DIR_INGRESS && ft_mtu_due(skb, &sc->t, &sc->m, v, now))
 		ft_mtu_check(skb, &sc->t, &sc->m, v, now);
 	return FT_TC_ACT_UNSPEC;
 }
