@@ -159,11 +159,7 @@ static __noinline void ft_mtu_check(struct __sk_buff *skb, const struct ft_tuple
 			    bpf_ktime_get_boot_ns());
 	if (!e)
 		return;
-	/*
-	 * A GSO packet is judged by its segments, so report a segment's size
-	 * (headers + gso_size), not the merged length no wire ever carries.
-	 */
-	e->pkt_len = ft_wire_len(skb, m);
+	e->pkt_len = ft_wire_len(skb, m); /* a GSO packet's segment size */
 	e->mtu = mtu;
 	e->egress_ifindex = egress;
 	bpf_ringbuf_submit(e, ft_rb_flags());
