@@ -28,8 +28,18 @@ type foldSeen struct {
 // foldState is what user space has reported of one signature, per CPU.
 type foldState struct {
 	walk uint64 // the FlushDrops pass that last visited the signature
-	cpus []foldSeen
+	// readNs is when that pass began (boot ns). It read the slots after
+	// that, so a drop its counts did not include came later: a closer
+	// bound on the next report's first drop than the previous report's
+	// last one, which can be long before a pause (see visit).
+	readNs uint64
+	cpus   []foldSeen
 }
+
+// foldClockSlack is how far behind real time the kernel may date a folded
+// drop: its clock is read once per jiffy (ft_boot_memo), and a jiffy is at
+// most 10 ms (HZ=100).
+const foldClockSlack = 10_000_000
 
 // foldTracker holds the user-space side of drop folding.
 type foldTracker struct {
@@ -72,10 +82,12 @@ const foldBatch = 512
 // one drop event per signature with new folded drops on any CPU, carrying
 // their count (summed over CPUs), the signature's tuple, reason, location,
 // netns and ifindex, and the last folded drop's length and skb_iif. LastNs
-// is the last folded drop; FirstNs is exact for the first report of a slot and otherwise the
-// previous report's LastNs + 1 (a lower bound: the slot keeps one first
-// time per window, not per report), and it is the event's time, so a
-// report's age is that of the oldest drop it may carry. Signatures idle for
+// is the last folded drop; FirstNs is exact for the first report of a slot
+// and otherwise a lower bound (the slot keeps one first time per window,
+// not per report): the later of the previous report's LastNs + 1 and the
+// start of the previous pass that read the slot, less foldClockSlack.
+// FirstNs is the event's time, so a report's age is that of the oldest
+// drop it may carry. Signatures idle for
 // two windows are deleted (after a last report), so the walk stays as small
 // as the set of recent signatures. Run calls it every foldReportEvery (or
 // half a shorter window), which bounds how late a folded drop is reported. It returns the number of
@@ -197,8 +209,10 @@ func (w *foldWalk) iterWalk() error {
 func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 	f := w.f
 	st := f.seen[key] // nil: nothing reported on any CPU
+	var readNs uint64 // the previous read of these slots
 	if st != nil {
-		st.walk = w.walk
+		readNs = st.readNs
+		st.walk, st.readNs = w.walk, w.now
 	}
 	// One report per signature for all CPUs (a storm spread over CPUs is
 	// still one flow to the user): the sum of the slots' new drops, dated by
@@ -224,7 +238,11 @@ func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 		}
 		fst := s.FoldFirstNs
 		if prev.lastNs != 0 {
-			fst = prev.lastNs + 1
+			// A drop folded after a pause (a retry every few hundred ms
+			// within the window) is not dated back to the drop before
+			// it: the slot was read, without it, since then.
+			fst = max(prev.lastNs+1, readNs-min(readNs, foldClockSlack))
+			fst = min(fst, s.LastNs) // a slot's own newest drop bounds it
 		}
 		if first == 0 || fst < first {
 			first = fst
@@ -234,7 +252,7 @@ func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 		}
 		delta += s.Folded - prev.reported
 		if st == nil {
-			st = &foldState{walk: w.walk}
+			st = &foldState{walk: w.walk, readNs: w.now}
 			f.seen[key] = st
 		}
 		if len(st.cpus) < len(slots) {

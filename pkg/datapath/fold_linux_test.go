@@ -24,6 +24,14 @@ import (
 // drop). Unconnected, so ICMP port unreachable never fails a send.
 func blastUDPIn(t *testing.T, name string, n int, ports ...int) {
 	t.Helper()
+	udpSenderIn(t, name)(n, ports...)
+}
+
+// udpSenderIn opens blastUDPIn's socket, closed at the end of the test, and
+// returns its send: bursts from one socket share a source port, so their
+// drops are one signature.
+func udpSenderIn(t *testing.T, name string) func(n int, ports ...int) {
+	t.Helper()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -46,12 +54,15 @@ func blastUDPIn(t *testing.T, name string, n int, ports ...int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fd)
+	t.Cleanup(func() { unix.Close(fd) })
 	msg := []byte("storm")
-	for i := 0; i < n; i++ {
-		to := &unix.SockaddrInet4{Port: ports[i%len(ports)], Addr: [4]byte{127, 0, 0, 1}}
-		if err := unix.Sendto(fd, msg, 0, to); err != nil {
-			t.Fatalf("send %d: %v", i, err)
+	return func(n int, ports ...int) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			to := &unix.SockaddrInet4{Port: ports[i%len(ports)], Addr: [4]byte{127, 0, 0, 1}}
+			if err := unix.Sendto(fd, msg, 0, to); err != nil {
+				t.Fatalf("send %d: %v", i, err)
+			}
 		}
 	}
 }
@@ -261,6 +272,73 @@ func TestDropFoldLone(t *testing.T) {
 			t.Fatalf("drop %d: latency %v", i, lat)
 		}
 		time.Sleep(150 * time.Millisecond) // past the window: not folded
+	}
+}
+
+// TestDropFoldFirstAfterPause: drops that resume after a pause within the
+// window are reported as starting after the pause, not dated back to the
+// drop before it: a client retrying every few hundred ms must not look like
+// one drop lasting the whole time, and the report's age (what the storm
+// bench's latency measures) is not that of the pause.
+func TestDropFoldFirstAfterPause(t *testing.T) {
+	_, name, _, f := followDrops(t, Config{DropFoldWindow: 5 * time.Second})
+	// One CPU, so both bursts fold into the same per-CPU slot: the case
+	// where the previous report's last drop was the only bound.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var orig, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &orig); err != nil {
+		t.Fatal(err)
+	}
+	for cpu := 0; cpu < 1024; cpu++ {
+		if orig.IsSet(cpu) {
+			one.Set(cpu)
+			break
+		}
+	}
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := unix.SchedSetaffinity(0, &orig); err != nil {
+			t.Error(err)
+		}
+	}()
+	const n, pause = 200, 600 * time.Millisecond
+	send := udpSenderIn(t, name)
+	send(n, 9)
+	time.Sleep(pause) // ~12 walks read the slot meanwhile
+	resumed := uint64(bootNs())
+	send(n, 9)
+	sent := uint64(bootNs())
+	got, _ := f.waitCounts(t, map[uint16]uint64{9: 2 * n})
+	if got[9] != 2*n {
+		t.Fatalf("drop counts add up to %d, want %d", got[9], 2*n)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var second uint64
+	for _, ev := range f.evs {
+		// Reports of the first burst end a whole pause before resumed.
+		if ev.LastNs+uint64(pause/2) < resumed {
+			continue
+		}
+		second += uint64(ev.Count)
+		t.Logf("report of %d drops: first %v after the resume, last %v", ev.Count,
+			time.Duration(int64(ev.FirstNs-resumed)), time.Duration(int64(ev.LastNs-resumed)))
+		if ev.Count == 1 && ev.FirstNs == ev.LastNs && ev.FirstNs >= resumed {
+			continue // an emitted drop is dated exactly
+		}
+		// Walks are 50 ms apart; allow four of them, and the clock slack.
+		if ev.FirstNs+uint64(200*time.Millisecond) < resumed {
+			t.Errorf("report after the pause dated %v before it", time.Duration(resumed-ev.FirstNs))
+		}
+		if ev.FirstNs > sent || ev.FirstNs > ev.LastNs {
+			t.Errorf("first drop %d after the burst ended (%d) or after the last (%d)", ev.FirstNs, sent, ev.LastNs)
+		}
+	}
+	if second != n {
+		t.Errorf("reports after the pause carry %d drops, want %d", second, n)
 	}
 }
 
