@@ -65,6 +65,15 @@ func icmpFlow() *flowtracev1.Flow {
 	}
 }
 
+// portRange is n ports from first on.
+func portRange(first, n uint32) []uint32 {
+	ps := make([]uint32, n)
+	for i := range ps {
+		ps[i] = first + uint32(i)
+	}
+	return ps
+}
+
 func TestMatch(t *testing.T) {
 	tests := []struct {
 		name        string
@@ -96,6 +105,13 @@ func TestMatch(t *testing.T) {
 		{"source port miss", []*ff{{SourcePort: []uint32{5432}}}, nil, tcpFlow(), false},
 		{"port vs icmp", []*ff{{DestinationPort: []uint32{53}}}, nil, icmpFlow(), false},
 		{"udp port", []*ff{{DestinationPort: []uint32{53}}}, nil, udp6Flow(), true},
+		// Longer lists than smallPortList take the bit set.
+		{"long port list", []*ff{{DestinationPort: portRange(5400, 40)}}, nil, tcpFlow(), true},
+		{"long port list miss", []*ff{{DestinationPort: portRange(5433, 40)}}, nil, tcpFlow(), false},
+		{"long source list", []*ff{{SourcePort: portRange(43500, 20)}}, nil, tcpFlow(), true},
+		{"long list vs icmp", []*ff{{DestinationPort: portRange(1, 100)}}, nil, icmpFlow(), false},
+		{"long list top port", []*ff{{SourcePort: portRange(65500, 36)}}, nil, &flowtracev1.Flow{L4: &flowtracev1.Layer4{
+			Protocol: &flowtracev1.Layer4_Udp{Udp: &flowtracev1.UDP{SourcePort: 65535}}}}, true},
 		{"protocol case-insensitive", []*ff{{Protocol: []string{"TCP"}}}, nil, tcpFlow(), true},
 		{"protocol miss", []*ff{{Protocol: []string{"udp"}}}, nil, tcpFlow(), false},
 		{"protocol icmpv4", []*ff{{Protocol: []string{"icmpv4"}}}, nil, icmpFlow(), true},

@@ -2,6 +2,7 @@ package filters
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
@@ -29,24 +30,34 @@ func buildPort(values []uint32, source bool) (predicate, error) {
 			return nil, fmt.Errorf("%d is not a port (1-65535)", v)
 		}
 	}
+	pick := func(f *flowtracev1.Flow) (uint32, bool) {
+		s, d, ok := ports(f)
+		if source {
+			return s, ok
+		}
+		return d, ok
+	}
+	if len(values) > smallPortList {
+		// A long list (a client following a range of ports) is a bit set:
+		// 8 KB, one load per flow instead of a scan of every port.
+		set := new([65536 / 64]uint64)
+		for _, v := range values {
+			set[v/64] |= 1 << (v % 64)
+		}
+		return func(f *flowtracev1.Flow) bool {
+			p, ok := pick(f)
+			return ok && p < 65536 && set[p/64]&(1<<(p%64)) != 0
+		}, nil
+	}
 	vals := append([]uint32(nil), values...)
 	return func(f *flowtracev1.Flow) bool {
-		s, d, ok := ports(f)
-		if !ok {
-			return false
-		}
-		p := d
-		if source {
-			p = s
-		}
-		for _, v := range vals {
-			if v == p {
-				return true
-			}
-		}
-		return false
+		p, ok := pick(f)
+		return ok && slices.Contains(vals, p)
 	}, nil
 }
+
+// smallPortList: up to this many ports, a scan is as fast as the bit set.
+const smallPortList = 8
 
 type protoKind uint8
 

@@ -66,9 +66,13 @@ const readBatch = 256
 // liveWindow is how many of the newest flows are also held as the *Flow
 // values Publish got, while anyone follows: a follower that keeps up sends
 // those without reassembling and unmarshalling history's copy (the
-// unmarshal was half of a follower's CPU). About 1 MB; older flows, and
-// flows published while no one followed, are decoded from history.
-const liveWindow = 1024
+// unmarshal was half of a follower's CPU). A fold walk of a 1,000-flow drop
+// storm publishes ~1,000 flows at once, and with one core the publisher
+// runs through all of them before a follower does: at 1,024 the follower
+// fell out of the window and unmarshalled. About 3 MB while followed;
+// older flows, and flows published while no one followed, are decoded from
+// history.
+const liveWindow = 4096
 
 // entry is one flow as a reader copied it out of history: the marshalled
 // Flow (in the reader's own buffer), with the times kept decoded so that
