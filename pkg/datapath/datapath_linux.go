@@ -103,7 +103,7 @@ const (
 	defaultFoldEntries = 16384
 
 	// readPoll bounds how long a lone event can sit in the ring: the BPF side
-	// wakes the reader only every 64th event.
+	// wakes the reader only every 256th event.
 	readPoll = 25 * time.Millisecond
 	// clockResync re-measures the boot-time to wall-time offset, which moves
 	// with NTP steps and suspend.
