@@ -193,7 +193,9 @@ func (a *Agent) enrichLoop(ctx context.Context) {
 				pending = append(pending, pmtu.Add(f, time.Now())...)
 			}
 			a.queue.recycle(b)
-			a.publishBatch(pending)
+			if !a.publishBatch(pending) {
+				a.enricher.Recycle(pending)
+			}
 			clear(pending)
 			pending = pending[:0]
 		}
@@ -208,17 +210,19 @@ func (a *Agent) publish(f *flowtracev1.Flow) {
 	a.obs.Publish(f)
 }
 
-// publishBatch is publish for flows in order, handed to the observer at once.
-func (a *Agent) publishBatch(fs []*flowtracev1.Flow) {
+// publishBatch is publish for flows in order, handed to the observer at
+// once. It reports whether the observer kept references to the flows
+// (Observer.PublishBatch); the metrics never do.
+func (a *Agent) publishBatch(fs []*flowtracev1.Flow) (kept bool) {
 	if len(fs) == 0 {
-		return
+		return false
 	}
 	if a.metrics != nil {
 		for _, f := range fs {
 			a.metrics.ObserveFlow(f)
 		}
 	}
-	a.obs.PublishBatch(fs)
+	return a.obs.PublishBatch(fs)
 }
 
 // pmtuWait is how long a too-big packet waits for its ICMP error: the

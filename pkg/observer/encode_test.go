@@ -256,14 +256,16 @@ func BenchmarkEncode(b *testing.B) {
 // readers as the very values published (no unmarshal); older ones, and
 // those published while no one followed, are decoded from history and
 // equal to what was published. Without followers the window keeps no flow
-// alive.
+// alive, and PublishBatch says so: the publisher may then reuse the flows.
 func TestLiveWindow(t *testing.T) {
 	const before, n = 300, liveWindow + 300
 	o := New(Config{MaxFlows: 4 * liveWindow}, nil)
 	published := make([]*flowtracev1.Flow, before+n)
 	for i := range before {
 		published[i] = realisticFlow(i)
-		o.Publish(published[i])
+		if o.PublishBatch(published[i : i+1]) {
+			t.Fatal("flow kept with no follower")
+		}
 	}
 	if held := liveHeld(o); held != 0 {
 		t.Fatalf("live window holds %d flows with no follower", held)
@@ -271,7 +273,9 @@ func TestLiveWindow(t *testing.T) {
 	stop := follow(t, o)
 	for i := before; i < before+n; i++ {
 		published[i] = realisticFlow(i)
-		o.Publish(published[i])
+		if !o.PublishBatch(published[i : i+1]) {
+			t.Fatal("flow not kept while followed")
+		}
 	}
 	var got []*flowtracev1.Flow
 	err := o.GetFlows(context.Background(), &flowtracev1.GetFlowsRequest{}, nil, func(r *flowtracev1.GetFlowsResponse) error {
@@ -301,7 +305,9 @@ func TestLiveWindow(t *testing.T) {
 	stop = follow(t, o)
 	o.Publish(realisticFlow(0))
 	stop()
-	o.Publish(realisticFlow(1))
+	if o.PublishBatch([]*flowtracev1.Flow{realisticFlow(1)}) {
+		t.Error("flow kept after the last follower left")
+	}
 	if held := liveHeld(o); held != 0 {
 		t.Fatalf("live window holds %d flows", held)
 	}

@@ -192,8 +192,10 @@ func (o *Observer) Publish(f *flowtracev1.Flow) {
 // PublishBatch is Publish for several flows, in order: history's lock is
 // taken, and the followers woken, once for all of them (a follower woken
 // per flow ran, and parked again, for every flow). nil flows are skipped;
-// fs is not retained.
-func (o *Observer) PublishBatch(fs []*flowtracev1.Flow) {
+// fs is not retained. kept reports whether the observer still references
+// the flows (followers read them from the live window); when false, only
+// their encoding was kept, and the caller may reuse the flows' memory.
+func (o *Observer) PublishBatch(fs []*flowtracev1.Flow) (kept bool) {
 	o.pubMu.Lock()
 	defer o.pubMu.Unlock()
 	// Marshal outside the lock: readers only wait for the append.
@@ -212,11 +214,12 @@ func (o *Observer) PublishBatch(fs []*flowtracev1.Flow) {
 		flows = append(flows, f)
 	}
 	if len(es) > 0 {
-		o.appendLocked(es, flows)
+		kept = o.appendLocked(es, flows)
 	}
 	clear(es) // no references into scratch, no flows past their eviction
 	clear(flows)
 	o.pubEntries, o.pubFlows, o.scratch = es[:0], flows[:0], o.scratch[:0]
+	return kept
 }
 
 // encode appends f's encoding to the batch's reused scratch buffer
@@ -237,9 +240,11 @@ func (o *Observer) encode(f *flowtracev1.Flow) ([]byte, error) {
 	return buf[start:len(buf):len(buf)], nil
 }
 
-func (o *Observer) appendLocked(es []entry, flows []*flowtracev1.Flow) {
+// appendLocked reports whether the flows went into the live window.
+func (o *Observer) appendLocked(es []entry, flows []*flowtracev1.Flow) (live bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	live = len(o.followers) > 0
 	o.evictLocked(es[0].added)
 	for i, e := range es {
 		oldest := o.hist.next - uint64(o.hist.n)
@@ -251,14 +256,15 @@ func (o *Observer) appendLocked(es []entry, flows []*flowtracev1.Flow) {
 			continue
 		}
 		// Only followers read the window often enough to gain from it;
-		// without one it would keep ~1024 flows (1.5 MB, twice that at
-		// the GC's goal) alive for nothing. The slot is cleared either
-		// way: it held the flow of seq-liveWindow.
-		var live *flowtracev1.Flow
-		if len(o.followers) > 0 {
-			live = flows[i]
+		// without one it would keep liveWindow flows (~3 MB, twice that
+		// at the GC's goal) alive for nothing, and the publisher could
+		// not reuse them. The slot is cleared either way: it held the
+		// flow of seq-liveWindow.
+		var f *flowtracev1.Flow
+		if live {
+			f = flows[i]
 		}
-		o.live[(o.hist.next-1)%liveWindow] = live
+		o.live[(o.hist.next-1)%liveWindow] = f
 		o.seen++
 	}
 	o.armAgeTimerLocked(es[0].added)
@@ -268,6 +274,7 @@ func (o *Observer) appendLocked(es []entry, flows []*flowtracev1.Flow) {
 		default: // already woken
 		}
 	}
+	return live
 }
 
 // PublishLost records n events lost upstream of the observer (kernel ring
