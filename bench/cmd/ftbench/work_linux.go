@@ -36,10 +36,13 @@ func tcpStream(ctx context.Context, b *bed, d time.Duration) (float64, error) {
 			if err := json.Unmarshal(out, &r); err != nil {
 				return 0, fmt.Errorf("tcp stream: parse iperf3 output: %w", err)
 			}
-			if r.End.SumReceived.BitsPerSecond == 0 {
-				return 0, errors.New("tcp stream: iperf3 received nothing")
+			if r.End.SumReceived.BitsPerSecond > 0 {
+				return r.End.SumReceived.BitsPerSecond, nil
 			}
-			return r.End.SumReceived.BitsPerSecond, nil
+			// A client that connected while the server was still
+			// starting can report an empty test: try again, like a
+			// failed start.
+			err = errors.New("iperf3 received nothing")
 		}
 		last = err
 		time.Sleep(500 * time.Millisecond)
