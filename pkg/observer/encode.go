@@ -354,6 +354,22 @@ type ResponseEncoder struct {
 
 func NewResponseEncoder() *ResponseEncoder { return &ResponseEncoder{cache: newEncodeCache()} }
 
+// AppendResponse appends the wire encoding of the flow response e stands
+// for: a GetFlowsResponse with this node name, time and flow, its fields in
+// proto.Marshal's order. The flow's bytes are history's (the same fields,
+// the interned ones last, which protobuf readers accept in any order). ok
+// is false when the node name is not valid UTF-8.
+func (e *EncodedFlow) AppendResponse(b []byte) (_ []byte, ok bool) {
+	enc := encoder{b: b}
+	enc.str(3, e.NodeName)
+	if e.Time != nil {
+		enc.timestamp(4, e.Time)
+	}
+	enc.b = appendTag(enc.b, 1, protowire.BytesType)
+	enc.b = append(appendVarint(enc.b, uint64(len(e.Flow))), e.Flow...)
+	return enc.b, enc.ok()
+}
+
 // Append appends the wire encoding of a flow response (r carries a Flow) to
 // b, byte for byte what proto.Marshal writes. ok is false for any other
 // response, or when proto.Marshal must judge the flow (an invalid string):

@@ -5,10 +5,13 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
@@ -376,5 +379,113 @@ func TestPublishBatch(t *testing.T) {
 	}
 	if o.pubFlows[:cap(o.pubFlows)][0] != nil {
 		t.Fatal("the publish buffer keeps a flow")
+	}
+}
+
+// TestEncodedSend: with Sender.Encoded, flows from history and from the live
+// window go out as history's bytes, and a client decodes from them exactly
+// the flows published, with the response's node name and time; a field
+// mask sends them through Send, masked.
+func TestEncodedSend(t *testing.T) {
+	const n = 300
+	o := New(Config{NodeName: "n1", MaxFlows: 4 * liveWindow}, nil)
+	published := make([]*flowtracev1.Flow, 2*n)
+	for i := range published {
+		published[i] = realisticFlow(i)
+		if i%3 == 0 {
+			published[i].NodeName = "" // named by the observer
+		}
+	}
+	for _, f := range published[:n] {
+		o.Publish(f) // before anyone follows: history only
+	}
+	type got struct {
+		mu    sync.Mutex
+		resps []*flowtracev1.GetFlowsResponse
+		plain int
+	}
+	stream := func(req *flowtracev1.GetFlowsRequest, g *got) (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			done <- o.GetFlowsTo(ctx, req, nil, Sender{
+				Send: func(r *flowtracev1.GetFlowsResponse) error {
+					g.mu.Lock()
+					defer g.mu.Unlock()
+					if r.GetFlow() != nil {
+						g.plain++
+						g.resps = append(g.resps, proto.Clone(r).(*flowtracev1.GetFlowsResponse))
+					}
+					return nil
+				},
+				Encoded: func(e *EncodedFlow) error {
+					b, ok := e.AppendResponse(nil)
+					if !ok {
+						t.Error("AppendResponse refused a valid response")
+					}
+					r := &flowtracev1.GetFlowsResponse{}
+					if err := proto.Unmarshal(b, r); err != nil {
+						t.Errorf("encoded response does not decode: %v", err)
+					}
+					g.mu.Lock()
+					defer g.mu.Unlock()
+					g.resps = append(g.resps, r)
+					return nil
+				},
+			})
+		}()
+		return func() {
+			cancel()
+			if err := <-done; err != nil && ctx.Err() == nil {
+				t.Error(err)
+			}
+		}
+	}
+	since := timestamppb.New(base.Add(-time.Second))
+	var enc, masked got
+	stopEnc := stream(&flowtracev1.GetFlowsRequest{Follow: true, Since: since}, &enc)
+	stopMasked := stream(&flowtracev1.GetFlowsRequest{Follow: true, Since: since,
+		FieldMask: &fieldmaskpb.FieldMask{Paths: []string{"uuid"}}}, &masked)
+	waitFollowers(t, o, 2)
+	for _, f := range published[n:] {
+		o.Publish(f) // followed: the live window
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		enc.mu.Lock()
+		masked.mu.Lock()
+		k, m := len(enc.resps), len(masked.resps)
+		masked.mu.Unlock()
+		enc.mu.Unlock()
+		if k >= len(published) && m >= len(published) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("received %d and %d (masked) of %d flows", k, m, len(published))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	stopEnc()
+	stopMasked()
+	if enc.plain != 0 {
+		t.Errorf("%d flows sent encoded again instead of as history's bytes", enc.plain)
+	}
+	for i, r := range enc.resps {
+		want := published[i]
+		node := want.GetNodeName()
+		if node == "" {
+			node = "n1"
+		}
+		if !proto.Equal(r.GetFlow(), want) || r.GetNodeName() != node || !proto.Equal(r.GetTime(), want.GetTime()) {
+			t.Fatalf("flow %d: got\n%v\nwant flow\n%v\nnode %q", i, r, want, node)
+		}
+	}
+	if masked.plain != len(published) {
+		t.Errorf("masked: %d of %d flows through Send", masked.plain, len(published))
+	}
+	for i, r := range masked.resps {
+		if f := r.GetFlow(); f.GetUuid() != published[i].GetUuid() || f.GetSource() != nil {
+			t.Fatalf("masked flow %d: %v", i, f)
+		}
 	}
 }

@@ -423,6 +423,8 @@ type request struct {
 	mask         *filters.FieldMask
 	since, until int64
 	send         func(*flowtracev1.GetFlowsResponse) error
+	sendEnc      func(*EncodedFlow) error // Sender.Encoded without a field mask, else nil
+	enc          EncodedFlow              // reused for each call of sendEnc
 	buf          []entry
 	flows        []*flowtracev1.Flow // buf's flows still in the live window, else nil
 	data         []byte              // backs buf's data: the bytes of one batch
@@ -457,6 +459,29 @@ func (r *request) decode(e *entry, live *flowtracev1.Flow) (*flowtracev1.Flow, b
 // follow and field_mask come from req. A bad field mask is
 // codes.InvalidArgument.
 func (o *Observer) GetFlows(ctx context.Context, req *flowtracev1.GetFlowsRequest, m filters.Matcher, send func(*flowtracev1.GetFlowsResponse) error) error {
+	return o.GetFlowsTo(ctx, req, m, Sender{Send: send})
+}
+
+// Sender is where GetFlowsTo sends. Send takes every response; Encoded,
+// when set, takes instead the flows history reads out already marshalled
+// (without a field mask): sending those bytes saves the server encoding
+// every flow a second time (a tenth of the agent's CPU with a follower).
+type Sender struct {
+	Send    func(*flowtracev1.GetFlowsResponse) error
+	Encoded func(*EncodedFlow) error
+}
+
+// EncodedFlow is a flow response whose flow is held marshalled
+// (EncodedFlow.AppendResponse writes the response's wire encoding).
+type EncodedFlow struct {
+	NodeName string
+	Time     *timestamppb.Timestamp
+	Flow     []byte // the Flow's wire encoding; valid only during the call
+}
+
+// GetFlowsTo is GetFlows through s.
+func (o *Observer) GetFlowsTo(ctx context.Context, req *flowtracev1.GetFlowsRequest, m filters.Matcher, s Sender) error {
+	send := s.Send
 	if m == nil {
 		m = filters.MatchAll()
 	}
@@ -465,6 +490,9 @@ func (o *Observer) GetFlows(ctx context.Context, req *flowtracev1.GetFlowsReques
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	r := &request{o: o, m: m, mask: mask, since: unixNano(req.GetSince()), until: unixNano(req.GetUntil()), send: send}
+	if mask == nil {
+		r.sendEnc = s.Encoded
+	}
 	number, follow := req.GetNumber(), req.GetFollow()
 
 	// Take the history's bounds and, with follow, subscribe — under one lock,
@@ -575,7 +603,9 @@ func (r *request) copyLocked(pos, end uint64) int {
 		if h.next-seq <= liveWindow {
 			r.flows[i] = o.live[seq%liveWindow]
 		}
-		if r.flows[i] == nil {
+		// A live flow needs no bytes, unless they are what is sent:
+		// reassembling them is cheaper than encoding the flow again.
+		if r.flows[i] == nil || r.sendEnc != nil {
 			data = h.appendFlow(data, h.at(seq))
 		}
 		ends[i] = len(data)
@@ -620,11 +650,20 @@ func (r *request) forward(ctx context.Context, pos, end, limit uint64) (uint64, 
 		pos = from + uint64(n)
 		for i := 0; i < n; i++ {
 			f, ok := r.decode(&buf[i], flows[i])
+			data := buf[i].data
 			buf[i], flows[i] = entry{}, nil
 			if !ok {
 				continue
 			}
-			if err := r.send(r.flowResponse(f)); err != nil {
+			var err error
+			if r.sendEnc != nil {
+				r.enc = EncodedFlow{NodeName: r.nodeOf(f), Time: f.GetTime(), Flow: data}
+				err = r.sendEnc(&r.enc)
+				r.enc = EncodedFlow{}
+			} else {
+				err = r.send(r.flowResponse(f))
+			}
+			if err != nil {
 				return pos, err
 			}
 			if sent++; limit != 0 && sent == limit {
@@ -747,16 +786,19 @@ func (r *request) followLive(ctx context.Context, fl *follower, pos uint64) erro
 }
 
 func (r *request) flowResponse(f *flowtracev1.Flow) *flowtracev1.GetFlowsResponse {
-	node := f.GetNodeName()
-	if node == "" {
-		node = r.o.cfg.NodeName
-	}
-	ts := f.GetTime()
 	return &flowtracev1.GetFlowsResponse{
 		ResponseTypes: &flowtracev1.GetFlowsResponse_Flow{Flow: r.mask.Apply(f)},
-		NodeName:      node,
-		Time:          ts,
+		NodeName:      r.nodeOf(f),
+		Time:          f.GetTime(),
 	}
+}
+
+// nodeOf is the node a response names: the flow's, else this observer's.
+func (r *request) nodeOf(f *flowtracev1.Flow) string {
+	if node := f.GetNodeName(); node != "" {
+		return node
+	}
+	return r.o.cfg.NodeName
 }
 
 func (o *Observer) lostResponse(le *flowtracev1.LostEvents) *flowtracev1.GetFlowsResponse {

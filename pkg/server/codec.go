@@ -1,6 +1,8 @@
 package server
 
 import (
+	"fmt"
+
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
@@ -27,7 +29,19 @@ func newFlowCodec() flowCodec {
 // named pods, a Service and a translation is ~400-600 bytes).
 const encodedFlowCap = 768
 
+// encodedHeadroom fits what a response adds around an encoded flow: node
+// name, time and the flow's tag and length.
+const encodedHeadroom = 96
+
 func (c flowCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if e, ok := v.(*observer.EncodedFlow); ok {
+		// Called within SendMsg, while e's bytes are valid.
+		b, ok := e.AppendResponse(make([]byte, 0, len(e.Flow)+encodedHeadroom))
+		if !ok {
+			return nil, fmt.Errorf("flow response: node name %q is not valid UTF-8", e.NodeName)
+		}
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
 	if r, ok := v.(*flowtracev1.GetFlowsResponse); ok {
 		if b, ok := c.flows.Append(make([]byte, 0, encodedFlowCap), r); ok {
 			return mem.BufferSlice{mem.SliceBuffer(b)}, nil

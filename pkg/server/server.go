@@ -94,7 +94,10 @@ func (s *Server) GetFlows(req *flowtracev1.GetFlowsRequest, stream grpc.ServerSt
 		return err
 	}
 	ctx := stream.Context()
-	err = s.obs.GetFlows(ctx, req, m, stream.Send)
+	// Flows read out of history go as the bytes history holds
+	// (flowCodec knows *observer.EncodedFlow), not encoded again.
+	err = s.obs.GetFlowsTo(ctx, req, m, observer.Sender{Send: stream.Send,
+		Encoded: func(e *observer.EncodedFlow) error { return stream.SendMsg(e) }})
 	switch {
 	case err == nil:
 		return nil
