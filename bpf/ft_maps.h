@@ -19,12 +19,17 @@ struct {
 	__type(value, __u64);
 } ft_lost SEC(".maps");
 
-/* Events submitted per CPU; drives the every-256th forced wakeup. */
+/* Per CPU: what decides the ring buffer's wake-ups (ft_rb_flags). */
+struct ft_rb_state {
+	__u64 seq; /* events submitted: the every-256th wake-up */
+	__u64 woke; /* jiffy of the last wake-up for a lone event */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct ft_rb_state);
 } ft_rb_seq SEC(".maps");
 
 struct {
@@ -112,23 +117,47 @@ static __always_inline void ft_stat_inc(__u32 idx)
 }
 
 /*
+ * Lone-event wake-ups, per CPU, are at least this many jiffies apart
+ * (4-40 ms, by HZ).
+ */
+#define FT_RB_WAKE_GAP 4
+
+/*
  * Waking the reader on every submit costs ~4-7 us per event on the target
  * machines; waking on every 64th (and letting the Go reader poll with a
  * deadline for the tail) brings that under 1 us. Every 256th: each wake-up
  * also costs the agent a sleep/wake cycle of its threads (a third of its
  * CPU under connection churn, ~1,000 cycles/s at every 64th); at 256 its
- * CPU per event fell by a quarter. The ring holds thousands of events, and
- * a lone event still waits only for the reader's poll (25 ms).
+ * CPU per event fell by a quarter.
+ *
+ * A lone event (the only unread record: the reader has drained the ring
+ * and waits) wakes it too, at most once per FT_RB_WAKE_GAP per CPU. The
+ * first drop of an incident is then seen at once, and the reader can poll
+ * for the rest (a record that neither rule woke for) every 100 ms instead
+ * of every 25: its wake-ups were most of an idle agent's CPU. size is the
+ * submitted record's.
  */
-static __always_inline __u64 ft_rb_flags(void)
+static __always_inline __u64 ft_rb_flags(__u32 size)
 {
 	__u32 zero = 0;
-	__u64 *seq = bpf_map_lookup_elem(&ft_rb_seq, &zero);
+	struct ft_rb_state *s = bpf_map_lookup_elem(&ft_rb_seq, &zero);
+	__u64 j;
 
-	if (!seq)
+	if (!s)
 		return BPF_RB_FORCE_WAKEUP;
-	*seq += 1;
-	return (*seq & 255) == 0 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	s->seq += 1;
+	if ((s->seq & 255) == 0)
+		return BPF_RB_FORCE_WAKEUP;
+	if (!ft_jiffies_enabled)
+		return BPF_RB_NO_WAKEUP;
+	/* Unread bytes include this record: reserved, not yet submitted. */
+	if (bpf_ringbuf_query(&ft_events, BPF_RB_AVAIL_DATA) > ((size + BPF_RINGBUF_HDR_SZ + 7) & ~7u))
+		return BPF_RB_NO_WAKEUP;
+	j = bpf_jiffies64();
+	if (j - s->woke < FT_RB_WAKE_GAP)
+		return BPF_RB_NO_WAKEUP;
+	s->woke = j;
+	return BPF_RB_FORCE_WAKEUP;
 }
 
 static __always_inline void *ft_rb_reserve(__u32 size)

@@ -46,6 +46,12 @@ enum {
 	BPF_RB_NO_WAKEUP = 1,
 	BPF_RB_FORCE_WAKEUP = 2,
 };
+/* bpf_ringbuf_query flags (UAPI, stable). */
+enum {
+	BPF_RB_AVAIL_DATA = 0,
+};
+/* Each ring buffer record's header (UAPI, stable). */
+#define BPF_RINGBUF_HDR_SZ 8
 
 /* UAPI context of tc programs: stable, accessed by the verifier-rewritten offsets. */
 struct __sk_buff {

@@ -3,6 +3,7 @@
 package datapath
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -102,9 +103,13 @@ const (
 	foldReportEvery    = 50 * time.Millisecond
 	defaultFoldEntries = 16384
 
-	// readPoll bounds how long a lone event can sit in the ring: the BPF side
-	// wakes the reader only every 256th event.
-	readPoll = 25 * time.Millisecond
+	// readPoll bounds how long an event can sit in the ring unannounced:
+	// the BPF side wakes the reader every 256th event and, where jiffies
+	// are readable (5.5+), for a lone event (ft_rb_flags), at most every
+	// few ms per CPU; readPollLone is the poll with that wake-up, readPoll
+	// without it.
+	readPoll     = 25 * time.Millisecond
+	readPollLone = 100 * time.Millisecond
 	// clockResync re-measures the boot-time to wall-time offset, which moves
 	// with NTP steps and suspend.
 	clockResync = 10 * time.Second
@@ -156,6 +161,9 @@ type Datapath struct {
 	features Features
 	rd       *ringbuf.Reader
 	wait     *ringWaiter // nil: the reader's own blocking wait
+	// readPoll: how long the reader waits for the BPF side's wake-up before
+	// it looks anyway (readPoll or readPollLone, by the loaded object).
+	readPoll time.Duration
 
 	decodeErrors atomic.Uint64
 	folds        foldTracker
@@ -398,6 +406,10 @@ func (d *Datapath) loadCore(coreSpec, dropSpec *ebpf.CollectionSpec, caps kernel
 				d.features.SkbAccess = SkbNone
 			}
 			d.features.ConntrackNfct = on["ft_ct_cast_enabled"] && d.features.SkbAccess != SkbNone
+			d.readPoll = readPoll
+			if on["ft_jiffies_enabled"] {
+				d.readPoll = readPollLone
+			}
 			if firstErr != nil {
 				d.log.Warn("optional datapath features refused by this kernel",
 					"error", firstErr, "ct_lookup", d.features.ConntrackLookup,
@@ -665,7 +677,14 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 	lastFold := time.Now()
 	lastSync := time.Now()
 	foldEvery := min(d.cfg.DropFoldWindow/2, foldReportEvery)
-	poll := readPoll
+	pollEvery := cmp.Or(d.readPoll, readPoll)
+	poll := pollEvery
+	// Drops may be folding while a drop was read in the last two windows
+	// (a signature folds only within a window of an emitted drop) or the
+	// fold tracker still follows signatures: only then does the reader
+	// wake for each fold walk. Otherwise the walks ride on its polls.
+	sawDrop := false
+	var foldActiveUntil time.Time
 	drained, sinceLook := true, 0
 	for {
 		// The clock, ctx and the poll deadline are looked at when the ring
@@ -687,7 +706,10 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 				}
 				lastFlush = now
 			}
-			poll = readPoll
+			poll = pollEvery
+			if sawDrop {
+				foldActiveUntil, sawDrop = now.Add(2*d.cfg.DropFoldWindow), false
+			}
 			if d.cfg.DropFoldWindow > 0 {
 				if now.Sub(lastFold) >= foldEvery {
 					if _, err := d.FlushDrops(fn); err != nil {
@@ -702,7 +724,9 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 				}
 				// Wake for the next walk even while the ring stays quiet:
 				// a wait of readPoll would delay it by up to that much.
-				poll = min(poll, max(foldEvery-now.Sub(lastFold), time.Millisecond))
+				if now.Before(foldActiveUntil) || d.folds.tracking() {
+					poll = min(poll, max(foldEvery-now.Sub(lastFold), time.Millisecond))
+				}
 			}
 			if flush != nil {
 				flush() // what the table walks emitted
@@ -734,6 +758,9 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 		}
 		sinceLook++
 		drained = !d.available()
+		if len(rec.RawSample) > decode.OffHdrType && decode.Kind(rec.RawSample[decode.OffHdrType]) == decode.KindDrop {
+			sawDrop = true
+		}
 		sink.Record(rec.RawSample)
 		if drained && flush != nil {
 			flush()

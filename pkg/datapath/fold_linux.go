@@ -62,11 +62,24 @@ type foldTracker struct {
 	idle  []ftFtDropKey
 	// reportedTotal: folded drops reported by FlushDrops, all signatures.
 	reportedTotal uint64
+	// foldedAtWalk is the kernel's drops_folded when the last walk began,
+	// at walkNs (boot ns); moreIdle: that walk found more idle signatures
+	// than one pass deletes.
+	foldedAtWalk, walkNs uint64
+	moreIdle             bool
 	// lost: folded drops no report can carry any more, because the LRU
 	// evicted (or replaced) their slot before FlushDrops read it. It is a
 	// lower bound that becomes exact once drops stop:
 	// drops_folded = drops_fold_reported + drops_fold_lost + still pending.
 	lost uint64
+}
+
+// tracking reports whether FlushDrops still follows signatures (it walks
+// the table every pass while it does).
+func (f *foldTracker) tracking() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.seen) > 0 || f.moreIdle
 }
 
 func (f *foldTracker) totals() (reported, lost uint64) {
@@ -106,6 +119,17 @@ func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	// Nothing folded since the last walk began, and no signature left whose
+	// reports are tracked: the table holds nothing to report, so the walk
+	// (a batch lookup that scans every bucket: most of an idle agent's CPU
+	// at 20 walks a second) waits, up to a window, which still deletes
+	// slots with nothing folded (a CPU that only emitted) once idle.
+	now := uint64(bootNs())
+	window := uint64(max(d.cfg.DropFoldWindow.Nanoseconds(), 0))
+	if f.walks > 0 && foldedBefore == f.foldedAtWalk && len(f.seen) == 0 && !f.moreIdle && now-f.walkNs < window {
+		return 0, nil
+	}
+	f.foldedAtWalk, f.walkNs = foldedBefore, now
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
 		return 0, fmt.Errorf("possible cpus: %w", err)
@@ -117,8 +141,7 @@ func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 		f.idle = make([]ftFtDropKey, 0, maxReclaim)
 	}
 	f.walks++
-	w := foldWalk{d: d, f: f, fn: fn, now: uint64(bootNs()), walk: f.walks,
-		window: uint64(max(d.cfg.DropFoldWindow.Nanoseconds(), 0))}
+	w := foldWalk{d: d, f: f, fn: fn, now: now, walk: f.walks, window: window}
 	var errs []error
 	if err := w.batchWalk(ncpu); err != nil {
 		errs = append(errs, err)
@@ -297,6 +320,7 @@ func (w *foldWalk) reclaim(slots []ftFtDropFold) error {
 	m := w.d.objs.FtDropFolds
 	// visit appends to f.idle: walk a snapshot of this pass's list.
 	idle := w.f.idle
+	w.f.moreIdle = len(idle) == maxReclaim
 	for _, k := range idle {
 		err := m.LookupAndDelete(&k, &slots)
 		if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL) || errors.Is(err, errENOTSUPP) {

@@ -161,6 +161,12 @@ type ftFtMtuEvent struct {
 	Pad           uint32
 }
 
+type ftFtRbState struct {
+	_    structs.HostLayout
+	Seq  uint64
+	Woke uint64
+}
+
 type ftFtScratch struct {
 	_         structs.HostLayout
 	TcPackets uint64
