@@ -758,7 +758,7 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 		}
 		sinceLook++
 		drained = !d.available()
-		if len(rec.RawSample) > decode.OffHdrType && decode.Kind(rec.RawSample[decode.OffHdrType]) == decode.KindDrop {
+		if k, ok := decode.RecordKind(rec.RawSample); ok && k == decode.KindDrop {
 			sawDrop = true
 		}
 		sink.Record(rec.RawSample)

@@ -100,11 +100,12 @@ const foldBatch = 512
 // not per report): the later of the previous report's LastNs + 1 and the
 // start of the previous pass that read the slot, less foldClockSlack.
 // FirstNs is the event's time, so a report's age is that of the oldest
-// drop it may carry. Signatures idle for
-// two windows are deleted (after a last report), so the walk stays as small
-// as the set of recent signatures. Run calls it every foldReportEvery (or
-// half a shorter window), which bounds how late a folded drop is reported. It returns the number of
-// events emitted.
+// drop it may carry. Signatures idle for two windows are deleted (after a
+// last report), so the walk stays as small as the set of recent
+// signatures. Run calls it every foldReportEvery (or half a shorter
+// window), which bounds how late a folded drop is reported; a call with
+// nothing new to report skips the walk. It returns the number of events
+// emitted.
 func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 	f := &d.folds
 	f.mu.Lock()

@@ -201,6 +201,16 @@ var (
 
 var le = binary.LittleEndian // the BPF objects are bpfel only
 
+// RecordKind is the kind a record's header names, without decoding or
+// checking the rest (Decode does); ok is false for a record too short to
+// have a header.
+func RecordKind(b []byte) (k Kind, ok bool) {
+	if len(b) < HdrSize {
+		return 0, false
+	}
+	return Kind(b[OffHdrType]), true
+}
+
 // Decode fills ev from one ring buffer record. ev is reset first, so a
 // caller can reuse one Event for every record. It does not allocate on
 // success; error paths may.

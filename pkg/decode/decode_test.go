@@ -179,6 +179,17 @@ func TestDecodeFlow(t *testing.T) {
 	}
 }
 
+// RecordKind names a record's kind from its header alone, and refuses a
+// record shorter than one.
+func TestRecordKind(t *testing.T) {
+	if k, ok := RecordKind(dropImage()); !ok || k != KindDrop {
+		t.Errorf("drop record: %v, %v", k, ok)
+	}
+	if _, ok := RecordKind(dropImage()[:HdrSize-1]); ok {
+		t.Error("a record shorter than a header has a kind")
+	}
+}
+
 func TestDecodeDrop(t *testing.T) {
 	var ev Event
 	if err := Decode(dropImage(), &ev); err != nil {

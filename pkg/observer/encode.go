@@ -354,6 +354,16 @@ type ResponseEncoder struct {
 
 func NewResponseEncoder() *ResponseEncoder { return &ResponseEncoder{cache: newEncodeCache()} }
 
+// responseHead writes a GetFlowsResponse's fields before its flow:
+// proto.Marshal writes the fields outside oneofs first, then the oneof's
+// member (the flow, field 1).
+func (e *encoder) responseHead(node string, t *timestamppb.Timestamp) {
+	e.str(3, node)
+	if t != nil {
+		e.timestamp(4, t)
+	}
+}
+
 // AppendResponse appends the wire encoding of the flow response e stands
 // for: a GetFlowsResponse with this node name, time and flow, its fields in
 // proto.Marshal's order. The flow's bytes are history's (the same fields,
@@ -361,10 +371,7 @@ func NewResponseEncoder() *ResponseEncoder { return &ResponseEncoder{cache: newE
 // is false when the node name is not valid UTF-8.
 func (e *EncodedFlow) AppendResponse(b []byte) (_ []byte, ok bool) {
 	enc := encoder{b: b}
-	enc.str(3, e.NodeName)
-	if e.Time != nil {
-		enc.timestamp(4, e.Time)
-	}
+	enc.responseHead(e.NodeName, e.Time)
 	enc.b = appendTag(enc.b, 1, protowire.BytesType)
 	enc.b = append(appendVarint(enc.b, uint64(len(e.Flow))), e.Flow...)
 	return enc.b, enc.ok()
@@ -381,13 +388,8 @@ func (re *ResponseEncoder) Append(b []byte, r *flowtracev1.GetFlowsResponse) (_ 
 	}
 	re.mu.Lock()
 	defer re.mu.Unlock()
-	// proto.Marshal writes the fields outside oneofs first, then the
-	// oneof's member.
 	e := encoder{b: b, cache: re.cache}
-	e.str(3, r.NodeName)
-	if r.Time != nil {
-		e.timestamp(4, r.Time)
-	}
+	e.responseHead(r.NodeName, r.Time)
 	start := e.open(1)
 	e.flow(f.Flow)
 	e.close(start)
