@@ -58,6 +58,13 @@ volatile const __u8 ft_kread_enabled = 1;
 volatile const __u32 ft_self_netns = 0;
 
 /*
+ * The longest a per-CPU flow-cache slot (ft_fcache.h) holds a flow's counts
+ * before they go into its flow entry; set by the loader to at most a
+ * quarter of the report interval.
+ */
+volatile const __u64 ft_fc_hold_ns = 10000000ULL;
+
+/*
  * MTU checks skip packets with an L3 length at or below this: no real link is
  * smaller than 576 (IPv4 minimum reassembly size; IPv6 needs >= 1280), and
  * it keeps small packets (ACKs) free of the FIB lookup.

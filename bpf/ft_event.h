@@ -207,6 +207,8 @@ enum ft_stat {
 	FT_STAT_CT_LOOKUPS,
 	FT_STAT_FIB_LOOKUPS,
 	FT_STAT_DROPS_FOLDED, /* in-scope drops counted in ft_drop_folds, not emitted */
+	FT_STAT_FC_HITS,      /* counted in ft_scratch.fc_hits (ft_flow.h) */
+	FT_STAT_FC_ORPHANED,  /* packets a flow-cache slot held for an entry that was gone */
 	FT_STAT_MAX,
 };
 

@@ -17,6 +17,7 @@
 #include "ft_parse.h"
 #include "ft_ct.h"
 #include "ft_mtu.h"
+#include "ft_fcache.h"
 
 #define FT_TC_ACT_UNSPEC (-1)
 #define FT_VXLAN_PORT 4789
@@ -52,7 +53,16 @@ struct ft_scratch {
 	 * ft_stats' count by offset (pkg/datapath scratchTCPacketsOff).
 	 */
 	__u64 tc_packets;
+	__u64 fc_hits; /* FT_STAT_FC_HITS, likewise (scratchFCHitsOff) */
+	__u32 fc_busy; /* a program is using fc on this CPU (ft_fcache.h) */
+	__u32 _pad;
 	struct ft_clock_memo clk; /* ft_now's; lives across packets */
+	struct ft_flow_key k; /* the packet's flow entry key */
+	/* Counts a slot held for k, which go into the entry with this packet. */
+	__u64 take_packets;
+	__u64 take_bytes;
+	__u32 take_flags;
+	__u32 _pad2;
 	struct ft_tuple t; /* the packet being handled */
 	struct ft_pmeta m;
 	struct ft_encap enc;
@@ -60,6 +70,7 @@ struct ft_scratch {
 	struct ft_ct_raw raw;
 	struct ft_xlate_key xk;
 	struct ft_ct_tuple xlat;
+	struct ft_fc_slot fc[FT_FC_SLOTS];
 };
 
 struct {
@@ -173,9 +184,8 @@ static __noinline int ft_report_ct(struct __sk_buff *skb, const struct ft_tuple 
 	return ct->flags;
 }
 
-static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb,
-						      const struct ft_tuple *t,
-						      const struct ft_encap *enc, __u8 dir, __u64 now)
+static __always_inline void ft_flow_key_of(struct ft_flow_key *k, const struct ft_tuple *t,
+					   const struct ft_encap *enc, __u8 dir, __u32 ifindex)
 {
 	/*
 	 * t is &ft_scratch.t, 8-aligned in the map value; saying so lets clang
@@ -183,34 +193,49 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb,
 	 * 2-byte loads (ft_tuple's own alignment): ~40 instructions a packet.
 	 */
 	const struct ft_tuple *ta = __builtin_assume_aligned(t, 8);
-	struct ft_flow_key k __attribute__((aligned(8))) = {};
+
+	__builtin_memcpy(k->saddr, ta->saddr, 16);
+	__builtin_memcpy(k->daddr, ta->daddr, 16);
+	k->sport = t->sport;
+	k->dport = t->dport;
+	k->proto = t->proto;
+	k->ip_version = t->ip_version;
+	k->dir = dir;
+	k->_pad = 0;
+	k->ifindex = ifindex;
+	k->vni = enc->vni;
+}
+
+/*
+ * Accounts the packet in sc (tuple t, key k) into its flow entry, with the
+ * counts sc->take_* a flow-cache slot held for it, and reports the entry
+ * when due.
+ */
+static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, struct ft_scratch *sc,
+						      __u8 dir, __u64 now)
+{
+	const struct ft_tuple *t = &sc->t;
+	const struct ft_encap *enc = &sc->enc;
+	/* ft_report_ct reuses other parts of the scratch space, never k. */
+	const struct ft_flow_key *k = &sc->k;
 	struct ft_flow_val *v;
 	struct ft_ct ct = {};
 	__u32 len = skb->len;
+	__u64 tpk = sc->take_packets, tby = sc->take_bytes;
+	__u32 tfl = sc->take_flags;
 	__u32 netns;
 	__u64 pk, by;
 	__u8 reason = 0;
 	__u8 fl;
 
-	__builtin_memcpy(k.saddr, ta->saddr, 16);
-	__builtin_memcpy(k.daddr, ta->daddr, 16);
-	k.sport = t->sport;
-	k.dport = t->dport;
-	k.proto = t->proto;
-	k.ip_version = t->ip_version;
-	k.dir = dir;
-	k.ifindex = skb->ifindex;
-	k.vni = enc->vni;
+	sc->take_packets = 0;
+	sc->take_bytes = 0;
+	sc->take_flags = 0;
 
-	v = bpf_map_lookup_elem(&ft_flows, &k);
+	v = bpf_map_lookup_elem(&ft_flows, k);
 	if (!v) {
-		__u32 zero = 0;
-		struct ft_scratch *sc = bpf_map_lookup_elem(&ft_scratch, &zero);
-		struct ft_flow_val *nv;
+		struct ft_flow_val *nv = &sc->nv;
 
-		if (!sc)
-			return 0;
-		nv = &sc->nv;
 		__builtin_memset(nv, 0, sizeof(*nv));
 		netns = ft_tc_netns(skb);
 		nv->last_report_ns = now;
@@ -220,16 +245,20 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb,
 		nv->vlan = t->vlan;
 		nv->encap = *enc;
 		if (!enc->ip_version)
-			ft_report_ct(skb, t, &k, &nv->ct, netns);
-		if (bpf_map_update_elem(&ft_flows, &k, nv, BPF_NOEXIST) == 0) {
-			ft_emit_flow(t, &k, &nv->ct, enc, netns, len, FT_REASON_NEW, 1, len,
-				     t->tcp_flags);
-			return bpf_map_lookup_elem(&ft_flows, &k);
+			ft_report_ct(skb, t, k, &nv->ct, netns);
+		if (bpf_map_update_elem(&ft_flows, k, nv, BPF_NOEXIST) == 0) {
+			/* Counts a slot held for an entry that was evicted meanwhile go with it. */
+			ft_emit_flow(t, k, &nv->ct, enc, netns, len, FT_REASON_NEW, 1 + tpk,
+				     len + tby, t->tcp_flags | (__u8)tfl);
+			return bpf_map_lookup_elem(&ft_flows, k);
 		}
 		/* Another CPU created it first: account into its entry. */
-		v = bpf_map_lookup_elem(&ft_flows, &k);
-		if (!v)
+		v = bpf_map_lookup_elem(&ft_flows, k);
+		if (!v) {
+			if (tpk)
+				ft_stat_add(FT_STAT_FC_ORPHANED, tpk);
 			return 0;
+		}
 	}
 
 	/*
@@ -239,10 +268,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb,
 	 * read-modify-write: two CPUs adding different flags to one entry at
 	 * the same instant can lose one bit for one report.
 	 */
-	__sync_fetch_and_add(&v->packets, 1);
-	__sync_fetch_and_add(&v->bytes, len);
-	if (t->tcp_flags && (v->tcp_flags & t->tcp_flags) != t->tcp_flags)
-		v->tcp_flags |= t->tcp_flags;
+	ft_fc_add(v, 1 + tpk, len + tby, t->tcp_flags | tfl);
 	v->last_seen_ns = now;
 
 	if (t->tcp_flags & (FT_TCP_SYN | FT_TCP_FIN | FT_TCP_RST))
@@ -274,11 +300,11 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb,
 	 * Keep the last known view: e.g. a client-side ingress entry whose first
 	 * packet came before conntrack had the connection learns it later.
 	 */
-	if (!enc->ip_version && ft_report_ct(skb, t, &k, &ct, v->netns))
+	if (!enc->ip_version && ft_report_ct(skb, t, k, &ct, v->netns))
 		v->ct = ct;
 	else
 		ct = v->ct;
-	ft_emit_flow(t, &k, &ct, &v->encap, v->netns, len, reason, pk, by, fl);
+	ft_emit_flow(t, k, &ct, &v->encap, v->netns, len, reason, pk, by, fl);
 	return v;
 }
 
@@ -327,6 +353,49 @@ static __noinline int ft_tc_parse(struct __sk_buff *skb, struct ft_tuple *t, str
 	return FT_PARSE_OK;
 }
 
+#define ft_barrier() asm volatile("" ::: "memory")
+
+/*
+ * Whether the packet can be counted in its flow-cache slot s: the slot
+ * holds its flow and is young, and nothing about the packet needs the
+ * entry (SYN/FIN/RST reports, ICMP's PMTU view, an ingress packet above
+ * the MTU the entry had when the slot took it).
+ */
+static __always_inline int ft_fc_hit(const struct ft_fc_slot *s, const struct ft_scratch *sc,
+				     struct __sk_buff *skb, __u8 dir, __u64 now)
+{
+	__u32 wire;
+
+	if (!s->since || ft_since(now, s->since) >= (__s64)ft_fc_hold_ns)
+		return 0;
+	if (sc->t.tcp_flags & (FT_TCP_SYN | FT_TCP_FIN | FT_TCP_RST))
+		return 0;
+	if (sc->t.proto == FT_IPPROTO_ICMP || sc->t.proto == FT_IPPROTO_ICMPV6)
+		return 0;
+	if (!ft_fc_same(&s->key, &sc->k))
+		return 0;
+	if (dir == FT_DIR_INGRESS && !sc->enc.ip_version) {
+		wire = ft_mtu_wire(skb, &sc->t, &sc->m);
+		if (wire && wire > s->mtu)
+			return 0;
+	}
+	return 1;
+}
+
+/* The slot takes the flow of the packet just accounted into v. */
+static __always_inline void ft_fc_fill(struct ft_fc_slot *s, const struct ft_scratch *sc,
+				       const struct ft_flow_val *v, __u64 now)
+{
+	__builtin_memcpy(&s->key, &sc->k, sizeof(s->key));
+	s->packets = 0;
+	s->bytes = 0;
+	s->tcp_flags = 0;
+	s->since = now;
+	/* Only an MTU that stays fresh for the slot's whole life. */
+	s->mtu = ft_since(now, v->mtu_checked_ns) + (__s64)ft_fc_hold_ns <
+			 (__s64)ft_flow_report_interval_ns ? v->egress_mtu : 0;
+}
+
 /*
  * The stages are subprograms so that no call chain needs more than the
  * 512-byte BPF stack: each stage's parse buffers live only in its own frame.
@@ -335,6 +404,7 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 zero = 0;
 	struct ft_scratch *sc;
+	struct ft_fc_slot *s = 0;
 	struct ft_flow_val *v;
 	__u64 now;
 
@@ -348,14 +418,48 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 	if (ft_tc_parse(skb, &sc->t, &sc->m, &sc->enc) != FT_PARSE_OK)
 		return FT_TC_ACT_UNSPEC;
 	now = ft_now(&sc->clk);
-	v = ft_flow_account(skb, &sc->t, &sc->enc, dir, now);
-	if (!v || sc->enc.ip_version)
-		return FT_TC_ACT_UNSPEC;
-	if (sc->t.proto == FT_IPPROTO_ICMP || sc->t.proto == FT_IPPROTO_ICMPV6)
-		ft_icmp_pmtu(skb, &sc->t, &sc->m, dir, v->netns);
-	/* ICMP too: a DF ping is how people probe a path's MTU. */
-	if (dir == FT_DIR_INGRESS && ft_mtu_due(skb, &sc->t, &sc->m, v, now))
-		ft_mtu_check(skb, &sc->t, &sc->m, v, now);
+	ft_flow_key_of(&sc->k, &sc->t, &sc->enc, dir, skb->ifindex);
+	if (ft_fc_on && !sc->fc_busy) {
+		s = &sc->fc[ft_fc_index(&sc->k)];
+		sc->fc_busy = 1;
+		ft_barrier();
+		if (ft_fc_hit(s, sc, skb, dir, now)) {
+			s->packets += 1;
+			s->bytes += skb->len;
+			s->tcp_flags |= sc->t.tcp_flags;
+			sc->fc_hits += 1;
+			ft_barrier();
+			sc->fc_busy = 0;
+			return FT_TC_ACT_UNSPEC;
+		}
+		if (s->since && ft_fc_same(&s->key, &sc->k)) {
+			/* The entry takes them with this packet: no second lookup. */
+			sc->take_packets = s->packets;
+			sc->take_bytes = s->bytes;
+			sc->take_flags = s->tcp_flags;
+			s->packets = 0;
+			s->bytes = 0;
+			s->tcp_flags = 0;
+			s->since = 0;
+		} else {
+			ft_fc_evict(s);
+		}
+	}
+	v = ft_flow_account(skb, sc, dir, now);
+	if (v && !sc->enc.ip_version) {
+		if (sc->t.proto == FT_IPPROTO_ICMP || sc->t.proto == FT_IPPROTO_ICMPV6)
+			ft_icmp_pmtu(skb, &sc->t, &sc->m, dir, v->netns);
+		/* ICMP too: a DF ping is how people probe a path's MTU. */
+		if (dir == FT_DIR_INGRESS &&
+		    ft_mtu_due(ft_mtu_wire(skb, &sc->t, &sc->m), v, now))
+			ft_mtu_check(skb, &sc->t, &sc->m, v, now);
+	}
+	if (s) {
+		if (v)
+			ft_fc_fill(s, sc, v, now);
+		ft_barrier();
+		sc->fc_busy = 0;
+	}
 	return FT_TC_ACT_UNSPEC;
 }
 
@@ -369,6 +473,32 @@ SEC("tc")
 int ft_tc_egress(struct __sk_buff *skb)
 {
 	return ft_tc(skb, FT_DIR_EGRESS);
+}
+
+/*
+ * Writes this CPU's flow-cache slots back into the flow table. User space
+ * runs it on every CPU (BPF_PROG_TEST_RUN with BPF_F_TEST_RUN_ON_CPU)
+ * before it walks the table for idle flows. Returns 1 when tc is using the
+ * slots on this CPU right now (this run interrupted it): try again.
+ */
+SEC("raw_tp")
+int ft_fc_flush(void *ctx)
+{
+	__u32 zero = 0;
+	struct ft_scratch *sc = bpf_map_lookup_elem(&ft_scratch, &zero);
+	int i;
+
+	if (!sc)
+		return 0;
+	if (sc->fc_busy)
+		return 1;
+	sc->fc_busy = 1;
+	ft_barrier();
+	for (i = 0; i < FT_FC_SLOTS; i++)
+		ft_fc_evict(&sc->fc[i]);
+	ft_barrier();
+	sc->fc_busy = 0;
+	return 0;
 }
 
 #endif /* FT_FLOW_H */

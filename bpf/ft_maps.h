@@ -108,12 +108,17 @@ struct {
 	__type(value, __u64);
 } ft_drop_recent SEC(".maps");
 
-static __always_inline void ft_stat_inc(__u32 idx)
+static __always_inline void ft_stat_add(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&ft_stats, &idx);
 
 	if (v)
-		*v += 1; /* per-CPU slot: no atomic needed */
+		*v += n; /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline void ft_stat_inc(__u32 idx)
+{
+	ft_stat_add(idx, 1);
 }
 
 /*

@@ -65,25 +65,32 @@ static __always_inline __u32 ft_wire_len(struct __sk_buff *skb, const struct ft_
 }
 
 /*
- * Whether ft_mtu_check has anything to do; inline, so the packets that need
- * no check (small ones, non-DF IPv4, a fresh cached MTU: nearly all) do not
- * pay a subprogram call.
+ * The wire length an ingress MTU check compares, or 0 when the packet needs
+ * none: MTU checks off, a small packet, non-DF IPv4 (the router fragments
+ * it). A GSO packet is compared by its segments: its merged length never
+ * fits, which made every packet of a bulk TCP transfer pay the FIB lookup
+ * and MTU check (~150 ns each).
  */
-static __always_inline int ft_mtu_due(struct __sk_buff *skb, const struct ft_tuple *t,
-				      const struct ft_pmeta *m, const struct ft_flow_val *v, __u64 now)
+static __always_inline __u32 ft_mtu_wire(struct __sk_buff *skb, const struct ft_tuple *t,
+					 const struct ft_pmeta *m)
 {
-	__u32 wire;
-
 	if (!ft_fib_enabled || m->l3_len <= ft_mtu_min_len)
 		return 0;
 	if (t->ip_version == 4 && !m->df)
-		return 0; /* the router fragments it */
-	/*
-	 * A GSO packet is compared with the cached MTU by its segments: its
-	 * merged length never fits, which made every packet of a bulk TCP
-	 * transfer pay the FIB lookup and MTU check (~150 ns each).
-	 */
-	wire = ft_wire_len(skb, m);
+		return 0;
+	return ft_wire_len(skb, m);
+}
+
+/*
+ * Whether ft_mtu_check has anything to do for a packet of ft_mtu_wire
+ * length wire; inline, so the packets that need no check (small ones,
+ * non-DF IPv4, a fresh cached MTU: nearly all) do not pay a subprogram
+ * call.
+ */
+static __always_inline int ft_mtu_due(__u32 wire, const struct ft_flow_val *v, __u64 now)
+{
+	if (!wire)
+		return 0;
 	if (v->egress_mtu && wire <= v->egress_mtu &&
 	    ft_since(now, v->mtu_checked_ns) < (__s64)ft_flow_report_interval_ns)
 		return 0;

@@ -55,6 +55,7 @@ type Config struct {
 	// into the agent, so it costs twice its size in RSS once written.
 	RingBufferBytes int
 	ScopeAllNetns   bool // report drops from every netns, not only ours and our pods'
+	NoFlowCache     bool // tc without its per-CPU flow cache (benchmark A/B)
 	Version         string
 
 	// ListenAddress, when set, also serves the API on TCP host:port with
@@ -276,6 +277,7 @@ func (a *Agent) setup() error {
 		FlowReportInterval: a.cfg.FlowReportInterval,
 		RingBufferBytes:    a.cfg.RingBufferBytes,
 		ScopeAllNetns:      a.cfg.ScopeAllNetns,
+		NoFlowCache:        a.cfg.NoFlowCache,
 	}, a.log)
 	if err != nil {
 		return fmt.Errorf("load datapath: %w", err)

@@ -109,6 +109,10 @@ serves Prometheus metrics.`,
 	// Hidden: a developer's tool for the benchmark, not a user feature.
 	f.StringVar(&cpuProfile, "cpu-profile", "", "write a Go CPU profile of the agent's run to this file (for go tool pprof)")
 	_ = f.MarkHidden("cpu-profile")
+	// Hidden: the benchmark's A/B of tc's per-CPU flow cache (ftbench
+	// --tracer-cmd), not something an operator needs.
+	f.BoolVar(&cfg.NoFlowCache, "no-flow-cache", false, "count every packet in the kernel's flow table, without the per-CPU flow cache")
+	_ = f.MarkHidden("no-flow-cache")
 	return cmd
 }
 

@@ -13,11 +13,16 @@ import (
 )
 
 // TestTCCost reports the per-packet run time of the tc program from kernel
-// BPF stats over 100k test runs of one aggregated TCP flow. It only fails if
-// stats are unavailable or the cost is absurd (> 20 us), since machines are
-// shared and noisy.
+// BPF stats over 100k test runs of one aggregated TCP flow, with the
+// per-CPU flow cache and without. It only fails if stats are unavailable or
+// the cost is absurd (> 20 us), since machines are shared and noisy.
 func TestTCCost(t *testing.T) {
-	d := load(t, Config{})
+	t.Run("flow cache", func(t *testing.T) { tcCost(t, Config{}) })
+	t.Run("no flow cache", func(t *testing.T) { tcCost(t, Config{NoFlowCache: true}) })
+}
+
+func tcCost(t *testing.T, cfg Config) {
+	d := load(t, cfg)
 	stop, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
 	if err != nil {
 		t.Fatalf("enable bpf stats: %v", err)

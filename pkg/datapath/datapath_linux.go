@@ -46,6 +46,10 @@ type Config struct {
 	DropFoldWindow time.Duration
 	// DropFoldEntries: drop signatures tracked (default 16384; LRU).
 	DropFoldEntries int
+	// NoFlowCache keeps tc's per-CPU flow cache off (Features.FlowCache),
+	// as on a kernel that cannot run a program on a chosen CPU: every
+	// packet then updates the flow table. For A/B measurements and tests.
+	NoFlowCache bool
 
 	forceRawTP bool // tests: exercise the raw_tp fallback on a kernel with tp_btf
 	// tests: pretend the kernel refused these paths.
@@ -76,6 +80,11 @@ type Features struct {
 	ConntrackLookup bool
 	// MTUCheck: tc ingress runs bpf_fib_lookup + bpf_check_mtu (MTU_EXCEEDED).
 	MTUCheck bool
+	// FlowCache: tc counts a flow's packets in a per-CPU slot and writes
+	// them into the flow table every few ms (bpf/ft_fcache.h). Needs
+	// BPF_PROG_TEST_RUN on a chosen CPU (5.10+) to write back the slots of
+	// a CPU that went quiet; without it every packet updates the table.
+	FlowCache bool
 }
 
 // Drop hook names reported in Features.
@@ -115,9 +124,19 @@ const (
 	clockResync = 10 * time.Second
 )
 
-// scratchTCPacketsOff is the offset of tc_packets in struct ft_scratch, the
-// per-CPU count of FT_STAT_TC_PACKETS. Keep in sync with bpf/ft_flow.h.
-const scratchTCPacketsOff = 0
+// scratchTCPacketsOff and scratchFCHitsOff are the offsets of tc_packets and
+// fc_hits in struct ft_scratch, the per-CPU counts of FT_STAT_TC_PACKETS and
+// FT_STAT_FC_HITS. Keep in sync with bpf/ft_flow.h.
+const (
+	scratchTCPacketsOff = 0
+	scratchFCHitsOff    = 8
+)
+
+// fcHoldMax is the longest a per-CPU flow-cache slot holds a flow's counts
+// (ft_fc_hold_ns, bpf/ft_fcache.h): a few ms of delay on an entry's counts
+// and idle time, for one flow-table lookup per flow, CPU and hold instead
+// of one per packet.
+const fcHoldMax = 10 * time.Millisecond
 
 // statNames follows enum ft_stat. Keep in sync with bpf/ft_event.h.
 var statNames = [...]string{
@@ -136,18 +155,22 @@ var statNames = [...]string{
 	"ct_lookups",
 	"fib_lookups",
 	"drops_folded",
+	"flow_cache_hits",
+	"flow_cache_orphaned",
 }
 
 // coreObjects is what always loads: maps and tc programs. The kfree_skb
 // programs are loaded one at a time by attachDrops.
 type coreObjects struct {
 	ftMaps
-	FtTcIngress *ebpf.Program `ebpf:"ft_tc_ingress"`
-	FtTcEgress  *ebpf.Program `ebpf:"ft_tc_egress"`
+	FtTcIngress *ebpf.Program  `ebpf:"ft_tc_ingress"`
+	FtTcEgress  *ebpf.Program  `ebpf:"ft_tc_egress"`
+	FtFcFlush   *ebpf.Program  `ebpf:"ft_fc_flush"`
+	FtFcOn      *ebpf.Variable `ebpf:"ft_fc_on"`
 }
 
 func (o *coreObjects) Close() error {
-	return errors.Join(o.ftMaps.Close(), o.FtTcIngress.Close(), o.FtTcEgress.Close())
+	return errors.Join(o.ftMaps.Close(), o.FtTcIngress.Close(), o.FtTcEgress.Close(), o.FtFcFlush.Close())
 }
 
 // Datapath is a loaded flowtrace BPF object.
@@ -248,6 +271,7 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 		"ft_reason_consumed":         consumed,
 		"ft_mtu_min_len":             uint32(cfg.MTUCheckMinLen),
 		"ft_drop_fold_window_ns":     uint64(max(cfg.DropFoldWindow.Nanoseconds(), 0)),
+		"ft_fc_hold_ns":              uint64(min(fcHoldMax, cfg.FlowReportInterval/4).Nanoseconds()),
 	}
 	for name, v := range consts {
 		vs, ok := spec.Variables[name]
@@ -278,6 +302,7 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 	if err := d.loadCore(coreSpec, spec, probeKernel(kspec, cfg)); err != nil {
 		return nil, err
 	}
+	d.enableFlowCache()
 	d.features.DropReasons = kfreeSkbArgs(kspec) >= 3 && !cfg.forceNoReason
 	if err := d.attachDrops(spec); err != nil {
 		_ = d.objs.Close()
@@ -296,7 +321,7 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 	log.Info("datapath loaded", "drop_hook", d.features.DropHook,
 		"drop_reasons", d.features.DropReasons, "skb_access", d.features.SkbAccess,
 		"ct_nfct", d.features.ConntrackNfct, "ct_lookup", d.features.ConntrackLookup,
-		"mtu_check", d.features.MTUCheck,
+		"mtu_check", d.features.MTUCheck, "flow_cache", d.features.FlowCache,
 		"ring_bytes", cfg.RingBufferBytes, "flow_entries", cfg.FlowTableEntries,
 		"report_interval", cfg.FlowReportInterval, "scope_all_netns", cfg.ScopeAllNetns,
 		"drop_fold_window", cfg.DropFoldWindow)
@@ -869,6 +894,11 @@ func (d *Datapath) FlushIdle(fn func(*decode.Event)) (int, error) {
 		stale   []ftFtFlowKey
 		errs    []error
 	)
+	// Counts the CPUs' flow-cache slots hold go into the table first, so
+	// the walk sees them (a CPU that went quiet would keep them).
+	if err := d.flushFlowCache(); err != nil {
+		errs = append(errs, err)
+	}
 	// Entry times are CLOCK_MONOTONIC; the events carry boot time.
 	now, bootNow := uint64(monoNs()), uint64(bootNs())
 	interval := uint64(d.cfg.FlowReportInterval.Nanoseconds())
@@ -901,6 +931,57 @@ func (d *Datapath) FlushIdle(fn func(*decode.Event)) (int, error) {
 		errs = append(errs, fmt.Errorf("delete idle flow entry: %w", err))
 	}
 	return emitted, errors.Join(errs...)
+}
+
+// enableFlowCache switches tc's per-CPU flow cache on once ft_fc_flush has
+// run on every CPU: only then can FlushIdle write back the slots of a CPU
+// that saw no packet since. Before 5.10 (no BPF_F_TEST_RUN_ON_CPU for
+// raw_tp) the cache stays off and every packet updates the flow table.
+func (d *Datapath) enableFlowCache() {
+	if d.cfg.NoFlowCache {
+		return
+	}
+	if err := d.flushFlowCache(); err != nil {
+		d.log.Info("per-CPU flow cache off: its slots cannot be written back on every CPU", "error", err)
+		return
+	}
+	if err := d.objs.FtFcOn.Set(uint8(1)); err != nil {
+		d.log.Warn("per-CPU flow cache off", "error", err)
+		return
+	}
+	d.features.FlowCache = true
+}
+
+// fcFlushTries bounds the retries of ft_fc_flush on a CPU whose tc program
+// it interrupted (it holds the slots for a fraction of a microsecond).
+const fcFlushTries = 100
+
+// flushFlowCache runs ft_fc_flush on every online CPU, so the counts the
+// CPUs' flow-cache slots hold are in the flow table when it returns.
+func (d *Datapath) flushFlowCache() error {
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("flow cache write-back: %w", err)
+	}
+	for cpu := range ncpu {
+		for try := 0; ; try++ {
+			ret, err := d.objs.FtFcFlush.Run(&ebpf.RunOptions{Flags: unix.BPF_F_TEST_RUN_ON_CPU, CPU: uint32(cpu)})
+			if errors.Is(err, unix.ENXIO) {
+				break // offline: it runs no tc either
+			}
+			if err != nil {
+				return fmt.Errorf("flow cache write-back on CPU %d: %w", cpu, err)
+			}
+			if ret == 0 {
+				break
+			}
+			if try == fcFlushTries {
+				return fmt.Errorf("flow cache write-back on CPU %d: its slots stayed busy for %d tries", cpu, fcFlushTries)
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+	}
+	return nil
 }
 
 // flowBatch is how many flow entries one BPF_MAP_LOOKUP_BATCH returns. The
@@ -1035,8 +1116,9 @@ func (d *Datapath) Stats() (map[string]uint64, error) {
 		return nil, fmt.Errorf("read ft_scratch: %w", err)
 	}
 	for _, v := range scratch {
-		if len(v) >= scratchTCPacketsOff+8 {
+		if len(v) >= scratchFCHitsOff+8 {
 			out["tc_packets"] += binary.NativeEndian.Uint64(v[scratchTCPacketsOff:])
+			out["flow_cache_hits"] += binary.NativeEndian.Uint64(v[scratchFCHitsOff:])
 		}
 	}
 	out["decode_errors"] = d.decodeErrors.Load()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 	"unsafe"
@@ -68,6 +69,36 @@ func run(t *testing.T, p *ebpf.Program, frame []byte) {
 	if ret != tcActUnspec {
 		t.Fatalf("return code %#x, want TC_ACT_UNSPEC", ret)
 	}
+}
+
+// pinCPU keeps the calling goroutine on one CPU (cpu < 0: the first it may
+// use) until the test ends, and returns that CPU. Test runs of a tc program
+// run on the caller's CPU: a test that checks what one report of an entry
+// counts pins itself, as packets counted on another CPU may sit in that
+// CPU's flow-cache slot until the next write-back.
+func pinCPU(t *testing.T, cpu int) int {
+	t.Helper()
+	runtime.LockOSThread()
+	var orig, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &orig); err != nil {
+		t.Fatal(err)
+	}
+	for c := 0; cpu < 0 && c < 1024; c++ {
+		if orig.IsSet(c) {
+			cpu = c
+		}
+	}
+	one.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatalf("pin to CPU %d: %v", cpu, err)
+	}
+	t.Cleanup(func() {
+		if err := unix.SchedSetaffinity(0, &orig); err != nil {
+			t.Error(err)
+		}
+		runtime.UnlockOSThread()
+	})
+	return cpu
 }
 
 func selfNetns(t *testing.T) uint32 {
@@ -225,6 +256,7 @@ func tcpFrame(sport uint16, flags uint8, payload int) []byte {
 
 func TestAggregation(t *testing.T) {
 	d := load(t, Config{})
+	pinCPU(t, -1)
 	var frames [][]byte
 	frames = append(frames, tcpFrame(50000, decode.TCPSyn, 0))
 	for i := 0; i < 998; i++ {
@@ -255,6 +287,7 @@ func TestAggregation(t *testing.T) {
 func TestPeriodicAndIdleFlush(t *testing.T) {
 	const interval = 100 * time.Millisecond
 	d := load(t, Config{FlowReportInterval: interval})
+	pinCPU(t, -1)
 	f := tcpFrame(51000, decode.TCPAck, 10)
 	run(t, d.Egress(), f) // NEW
 	run(t, d.Egress(), f) // counted, not reported
@@ -328,6 +361,9 @@ func TestReportTimeAheadOfClock(t *testing.T) {
 	}
 	if evs := drain(t, d); len(evs) != 0 {
 		t.Fatalf("report time ahead of the clock fired reports: %+v", evs)
+	}
+	if err := d.flushFlowCache(); err != nil {
+		t.Fatal(err)
 	}
 	if err := d.objs.FtFlows.Lookup(&k, &v); err != nil || v.Packets != 10 {
 		t.Fatalf("entry after 10 packets: %+v %v", v, err)

@@ -284,26 +284,7 @@ func TestDropFoldFirstAfterPause(t *testing.T) {
 	_, name, _, f := followDrops(t, Config{DropFoldWindow: 5 * time.Second})
 	// One CPU, so both bursts fold into the same per-CPU slot: the case
 	// where the previous report's last drop was the only bound.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var orig, one unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &orig); err != nil {
-		t.Fatal(err)
-	}
-	for cpu := 0; cpu < 1024; cpu++ {
-		if orig.IsSet(cpu) {
-			one.Set(cpu)
-			break
-		}
-	}
-	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := unix.SchedSetaffinity(0, &orig); err != nil {
-			t.Error(err)
-		}
-	}()
+	pinCPU(t, -1)
 	const n, pause = 200, 600 * time.Millisecond
 	send := udpSenderIn(t, name)
 	send(n, 9)

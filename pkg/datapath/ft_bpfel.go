@@ -170,13 +170,21 @@ type ftFtRbState struct {
 type ftFtScratch struct {
 	_         structs.HostLayout
 	TcPackets uint64
+	FcHits    uint64
+	FcBusy    uint32
+	Pad       uint32
 	Clk       struct {
 		_       structs.HostLayout
 		Jiffies uint64
 		Ns      uint64
 	}
-	T ftFtTuple
-	M struct {
+	K           ftFtFlowKey
+	TakePackets uint64
+	TakeBytes   uint64
+	TakeFlags   uint32
+	Pad2        uint32
+	T           ftFtTuple
+	M           struct {
 		_         structs.HostLayout
 		L3Off     uint32
 		L4Off     uint32
@@ -199,6 +207,15 @@ type ftFtScratch struct {
 	Xk   ftFtXlateKey
 	Xlat ftFtCtTuple
 	_    [4]byte
+	Fc   [16]struct {
+		_        structs.HostLayout
+		Key      ftFtFlowKey
+		Packets  uint64
+		Bytes    uint64
+		Since    uint64
+		TcpFlags uint32
+		Mtu      uint32
+	}
 }
 
 type ftFtTuple struct {
@@ -254,6 +271,7 @@ const (
 	ftMapFtScratch              = "ft_scratch"
 	ftMapFtStats                = "ft_stats"
 	ftMapFtXlated               = "ft_xlated"
+	ftProgFtFcFlush             = "ft_fc_flush"
 	ftProgFtKfreeBtf            = "ft_kfree_btf"
 	ftProgFtKfreeBtf2           = "ft_kfree_btf2"
 	ftProgFtKfreeRaw            = "ft_kfree_raw"
@@ -264,6 +282,8 @@ const (
 	ftVarFtCtCastEnabled        = "ft_ct_cast_enabled"
 	ftVarFtCtLookupEnabled      = "ft_ct_lookup_enabled"
 	ftVarFtDropFoldWindowNs     = "ft_drop_fold_window_ns"
+	ftVarFtFcHoldNs             = "ft_fc_hold_ns"
+	ftVarFtFcOn                 = "ft_fc_on"
 	ftVarFtFibEnabled           = "ft_fib_enabled"
 	ftVarFtFlowReportIntervalNs = "ft_flow_report_interval_ns"
 	ftVarFtJiffiesEnabled       = "ft_jiffies_enabled"
@@ -326,6 +346,7 @@ type ftSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ftProgramSpecs struct {
+	FtFcFlush   *ebpf.ProgramSpec `ebpf:"ft_fc_flush"`
 	FtKfreeBtf  *ebpf.ProgramSpec `ebpf:"ft_kfree_btf"`
 	FtKfreeBtf2 *ebpf.ProgramSpec `ebpf:"ft_kfree_btf2"`
 	FtKfreeRaw  *ebpf.ProgramSpec `ebpf:"ft_kfree_raw"`
@@ -359,6 +380,8 @@ type ftVariableSpecs struct {
 	FtCtCastEnabled        *ebpf.VariableSpec `ebpf:"ft_ct_cast_enabled"`
 	FtCtLookupEnabled      *ebpf.VariableSpec `ebpf:"ft_ct_lookup_enabled"`
 	FtDropFoldWindowNs     *ebpf.VariableSpec `ebpf:"ft_drop_fold_window_ns"`
+	FtFcHoldNs             *ebpf.VariableSpec `ebpf:"ft_fc_hold_ns"`
+	FtFcOn                 *ebpf.VariableSpec `ebpf:"ft_fc_on"`
 	FtFibEnabled           *ebpf.VariableSpec `ebpf:"ft_fib_enabled"`
 	FtFlowReportIntervalNs *ebpf.VariableSpec `ebpf:"ft_flow_report_interval_ns"`
 	FtJiffiesEnabled       *ebpf.VariableSpec `ebpf:"ft_jiffies_enabled"`
@@ -436,6 +459,8 @@ type ftVariables struct {
 	FtCtCastEnabled        *ebpf.Variable `ebpf:"ft_ct_cast_enabled"`
 	FtCtLookupEnabled      *ebpf.Variable `ebpf:"ft_ct_lookup_enabled"`
 	FtDropFoldWindowNs     *ebpf.Variable `ebpf:"ft_drop_fold_window_ns"`
+	FtFcHoldNs             *ebpf.Variable `ebpf:"ft_fc_hold_ns"`
+	FtFcOn                 *ebpf.Variable `ebpf:"ft_fc_on"`
 	FtFibEnabled           *ebpf.Variable `ebpf:"ft_fib_enabled"`
 	FtFlowReportIntervalNs *ebpf.Variable `ebpf:"ft_flow_report_interval_ns"`
 	FtJiffiesEnabled       *ebpf.Variable `ebpf:"ft_jiffies_enabled"`
@@ -460,6 +485,7 @@ type ftVariables struct {
 //
 // It can be passed to loadFtObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ftPrograms struct {
+	FtFcFlush   *ebpf.Program `ebpf:"ft_fc_flush"`
 	FtKfreeBtf  *ebpf.Program `ebpf:"ft_kfree_btf"`
 	FtKfreeBtf2 *ebpf.Program `ebpf:"ft_kfree_btf2"`
 	FtKfreeRaw  *ebpf.Program `ebpf:"ft_kfree_raw"`
@@ -470,6 +496,7 @@ type ftPrograms struct {
 
 func (p *ftPrograms) Close() error {
 	return _FtClose(
+		p.FtFcFlush,
 		p.FtKfreeBtf,
 		p.FtKfreeBtf2,
 		p.FtKfreeRaw,

@@ -205,7 +205,9 @@ func expectedFeatures(t *testing.T) Features {
 		DropHook:    DropHookTPBTF, // every supported kernel (5.5+) has tp_btf
 		DropReasons: kspec.TypeByName("skb_drop_reason", &enum) == nil,
 		MTUCheck:    features.HaveProgramHelper(ebpf.SchedCLS, asm.FnCheckMtu) == nil,
-		SkbAccess:   SkbNone,
+		// raw_tp test runs on a chosen CPU: 5.10+, every kernel of the matrix.
+		FlowCache: true,
+		SkbAccess: SkbNone,
 	}
 	f.ConntrackLookup = hasKernelFunc(kspec, "bpf_skb_ct_lookup")
 	if mod, err := btf.LoadKernelModuleSpec("nf_conntrack"); err == nil && !f.ConntrackLookup {
@@ -246,6 +248,7 @@ func TestFeatureFallback(t *testing.T) {
 		{Config{denyCTCast: true}, func(f *Features) { f.ConntrackNfct = false }},
 		{Config{denyFIB: true}, func(f *Features) { f.MTUCheck = false }},
 		{Config{forceNoReason: true}, func(f *Features) { f.DropReasons = false }},
+		{Config{NoFlowCache: true}, func(f *Features) { f.FlowCache = false }},
 		// 6.1: no bpf_cast_to_kern_ctx, probe reads where tc may use them.
 		{Config{denyKctx: true}, func(f *Features) {
 			if f.SkbAccess == SkbKernCtx {
@@ -256,7 +259,7 @@ func TestFeatureFallback(t *testing.T) {
 		// 5.10: neither; flows carry the loader's netns.
 		{Config{denyKctx: true, denyKread: true, denyCTLookup: true, denyFIB: true, forceNoReason: true},
 			func(f *Features) {
-				*f = Features{DropHook: DropHookTPBTF, SkbAccess: SkbNone}
+				*f = Features{DropHook: DropHookTPBTF, SkbAccess: SkbNone, FlowCache: true}
 			}},
 	} {
 		want := base
