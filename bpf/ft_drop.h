@@ -24,14 +24,35 @@
 #define FT_SKB(btf, skb, field) ((btf) ? (skb)->field : BPF_CORE_READ(skb, field))
 
 /*
- * The dropped packet's first FT_DROP_HDR bytes from its network header, read
- * with one probe read so the parser's header loads are plain memory loads.
- * Per CPU: the tracepoint program never nests on a CPU (the kernel skips a
- * recursive run), and tc has its own scratch.
+ * Per-CPU state of the drop hook, looked up once per drop. The tracepoint
+ * program never nests on a CPU (the kernel skips a recursive run), so one
+ * value per CPU is enough.
  */
 struct ft_drop_hdr {
-	__u8 b[FT_DROP_HDR];
+	/*
+	 * FT_STAT_DROPS_SEEN and FT_STAT_DROPS_FOLDED are counted here, not in
+	 * ft_stats: a second map lookup per drop just to count cost ~10 ns
+	 * each. User space adds them by offset (pkg/datapath dropHdrSeenOff).
+	 */
+	__u64 seen;
+	__u64 folded;
+	/*
+	 * The last ft_netns_scope answer on this CPU: a storm's drops share a
+	 * netns, and the hash lookup was ~30 ns of each. Valid while
+	 * scope_gen equals ft_scope_gen, which user space bumps after every
+	 * change of the scope map.
+	 */
+	__u32 scope_netns;
+	__u32 scope_gen;
+	__u8 scope_in;
+	__u8 _pad[7];
 	struct ft_clock_memo clk; /* the fold clock; lives across drops */
+	/*
+	 * The dropped packet's first FT_DROP_HDR bytes from its network
+	 * header, read with one probe read so the parser's header loads are
+	 * plain memory loads.
+	 */
+	__u8 b[FT_DROP_HDR];
 };
 
 struct {
@@ -40,6 +61,26 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ft_drop_hdr);
 } ft_drop_hdrs SEC(".maps");
+
+/* See ft_drop_hdr.scope_gen; starts at 1 so a zeroed memo never matches. */
+volatile __u32 ft_scope_gen = 1;
+
+static __always_inline int ft_in_scope(struct ft_drop_hdr *hb, __u32 netns)
+{
+	/* Read before the lookup: a change after it then voids the memo. */
+	__u32 gen = ft_scope_gen;
+	int in;
+
+	if (hb && hb->scope_gen == gen && hb->scope_netns == netns)
+		return hb->scope_in;
+	in = bpf_map_lookup_elem(&ft_netns_scope, &netns) != 0;
+	if (hb) {
+		hb->scope_netns = netns;
+		hb->scope_gen = gen;
+		hb->scope_in = in;
+	}
+	return in;
+}
 
 static __always_inline __u32 ft_skb_netns(struct sk_buff *skb, __u32 *ifindex, int btf)
 {
@@ -186,21 +227,27 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 
 	if (has_reason && (reason == ft_reason_not_dropped || reason == ft_reason_consumed))
 		return 0;
-	ft_stat_inc(FT_STAT_DROPS_SEEN);
+	hb = bpf_map_lookup_elem(&ft_drop_hdrs, &zero);
+	if (hb)
+		hb->seen += 1; /* per-CPU value: no atomic needed */
+	else
+		ft_stat_inc(FT_STAT_DROPS_SEEN);
 
 	k.netns = ft_skb_netns(skb, &k.ifindex, btf);
-	if (!ft_scope_all_netns && !bpf_map_lookup_elem(&ft_netns_scope, &k.netns)) {
+	if (!ft_scope_all_netns && !ft_in_scope(hb, k.netns)) {
 		ft_stat_inc(FT_STAT_DROPS_OUT_OF_SCOPE);
 		return 0;
 	}
 	k.location = location;
 	k.reason = reason;
-	hb = bpf_map_lookup_elem(&ft_drop_hdrs, &zero);
 	ft_drop_tuple(skb, &k.tuple, hb, btf);
 	if (ft_drop_fold_window_ns) {
 		now = hb ? ft_boot_memo(&hb->clk) : bpf_ktime_get_boot_ns();
 		if (ft_drop_fold_in(&k, skb, now, btf)) {
-			ft_stat_inc(FT_STAT_DROPS_FOLDED);
+			if (hb)
+				hb->folded += 1;
+			else
+				ft_stat_inc(FT_STAT_DROPS_FOLDED);
 			return 0;
 		}
 	}

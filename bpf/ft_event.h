@@ -196,7 +196,7 @@ enum ft_stat {
 	FT_STAT_NON_IP,
 	FT_STAT_TRUNCATED,
 	FT_STAT_MALFORMED,
-	FT_STAT_DROPS_SEEN,
+	FT_STAT_DROPS_SEEN, /* mostly in ft_drop_hdrs.seen (ft_drop.h) */
 	FT_STAT_DROPS_OUT_OF_SCOPE,
 	FT_STAT_FLOW_EVENTS,
 	FT_STAT_DROP_EVENTS,
@@ -206,7 +206,7 @@ enum ft_stat {
 	FT_STAT_VXLAN,
 	FT_STAT_CT_LOOKUPS,
 	FT_STAT_FIB_LOOKUPS,
-	FT_STAT_DROPS_FOLDED, /* in-scope drops counted in ft_drop_folds, not emitted */
+	FT_STAT_DROPS_FOLDED, /* in-scope drops counted in ft_drop_folds, not emitted; as SEEN */
 	FT_STAT_FC_HITS,      /* counted in ft_scratch.fc_hits (ft_flow.h) */
 	FT_STAT_FC_ORPHANED,  /* packets a flow-cache slot held for an entry that was gone */
 	FT_STAT_MAX,

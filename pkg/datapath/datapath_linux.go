@@ -132,6 +132,14 @@ const (
 	scratchFCHitsOff    = 8
 )
 
+// dropHdrSeenOff and dropHdrFoldedOff are the offsets of seen and folded in
+// struct ft_drop_hdr, the per-CPU counts of FT_STAT_DROPS_SEEN and
+// FT_STAT_DROPS_FOLDED. Keep in sync with bpf/ft_drop.h.
+const (
+	dropHdrSeenOff   = 0
+	dropHdrFoldedOff = 8
+)
+
 // fcHoldMax is the longest a per-CPU flow-cache slot holds a flow's counts
 // (ft_fc_hold_ns, bpf/ft_fcache.h): a few ms of delay on an entry's counts
 // and idle time, for one flow-table lookup per flow, CPU and hold instead
@@ -189,6 +197,8 @@ type Datapath struct {
 	readPoll time.Duration
 
 	decodeErrors atomic.Uint64
+	scopeMu      sync.Mutex
+	scopeGen     uint32 // last ft_scope_gen set (under scopeMu); the object starts at 1
 	folds        foldTracker
 	bootOffset   atomic.Int64 // wall ns - boot ns
 	closeOnce    sync.Once
@@ -298,7 +308,7 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 	for _, name := range dropProgramNames {
 		delete(coreSpec.Programs, name)
 	}
-	d := &Datapath{cfg: cfg, log: log}
+	d := &Datapath{cfg: cfg, log: log, scopeGen: 1}
 	if err := d.loadCore(coreSpec, spec, probeKernel(kspec, cfg)); err != nil {
 		return nil, err
 	}
@@ -580,6 +590,7 @@ func (d *Datapath) tryDrop(spec *ebpf.CollectionSpec, prog string, attach func(*
 	repl := map[string]*ebpf.Map{
 		"ft_events":      d.objs.FtEvents,
 		"ft_drop_folds":  d.objs.FtDropFolds,
+		"ft_drop_hdrs":   d.objs.FtDropHdrs,
 		"ft_drop_recent": d.objs.FtDropRecent,
 		"ft_flows":       d.objs.FtFlows,
 		"ft_lost":        d.objs.FtLost,
@@ -615,16 +626,45 @@ func (d *Datapath) Features() Features { return d.features }
 
 // AllowNetns reports drops of the network namespace with this inode.
 func (d *Datapath) AllowNetns(inode uint32) error {
-	if err := d.objs.FtNetnsScope.Put(inode, uint8(1)); err != nil {
-		return fmt.Errorf("allow netns %d: %w", inode, err)
-	}
-	return nil
+	return d.changeScope(func() error {
+		if err := d.objs.FtNetnsScope.Put(inode, uint8(1)); err != nil {
+			return fmt.Errorf("allow netns %d: %w", inode, err)
+		}
+		return nil
+	})
 }
 
 // ForgetNetns stops reporting drops of the network namespace with this inode.
 func (d *Datapath) ForgetNetns(inode uint32) error {
-	if err := d.objs.FtNetnsScope.Delete(inode); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("forget netns %d: %w", inode, err)
+	return d.changeScope(func() error {
+		if err := d.objs.FtNetnsScope.Delete(inode); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forget netns %d: %w", inode, err)
+		}
+		return nil
+	})
+}
+
+// changeScope applies a change of ft_netns_scope, then voids the drop
+// hook's per-CPU memo of it (ft_scope_gen, bpf/ft_drop.h). Serialised, so
+// the generation never goes back to one a memo may hold.
+func (d *Datapath) changeScope(change func() error) error {
+	d.scopeMu.Lock()
+	defer d.scopeMu.Unlock()
+	if err := change(); err != nil {
+		return err
+	}
+	if d.dropColl == nil {
+		return nil
+	}
+	gen := d.dropColl.Variables["ft_scope_gen"]
+	if gen == nil {
+		return errors.New("drop program without ft_scope_gen")
+	}
+	if d.scopeGen++; d.scopeGen == 0 {
+		d.scopeGen = 1 // 0 is a zeroed memo's
+	}
+	if err := gen.Set(d.scopeGen); err != nil {
+		return fmt.Errorf("void the drop hook's netns scope memo: %w", err)
 	}
 	return nil
 }
@@ -1119,6 +1159,16 @@ func (d *Datapath) Stats() (map[string]uint64, error) {
 		if len(v) >= scratchFCHitsOff+8 {
 			out["tc_packets"] += binary.NativeEndian.Uint64(v[scratchTCPacketsOff:])
 			out["flow_cache_hits"] += binary.NativeEndian.Uint64(v[scratchFCHitsOff:])
+		}
+	}
+	// So does the drop hook, in its per-CPU state (struct ft_drop_hdr).
+	if err := d.objs.FtDropHdrs.Lookup(uint32(0), &scratch); err != nil {
+		return nil, fmt.Errorf("read ft_drop_hdrs: %w", err)
+	}
+	for _, v := range scratch {
+		if len(v) >= dropHdrFoldedOff+8 {
+			out["drops_seen"] += binary.NativeEndian.Uint64(v[dropHdrSeenOff:])
+			out["drops_folded"] += binary.NativeEndian.Uint64(v[dropHdrFoldedOff:])
 		}
 	}
 	out["decode_errors"] = d.decodeErrors.Load()

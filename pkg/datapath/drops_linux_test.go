@@ -203,7 +203,14 @@ func TestDropNoSocket(t *testing.T) {
 		t.Fatalf("drops_out_of_scope did not move")
 	}
 
-	// Forgetting the netns stops its drops too.
+	// Forgetting the netns stops its drops too, although the drop hook
+	// memoises the last scope answer per CPU: on one CPU, a drop just
+	// before makes the memo "in scope", and ForgetNetns must void it.
+	pinCPU(t, -1)
+	sendUDPIn(t, inScope, "127.0.0.1:9")
+	if evs := waitDrops(t, d, inIno); len(evs) == 0 {
+		t.Fatal("no drop in scope before ForgetNetns")
+	}
 	if err := d.ForgetNetns(inIno); err != nil {
 		t.Fatal(err)
 	}

@@ -57,13 +57,19 @@ type ftFtDropFold struct {
 }
 
 type ftFtDropHdr struct {
-	_   structs.HostLayout
-	B   [128]uint8
-	Clk struct {
+	_          structs.HostLayout
+	Seen       uint64
+	Folded     uint64
+	ScopeNetns uint32
+	ScopeGen   uint32
+	ScopeIn    uint8
+	Pad        [7]uint8
+	Clk        struct {
 		_       structs.HostLayout
 		Jiffies uint64
 		Ns      uint64
 	}
+	B [128]uint8
 }
 
 type ftFtDropKey struct {
@@ -293,6 +299,7 @@ const (
 	ftVarFtReasonConsumed       = "ft_reason_consumed"
 	ftVarFtReasonNotDropped     = "ft_reason_not_dropped"
 	ftVarFtScopeAllNetns        = "ft_scope_all_netns"
+	ftVarFtScopeGen             = "ft_scope_gen"
 	ftVarFtSelfNetns            = "ft_self_netns"
 	ftVarFtUnusedDrop           = "ft_unused_drop"
 	ftVarFtUnusedDropFold       = "ft_unused_drop_fold"
@@ -391,6 +398,7 @@ type ftVariableSpecs struct {
 	FtReasonConsumed       *ebpf.VariableSpec `ebpf:"ft_reason_consumed"`
 	FtReasonNotDropped     *ebpf.VariableSpec `ebpf:"ft_reason_not_dropped"`
 	FtScopeAllNetns        *ebpf.VariableSpec `ebpf:"ft_scope_all_netns"`
+	FtScopeGen             *ebpf.VariableSpec `ebpf:"ft_scope_gen"`
 	FtSelfNetns            *ebpf.VariableSpec `ebpf:"ft_self_netns"`
 	FtUnusedDrop           *ebpf.VariableSpec `ebpf:"ft_unused_drop"`
 	FtUnusedDropFold       *ebpf.VariableSpec `ebpf:"ft_unused_drop_fold"`
@@ -470,6 +478,7 @@ type ftVariables struct {
 	FtReasonConsumed       *ebpf.Variable `ebpf:"ft_reason_consumed"`
 	FtReasonNotDropped     *ebpf.Variable `ebpf:"ft_reason_not_dropped"`
 	FtScopeAllNetns        *ebpf.Variable `ebpf:"ft_scope_all_netns"`
+	FtScopeGen             *ebpf.Variable `ebpf:"ft_scope_gen"`
 	FtSelfNetns            *ebpf.Variable `ebpf:"ft_self_netns"`
 	FtUnusedDrop           *ebpf.Variable `ebpf:"ft_unused_drop"`
 	FtUnusedDropFold       *ebpf.Variable `ebpf:"ft_unused_drop_fold"`
