@@ -21,6 +21,7 @@ func (a *Agent) Status(context.Context) *flowtracev1.ServerStatusResponse {
 			ConntrackNfct:   a.dp.Features().ConntrackNfct,
 			ConntrackLookup: a.dp.Features().ConntrackLookup,
 			MtuCheck:        a.dp.Features().MTUCheck,
+			FlowCache:       a.dp.Features().FlowCache,
 		},
 	}
 	if a.reasons != nil {

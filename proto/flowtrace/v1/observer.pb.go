@@ -1115,7 +1115,10 @@ type DatapathFeatures struct {
 	// conntrack_lookup: the bpf_skb_ct_lookup kfunc (replies, client side).
 	ConntrackLookup bool `protobuf:"varint,5,opt,name=conntrack_lookup,json=conntrackLookup,proto3" json:"conntrack_lookup,omitempty"`
 	// mtu_check: FIB lookups at tc ingress check packets against the egress MTU.
-	MtuCheck      bool `protobuf:"varint,6,opt,name=mtu_check,json=mtuCheck,proto3" json:"mtu_check,omitempty"`
+	MtuCheck bool `protobuf:"varint,6,opt,name=mtu_check,json=mtuCheck,proto3" json:"mtu_check,omitempty"`
+	// flow_cache: tc counts a flow's packets in a per-CPU cache and writes
+	// them into the kernel's flow table every few milliseconds.
+	FlowCache     bool `protobuf:"varint,7,opt,name=flow_cache,json=flowCache,proto3" json:"flow_cache,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1188,6 +1191,13 @@ func (x *DatapathFeatures) GetConntrackLookup() bool {
 func (x *DatapathFeatures) GetMtuCheck() bool {
 	if x != nil {
 		return x.MtuCheck
+	}
+	return false
+}
+
+func (x *DatapathFeatures) GetFlowCache() bool {
+	if x != nil {
+		return x.FlowCache
 	}
 	return false
 }
@@ -1416,14 +1426,16 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x04mode\x18\x03 \x01(\tR\x04mode\x12\x12\n" +
 	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x1d\n" +
 	"\n" +
-	"peer_netns\x18\x05 \x01(\tR\tpeerNetns\"\xde\x01\n" +
+	"peer_netns\x18\x05 \x01(\tR\tpeerNetns\"\xfd\x01\n" +
 	"\x10DatapathFeatures\x12\x1b\n" +
 	"\ttc_attach\x18\x01 \x01(\tR\btcAttach\x12\x1b\n" +
 	"\tdrop_hook\x18\x02 \x01(\tR\bdropHook\x12!\n" +
 	"\fdrop_reasons\x18\x03 \x01(\rR\vdropReasons\x12%\n" +
 	"\x0econntrack_nfct\x18\x04 \x01(\bR\rconntrackNfct\x12)\n" +
 	"\x10conntrack_lookup\x18\x05 \x01(\bR\x0fconntrackLookup\x12\x1b\n" +
-	"\tmtu_check\x18\x06 \x01(\bR\bmtuCheck\"Z\n" +
+	"\tmtu_check\x18\x06 \x01(\bR\bmtuCheck\x12\x1d\n" +
+	"\n" +
+	"flow_cache\x18\a \x01(\bR\tflowCache\"Z\n" +
 	"\x14IdentitySourceStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06synced\x18\x02 \x01(\bR\x06synced\x12\x16\n" +

@@ -86,6 +86,7 @@ func run(ctx context.Context, log *slog.Logger) ([]field, error) {
 	add("ct_nfct", yesNo(f.ConntrackNfct))
 	add("ct_lookup", yesNo(f.ConntrackLookup))
 	add("mtu_check", yesNo(f.MTUCheck))
+	add("flow_cache", yesNo(f.FlowCache))
 
 	kspec, err := btf.LoadKernelSpec()
 	if err != nil {
