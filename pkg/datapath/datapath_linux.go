@@ -1150,32 +1150,44 @@ func (d *Datapath) Stats() (map[string]uint64, error) {
 		out[name] = sum
 	}
 	// tc counts its packets in its per-CPU scratch value (see struct
-	// ft_scratch in bpf/ft_flow.h), which it looks up anyway.
-	var scratch [][]byte
-	if err := d.objs.FtScratch.Lookup(uint32(0), &scratch); err != nil {
+	// ft_scratch in bpf/ft_flow.h), which it looks up anyway; so does the
+	// drop hook, in its per-CPU state (struct ft_drop_hdr).
+	tc, err := perCPUCounters(d.objs.FtScratch, scratchTCPacketsOff, scratchFCHitsOff)
+	if err != nil {
 		return nil, fmt.Errorf("read ft_scratch: %w", err)
 	}
-	for _, v := range scratch {
-		if len(v) >= scratchFCHitsOff+8 {
-			out["tc_packets"] += binary.NativeEndian.Uint64(v[scratchTCPacketsOff:])
-			out["flow_cache_hits"] += binary.NativeEndian.Uint64(v[scratchFCHitsOff:])
-		}
-	}
-	// So does the drop hook, in its per-CPU state (struct ft_drop_hdr).
-	if err := d.objs.FtDropHdrs.Lookup(uint32(0), &scratch); err != nil {
+	drop, err := perCPUCounters(d.objs.FtDropHdrs, dropHdrSeenOff, dropHdrFoldedOff)
+	if err != nil {
 		return nil, fmt.Errorf("read ft_drop_hdrs: %w", err)
 	}
-	for _, v := range scratch {
-		if len(v) >= dropHdrFoldedOff+8 {
-			out["drops_seen"] += binary.NativeEndian.Uint64(v[dropHdrSeenOff:])
-			out["drops_folded"] += binary.NativeEndian.Uint64(v[dropHdrFoldedOff:])
-		}
-	}
+	out["tc_packets"] += tc[0]
+	out["flow_cache_hits"] += tc[1]
+	out["drops_seen"] += drop[0]
+	out["drops_folded"] += drop[1]
 	out["decode_errors"] = d.decodeErrors.Load()
 	reported, lost := d.folds.totals()
 	out["drops_fold_reported"] = reported
 	out["drops_fold_lost"] = lost
 	return out, nil
+}
+
+// perCPUCounters sums, over CPUs, the uint64 counters at offs in key 0 of
+// a per-CPU array: the counts the BPF side keeps in per-CPU state it looks
+// up anyway, rather than in ft_stats.
+func perCPUCounters(m *ebpf.Map, offs ...int) ([]uint64, error) {
+	var per [][]byte
+	if err := m.Lookup(uint32(0), &per); err != nil {
+		return nil, err
+	}
+	sums := make([]uint64, len(offs))
+	for _, v := range per {
+		for i, off := range offs {
+			if len(v) >= off+8 {
+				sums[i] += binary.NativeEndian.Uint64(v[off:])
+			}
+		}
+	}
+	return sums, nil
 }
 
 // Close detaches the drop hook and releases the reader, programs and maps.

@@ -116,7 +116,7 @@ func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 	// Read the kernel's total before the walk: every fold it includes is
 	// then either reported below or lost, so total - reported never
 	// overstates the loss.
-	foldedBefore, err := d.statSum(foldedStat)
+	foldedBefore, err := d.foldedTotal()
 	if err != nil {
 		return 0, err
 	}
@@ -346,6 +346,20 @@ func (w *foldWalk) reclaim(slots []ftFtDropFold) error {
 // foldedStat is FT_STAT_DROPS_FOLDED, the index of "drops_folded" in
 // statNames (checked by a test).
 const foldedStat = 14
+
+// foldedTotal is the kernel's drops_folded: counted in the drop hook's
+// per-CPU state, and in ft_stats where that state was missing.
+func (d *Datapath) foldedTotal() (uint64, error) {
+	n, err := d.statSum(foldedStat)
+	if err != nil {
+		return 0, err
+	}
+	hdr, err := perCPUCounters(d.objs.FtDropHdrs, dropHdrFoldedOff)
+	if err != nil {
+		return 0, fmt.Errorf("read ft_drop_hdrs: %w", err)
+	}
+	return n + hdr[0], nil
+}
 
 func (d *Datapath) statSum(idx uint32) (uint64, error) {
 	var per []uint64

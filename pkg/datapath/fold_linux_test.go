@@ -236,6 +236,11 @@ func TestDropFoldStorm(t *testing.T) {
 	if emitted, folded := st1["drop_events"]-st0["drop_events"], st1["drops_folded"]-st0["drops_folded"]; emitted+folded != n {
 		t.Fatalf("drop_events %d + drops_folded %d != %d", emitted, folded, n)
 	}
+	// The fold walk decides whether anything folded since the last walk
+	// from this total: it must see every counter drops_folded sums.
+	if total, err := d.foldedTotal(); err != nil || total != st1["drops_folded"] || total == 0 {
+		t.Fatalf("foldedTotal %d (%v), drops_folded %d", total, err, st1["drops_folded"])
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, ev := range f.evs {
