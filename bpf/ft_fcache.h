@@ -29,6 +29,9 @@
 #include "ft_config.h"
 #include "ft_parse.h"
 
+/* Orders the fc_busy stores around a slot's use for the compiler (one CPU). */
+#define ft_barrier() asm volatile("" ::: "memory")
+
 /* Slots per CPU, a power of two. 16 x 80 bytes ride in ft_scratch. */
 #define FT_FC_BITS 4
 #define FT_FC_SLOTS (1 << FT_FC_BITS)
@@ -80,6 +83,14 @@ static __always_inline void ft_fc_add(struct ft_flow_val *v, __u64 packets, __u6
 		v->tcp_flags |= flags;
 }
 
+static __always_inline void ft_fc_clear(struct ft_fc_slot *s)
+{
+	s->packets = 0;
+	s->bytes = 0;
+	s->tcp_flags = 0;
+	s->since = 0;
+}
+
 /*
  * Writes a slot's counts back into its flow entry and empties the slot.
  * The entry may be gone (LRU eviction, the idle walk deleted it): the
@@ -90,18 +101,15 @@ static __noinline int ft_fc_evict(struct ft_fc_slot *s)
 	struct ft_flow_val *v;
 	__u64 pk = s->packets;
 
-	s->since = 0;
-	if (!pk)
-		return 0;
-	v = bpf_map_lookup_elem(&ft_flows, &s->key);
-	if (v)
-		ft_fc_add(v, pk, s->bytes, s->tcp_flags);
-	else
-		ft_stat_add(FT_STAT_FC_ORPHANED, pk);
-	s->packets = 0;
-	s->bytes = 0;
-	s->tcp_flags = 0;
-	return 1;
+	if (pk) {
+		v = bpf_map_lookup_elem(&ft_flows, &s->key);
+		if (v)
+			ft_fc_add(v, pk, s->bytes, s->tcp_flags);
+		else
+			ft_stat_add(FT_STAT_FC_ORPHANED, pk);
+	}
+	ft_fc_clear(s);
+	return pk != 0;
 }
 
 #endif /* FT_FCACHE_H */

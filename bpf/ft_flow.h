@@ -353,11 +353,9 @@ static __noinline int ft_tc_parse(struct __sk_buff *skb, struct ft_tuple *t, str
 	return FT_PARSE_OK;
 }
 
-#define ft_barrier() asm volatile("" ::: "memory")
-
 /*
- * Whether the packet can be counted in its flow-cache slot s: the slot
- * holds its flow and is young, and nothing about the packet needs the
+ * Whether the packet can be counted in its flow-cache slot s, which holds
+ * its flow: the slot is young, and nothing about the packet needs the
  * entry (SYN/FIN/RST reports, ICMP's PMTU view, an ingress packet above
  * the MTU the entry had when the slot took it).
  */
@@ -366,13 +364,11 @@ static __always_inline int ft_fc_hit(const struct ft_fc_slot *s, const struct ft
 {
 	__u32 wire;
 
-	if (!s->since || ft_since(now, s->since) >= (__s64)ft_fc_hold_ns)
+	if (ft_since(now, s->since) >= (__s64)ft_fc_hold_ns)
 		return 0;
 	if (sc->t.tcp_flags & (FT_TCP_SYN | FT_TCP_FIN | FT_TCP_RST))
 		return 0;
 	if (sc->t.proto == FT_IPPROTO_ICMP || sc->t.proto == FT_IPPROTO_ICMPV6)
-		return 0;
-	if (!ft_fc_same(&s->key, &sc->k))
 		return 0;
 	if (dir == FT_DIR_INGRESS && !sc->enc.ip_version) {
 		wire = ft_mtu_wire(skb, &sc->t, &sc->m);
@@ -387,9 +383,7 @@ static __always_inline void ft_fc_fill(struct ft_fc_slot *s, const struct ft_scr
 				       const struct ft_flow_val *v, __u64 now)
 {
 	__builtin_memcpy(&s->key, &sc->k, sizeof(s->key));
-	s->packets = 0;
-	s->bytes = 0;
-	s->tcp_flags = 0;
+	ft_fc_clear(s);
 	s->since = now;
 	/* Only an MTU that stays fresh for the slot's whole life. */
 	s->mtu = ft_since(now, v->mtu_checked_ns) + (__s64)ft_fc_hold_ns <
@@ -405,6 +399,7 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 	__u32 zero = 0;
 	struct ft_scratch *sc;
 	struct ft_fc_slot *s = 0;
+	int same;
 	struct ft_flow_val *v;
 	__u64 now;
 
@@ -423,7 +418,8 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 		s = &sc->fc[ft_fc_index(&sc->k)];
 		sc->fc_busy = 1;
 		ft_barrier();
-		if (ft_fc_hit(s, sc, skb, dir, now)) {
+		same = s->since && ft_fc_same(&s->key, &sc->k);
+		if (same && ft_fc_hit(s, sc, skb, dir, now)) {
 			s->packets += 1;
 			s->bytes += skb->len;
 			s->tcp_flags |= sc->t.tcp_flags;
@@ -432,15 +428,12 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 			sc->fc_busy = 0;
 			return FT_TC_ACT_UNSPEC;
 		}
-		if (s->since && ft_fc_same(&s->key, &sc->k)) {
+		if (same) {
 			/* The entry takes them with this packet: no second lookup. */
 			sc->take_packets = s->packets;
 			sc->take_bytes = s->bytes;
 			sc->take_flags = s->tcp_flags;
-			s->packets = 0;
-			s->bytes = 0;
-			s->tcp_flags = 0;
-			s->since = 0;
+			ft_fc_clear(s);
 		} else {
 			ft_fc_evict(s);
 		}

@@ -935,9 +935,13 @@ func (d *Datapath) FlushIdle(fn func(*decode.Event)) (int, error) {
 		errs    []error
 	)
 	// Counts the CPUs' flow-cache slots hold go into the table first, so
-	// the walk sees them (a CPU that went quiet would keep them).
-	if err := d.flushFlowCache(); err != nil {
-		errs = append(errs, err)
+	// the walk sees them (a CPU that went quiet would keep them). Only with
+	// the cache on: where the write-back cannot run, it would fail every
+	// walk.
+	if d.features.FlowCache {
+		if err := d.flushFlowCache(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	// Entry times are CLOCK_MONOTONIC; the events carry boot time.
 	now, bootNow := uint64(monoNs()), uint64(bootNs())
