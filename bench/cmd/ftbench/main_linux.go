@@ -46,6 +46,17 @@ type options struct {
 }
 
 func main() {
+	// Hidden: a drop storm's following client, started by measureStorm.
+	if len(os.Args) > 1 && os.Args[1] == followDropsCmd {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := followDrops(ctx, os.Args[2:], os.Stdin, os.Stdout)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ftbench "+followDropsCmd+":", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var o options
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds (each runs every tracer, order rotated)")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each throughput/latency workload")

@@ -236,6 +236,7 @@ func (r *running) stop() error {
 
 // agentConn is the bench's client of the flowtrace agent.
 type agentConn struct {
+	sock string // the agent's unix socket, which a storm's follower process dials too
 	conn *grpc.ClientConn
 	api  flowtracev1.ObserverServiceClient
 }
@@ -248,7 +249,7 @@ func dialAgent(sock string) (*agentConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial agent: %w", err)
 	}
-	return &agentConn{conn: conn, api: flowtracev1.NewObserverServiceClient(conn)}, nil
+	return &agentConn{sock: sock, conn: conn, api: flowtracev1.NewObserverServiceClient(conn)}, nil
 }
 
 func (a *agentConn) status(ctx context.Context) (*flowtracev1.ServerStatusResponse, error) {

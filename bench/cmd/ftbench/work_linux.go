@@ -166,8 +166,14 @@ func rrLatency(b *bed, d time.Duration) (p50, p99 float64, err error) {
 		return 0, 0, fmt.Errorf("rr: only %d round trips", len(lat))
 	}
 	slices.Sort(lat)
-	us := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Nanoseconds()) / 1e3 }
+	us := func(q float64) float64 { return float64(quantile(lat, q).Nanoseconds()) / 1e3 }
 	return us(0.50), us(0.99), nil
+}
+
+// quantile is the q-quantile of sorted: the sample at rank q*(n-1),
+// rounded down.
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	return sorted[int(q*float64(len(sorted)-1))]
 }
 
 // churn opens and immediately resets new TCP connections from two client
