@@ -74,6 +74,11 @@ func main() {
 	flag.BoolVar(&o.smoke, "smoke", false, "seconds-long run that only checks every stage works (CI)")
 	flag.BoolVar(&o.extended, "extended", false, "build the extended lab (second node over VXLAN) as the testbed")
 	flag.Parse()
+	// A stray word would otherwise start a whole run (minutes, a testbed).
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "ftbench: unexpected argument %q (flags only; see -h)\n", flag.Arg(0))
+		os.Exit(2)
+	}
 	for _, w := range strings.Split(o.workloads, ",") {
 		if !strings.Contains(","+allWorkloads+",", ","+w+",") {
 			fmt.Fprintf(os.Stderr, "ftbench: unknown workload %q (have %s)\n", w, allWorkloads)
