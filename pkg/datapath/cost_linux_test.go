@@ -10,52 +10,127 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flowtrace/flowtrace/pkg/decode"
+	"github.com/flowtrace/flowtrace/pkg/testutil"
 )
 
 // TestTCCost reports the per-packet run time of the tc program from kernel
-// BPF stats over 100k test runs of one aggregated TCP flow, with the
-// per-CPU flow cache and without. It only fails if stats are unavailable or
-// the cost is absurd (> 20 us), since machines are shared and noisy.
+// BPF stats over 100k test runs of each frame, with the per-CPU flow cache
+// and without, next to the counting floor program's. It only fails if
+// stats are unavailable or the cost is absurd (> 20 us), since machines
+// are shared and noisy: the bench (tc_vs_floor) holds the target.
 func TestTCCost(t *testing.T) {
-	t.Run("flow cache", func(t *testing.T) { tcCost(t, Config{}) })
-	t.Run("no flow cache", func(t *testing.T) { tcCost(t, Config{NoFlowCache: true}) })
+	counter, err := testutil.NewCounter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer counter.Close()
+	floor, err := testutil.NewFloorTC(counter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer floor.Close()
+	t.Run("flow cache", func(t *testing.T) { tcCost(t, Config{}, floor) })
+	t.Run("no flow cache", func(t *testing.T) { tcCost(t, Config{NoFlowCache: true}, floor) })
 }
 
-func tcCost(t *testing.T, cfg Config) {
+func tcCost(t *testing.T, cfg Config, floor *ebpf.Program) {
 	d := load(t, cfg)
+	pinCPU(t, -1) // the flow cache is per CPU: every run must find its slot
 	stop, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
 	if err != nil {
 		t.Fatalf("enable bpf stats: %v", err)
 	}
 	defer stop.Close()
 	const n = 100000
+	cost := func(p *ebpf.Program, frame []byte) time.Duration {
+		t.Helper()
+		before, err := p.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Run(&ebpf.RunOptions{Data: frame, Repeat: n}); err != nil {
+			t.Fatal(err)
+		}
+		after, err := p.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		runs := after.RunCount - before.RunCount
+		per := (after.Runtime - before.Runtime) / time.Duration(max(runs, 1))
+		if runs != n || per <= 0 || per > 20*time.Microsecond {
+			t.Fatalf("%s: runs=%d per=%v", p, runs, per)
+		}
+		return per
+	}
 	for _, c := range []struct {
 		name  string
 		frame []byte
 	}{
 		{"ipv4 tcp ack (aggregated)", tcpFrame(53000, decode.TCPAck, 100)},
 		{"ipv6 tcp ack (aggregated)", cat(eth(0x86dd), ipv6(6, "fd00::1", "fd00::2", tcp(53001, 443, decode.TCPAck)))},
+		{"ipv4 udp (aggregated)", cat(eth(0x0800), ipv4(17, "10.1.0.1", "10.1.0.2", 0, nil, udp(53003, 53, make([]byte, 22))))},
 		{"arp (not ip)", cat(eth(0x0806), make([]byte, 28))},
 		// DF and above the MTU-check threshold: one FIB lookup, then the per-flow cache.
 		{"ipv4 tcp 1400B DF (aggregated, mtu check)", cat(eth(0x0800), ipv4(6, "10.1.0.1", "10.1.0.2", 0x4000, nil, cat(tcp(53002, 443, decode.TCPAck), make([]byte, 1380))))},
 	} {
-		before, err := d.Ingress().Stats()
+		per, fl := cost(d.Ingress(), c.frame), cost(floor, c.frame)
+		t.Logf("%s: %v per packet, floor %v, %.2fx", c.name, per, fl, float64(per)/float64(max(fl, 1)))
+		drain(t, d)
+	}
+}
+
+// TestDropCost reports the drop hook's run time per drop in a one-flow
+// storm (identical NO_SOCKET drops from one socket, one CPU), next to the
+// counting floor program's in the same kind of storm just before. Like
+// TestTCCost it only fails if stats are unavailable or the figures absurd:
+// the bench (kfree_skb_vs_floor) holds the target.
+func TestDropCost(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	pinCPU(t, -1)
+	stop, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		t.Fatalf("enable bpf stats: %v", err)
+	}
+	defer stop.Close()
+	const n = 200000
+	storm := func(name string, p *ebpf.Program) time.Duration {
+		t.Helper()
+		send := udpSenderIn(t, name)
+		send(1000, 7) // warm: the fold slot exists, caches are hot
+		before, err := p.Stats()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := d.Ingress().Run(&ebpf.RunOptions{Data: c.frame, Repeat: n}); err != nil {
-			t.Fatal(err)
-		}
-		after, err := d.Ingress().Stats()
+		send(n, 7)
+		after, err := p.Stats()
 		if err != nil {
 			t.Fatal(err)
 		}
 		runs := after.RunCount - before.RunCount
-		per := (after.Runtime - before.Runtime) / time.Duration(max(runs, 1))
-		t.Logf("%s: %d runs, %v per packet", c.name, runs, per)
-		if runs != n || per <= 0 || per > 20*time.Microsecond {
-			t.Fatalf("%s: runs=%d per=%v", c.name, runs, per)
+		if runs < n {
+			t.Fatalf("%s: %d runs for %d drops", p, runs, n)
 		}
-		drain(t, d)
+		return (after.Runtime - before.Runtime) / time.Duration(runs)
+	}
+
+	counter, err := testutil.NewCounter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer counter.Close()
+	fp, fl, err := testutil.AttachFloorDrop(counter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	floorName, _ := testNetns(t)
+	floor := storm(floorName, fp)
+	fl.Close()
+	fp.Close()
+
+	d, name, _, _ := followDrops(t, Config{})
+	per := storm(name, d.DropProgram())
+	t.Logf("one-flow storm: drop hook %v per drop, floor %v, %.2fx", per, floor, float64(per)/float64(max(floor, 1)))
+	if per <= 0 || per > 20*time.Microsecond || floor <= 0 {
+		t.Fatalf("drop hook %v, floor %v per drop", per, floor)
 	}
 }

@@ -6,8 +6,9 @@ import (
 	"net"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/flowtrace/flowtrace/pkg/testutil"
 )
 
 // floor is the practical lower bound of an in-kernel hook on this machine:
@@ -21,63 +22,24 @@ type floor struct {
 	links   []link.Link
 }
 
-// countingProgram returns instructions that add one to counter[0] and
-// return ret.
-func countingProgram(counter *ebpf.Map, ret int32) asm.Instructions {
-	return asm.Instructions{
-		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
-		asm.LoadMapPtr(asm.R1, counter.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -4),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "out"),
-		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
-		asm.Add.Imm(asm.R1, 1),
-		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
-		asm.Mov.Imm(asm.R0, ret).WithSymbol("out"),
-		asm.Return(),
-	}
-}
-
-// newFloor loads the floor programs and attaches the kfree_skb one (tp_btf,
-// like flowtrace's, raw_tp if the kernel refuses). The tc program is
-// attached per interface by attachTC.
+// newFloor loads the floor programs (pkg/testutil, shared with the cost
+// tests) and attaches the kfree_skb one (tp_btf, like flowtrace's, raw_tp
+// if the kernel refuses). The tc program is attached per interface by
+// attachTC.
 func newFloor() (*floor, error) {
 	f := &floor{}
 	var err error
-	f.counter, err = ebpf.NewMap(&ebpf.MapSpec{Name: "ftb_count", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if f.counter, err = testutil.NewCounter(); err != nil {
+		return nil, err
+	}
+	if f.tc, err = testutil.NewFloorTC(f.counter); err != nil {
+		return nil, errors.Join(err, f.Close())
+	}
+	drop, l, err := testutil.AttachFloorDrop(f.counter)
 	if err != nil {
-		return nil, fmt.Errorf("create floor counter: %w", err)
+		return nil, errors.Join(err, f.Close())
 	}
-	// TC_ACT_UNSPEC (-1): observe only, like flowtrace's programs.
-	f.tc, err = ebpf.NewProgram(&ebpf.ProgramSpec{Name: "ftb_floor_tc", Type: ebpf.SchedCLS,
-		Instructions: countingProgram(f.counter, -1), License: "GPL"})
-	if err != nil {
-		return nil, errors.Join(fmt.Errorf("load floor tc program: %w", err), f.Close())
-	}
-	f.drop, err = ebpf.NewProgram(&ebpf.ProgramSpec{Name: "ftb_floor_drop", Type: ebpf.Tracing, AttachType: ebpf.AttachTraceRawTp,
-		AttachTo: "kfree_skb", Instructions: countingProgram(f.counter, 0), License: "GPL"})
-	if err == nil {
-		var l link.Link
-		if l, err = link.AttachTracing(link.TracingOptions{Program: f.drop, AttachType: ebpf.AttachTraceRawTp}); err == nil {
-			f.links = append(f.links, l)
-		}
-	}
-	if err != nil {
-		if f.drop != nil {
-			f.drop.Close()
-		}
-		f.drop, err = ebpf.NewProgram(&ebpf.ProgramSpec{Name: "ftb_floor_drop", Type: ebpf.RawTracepoint,
-			Instructions: countingProgram(f.counter, 0), License: "GPL"})
-		if err != nil {
-			return nil, errors.Join(fmt.Errorf("load floor kfree_skb program: %w", err), f.Close())
-		}
-		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "kfree_skb", Program: f.drop})
-		if err != nil {
-			return nil, errors.Join(fmt.Errorf("attach floor kfree_skb program: %w", err), f.Close())
-		}
-		f.links = append(f.links, l)
-	}
+	f.drop, f.links = drop, append(f.links, l)
 	return f, nil
 }
 
