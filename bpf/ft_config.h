@@ -78,4 +78,11 @@ volatile const __u32 ft_mtu_min_len = 576;
  */
 volatile const __u64 ft_drop_fold_window_ns = 100000000ULL;
 
+/*
+ * The drop hook's per-CPU fold memo (ft_drop.h). The loader sets it only
+ * once ft_drop_flush is known to run on every CPU here
+ * (BPF_F_TEST_RUN_ON_CPU): without that a memo could hold counts forever.
+ */
+volatile const __u8 ft_drop_memo_enabled = 0;
+
 #endif /* FT_CONFIG_H */

@@ -24,18 +24,44 @@
 #define FT_SKB(btf, skb, field) ((btf) ? (skb)->field : BPF_CORE_READ(skb, field))
 
 /*
+ * The fold memo: a write-back cache, per CPU, of the fold slot this CPU
+ * used last. A storm is one signature dropping again and again on a CPU,
+ * and the slot's hash lookup (a 72-byte key) was about a third of the
+ * hook's cost per drop: while the memo holds the signature, a drop is
+ * counted here with a key compare and a few plain stores. Its counts go
+ * into the slot (write-back) when the signature's window ends on this CPU
+ * (the next drop is emitted from the slot as before) and when user space
+ * runs ft_drop_flush on the CPU, which it does before every fold walk that
+ * finds counts pending here (pkg/datapath FlushDrops). drops_folded counts
+ * a memo's drops at write-back, so a walk never takes a drop still in a
+ * memo for lost.
+ */
+struct ft_drop_memo {
+	struct ft_drop_key key;
+	__u64 created; /* the slot instance it counts for (created_ns); 0 = none */
+	__u64 emit;    /* that slot's emit_ns: the memo folds within its window */
+	__u64 pending; /* drops counted here, not yet in the slot; must stay 8-aligned at dropHdrPendingOff */
+	__u64 first;   /* the first of them */
+	__u64 last;    /* the last of them, or the slot's last_ns when taken */
+	__u32 skb_iif; /* of the last of them */
+	__u32 pkt_len;
+};
+
+/*
  * Per-CPU state of the drop hook, looked up once per drop. The tracepoint
  * program never nests on a CPU (the kernel skips a recursive run), so one
  * value per CPU is enough.
  */
 struct ft_drop_hdr {
 	/*
-	 * FT_STAT_DROPS_SEEN and FT_STAT_DROPS_FOLDED are counted here, not in
-	 * ft_stats: a second map lookup per drop just to count cost ~10 ns
-	 * each. User space adds them by offset (pkg/datapath dropHdrSeenOff).
+	 * FT_STAT_DROPS_SEEN, FT_STAT_DROPS_FOLDED and FT_STAT_DROP_MEMO_HITS
+	 * are counted here, not in ft_stats: a second map lookup per drop
+	 * just to count cost ~10 ns each. User space adds them by offset
+	 * (pkg/datapath dropHdr*Off).
 	 */
 	__u64 seen;
 	__u64 folded;
+	__u64 memo_hits;
 	/*
 	 * The last ft_netns_scope answer on this CPU: a storm's drops share a
 	 * netns, and the hash lookup was ~30 ns of each. Valid while
@@ -45,8 +71,17 @@ struct ft_drop_hdr {
 	__u32 scope_netns;
 	__u32 scope_gen;
 	__u8 scope_in;
-	__u8 _pad[7];
+	/*
+	 * The memo (and the fold slots through it) is in use on this CPU:
+	 * ft_drop_flush, which can interrupt the hook (an IPI), leaves it
+	 * alone and asks to be run again; the hook, which can interrupt the
+	 * flush (a softirq while it runs on its caller's CPU), emits the drop
+	 * without folding it.
+	 */
+	__u8 busy;
+	__u8 _pad[6];
 	struct ft_clock_memo clk; /* the fold clock; lives across drops */
+	struct ft_drop_memo memo;
 	/*
 	 * The dropped packet's first FT_DROP_HDR bytes from its network
 	 * header, read with one probe read so the parser's header loads are
@@ -152,7 +187,7 @@ static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *
  * reads the exact time itself.
  */
 static __always_inline int ft_drop_fold_in(struct ft_drop_key *k, struct sk_buff *skb, __u64 now,
-					   int btf)
+					   int btf, struct ft_drop_fold **used)
 {
 	struct ft_drop_fold *f = bpf_map_lookup_elem(&ft_drop_folds, k);
 	__u64 *emitted;
@@ -202,13 +237,127 @@ static __always_inline int ft_drop_fold_in(struct ft_drop_key *k, struct sk_buff
 		f->last_ns = now;
 		f->skb_iif = FT_SKB(btf, skb, skb_iif);
 		f->pkt_len = FT_SKB(btf, skb, len);
+		*used = f;
 		return 1;
 	}
 	if (!f->created_ns)
 		f->created_ns = now; /* first use of this entry on this CPU */
 	f->emit_ns = now;
 	f->fold_first_ns = 0;
+	*used = f;
 	return 0;
+}
+
+static __always_inline int ft_drop_key_eq(const struct ft_drop_key *a, const struct ft_drop_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return !((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4]) |
+		 (x[5] ^ y[5]) | (x[6] ^ y[6]) | (x[7] ^ y[7]) | (x[8] ^ y[8]));
+}
+
+/* Counts the drop in the memo if it holds k's slot within its window. */
+static __always_inline int ft_memo_fold(struct ft_drop_memo *mm, const struct ft_drop_key *k,
+					struct sk_buff *skb, __u64 now, int btf)
+{
+	if (!mm->created || ft_since(now, mm->emit) >= (__s64)ft_drop_fold_window_ns ||
+	    !ft_drop_key_eq(&mm->key, k))
+		return 0;
+	/* Strictly increasing, like the slot's own times (ft_drop_fold_in). */
+	if (now <= mm->last)
+		now = mm->last + 1;
+	if (!mm->pending)
+		mm->first = now;
+	mm->pending += 1;
+	mm->last = now;
+	mm->skb_iif = FT_SKB(btf, skb, skb_iif);
+	mm->pkt_len = FT_SKB(btf, skb, len);
+	return 1;
+}
+
+/*
+ * Moves the memo's counts into its slot and empties it. A slot that is
+ * gone or was made anew since (LRU eviction, user space deleted it idle)
+ * cannot take them: they still count as folded, and user space, which
+ * never reports them, counts them as lost (drops_fold_lost).
+ */
+static __always_inline void ft_memo_writeback(struct ft_drop_hdr *hb)
+{
+	struct ft_drop_memo *mm = &hb->memo;
+	struct ft_drop_fold *f;
+	__u64 n = mm->pending;
+
+	if (n) {
+		f = bpf_map_lookup_elem(&ft_drop_folds, &mm->key);
+		if (f && f->created_ns == mm->created) {
+			f->folded += n; /* per-CPU slot, and busy keeps others off */
+			if (!f->fold_first_ns)
+				f->fold_first_ns = mm->first;
+			f->last_ns = mm->last;
+			f->skb_iif = mm->skb_iif;
+			f->pkt_len = mm->pkt_len;
+		}
+		hb->folded += n;
+	}
+	mm->pending = 0;
+	mm->created = 0;
+}
+
+/*
+ * The memo takes k's slot f (just used by a drop): only from an empty
+ * memo, or one whose signature's window is over, so a storm of another
+ * signature neither steals it from one in progress nor forces a
+ * write-back per drop when signatures interleave.
+ */
+static __always_inline void ft_memo_take(struct ft_drop_memo *mm, const struct ft_drop_key *k,
+					 const struct ft_drop_fold *f, __u64 now)
+{
+	if (mm->pending ||
+	    (mm->created && ft_since(now, mm->emit) < (__s64)ft_drop_fold_window_ns))
+		return;
+	__builtin_memcpy(&mm->key, k, sizeof(mm->key));
+	mm->created = f->created_ns;
+	mm->emit = f->emit_ns;
+	mm->last = f->last_ns > f->emit_ns ? f->last_ns : f->emit_ns;
+}
+
+/*
+ * Folds the drop (1) or says to emit it (0): through this CPU's memo, else
+ * the fold slot, which the memo then takes when it may.
+ */
+static __always_inline int ft_drop_fold(struct ft_drop_hdr *hb, struct ft_drop_key *k,
+					struct sk_buff *skb, __u64 now, int btf)
+{
+	struct ft_drop_memo *mm = &hb->memo;
+	struct ft_drop_fold *f = 0;
+	int folded;
+
+	if (!ft_drop_memo_enabled) {
+		folded = ft_drop_fold_in(k, skb, now, btf, &f);
+		if (folded)
+			hb->folded += 1;
+		return folded;
+	}
+	if (hb->busy)
+		return 0; /* interrupted ft_drop_flush: emit, leave the slots alone */
+	hb->busy = 1;
+	ft_barrier();
+	if (ft_memo_fold(mm, k, skb, now, btf)) {
+		hb->memo_hits += 1;
+		folded = 1;
+	} else {
+		/* Its window is over: the slot takes its counts before it emits. */
+		if (mm->pending && ft_drop_key_eq(&mm->key, k))
+			ft_memo_writeback(hb);
+		folded = ft_drop_fold_in(k, skb, now, btf, &f);
+		if (folded)
+			hb->folded += 1;
+		if (f)
+			ft_memo_take(mm, k, f, now);
+	}
+	ft_barrier();
+	hb->busy = 0;
+	return folded;
 }
 
 /*
@@ -241,16 +390,9 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 	k.location = location;
 	k.reason = reason;
 	ft_drop_tuple(skb, &k.tuple, hb, btf);
-	if (ft_drop_fold_window_ns) {
-		now = hb ? ft_boot_memo(&hb->clk) : bpf_ktime_get_boot_ns();
-		if (ft_drop_fold_in(&k, skb, now, btf)) {
-			if (hb)
-				hb->folded += 1;
-			else
-				ft_stat_inc(FT_STAT_DROPS_FOLDED);
-			return 0;
-		}
-	}
+	/* hb is always there (a one-entry array); without it, no folding. */
+	if (ft_drop_fold_window_ns && hb && ft_drop_fold(hb, &k, skb, ft_boot_memo(&hb->clk), btf))
+		return 0;
 	/*
 	 * An event carries the exact time. It also becomes the memo, so the
 	 * drops folded after it are never dated before it.
@@ -276,6 +418,31 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 	ft_ct_from_kskb(skb, &e->tuple, &e->ct, 0);
 	bpf_ringbuf_submit(e, ft_rb_flags(sizeof(*e)));
 	ft_stat_inc(FT_STAT_DROP_EVENTS);
+	return 0;
+}
+
+/*
+ * Writes this CPU's fold memo back into its slot. User space runs it
+ * (BPF_PROG_TEST_RUN with BPF_F_TEST_RUN_ON_CPU) on each CPU whose memo
+ * holds counts, before it reads the fold slots. Returns 1 when the drop
+ * hook is using the memo on this CPU right now (this run interrupted it):
+ * try again.
+ */
+SEC("raw_tp")
+int ft_drop_flush(void *ctx)
+{
+	__u32 zero = 0;
+	struct ft_drop_hdr *hb = bpf_map_lookup_elem(&ft_drop_hdrs, &zero);
+
+	if (!hb)
+		return 0;
+	if (hb->busy)
+		return 1;
+	hb->busy = 1;
+	ft_barrier();
+	ft_memo_writeback(hb);
+	ft_barrier();
+	hb->busy = 0;
 	return 0;
 }
 

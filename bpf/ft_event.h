@@ -209,6 +209,7 @@ enum ft_stat {
 	FT_STAT_DROPS_FOLDED, /* in-scope drops counted in ft_drop_folds, not emitted; as SEEN */
 	FT_STAT_FC_HITS,      /* counted in ft_scratch.fc_hits (ft_flow.h) */
 	FT_STAT_FC_ORPHANED,  /* packets a flow-cache slot held for an entry that was gone */
+	FT_STAT_DROP_MEMO_HITS, /* counted in ft_drop_hdrs.memo_hits (ft_drop.h) */
 	FT_STAT_MAX,
 };
 

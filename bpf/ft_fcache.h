@@ -29,9 +29,6 @@
 #include "ft_config.h"
 #include "ft_parse.h"
 
-/* Orders the fc_busy stores around a slot's use for the compiler (one CPU). */
-#define ft_barrier() asm volatile("" ::: "memory")
-
 /* Slots per CPU, a power of two. 16 x 80 bytes ride in ft_scratch. */
 #define FT_FC_BITS 4
 #define FT_FC_SLOTS (1 << FT_FC_BITS)

@@ -108,6 +108,14 @@ struct {
 	__type(value, __u64);
 } ft_drop_recent SEC(".maps");
 
+/*
+ * Orders a busy flag's stores around the use of the per-CPU state it
+ * guards, for the compiler: the flag only keeps apart programs that
+ * interrupt each other on one CPU (fc_busy in ft_fcache.h, the drop memo's
+ * busy in ft_drop.h), so no CPU barrier is needed.
+ */
+#define ft_barrier() asm volatile("" ::: "memory")
+
 static __always_inline void ft_stat_add(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&ft_stats, &idx);

@@ -56,6 +56,7 @@ type Config struct {
 	RingBufferBytes int
 	ScopeAllNetns   bool // report drops from every netns, not only ours and our pods'
 	NoFlowCache     bool // tc without its per-CPU flow cache (benchmark A/B)
+	NoDropMemo      bool // the drop hook without its per-CPU fold memo (benchmark A/B)
 	Version         string
 
 	// ListenAddress, when set, also serves the API on TCP host:port with
@@ -278,6 +279,7 @@ func (a *Agent) setup() error {
 		RingBufferBytes:    a.cfg.RingBufferBytes,
 		ScopeAllNetns:      a.cfg.ScopeAllNetns,
 		NoFlowCache:        a.cfg.NoFlowCache,
+		NoDropMemo:         a.cfg.NoDropMemo,
 	}, a.log)
 	if err != nil {
 		return fmt.Errorf("load datapath: %w", err)

@@ -50,6 +50,10 @@ type Config struct {
 	// as on a kernel that cannot run a program on a chosen CPU: every
 	// packet then updates the flow table. For A/B measurements and tests.
 	NoFlowCache bool
+	// NoDropMemo keeps the drop hook's per-CPU fold memo off
+	// (Features.DropMemo): every folded drop then updates its fold slot.
+	// For A/B measurements and tests.
+	NoDropMemo bool
 
 	forceRawTP bool // tests: exercise the raw_tp fallback on a kernel with tp_btf
 	// tests: pretend the kernel refused these paths.
@@ -85,6 +89,11 @@ type Features struct {
 	// BPF_PROG_TEST_RUN on a chosen CPU (5.10+) to write back the slots of
 	// a CPU that went quiet; without it every packet updates the table.
 	FlowCache bool
+	// DropMemo: the drop hook counts a storm's drops in a per-CPU memo of
+	// the fold slot it used last, written back before each fold walk
+	// (bpf/ft_drop.h), instead of a hash lookup per drop. Needs the same
+	// BPF_PROG_TEST_RUN on a chosen CPU as FlowCache.
+	DropMemo bool
 }
 
 // Drop hook names reported in Features.
@@ -132,12 +141,16 @@ const (
 	scratchFCHitsOff    = 8
 )
 
-// dropHdrSeenOff and dropHdrFoldedOff are the offsets of seen and folded in
-// struct ft_drop_hdr, the per-CPU counts of FT_STAT_DROPS_SEEN and
-// FT_STAT_DROPS_FOLDED. Keep in sync with bpf/ft_drop.h.
+// dropHdrSeenOff, dropHdrFoldedOff and dropHdrMemoHitsOff are the offsets
+// of seen, folded and memo_hits in struct ft_drop_hdr, the per-CPU counts
+// of FT_STAT_DROPS_SEEN, FT_STAT_DROPS_FOLDED and FT_STAT_DROP_MEMO_HITS;
+// dropHdrPendingOff is that of memo.pending, the drops a CPU's fold memo
+// holds. Keep in sync with bpf/ft_drop.h (TestCounterOffsets checks them).
 const (
-	dropHdrSeenOff   = 0
-	dropHdrFoldedOff = 8
+	dropHdrSeenOff     = 0
+	dropHdrFoldedOff   = 8
+	dropHdrMemoHitsOff = 16
+	dropHdrPendingOff  = 144
 )
 
 // fcHoldMax is the longest a per-CPU flow-cache slot holds a flow's counts
@@ -165,6 +178,7 @@ var statNames = [...]string{
 	"drops_folded",
 	"flow_cache_hits",
 	"flow_cache_orphaned",
+	"drop_memo_hits",
 }
 
 // coreObjects is what always loads: maps and tc programs. The kfree_skb
@@ -174,11 +188,13 @@ type coreObjects struct {
 	FtTcIngress *ebpf.Program  `ebpf:"ft_tc_ingress"`
 	FtTcEgress  *ebpf.Program  `ebpf:"ft_tc_egress"`
 	FtFcFlush   *ebpf.Program  `ebpf:"ft_fc_flush"`
+	FtDropFlush *ebpf.Program  `ebpf:"ft_drop_flush"`
 	FtFcOn      *ebpf.Variable `ebpf:"ft_fc_on"`
 }
 
 func (o *coreObjects) Close() error {
-	return errors.Join(o.ftMaps.Close(), o.FtTcIngress.Close(), o.FtTcEgress.Close(), o.FtFcFlush.Close())
+	return errors.Join(o.ftMaps.Close(), o.FtTcIngress.Close(), o.FtTcEgress.Close(),
+		o.FtFcFlush.Close(), o.FtDropFlush.Close())
 }
 
 // Datapath is a loaded flowtrace BPF object.
@@ -313,6 +329,10 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 		return nil, err
 	}
 	d.enableFlowCache()
+	if err := d.enableDropMemo(spec); err != nil {
+		_ = d.objs.Close()
+		return nil, err
+	}
 	d.features.DropReasons = kfreeSkbArgs(kspec) >= 3 && !cfg.forceNoReason
 	if err := d.attachDrops(spec); err != nil {
 		_ = d.objs.Close()
@@ -331,7 +351,7 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 	log.Info("datapath loaded", "drop_hook", d.features.DropHook,
 		"drop_reasons", d.features.DropReasons, "skb_access", d.features.SkbAccess,
 		"ct_nfct", d.features.ConntrackNfct, "ct_lookup", d.features.ConntrackLookup,
-		"mtu_check", d.features.MTUCheck, "flow_cache", d.features.FlowCache,
+		"mtu_check", d.features.MTUCheck, "flow_cache", d.features.FlowCache, "drop_memo", d.features.DropMemo,
 		"ring_bytes", cfg.RingBufferBytes, "flow_entries", cfg.FlowTableEntries,
 		"report_interval", cfg.FlowReportInterval, "scope_all_netns", cfg.ScopeAllNetns,
 		"drop_fold_window", cfg.DropFoldWindow)
@@ -985,7 +1005,7 @@ func (d *Datapath) enableFlowCache() {
 	if d.cfg.NoFlowCache {
 		return
 	}
-	if err := d.flushFlowCache(); err != nil {
+	if err := d.runOnCPUs(d.objs.FtFcFlush, nil); err != nil {
 		d.log.Info("per-CPU flow cache off: its slots cannot be written back on every CPU", "error", err)
 		return
 	}
@@ -996,31 +1016,65 @@ func (d *Datapath) enableFlowCache() {
 	d.features.FlowCache = true
 }
 
-// fcFlushTries bounds the retries of ft_fc_flush on a CPU whose tc program
-// it interrupted (it holds the slots for a fraction of a microsecond).
-const fcFlushTries = 100
+// enableDropMemo switches the drop hook's per-CPU fold memo on (a
+// load-time constant of the drop programs, loaded next) once ft_drop_flush
+// has run on every CPU, as for the flow cache. Without folding there is
+// nothing to memoise.
+func (d *Datapath) enableDropMemo(spec *ebpf.CollectionSpec) error {
+	if d.cfg.NoDropMemo || d.cfg.DropFoldWindow < 0 {
+		return nil
+	}
+	if err := d.runOnCPUs(d.objs.FtDropFlush, nil); err != nil {
+		d.log.Info("drop fold memo off: it cannot be written back on every CPU", "error", err)
+		return nil
+	}
+	if err := spec.Variables["ft_drop_memo_enabled"].Set(uint8(1)); err != nil {
+		return fmt.Errorf("set ft_drop_memo_enabled: %w", err)
+	}
+	d.features.DropMemo = true
+	return nil
+}
 
-// flushFlowCache runs ft_fc_flush on every online CPU, so the counts the
-// CPUs' flow-cache slots hold are in the flow table when it returns.
+// flushTries bounds the retries of a write-back program (ft_fc_flush,
+// ft_drop_flush) on a CPU whose hook it interrupted: the hook holds its
+// per-CPU state for a fraction of a microsecond.
+const flushTries = 100
+
+// flushFlowCache runs ft_fc_flush on every CPU, so the counts the CPUs'
+// flow-cache slots hold are in the flow table when it returns.
 func (d *Datapath) flushFlowCache() error {
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
+	if err := d.runOnCPUs(d.objs.FtFcFlush, nil); err != nil {
 		return fmt.Errorf("flow cache write-back: %w", err)
 	}
-	for cpu := range ncpu {
+	return nil
+}
+
+// runOnCPUs runs a write-back program on each CPU (all possible CPUs when
+// cpus is nil), retrying on a CPU where it returns 1 (busy).
+func (d *Datapath) runOnCPUs(prog *ebpf.Program, cpus []int) error {
+	if cpus == nil {
+		ncpu, err := ebpf.PossibleCPU()
+		if err != nil {
+			return err
+		}
+		for cpu := range ncpu {
+			cpus = append(cpus, cpu)
+		}
+	}
+	for _, cpu := range cpus {
 		for try := 0; ; try++ {
-			ret, err := d.objs.FtFcFlush.Run(&ebpf.RunOptions{Flags: unix.BPF_F_TEST_RUN_ON_CPU, CPU: uint32(cpu)})
+			ret, err := prog.Run(&ebpf.RunOptions{Flags: unix.BPF_F_TEST_RUN_ON_CPU, CPU: uint32(cpu)})
 			if errors.Is(err, unix.ENXIO) {
-				break // offline: it runs no tc either
+				break // offline: it runs no hook either
 			}
 			if err != nil {
-				return fmt.Errorf("flow cache write-back on CPU %d: %w", cpu, err)
+				return fmt.Errorf("on CPU %d: %w", cpu, err)
 			}
 			if ret == 0 {
 				break
 			}
-			if try == fcFlushTries {
-				return fmt.Errorf("flow cache write-back on CPU %d: its slots stayed busy for %d tries", cpu, fcFlushTries)
+			if try == flushTries {
+				return fmt.Errorf("on CPU %d: still busy after %d tries", cpu, flushTries)
 			}
 			time.Sleep(50 * time.Microsecond)
 		}
@@ -1160,7 +1214,7 @@ func (d *Datapath) Stats() (map[string]uint64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read ft_scratch: %w", err)
 	}
-	drop, err := perCPUCounters(d.objs.FtDropHdrs, dropHdrSeenOff, dropHdrFoldedOff)
+	drop, err := perCPUCounters(d.objs.FtDropHdrs, dropHdrSeenOff, dropHdrFoldedOff, dropHdrMemoHitsOff)
 	if err != nil {
 		return nil, fmt.Errorf("read ft_drop_hdrs: %w", err)
 	}
@@ -1168,6 +1222,7 @@ func (d *Datapath) Stats() (map[string]uint64, error) {
 	out["flow_cache_hits"] += tc[1]
 	out["drops_seen"] += drop[0]
 	out["drops_folded"] += drop[1]
+	out["drop_memo_hits"] += drop[2]
 	out["decode_errors"] = d.decodeErrors.Load()
 	reported, lost := d.folds.totals()
 	out["drops_fold_reported"] = reported

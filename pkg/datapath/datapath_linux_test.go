@@ -5,10 +5,12 @@ package datapath
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -564,26 +566,58 @@ func TestABIMatchesGenerated(t *testing.T) {
 	}
 }
 
-// TestScratchCounterOffset checks that Stats reads tc's packet count where
-// the BPF object keeps it (struct ft_scratch, from the object's BTF).
-func TestScratchCounterOffset(t *testing.T) {
+// TestCounterOffsets checks that user space reads the counters the BPF
+// side keeps in its per-CPU state (struct ft_scratch, struct ft_drop_hdr)
+// where the object's BTF says they are, as 8-byte integers.
+func TestCounterOffsets(t *testing.T) {
 	spec, err := loadFt()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st *btf.Struct
-	if err := spec.Types.TypeByName("ft_scratch", &st); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range st.Members {
-		if m.Name == "tc_packets" {
-			if off := m.Offset.Bytes(); off != scratchTCPacketsOff || btf.UnderlyingType(m.Type).(*btf.Int).Size != 8 {
-				t.Fatalf("ft_scratch.tc_packets at %d (%v), Stats reads offset %d", off, m.Type, scratchTCPacketsOff)
-			}
-			return
+	for _, c := range []struct {
+		typ, path string
+		off       int
+	}{
+		{"ft_scratch", "tc_packets", scratchTCPacketsOff},
+		{"ft_scratch", "fc_hits", scratchFCHitsOff},
+		{"ft_drop_hdr", "seen", dropHdrSeenOff},
+		{"ft_drop_hdr", "folded", dropHdrFoldedOff},
+		{"ft_drop_hdr", "memo_hits", dropHdrMemoHitsOff},
+		{"ft_drop_hdr", "memo.pending", dropHdrPendingOff},
+	} {
+		var st *btf.Struct
+		if err := spec.Types.TypeByName(c.typ, &st); err != nil {
+			t.Fatal(err)
+		}
+		off, size, err := memberAt(st, strings.Split(c.path, "."))
+		if err != nil {
+			t.Fatalf("%s.%s: %v", c.typ, c.path, err)
+		}
+		if off != c.off || size != 8 {
+			t.Errorf("%s.%s: %d bytes at %d, user space reads offset %d", c.typ, c.path, size, off, c.off)
 		}
 	}
-	t.Fatalf("no tc_packets in struct ft_scratch: %v", st.Members)
+}
+
+// memberAt finds a (nested) member of st: its offset and size in bytes.
+func memberAt(st *btf.Struct, path []string) (int, int, error) {
+	for _, m := range st.Members {
+		if m.Name != path[0] {
+			continue
+		}
+		off := int(m.Offset.Bytes())
+		if len(path) == 1 {
+			size, err := btf.Sizeof(m.Type)
+			return off, size, err
+		}
+		inner, ok := btf.UnderlyingType(m.Type).(*btf.Struct)
+		if !ok {
+			return 0, 0, fmt.Errorf("%s is not a struct", m.Name)
+		}
+		o, size, err := memberAt(inner, path[1:])
+		return off + o, size, err
+	}
+	return 0, 0, fmt.Errorf("no member %s in struct %s", path[0], st.Name)
 }
 
 // TestFlushIdleBatches fills the flow table past several lookup batches and

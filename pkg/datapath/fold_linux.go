@@ -3,6 +3,7 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -113,27 +114,35 @@ func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 	if f.seen == nil {
 		f.seen = make(map[ftFtDropKey]*foldState)
 	}
+	// The pass begins before the memos are written back: a drop they did
+	// not hand over came later (see foldState.readNs).
+	now := uint64(bootNs())
+	var errs []error
+	if d.features.DropMemo {
+		if err := d.flushDropMemos(); err != nil {
+			errs = append(errs, err) // their counts wait for the next pass
+		}
+	}
 	// Read the kernel's total before the walk: every fold it includes is
 	// then either reported below or lost, so total - reported never
-	// overstates the loss.
+	// overstates the loss. (A memo's drops are counted when written back.)
 	foldedBefore, err := d.foldedTotal()
 	if err != nil {
-		return 0, err
+		return 0, errors.Join(append(errs, err)...)
 	}
 	// Nothing folded since the last walk began, and no signature left whose
 	// reports are tracked: the table holds nothing to report, so the walk
 	// (a batch lookup that scans every bucket: most of an idle agent's CPU
 	// at 20 walks a second) waits, up to a window, which still deletes
 	// slots with nothing folded (a CPU that only emitted) once idle.
-	now := uint64(bootNs())
 	window := uint64(max(d.cfg.DropFoldWindow.Nanoseconds(), 0))
 	if f.walks > 0 && foldedBefore == f.foldedAtWalk && len(f.seen) == 0 && !f.moreIdle && now-f.walkNs < window {
-		return 0, nil
+		return 0, errors.Join(errs...)
 	}
 	f.foldedAtWalk, f.walkNs = foldedBefore, now
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
-		return 0, fmt.Errorf("possible cpus: %w", err)
+		return 0, errors.Join(append(errs, fmt.Errorf("possible cpus: %w", err))...)
 	}
 	if len(f.slots) != ncpu {
 		f.keys = make([]ftFtDropKey, foldBatch)
@@ -143,7 +152,6 @@ func (d *Datapath) FlushDrops(fn func(*decode.Event)) (int, error) {
 	}
 	f.walks++
 	w := foldWalk{d: d, f: f, fn: fn, now: now, walk: f.walks, window: window}
-	var errs []error
 	if err := w.batchWalk(ncpu); err != nil {
 		errs = append(errs, err)
 	}
@@ -349,6 +357,29 @@ const foldedStat = 14
 
 // foldedTotal is the kernel's drops_folded: counted in the drop hook's
 // per-CPU state, and in ft_stats where that state was missing.
+// flushDropMemos writes back the fold memos of the CPUs whose memo holds
+// drops (ft_drop_flush): one lookup when none does, and no interrupt for a
+// CPU with nothing to hand over.
+func (d *Datapath) flushDropMemos() error {
+	var per [][]byte
+	if err := d.objs.FtDropHdrs.Lookup(uint32(0), &per); err != nil {
+		return fmt.Errorf("read ft_drop_hdrs: %w", err)
+	}
+	var cpus []int
+	for cpu, v := range per {
+		if len(v) >= dropHdrPendingOff+8 && binary.NativeEndian.Uint64(v[dropHdrPendingOff:]) != 0 {
+			cpus = append(cpus, cpu)
+		}
+	}
+	if len(cpus) == 0 {
+		return nil
+	}
+	if err := d.runOnCPUs(d.objs.FtDropFlush, cpus); err != nil {
+		return fmt.Errorf("drop fold memo write-back: %w", err)
+	}
+	return nil
+}
+
 func (d *Datapath) foldedTotal() (uint64, error) {
 	n, err := d.statSum(foldedStat)
 	if err != nil {

@@ -4,6 +4,7 @@ package datapath
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"runtime"
 	"strconv"
@@ -546,5 +547,91 @@ func TestDropFoldCost(t *testing.T) {
 		if err := d.Close(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestDropMemo: on one CPU, a storm's drops after the third are counted in
+// the drop hook's per-CPU memo, not the fold slot; FlushDrops writes the
+// memo back first, so one report carries every folded drop exactly.
+// Drops a memo holds for a slot that vanished meanwhile (LRU eviction,
+// here a delete) are counted as lost, never silently dropped. With the
+// memo off the same storm is reported the same, with no memo hits.
+func TestDropMemo(t *testing.T) {
+	for _, memo := range []bool{true, false} {
+		t.Run(fmt.Sprintf("memo=%v", memo), func(t *testing.T) {
+			d := load(t, Config{DropFoldWindow: 5 * time.Second, NoDropMemo: !memo})
+			if d.Features().DropMemo != memo {
+				t.Fatalf("Features().DropMemo = %v, want %v", d.Features().DropMemo, memo)
+			}
+			name, ino := testNetns(t)
+			if err := d.AllowNetns(ino); err != nil {
+				t.Fatal(err)
+			}
+			pinCPU(t, -1) // the sender's CPU is where loopback drops its datagrams
+			send := udpSenderIn(t, name)
+			reports := func() (events int, count uint64) {
+				t.Helper()
+				if _, err := d.FlushDrops(func(ev *decode.Event) {
+					if ev.Netns == ino && ev.DstPort == 13 {
+						events++
+						count += uint64(ev.Count)
+					}
+				}); err != nil {
+					t.Fatal(err)
+				}
+				return events, count
+			}
+			// The first drop is emitted, the second makes the slot, the
+			// third folds into it and the memo takes it: 97 memo hits.
+			const n = 100
+			send(n, 13)
+			if evs := drain(t, d); len(evs) != 1 {
+				t.Fatalf("%d events in the ring buffer, want the first drop's", len(evs))
+			}
+			st := stats(t, d)
+			hits := uint64(0)
+			if memo {
+				hits = n - 3
+				// Not counted as folded before the write-back.
+				if st["drops_folded"] != 2 {
+					t.Fatalf("drops_folded %d before the write-back, want 2", st["drops_folded"])
+				}
+			}
+			if st["drop_memo_hits"] != hits {
+				t.Fatalf("drop_memo_hits %d, want %d", st["drop_memo_hits"], hits)
+			}
+			if events, count := reports(); events != 1 || count != n-1 {
+				t.Fatalf("%d reports of %d folded drops, want 1 of %d", events, count, n-1)
+			}
+			if st := stats(t, d); st["drops_folded"] != n-1 || st["drops_fold_reported"] != n-1 {
+				t.Fatalf("after the walk: drops_folded %d, reported %d, want %d", st["drops_folded"], st["drops_fold_reported"], n-1)
+			}
+
+			// The slot vanishes while the drops are folding: they are lost.
+			send(50, 13)
+			var k ftFtDropKey
+			var v []ftFtDropFold
+			var keys []ftFtDropKey
+			for it := d.objs.FtDropFolds.Iterate(); it.Next(&k, &v); {
+				if k.Netns == ino {
+					keys = append(keys, k)
+				}
+			}
+			if len(keys) != 1 {
+				t.Fatalf("%d fold slots of the test netns, want 1", len(keys))
+			}
+			if err := d.objs.FtDropFolds.Delete(&keys[0]); err != nil {
+				t.Fatal(err)
+			}
+			if events, count := reports(); events != 0 || count != 0 {
+				t.Fatalf("%d reports of %d drops from a deleted slot", events, count)
+			}
+			if st := stats(t, d); st["drops_folded"] != n-1+50 || st["drops_fold_lost"] != 50 {
+				t.Fatalf("deleted slot: drops_folded %d, lost %d, want %d and 50", st["drops_folded"], st["drops_fold_lost"], n-1+50)
+			}
+			if memo && stats(t, d)["drop_memo_hits"] != hits+49 {
+				t.Fatalf("drop_memo_hits %d, want %d", stats(t, d)["drop_memo_hits"], hits+49)
+			}
+		})
 	}
 }

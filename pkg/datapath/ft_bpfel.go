@@ -60,16 +60,29 @@ type ftFtDropHdr struct {
 	_          structs.HostLayout
 	Seen       uint64
 	Folded     uint64
+	MemoHits   uint64
 	ScopeNetns uint32
 	ScopeGen   uint32
 	ScopeIn    uint8
-	Pad        [7]uint8
+	Busy       uint8
+	Pad        [6]uint8
 	Clk        struct {
 		_       structs.HostLayout
 		Jiffies uint64
 		Ns      uint64
 	}
-	B [128]uint8
+	Memo struct {
+		_       structs.HostLayout
+		Key     ftFtDropKey
+		Created uint64
+		Emit    uint64
+		Pending uint64
+		First   uint64
+		Last    uint64
+		SkbIif  uint32
+		PktLen  uint32
+	}
+	B [64]uint8
 }
 
 type ftFtDropKey struct {
@@ -277,6 +290,7 @@ const (
 	ftMapFtScratch              = "ft_scratch"
 	ftMapFtStats                = "ft_stats"
 	ftMapFtXlated               = "ft_xlated"
+	ftProgFtDropFlush           = "ft_drop_flush"
 	ftProgFtFcFlush             = "ft_fc_flush"
 	ftProgFtKfreeBtf            = "ft_kfree_btf"
 	ftProgFtKfreeBtf2           = "ft_kfree_btf2"
@@ -288,6 +302,7 @@ const (
 	ftVarFtCtCastEnabled        = "ft_ct_cast_enabled"
 	ftVarFtCtLookupEnabled      = "ft_ct_lookup_enabled"
 	ftVarFtDropFoldWindowNs     = "ft_drop_fold_window_ns"
+	ftVarFtDropMemoEnabled      = "ft_drop_memo_enabled"
 	ftVarFtFcHoldNs             = "ft_fc_hold_ns"
 	ftVarFtFcOn                 = "ft_fc_on"
 	ftVarFtFibEnabled           = "ft_fib_enabled"
@@ -353,6 +368,7 @@ type ftSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ftProgramSpecs struct {
+	FtDropFlush *ebpf.ProgramSpec `ebpf:"ft_drop_flush"`
 	FtFcFlush   *ebpf.ProgramSpec `ebpf:"ft_fc_flush"`
 	FtKfreeBtf  *ebpf.ProgramSpec `ebpf:"ft_kfree_btf"`
 	FtKfreeBtf2 *ebpf.ProgramSpec `ebpf:"ft_kfree_btf2"`
@@ -387,6 +403,7 @@ type ftVariableSpecs struct {
 	FtCtCastEnabled        *ebpf.VariableSpec `ebpf:"ft_ct_cast_enabled"`
 	FtCtLookupEnabled      *ebpf.VariableSpec `ebpf:"ft_ct_lookup_enabled"`
 	FtDropFoldWindowNs     *ebpf.VariableSpec `ebpf:"ft_drop_fold_window_ns"`
+	FtDropMemoEnabled      *ebpf.VariableSpec `ebpf:"ft_drop_memo_enabled"`
 	FtFcHoldNs             *ebpf.VariableSpec `ebpf:"ft_fc_hold_ns"`
 	FtFcOn                 *ebpf.VariableSpec `ebpf:"ft_fc_on"`
 	FtFibEnabled           *ebpf.VariableSpec `ebpf:"ft_fib_enabled"`
@@ -467,6 +484,7 @@ type ftVariables struct {
 	FtCtCastEnabled        *ebpf.Variable `ebpf:"ft_ct_cast_enabled"`
 	FtCtLookupEnabled      *ebpf.Variable `ebpf:"ft_ct_lookup_enabled"`
 	FtDropFoldWindowNs     *ebpf.Variable `ebpf:"ft_drop_fold_window_ns"`
+	FtDropMemoEnabled      *ebpf.Variable `ebpf:"ft_drop_memo_enabled"`
 	FtFcHoldNs             *ebpf.Variable `ebpf:"ft_fc_hold_ns"`
 	FtFcOn                 *ebpf.Variable `ebpf:"ft_fc_on"`
 	FtFibEnabled           *ebpf.Variable `ebpf:"ft_fib_enabled"`
@@ -494,6 +512,7 @@ type ftVariables struct {
 //
 // It can be passed to loadFtObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ftPrograms struct {
+	FtDropFlush *ebpf.Program `ebpf:"ft_drop_flush"`
 	FtFcFlush   *ebpf.Program `ebpf:"ft_fc_flush"`
 	FtKfreeBtf  *ebpf.Program `ebpf:"ft_kfree_btf"`
 	FtKfreeBtf2 *ebpf.Program `ebpf:"ft_kfree_btf2"`
@@ -505,6 +524,7 @@ type ftPrograms struct {
 
 func (p *ftPrograms) Close() error {
 	return _FtClose(
+		p.FtDropFlush,
 		p.FtFcFlush,
 		p.FtKfreeBtf,
 		p.FtKfreeBtf2,

@@ -207,6 +207,7 @@ func expectedFeatures(t *testing.T) Features {
 		MTUCheck:    features.HaveProgramHelper(ebpf.SchedCLS, asm.FnCheckMtu) == nil,
 		// raw_tp test runs on a chosen CPU: 5.10+, every kernel of the matrix.
 		FlowCache: true,
+		DropMemo:  true,
 		SkbAccess: SkbNone,
 	}
 	f.ConntrackLookup = hasKernelFunc(kspec, "bpf_skb_ct_lookup")
@@ -249,6 +250,7 @@ func TestFeatureFallback(t *testing.T) {
 		{Config{denyFIB: true}, func(f *Features) { f.MTUCheck = false }},
 		{Config{forceNoReason: true}, func(f *Features) { f.DropReasons = false }},
 		{Config{NoFlowCache: true}, func(f *Features) { f.FlowCache = false }},
+		{Config{NoDropMemo: true}, func(f *Features) { f.DropMemo = false }},
 		// 6.1: no bpf_cast_to_kern_ctx, probe reads where tc may use them.
 		{Config{denyKctx: true}, func(f *Features) {
 			if f.SkbAccess == SkbKernCtx {
@@ -259,7 +261,7 @@ func TestFeatureFallback(t *testing.T) {
 		// 5.10: neither; flows carry the loader's netns.
 		{Config{denyKctx: true, denyKread: true, denyCTLookup: true, denyFIB: true, forceNoReason: true},
 			func(f *Features) {
-				*f = Features{DropHook: DropHookTPBTF, SkbAccess: SkbNone, FlowCache: true}
+				*f = Features{DropHook: DropHookTPBTF, SkbAccess: SkbNone, FlowCache: true, DropMemo: true}
 			}},
 	} {
 		want := base
