@@ -52,14 +52,25 @@ struct ft_fc_slot {
 	__u32 mtu;
 };
 
-static __always_inline __u32 ft_fc_index(const struct ft_flow_key *k)
+/*
+ * A flow's slot from the first and last words of each address (an IPv4
+ * address is the first word, the last is zero), the ports word as the key
+ * holds it, the device and the direction. Taking words, not a key, lets
+ * tc's fast path hash a packet straight from its headers.
+ */
+static __always_inline __u32 ft_fc_hash(__u32 src, __u32 dst, __u32 ports, __u32 ifindex, __u8 dir)
 {
-	const __u32 *w = (const __u32 *)k;
-	/* Low words of the addresses (all of IPv4's), ports, device, dir. */
-	__u32 h = w[3] ^ w[7] ^ w[8] ^ k->ifindex ^ ((__u32)k->dir << 31);
+	__u32 h = src ^ (dst * 0x85ebca6bu) ^ ports ^ ifindex ^ ((__u32)dir << 31);
 
 	h *= 0x9e3779b1u; /* Fibonacci hashing: the top bits mix all of h */
 	return h >> (32 - FT_FC_BITS);
+}
+
+static __always_inline __u32 ft_fc_index(const struct ft_flow_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+
+	return ft_fc_hash(w[0] ^ w[3], w[4] ^ w[7], w[8], k->ifindex, k->dir);
 }
 
 static __always_inline int ft_fc_same(const struct ft_flow_key *a, const struct ft_flow_key *b)

@@ -71,12 +71,12 @@ static __always_inline __u32 ft_wire_len(struct __sk_buff *skb, const struct ft_
  * fits, which made every packet of a bulk TCP transfer pay the FIB lookup
  * and MTU check (~150 ns each).
  */
-static __always_inline __u32 ft_mtu_wire(struct __sk_buff *skb, const struct ft_tuple *t,
+static __always_inline __u32 ft_mtu_wire(struct __sk_buff *skb, __u8 ip_version,
 					 const struct ft_pmeta *m)
 {
 	if (!ft_fib_enabled || m->l3_len <= ft_mtu_min_len)
 		return 0;
-	if (t->ip_version == 4 && !m->df)
+	if (ip_version == 4 && !m->df)
 		return 0;
 	return ft_wire_len(skb, m);
 }

@@ -3,9 +3,12 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 
 	"github.com/flowtrace/flowtrace/pkg/decode"
@@ -128,4 +131,104 @@ func allowedCPUs(t *testing.T) []int {
 		}
 	}
 	return cpus
+}
+
+// TestFlowCacheFastPath: every kind of packet is counted exactly once
+// whether tc's fast path (ft_fc_fast: matched straight from its headers)
+// or the full parse takes it, and the fast path takes exactly the kinds it
+// is for. Which one ran shows in the per-CPU scratch tuple, which only the
+// full parse writes: after an ARP frame (zeroed tuple, no slot touched) it
+// still says port 0 when the next packet took the fast path.
+func TestFlowCacheFastPath(t *testing.T) {
+	const n = 20
+	d := load(t, Config{FlowReportInterval: time.Hour})
+	cpu := pinCPU(t, -1)
+	sportAt := scratchSportOffset(t)
+	arp := cat(eth(0x0806), make([]byte, 28))
+	big := cat(tcp(41005, 443, decode.TCPAck), make([]byte, 1380))
+	inner := cat(eth(0x0800), ipv4(6, "10.244.0.5", "10.244.1.7", 0, nil, tcp(41007, 8080, decode.TCPAck)))
+	for _, c := range []struct {
+		name  string
+		frame []byte
+		sport uint16
+		fast  bool
+	}{
+		{"ipv4 tcp", cat(eth(0x0800), ipv4(6, "10.9.0.1", "10.9.0.2", 0, nil, tcp(41000, 80, decode.TCPAck))), 41000, true},
+		{"ipv4 tcp, other addresses", cat(eth(0x0800), ipv4(6, "10.9.0.3", "10.9.0.4", 0, nil, tcp(41000, 80, decode.TCPAck))), 41000, true},
+		{"ipv6 tcp", cat(eth(0x86dd), ipv6(6, "fd09::1", "fd09::2", tcp(41001, 80, decode.TCPAck))), 41001, true},
+		{"ipv4 udp", cat(eth(0x0800), ipv4(17, "10.9.0.1", "10.9.0.2", 0, nil, udp(41002, 53, make([]byte, 20)))), 41002, true},
+		{"ipv6 udp", cat(eth(0x86dd), ipv6(17, "fd09::1", "fd09::2", udp(41003, 53, make([]byte, 20)))), 41003, true},
+		{"ipv4 tcp, DF above the MTU-check threshold", cat(eth(0x0800), ipv4(6, "10.9.0.1", "10.9.0.2", 0x4000, nil, big)), 41005, true},
+		{"ipv4 tcp with options", cat(eth(0x0800), ipv4(6, "10.9.0.1", "10.9.0.2", 0, []byte{1, 1, 1, 0}, tcp(41004, 80, decode.TCPAck))), 41004, false},
+		{"802.1q ipv4 udp", cat(eth(0x8100), vlanTag(100, 0x0800), ipv4(17, "10.9.0.1", "10.9.0.2", 0, nil, udp(41006, 53, nil))), 41006, false},
+		{"ipv6 tcp after a destination options header", cat(eth(0x86dd), ipv6(60, "fd09::1", "fd09::2", cat(ext6(6, 0), tcp(41008, 80, decode.TCPAck)))), 41008, false},
+		{"vxlan (the inner flow)", cat(eth(0x0800), ipv4(17, "192.168.9.1", "192.168.9.2", 0, nil, udp(41009, 4789, cat(vxlanHdr(7, true), inner)))), 41007, false},
+	} {
+		for _, p := range []*ebpf.Program{d.Ingress(), d.Egress()} {
+			drain(t, d)
+			st0 := stats(t, d)
+			for range n - 1 {
+				run(t, p, c.frame)
+			}
+			run(t, p, arp)
+			run(t, p, c.frame)
+			if got := scratchSport(t, d, cpu, sportAt); (got == 0) != c.fast {
+				t.Errorf("%s at %s: the last packet took the fast path: %v, want %v", c.name, p, got == 0, c.fast)
+			} else if !c.fast && got != c.sport {
+				t.Errorf("%s at %s: full parse left port %d, want %d", c.name, p, got, c.sport)
+			}
+			if hits := stats(t, d)["flow_cache_hits"] - st0["flow_cache_hits"]; hits != n-1 {
+				t.Errorf("%s at %s: %d flow cache hits, want %d", c.name, p, hits, n-1)
+			}
+			if err := d.flushFlowCache(); err != nil {
+				t.Fatal(err)
+			}
+			var pk, by uint64
+			var k ftFtFlowKey
+			var v ftFtFlowVal
+			for it := d.objs.FtFlows.Iterate(); it.Next(&k, &v); {
+				if k.Sport == c.sport {
+					pk += v.Packets
+					by += v.Bytes
+				}
+				if err := d.objs.FtFlows.Delete(&k); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The NEW report carried the first packet.
+			if pk != n-1 || by != uint64((n-1)*len(c.frame)) {
+				t.Errorf("%s at %s: entry holds %d packets %d bytes after NEW, want %d and %d",
+					c.name, p, pk, by, n-1, (n-1)*len(c.frame))
+			}
+		}
+	}
+}
+
+// scratchSportOffset finds ft_scratch.t.sport in the object's BTF.
+func scratchSportOffset(t *testing.T) int {
+	t.Helper()
+	spec, err := loadFt()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st *btf.Struct
+	if err := spec.Types.TypeByName("ft_scratch", &st); err != nil {
+		t.Fatal(err)
+	}
+	off, size, err := memberAt(st, []string{"t", "sport"})
+	if err != nil || size != 2 {
+		t.Fatalf("ft_scratch.t.sport: %v (size %d)", err, size)
+	}
+	return off
+}
+
+// scratchSport reads the source port of the tuple tc last parsed in full
+// on cpu.
+func scratchSport(t *testing.T, d *Datapath, cpu, off int) uint16 {
+	t.Helper()
+	var per [][]byte
+	if err := d.objs.FtScratch.Lookup(uint32(0), &per); err != nil {
+		t.Fatal(err)
+	}
+	return binary.NativeEndian.Uint16(per[cpu][off:])
 }
