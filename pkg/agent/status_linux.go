@@ -22,6 +22,7 @@ func (a *Agent) Status(context.Context) *flowtracev1.ServerStatusResponse {
 			ConntrackLookup: a.dp.Features().ConntrackLookup,
 			MtuCheck:        a.dp.Features().MTUCheck,
 			FlowCache:       a.dp.Features().FlowCache,
+			DropMemo:        a.dp.Features().DropMemo,
 		},
 	}
 	if a.reasons != nil {

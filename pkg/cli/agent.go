@@ -113,6 +113,9 @@ serves Prometheus metrics.`,
 	// --tracer-cmd), not something an operator needs.
 	f.BoolVar(&cfg.NoFlowCache, "no-flow-cache", false, "count every packet in the kernel's flow table, without the per-CPU flow cache")
 	_ = f.MarkHidden("no-flow-cache")
+	// Hidden: likewise for the drop hook's per-CPU fold memo.
+	f.BoolVar(&cfg.NoDropMemo, "no-drop-memo", false, "fold every drop in its kernel fold slot, without the per-CPU fold memo")
+	_ = f.MarkHidden("no-drop-memo")
 	return cmd
 }
 

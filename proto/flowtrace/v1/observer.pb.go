@@ -1118,7 +1118,10 @@ type DatapathFeatures struct {
 	MtuCheck bool `protobuf:"varint,6,opt,name=mtu_check,json=mtuCheck,proto3" json:"mtu_check,omitempty"`
 	// flow_cache: tc counts a flow's packets in a per-CPU cache and writes
 	// them into the kernel's flow table every few milliseconds.
-	FlowCache     bool `protobuf:"varint,7,opt,name=flow_cache,json=flowCache,proto3" json:"flow_cache,omitempty"`
+	FlowCache bool `protobuf:"varint,7,opt,name=flow_cache,json=flowCache,proto3" json:"flow_cache,omitempty"`
+	// drop_memo: the drop hook counts a storm's drops in a per-CPU memo of
+	// the fold slot it used last instead of looking the slot up per drop.
+	DropMemo      bool `protobuf:"varint,8,opt,name=drop_memo,json=dropMemo,proto3" json:"drop_memo,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1198,6 +1201,13 @@ func (x *DatapathFeatures) GetMtuCheck() bool {
 func (x *DatapathFeatures) GetFlowCache() bool {
 	if x != nil {
 		return x.FlowCache
+	}
+	return false
+}
+
+func (x *DatapathFeatures) GetDropMemo() bool {
+	if x != nil {
+		return x.DropMemo
 	}
 	return false
 }
@@ -1426,7 +1436,7 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x04mode\x18\x03 \x01(\tR\x04mode\x12\x12\n" +
 	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x1d\n" +
 	"\n" +
-	"peer_netns\x18\x05 \x01(\tR\tpeerNetns\"\xfd\x01\n" +
+	"peer_netns\x18\x05 \x01(\tR\tpeerNetns\"\x9a\x02\n" +
 	"\x10DatapathFeatures\x12\x1b\n" +
 	"\ttc_attach\x18\x01 \x01(\tR\btcAttach\x12\x1b\n" +
 	"\tdrop_hook\x18\x02 \x01(\tR\bdropHook\x12!\n" +
@@ -1435,7 +1445,8 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x10conntrack_lookup\x18\x05 \x01(\bR\x0fconntrackLookup\x12\x1b\n" +
 	"\tmtu_check\x18\x06 \x01(\bR\bmtuCheck\x12\x1d\n" +
 	"\n" +
-	"flow_cache\x18\a \x01(\bR\tflowCache\"Z\n" +
+	"flow_cache\x18\a \x01(\bR\tflowCache\x12\x1b\n" +
+	"\tdrop_memo\x18\b \x01(\bR\bdropMemo\"Z\n" +
 	"\x14IdentitySourceStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06synced\x18\x02 \x01(\bR\x06synced\x12\x16\n" +

@@ -87,6 +87,7 @@ func run(ctx context.Context, log *slog.Logger) ([]field, error) {
 	add("ct_lookup", yesNo(f.ConntrackLookup))
 	add("mtu_check", yesNo(f.MTUCheck))
 	add("flow_cache", yesNo(f.FlowCache))
+	add("drop_memo", yesNo(f.DropMemo))
 
 	kspec, err := btf.LoadKernelSpec()
 	if err != nil {
