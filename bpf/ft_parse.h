@@ -79,10 +79,20 @@ static __always_inline int ft_load(const struct ft_src *s, __u32 off, void *dst,
 		}
 		return bpf_skb_load_bytes(s->skb, off, dst, len);
 	}
-	/* The constant bound first: it is what the verifier needs. */
-	if (s->buf && off <= FT_DROP_HDR - len && off + len <= s->buflen) {
-		__builtin_memcpy(dst, s->buf + off, len);
-		return 0;
+	if (s->buf) {
+		/*
+		 * The constant bound is what the verifier needs, on the register
+		 * the pointer math uses: without the barrier clang tests what
+		 * off was derived from (an IPv4 header length) instead, and
+		 * older verifiers (6.1's) do not carry that bound over.
+		 */
+		__u32 o = off;
+
+		barrier_var(o);
+		if (o <= FT_DROP_HDR - len && o + len <= s->buflen) {
+			__builtin_memcpy(dst, s->buf + o, len);
+			return 0;
+		}
 	}
 	if (off > s->end || len > s->end - off)
 		return -1;

@@ -63,6 +63,11 @@ type Config struct {
 	denyKctx, denyKread bool
 	// tests: load the two-argument kfree_skb programs of kernels before 5.17.
 	forceNoReason bool
+	// tests: how long a flow-cache slot holds counts (default fcHoldMax).
+	// Tests that count a slot's hits set it long: a test run under
+	// emulation can take longer than 10 ms, and a slot that ages out in
+	// between is written back, which keeps counts exact but moves them.
+	fcHold time.Duration
 }
 
 // Features reports which optional kernel paths are live.
@@ -297,7 +302,7 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 		"ft_reason_consumed":         consumed,
 		"ft_mtu_min_len":             uint32(cfg.MTUCheckMinLen),
 		"ft_drop_fold_window_ns":     uint64(max(cfg.DropFoldWindow.Nanoseconds(), 0)),
-		"ft_fc_hold_ns":              uint64(min(fcHoldMax, cfg.FlowReportInterval/4).Nanoseconds()),
+		"ft_fc_hold_ns":              uint64(min(cmp.Or(cfg.fcHold, fcHoldMax), cfg.FlowReportInterval/4).Nanoseconds()),
 	}
 	for name, v := range consts {
 		vs, ok := spec.Variables[name]

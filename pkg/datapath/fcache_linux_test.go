@@ -89,7 +89,7 @@ func TestFlowCacheExact(t *testing.T) {
 // TestFlowCacheOrphaned: counts a slot holds for an entry that is gone
 // when they are written back are counted, not silently lost.
 func TestFlowCacheOrphaned(t *testing.T) {
-	d := load(t, Config{})
+	d := load(t, Config{fcHold: time.Minute})
 	pinCPU(t, -1)
 	f := tcpFrame(52100, decode.TCPAck, 10)
 	for range 11 {
@@ -141,7 +141,7 @@ func allowedCPUs(t *testing.T) []int {
 // still says port 0 when the next packet took the fast path.
 func TestFlowCacheFastPath(t *testing.T) {
 	const n = 20
-	d := load(t, Config{FlowReportInterval: time.Hour})
+	d := load(t, Config{FlowReportInterval: time.Hour, fcHold: time.Minute})
 	cpu := pinCPU(t, -1)
 	sportAt := scratchSportOffset(t)
 	arp := cat(eth(0x0806), make([]byte, 28))

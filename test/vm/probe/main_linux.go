@@ -228,7 +228,7 @@ func programReport(path string) []field {
 
 // attachTracing attaches tp_btf and raw_tp programs once and detaches them;
 // raw_tp argument counts are only checked at attach time. tc programs are
-// attached by datapathFeatures.
+// attached by datapathFeatures, and programs without a tracepoint not at all.
 func attachTracing(ps *ebpf.ProgramSpec, p *ebpf.Program) error {
 	var l link.Link
 	var err error
@@ -237,6 +237,11 @@ func attachTracing(ps *ebpf.ProgramSpec, p *ebpf.Program) error {
 		l, err = link.AttachTracing(link.TracingOptions{Program: p, AttachType: ebpf.AttachTraceRawTp})
 	case ps.Type == ebpf.RawTracepoint:
 		_, tp, _ := strings.Cut(ps.SectionName, "/")
+		if tp == "" {
+			// A bare SEC("raw_tp") (ft_fc_flush, ft_drop_flush) is only
+			// ever run by BPF_PROG_TEST_RUN: it has nothing to attach to.
+			return nil
+		}
 		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp, Program: p})
 	default:
 		return nil
