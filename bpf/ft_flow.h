@@ -55,7 +55,7 @@ struct ft_scratch {
 	__u64 tc_packets;
 	__u64 fc_hits; /* FT_STAT_FC_HITS, likewise (scratchFCHitsOff) */
 	__u32 fc_busy; /* a program is using fc on this CPU (ft_fcache.h) */
-	__u32 _pad;
+	__u32 created; /* ft_flow_account made the entry for this packet */
 	struct ft_clock_memo clk; /* ft_now's; lives across packets */
 	struct ft_flow_key k; /* the packet's flow entry key */
 	/* Counts a slot held for k, which go into the entry with this packet. */
@@ -231,6 +231,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	sc->take_packets = 0;
 	sc->take_bytes = 0;
 	sc->take_flags = 0;
+	sc->created = 0;
 
 	v = bpf_map_lookup_elem(&ft_flows, k);
 	if (!v) {
@@ -250,6 +251,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 			/* Counts a slot held for an entry that was evicted meanwhile go with it. */
 			ft_emit_flow(t, k, &nv->ct, enc, netns, len, FT_REASON_NEW, 1 + tpk,
 				     len + tby, t->tcp_flags | (__u8)tfl);
+			sc->created = 1;
 			return bpf_map_lookup_elem(&ft_flows, k);
 		}
 		/* Another CPU created it first: account into its entry. */
@@ -568,7 +570,15 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 			ft_mtu_check(skb, &sc->t, &sc->m, v, now);
 	}
 	if (s) {
-		if (v)
+		/*
+		 * Not with the packet that made the entry: a flow's second
+		 * packet fills the slot. A short connection (connect, then
+		 * RST: connection churn) then never counts a packet in a slot,
+		 * where its closing report, run on another CPU, could not take
+		 * it: the count came later as an idle report of its own, one
+		 * event more per connection.
+		 */
+		if (v && !sc->created)
 			ft_fc_fill(s, sc, v, now);
 		ft_barrier();
 		sc->fc_busy = 0;

@@ -191,7 +191,7 @@ type ftFtScratch struct {
 	TcPackets uint64
 	FcHits    uint64
 	FcBusy    uint32
-	Pad       uint32
+	Created   uint32
 	Clk       struct {
 		_       structs.HostLayout
 		Jiffies uint64
