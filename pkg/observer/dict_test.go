@@ -30,7 +30,7 @@ func TestDictRoundTrip(t *testing.T) {
 		}
 		raw += len(data)
 		want[s.next] = f
-		if _, ok := s.add(int64(i), int64(i), data); !ok {
+		if _, ok := s.add(int64(i), int64(i), data, nil); !ok {
 			t.Fatal("add refused")
 		}
 	}
@@ -88,6 +88,8 @@ func TestDictUUID(t *testing.T) {
 		{"6f1c2a4e-8d3b-4c5a-9e7f-0123456789abc", false},
 		{"6f1c2a4e+8d3b-4c5a-9e7f-0123456789ab", false},
 		{"6f1c2a4e-8d3b-4c5a-9e7f-0123456789ag", false},
+		{"6f1c2a4e-8d3b-4c5a-9e7f-x123456789ab", false},
+		{"6f1c2a4e8-d3b-4c5a-9e7f-0123456789ab", false},
 		{"not a uuid", false},
 		{"", false},
 	} {
@@ -103,7 +105,7 @@ func TestDictUUID(t *testing.T) {
 		if l.hasID != tc.packed {
 			t.Errorf("%q: packed %v, want %v", tc.uuid, l.hasID, tc.packed)
 		}
-		if _, ok := s.add(1, 1, data); !ok {
+		if _, ok := s.add(1, 1, data, nil); !ok {
 			t.Fatal("add refused")
 		}
 		if tc.packed {
@@ -145,7 +147,7 @@ func TestDictDropFields(t *testing.T) {
 			t.Fatal(err)
 		}
 		raw += len(data)
-		if _, ok := s.add(int64(i), int64(i), data); !ok {
+		if _, ok := s.add(int64(i), int64(i), data, nil); !ok {
 			t.Fatal("add refused")
 		}
 	}

@@ -26,13 +26,18 @@ import (
 // ok is false when a string is not valid UTF-8, which proto.Marshal
 // refuses: the caller then lets proto.Marshal report the error.
 func appendFlow(b []byte, f *flowtracev1.Flow) (_ []byte, ok bool) {
-	return appendFlowCached(b, f, nil)
+	return appendFlowCached(b, f, nil, nil)
 }
 
 // appendFlowCached is appendFlow reusing, through c (may be nil), the
-// encodings of the pod endpoints and interfaces that many flows share.
-func appendFlowCached(b []byte, f *flowtracev1.Flow, c *encodeCache) (_ []byte, ok bool) {
-	e := encoder{b: b, cache: c}
+// encodings of the pod endpoints and interfaces that many flows share, and
+// recording into sp (may be nil) where it wrote the fields history's
+// dictionary looks for.
+func appendFlowCached(b []byte, f *flowtracev1.Flow, c *encodeCache, sp *flowSpans) (_ []byte, ok bool) {
+	e := encoder{b: b, cache: c, spans: sp, base: len(b)}
+	if sp != nil {
+		sp.n = 0
+	}
 	e.flow(f)
 	return e.b, e.ok()
 }
@@ -57,21 +62,68 @@ type encoder struct {
 	b     []byte
 	bad   bool // an invalid string, or a sub-message proto refused
 	cache *encodeCache
+	// spans, when not nil, records the top-level fields history's
+	// dictionary interns or packs (dict.splitSpans); base is where the
+	// flow's encoding starts in b.
+	spans *flowSpans
+	base  int
+}
+
+// fieldSpan is one top-level length-delimited field of an encoded flow:
+// [start, end) is the whole field, [val, end) its value, offsets from the
+// start of the flow's encoding.
+type fieldSpan struct {
+	num             protowire.Number
+	start, val, end int32
+}
+
+// flowSpans are the fields the encoder recorded, in the order it wrote
+// them: each of the fields dict.split looks for (uuid and the interned
+// ones) at most once.
+type flowSpans struct {
+	n int
+	s [maxSpans]fieldSpan
+}
+
+// maxSpans: Flow's uuid and the fields dict interns (newDict).
+const maxSpans = 10
+
+// mark records the field num written to e.b from start, if anything was
+// (an empty string is not written).
+func (e *encoder) mark(num protowire.Number, start int) {
+	if e.spans == nil || len(e.b) == start || e.spans.n == maxSpans {
+		return
+	}
+	tag := protowire.SizeTag(num)
+	_, n := protowire.ConsumeVarint(e.b[start+tag:])
+	e.spans.s[e.spans.n] = fieldSpan{num: num, start: int32(start - e.base),
+		val: int32(start + tag + n - e.base), end: int32(len(e.b) - e.base)}
+	e.spans.n++
 }
 
 func (e *encoder) ok() bool { return !e.bad }
 
+// flow writes f. The fields dict.split looks for are marked (see mark):
+// keep the two in step when Flow changes (TestSplitSpans).
 func (e *encoder) flow(f *flowtracev1.Flow) {
 	if f.Time != nil {
 		e.timestamp(1, f.Time)
 	}
+	s := len(e.b)
 	e.str(2, f.Uuid)
+	e.mark(2, s)
+	s = len(e.b)
 	e.str(3, f.NodeName)
+	e.mark(3, s)
 	e.varint(4, uint64(f.Verdict))
 	e.varint(5, uint64(f.DropReason))
+	s = len(e.b)
 	e.str(6, f.DropReasonKernel)
+	e.mark(6, s)
 	e.varint(7, uint64(f.DropReasonCode))
+	s = len(e.b)
 	e.str(8, f.DropLocation)
+	e.mark(8, s)
 	e.varint(9, uint64(f.EventCount))
 	if f.Ip != nil {
 		e.ip(10, f.Ip)
@@ -80,13 +132,19 @@ func (e *encoder) flow(f *flowtracev1.Flow) {
 		e.layer4(11, f.L4)
 	}
 	if f.Source != nil {
+		s = len(e.b)
 		e.endpoint(12, f.Source)
+		e.mark(12, s)
 	}
 	if f.Destination != nil {
+		s = len(e.b)
 		e.endpoint(13, f.Destination)
+		e.mark(13, s)
 	}
 	if f.Interface != nil {
+		s = len(e.b)
 		e.iface(14, f.Interface)
+		e.mark(14, s)
 	}
 	e.varint(15, uint64(f.TrafficDirection))
 	e.varint(16, uint64(f.ObservationPoint))
@@ -96,14 +154,20 @@ func (e *encoder) flow(f *flowtracev1.Flow) {
 	e.varint(20, uint64(f.VlanId))
 	e.varint(21, uint64(f.PacketLength))
 	if f.InputInterface != nil {
+		s = len(e.b)
 		e.iface(22, f.InputInterface)
+		e.mark(22, s)
 	}
 	e.str(23, f.Summary)
 	if f.SourceService != nil {
+		s = len(e.b)
 		e.service(24, f.SourceService)
+		e.mark(24, s)
 	}
 	if f.DestinationService != nil {
+		s = len(e.b)
 		e.service(25, f.DestinationService)
+		e.mark(25, s)
 	}
 	if f.Translation != nil {
 		e.message(26, f.Translation)

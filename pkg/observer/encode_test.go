@@ -92,13 +92,35 @@ func checkEncoding(t *testing.T, name string, f *flowtracev1.Flow) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("%s: bytes differ from proto.Marshal\n got %x\nwant %x", name, got, want)
 	}
-	// Through the cache of shared messages: filled, then hit.
+	// Through the cache of shared messages: filled, then hit; and with
+	// the spans history's dictionary takes instead of parsing.
 	c := newEncodeCache()
 	for pass := range 2 {
-		cached, ok := appendFlowCached(nil, f, c)
+		var sp flowSpans
+		cached, ok := appendFlowCached([]byte("prefix"), f, c, &sp)
+		cached = cached[len("prefix"):]
 		if !ok || !bytes.Equal(cached, want) {
 			t.Fatalf("%s: cached encoding, pass %d, differs from proto.Marshal\n got %x\nwant %x", name, pass, cached, want)
 		}
+		checkSpans(t, name, want, &sp)
+	}
+}
+
+// checkSpans: the layout history's dictionary makes from the encoder's
+// spans is the one it finds by parsing the encoding.
+func checkSpans(t *testing.T, name string, data []byte, sp *flowSpans) {
+	t.Helper()
+	d := newDict()
+	var fromSpans, parsed layout
+	n1, n2 := d.splitSpans(data, sp, &fromSpans), d.split(data, &parsed)
+	same := n1 == n2 && fromSpans.n == parsed.n && fromSpans.refs == parsed.refs &&
+		fromSpans.hasID == parsed.hasID && fromSpans.uuid == parsed.uuid
+	for i := 0; same && i < parsed.n; i++ {
+		a, b := fromSpans.skip[i], parsed.skip[i]
+		same = a.start == b.start && a.end == b.end && a.field == b.field && bytes.Equal(a.value, b.value)
+	}
+	if !same {
+		t.Fatalf("%s: layout from the encoder's spans (%d bytes)\n%+v\nparsed (%d bytes)\n%+v", name, n1, fromSpans, n2, parsed)
 	}
 }
 
@@ -112,7 +134,7 @@ func TestEncodeCacheShared(t *testing.T) {
 	for i := range 10 {
 		f := &flowtracev1.Flow{Uuid: strconv.Itoa(i), Source: pod, Destination: node, Interface: eth,
 			InputInterface: &flowtracev1.Interface{Name: "veth" + strconv.Itoa(i), Index: uint32(i + 10)}}
-		got, ok := appendFlowCached(nil, f, c)
+		got, ok := appendFlowCached(nil, f, c, nil)
 		want, _ := proto.Marshal(f)
 		if !ok || !bytes.Equal(got, want) {
 			t.Fatalf("flow %d: cached encoding differs", i)
@@ -125,7 +147,7 @@ func TestEncodeCacheShared(t *testing.T) {
 		t.Errorf("%d interfaces cached, want 11", len(c.ifaces))
 	}
 	for i := range encodeCacheLimit + 1 {
-		appendFlowCached(nil, &flowtracev1.Flow{Interface: &flowtracev1.Interface{Index: uint32(i)}}, c)
+		appendFlowCached(nil, &flowtracev1.Flow{Interface: &flowtracev1.Interface{Index: uint32(i)}}, c, nil)
 	}
 	if len(c.ifaces) > encodeCacheLimit {
 		t.Errorf("interface cache grew to %d, limit %d", len(c.ifaces), encodeCacheLimit)
@@ -243,7 +265,7 @@ func BenchmarkEncode(b *testing.B) {
 		var buf []byte
 		c := newEncodeCache()
 		for range b.N {
-			buf, _ = appendFlowCached(buf[:0], f, c)
+			buf, _ = appendFlowCached(buf[:0], f, c, nil)
 		}
 	})
 	b.Run("proto.Marshal", func(b *testing.B) {

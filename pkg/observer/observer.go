@@ -81,6 +81,10 @@ type entry struct {
 	added    int64 // wall clock at Publish, unix ns: age bound
 	flowTime int64 // flow time, unix ns (0 when unset): since/until
 	data     []byte
+	// spans: where the encoder wrote the fields history's dictionary looks
+	// for (Publish only; hasSpans false: history finds them itself).
+	spans    flowSpans
+	hasSpans bool
 }
 
 // pendingLost is an upstream loss report waiting for a follower; at is the
@@ -205,12 +209,14 @@ func (o *Observer) PublishBatch(fs []*flowtracev1.Flow) (kept bool) {
 		if f == nil {
 			continue
 		}
-		data, err := o.encode(f)
-		if err != nil {
+		es = append(es, entry{added: added, flowTime: unixNano(f.GetTime())})
+		e := &es[len(es)-1]
+		var err error
+		if e.data, e.hasSpans, err = o.encode(f, &e.spans); err != nil {
 			o.log.Warn("cannot keep flow in history", "error", err)
+			es = es[:len(es)-1]
 			continue
 		}
-		es = append(es, entry{added: added, flowTime: unixNano(f.GetTime()), data: data})
 		flows = append(flows, f)
 	}
 	if len(es) > 0 {
@@ -223,21 +229,24 @@ func (o *Observer) PublishBatch(fs []*flowtracev1.Flow) (kept bool) {
 }
 
 // encode appends f's encoding to the batch's reused scratch buffer
-// (appendFlow: no size pass, no reflection); history copies the bytes into
-// its arena, after which PublishBatch empties scratch. pubMu is held.
-func (o *Observer) encode(f *flowtracev1.Flow) ([]byte, error) {
+// (appendFlow: no size pass, no reflection), recording in sp where it
+// wrote what history interns (ok says sp holds them); history copies the
+// bytes into its arena, after which PublishBatch empties scratch. pubMu is
+// held.
+func (o *Observer) encode(f *flowtracev1.Flow, sp *flowSpans) (data []byte, ok bool, err error) {
 	if o.encCache == nil {
 		o.encCache = newEncodeCache()
 	}
 	start := len(o.scratch)
-	buf, ok := appendFlowCached(o.scratch, f, o.encCache)
+	buf, ok := appendFlowCached(o.scratch, f, o.encCache, sp)
 	if !ok {
-		return proto.Marshal(f) // says what is wrong (invalid UTF-8)
+		data, err = proto.Marshal(f) // says what is wrong (invalid UTF-8)
+		return data, false, err
 	}
 	// A grown buffer leaves earlier encodings in the old one, which their
 	// entries still reference until the append.
 	o.scratch = buf
-	return buf[start:len(buf):len(buf)], nil
+	return buf[start:len(buf):len(buf)], true, nil
 }
 
 // appendLocked reports whether the flows went into the live window.
@@ -246,9 +255,14 @@ func (o *Observer) appendLocked(es []entry, flows []*flowtracev1.Flow) (live boo
 	defer o.mu.Unlock()
 	live = len(o.followers) > 0
 	o.evictLocked(es[0].added)
-	for i, e := range es {
+	for i := range es {
+		e := &es[i]
+		var sp *flowSpans
+		if e.hasSpans {
+			sp = &e.spans
+		}
 		oldest := o.hist.next - uint64(o.hist.n)
-		evicted, ok := o.hist.add(e.added, e.flowTime, e.data)
+		evicted, ok := o.hist.add(e.added, e.flowTime, e.data, sp)
 		o.releaseLiveLocked(oldest, oldest+uint64(evicted))
 		o.evicted += uint64(evicted)
 		if !ok {

@@ -194,10 +194,16 @@ func (s *store) room(size uint32) (off uint32, evicted int, ok bool) {
 }
 
 // add appends a flow's bytes and returns how many older flows it evicted,
-// or ok false when data can never fit (larger than the arena).
-func (s *store) add(added, flowTime int64, data []byte) (evicted int, ok bool) {
+// or ok false when data can never fit (larger than the arena). sp, when not
+// nil, is where the encoder wrote the fields the dictionary looks for.
+func (s *store) add(added, flowTime int64, data []byte, sp *flowSpans) (evicted int, ok bool) {
 	var l layout
-	n := s.dict.split(data, &l)
+	var n int
+	if sp != nil {
+		n = s.dict.splitSpans(data, sp, &l)
+	} else {
+		n = s.dict.split(data, &l)
+	}
 	size := uint32(n)
 	if uint64(n) != uint64(size) {
 		return 0, false
