@@ -1229,6 +1229,17 @@ func (d *Datapath) Stats() (map[string]uint64, error) {
 	out["drops_folded"] += drop[1]
 	out["drop_memo_hits"] += drop[2]
 	out["decode_errors"] = d.decodeErrors.Load()
+	// kfree_skb calls the kernel ran no drop hook for: the hook was
+	// already running on that CPU (a free in an interrupt that came in
+	// during it), and tracing programs do not nest. Drops that may have
+	// gone unseen, so they are counted rather than lost silently.
+	if d.dropProg != nil {
+		ps, err := d.dropProg.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("read drop hook stats: %w", err)
+		}
+		out["drop_hook_missed"] = ps.RecursionMisses
+	}
 	reported, lost := d.folds.totals()
 	out["drops_fold_reported"] = reported
 	out["drops_fold_lost"] = lost

@@ -235,7 +235,12 @@ func TestDropFoldStorm(t *testing.T) {
 	// Every in-scope drop of this netns is a NO_SOCKET drop to port 7, so
 	// what the BPF side emitted plus what it folded is the storm.
 	if emitted, folded := st1["drop_events"]-st0["drop_events"], st1["drops_folded"]-st0["drops_folded"]; emitted+folded != n {
-		t.Fatalf("drop_events %d + drops_folded %d != %d", emitted, folded, n)
+		t.Fatalf("drop_events %d + drops_folded %d != %d (drop_hook_missed +%d)", emitted, folded, n,
+			st1["drop_hook_missed"]-st0["drop_hook_missed"])
+	}
+	// A drop the kernel ran no hook for would be counted here.
+	if _, ok := st1["drop_hook_missed"]; !ok {
+		t.Fatal("Stats has no drop_hook_missed")
 	}
 	// The fold walk decides whether anything folded since the last walk
 	// from this total: it must see every counter drops_folded sums.
