@@ -11,8 +11,15 @@
 //
 // Drop storms are folded in the kernel: after a drop is emitted, identical
 // drops (tuple, reason, location, netns, ifindex) on the same CPU within
-// Config.DropFoldWindow are only counted in a per-CPU LRU map, and Run
-// reports the counts (FlushDrops) as drop events with Count > 1. Stats
-// "drops_folded" (kernel), "drops_fold_reported" and "drops_fold_lost"
-// (evicted before they could be reported) account for every folded drop.
+// Config.DropFoldWindow are only counted in a per-CPU LRU map (through a
+// per-CPU memo of the slot used last, written back before each walk:
+// Features.DropMemo), and Run reports the counts (FlushDrops) as drop
+// events with Count > 1. Stats "drops_folded" (kernel),
+// "drops_fold_reported" and "drops_fold_lost" (evicted before they could
+// be reported) account for every folded drop, and "drop_hook_missed" for
+// the kfree_skb calls the kernel ran no hook for.
+//
+// tc counts a connection's packets in a per-CPU flow cache in front of the
+// flow table (Features.FlowCache), reached for most packets by a fast path
+// that reads their headers directly (bpf/ft_flow.h ft_fc_fast).
 package datapath
