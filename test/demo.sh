@@ -11,6 +11,7 @@ WORK=$(mktemp -d /tmp/flowtrace-demo.XXXXXX)
 SOCK=$WORK/flowtrace.sock
 IDS=$WORK/identity.json
 AGENT_PID=
+SERVERS=()
 
 if [ "$(id -u)" != 0 ]; then
 	echo "make demo needs root (network namespaces, BPF)" >&2
@@ -18,6 +19,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 cleanup() {
+	[ ${#SERVERS[@]} -gt 0 ] && kill "${SERVERS[@]}" 2>/dev/null || true
 	[ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null || true
 	"$BIN" lab down --prefix "$PREFIX" --identity-file "$IDS" >/dev/null 2>&1 || true
 	rm -rf "$WORK"
@@ -25,6 +27,10 @@ cleanup() {
 trap cleanup EXIT
 
 inpod() { local ns=$1; shift; ip netns exec "$PREFIX-$ns" "$@"; }
+# serve starts a server in a pod in the background. Not through inpod: a
+# backgrounded function is a subshell, $! its pid, and killing it left the
+# server running (and the pod's namespace alive) after the lab was gone.
+serve() { local ns=$1; shift; ip netns exec "$PREFIX-$ns" "$@" >/dev/null 2>&1 & SERVERS+=($!); }
 say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 
 say "# flowtrace lab up"
@@ -46,10 +52,8 @@ done
 "$BIN" status --server "$SOCK"
 
 say "# traffic"
-inpod backend nc -l -k 10.244.0.20 8080 >/dev/null 2>&1 &
-NC1=$!
-inpod backend2 nc -l -k 10.244.0.21 8080 >/dev/null 2>&1 &
-NC2=$!
+serve backend nc -l -k 10.244.0.20 8080
+serve backend2 nc -l -k 10.244.0.21 8080
 sleep 0.3
 echo "frontend -> db:5432 (a NetworkPolicy-like nftables rule drops it):"
 inpod frontend nc -z -w 2 10.244.0.30 5432 || echo "  connection timed out"
@@ -60,11 +64,11 @@ inpod frontend nc -z -w 2 10.96.0.10 80 && echo "  connected"
 echo "frontend -> shop/ghost 10.96.0.20:80 (a Service without endpoints):"
 inpod frontend nc -z -w 2 10.96.0.20 80 || echo "  connection refused"
 echo "frontend -> api on lab-node2, 300 kB over TCP (pods send 1500-byte packets; the overlay carries 1350):"
-inpod api nc -l 10.244.1.10 8080 >/dev/null 2>&1 &
-NC3=$!
+serve api nc -l 10.244.1.10 8080
 sleep 0.3
 head -c 300000 /dev/zero | inpod frontend nc -N -w 3 10.244.1.10 8080 && echo "  sent (TCP learned the path MTU from the ICMP error)"
-kill "$NC1" "$NC2" "$NC3" 2>/dev/null || true
+kill "${SERVERS[@]}" 2>/dev/null || true
+SERVERS=()
 sleep 0.5
 
 say "# flowtrace observe --verdict DROPPED"
