@@ -356,24 +356,21 @@ static __noinline int ft_tc_parse(struct __sk_buff *skb, struct ft_tuple *t, str
 }
 
 /*
- * Whether the packet can be counted in its flow-cache slot s, which holds
- * its flow: the slot is young, and nothing about the packet needs the
- * entry (SYN/FIN/RST reports, ICMP's PMTU view, an ingress packet above
- * the MTU the entry had when the slot took it).
+ * The part of a flow-cache hit both paths share: slot s, which holds the
+ * packet's flow, is young, and an ingress packet (mtu_check: not
+ * encapsulated) is not above the MTU the entry had when the slot took it,
+ * which only the entry can re-check.
  */
-static __always_inline int ft_fc_hit(const struct ft_fc_slot *s, const struct ft_scratch *sc,
-				     struct __sk_buff *skb, __u8 dir, __u64 now)
+static __always_inline int ft_fc_fresh(const struct ft_fc_slot *s, struct __sk_buff *skb,
+				       __u8 ip_version, const struct ft_pmeta *m, int mtu_check,
+				       __u64 now)
 {
 	__u32 wire;
 
 	if (ft_since(now, s->since) >= (__s64)ft_fc_hold_ns)
 		return 0;
-	if (sc->t.tcp_flags & (FT_TCP_SYN | FT_TCP_FIN | FT_TCP_RST))
-		return 0;
-	if (sc->t.proto == FT_IPPROTO_ICMP || sc->t.proto == FT_IPPROTO_ICMPV6)
-		return 0;
-	if (dir == FT_DIR_INGRESS && !sc->enc.ip_version) {
-		wire = ft_mtu_wire(skb, sc->t.ip_version, &sc->m);
+	if (mtu_check) {
+		wire = ft_mtu_wire(skb, ip_version, m);
 		if (wire && wire > s->mtu)
 			return 0;
 	}
@@ -381,12 +378,38 @@ static __always_inline int ft_fc_hit(const struct ft_fc_slot *s, const struct ft
 }
 
 /*
+ * Whether the fully parsed packet can be counted in its flow-cache slot s:
+ * the slot is fresh, and nothing about the packet needs the entry
+ * (SYN/FIN/RST reports, ICMP's PMTU view).
+ */
+static __always_inline int ft_fc_hit(const struct ft_fc_slot *s, const struct ft_scratch *sc,
+				     struct __sk_buff *skb, __u8 dir, __u64 now)
+{
+	if (sc->t.tcp_flags & (FT_TCP_SYN | FT_TCP_FIN | FT_TCP_RST))
+		return 0;
+	if (sc->t.proto == FT_IPPROTO_ICMP || sc->t.proto == FT_IPPROTO_ICMPV6)
+		return 0;
+	return ft_fc_fresh(s, skb, sc->t.ip_version, &sc->m,
+			   dir == FT_DIR_INGRESS && !sc->enc.ip_version, now);
+}
+
+/* Counts a hit packet in its slot (fc_busy held). */
+static __always_inline void ft_fc_count(struct ft_scratch *sc, struct ft_fc_slot *s,
+					struct __sk_buff *skb, __u8 tcp_flags)
+{
+	s->packets += 1;
+	s->bytes += skb->len;
+	s->tcp_flags |= tcp_flags;
+	sc->fc_hits += 1;
+}
+
+/*
  * The flow cache's fast path, before the full parse: a packet of the
  * commonest kind (untagged Ethernet; IPv4 without options and not a later
  * fragment, or IPv6 without extension headers; TCP without SYN/FIN/RST, or
  * UDP that is not VXLAN) is matched against its slot straight from its
- * headers and counted there when ft_fc_hit would (young slot, nothing for
- * the entry to see). Everything else, and a miss, takes the full path,
+ * headers and counted there when the slot is fresh (ft_fc_fresh, as for
+ * the full path's ft_fc_hit). Everything else, and a miss, takes the full path,
  * which builds the same key. tc's cost per packet was twice the counting
  * floor's with the cache; most of the rest was the general parse (VLAN,
  * IPv6 extension headers, VXLAN) filling the tuple, metadata and key.
@@ -481,18 +504,9 @@ static __noinline int ft_fc_fast(struct __sk_buff *skb, struct ft_scratch *sc, _
 	hit = s->since && kx[0] == s0 && kx[1] == s1 && kx[2] == d0 && kx[3] == d1 &&
 	      kx[4] == ((__u64)ports | (__u64)proto << 32 | (__u64)ipv << 40 | (__u64)dir << 48) &&
 	      kx[5] == skb->ifindex &&
-	      ft_since(now, s->since) < (__s64)ft_fc_hold_ns;
-	if (hit && dir == FT_DIR_INGRESS) {
-		__u32 wire = ft_mtu_wire(skb, ipv, &m);
-
-		hit = !wire || wire <= s->mtu;
-	}
-	if (hit) {
-		s->packets += 1;
-		s->bytes += skb->len;
-		s->tcp_flags |= flags;
-		sc->fc_hits += 1;
-	}
+	      ft_fc_fresh(s, skb, ipv, &m, dir == FT_DIR_INGRESS, now);
+	if (hit)
+		ft_fc_count(sc, s, skb, flags);
 	ft_barrier();
 	sc->fc_busy = 0;
 	return hit;
@@ -542,10 +556,7 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 		ft_barrier();
 		same = s->since && ft_fc_same(&s->key, &sc->k);
 		if (same && ft_fc_hit(s, sc, skb, dir, now)) {
-			s->packets += 1;
-			s->bytes += skb->len;
-			s->tcp_flags |= sc->t.tcp_flags;
-			sc->fc_hits += 1;
+			ft_fc_count(sc, s, skb, sc->t.tcp_flags);
 			ft_barrier();
 			sc->fc_busy = 0;
 			return FT_TC_ACT_UNSPEC;

@@ -1257,12 +1257,19 @@ func perCPUCounters(m *ebpf.Map, offs ...int) ([]uint64, error) {
 	sums := make([]uint64, len(offs))
 	for _, v := range per {
 		for i, off := range offs {
-			if len(v) >= off+8 {
-				sums[i] += binary.NativeEndian.Uint64(v[off:])
-			}
+			sums[i] += u64At(v, off)
 		}
 	}
 	return sums, nil
+}
+
+// u64At reads the uint64 at off in one CPU's value of a per-CPU map (0
+// past its end).
+func u64At(v []byte, off int) uint64 {
+	if len(v) < off+8 {
+		return 0
+	}
+	return binary.NativeEndian.Uint64(v[off:])
 }
 
 // Close detaches the drop hook and releases the reader, programs and maps.

@@ -3,7 +3,6 @@
 package datapath
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -367,7 +366,7 @@ func (d *Datapath) flushDropMemos() error {
 	}
 	var cpus []int
 	for cpu, v := range per {
-		if len(v) >= dropHdrPendingOff+8 && binary.NativeEndian.Uint64(v[dropHdrPendingOff:]) != 0 {
+		if u64At(v, dropHdrPendingOff) != 0 {
 			cpus = append(cpus, cpu)
 		}
 	}
