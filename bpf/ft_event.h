@@ -210,6 +210,7 @@ enum ft_stat {
 	FT_STAT_FC_HITS,      /* counted in ft_scratch.fc_hits (ft_flow.h) */
 	FT_STAT_FC_ORPHANED,  /* packets a flow-cache slot held for an entry that was gone */
 	FT_STAT_DROP_MEMO_HITS, /* counted in ft_drop_hdrs.memo_hits (ft_drop.h) */
+	FT_STAT_FLOWS_CLOSED,   /* flow entries deleted with their TCP connection (ft_flow_close) */
 	FT_STAT_MAX,
 };
 
@@ -238,11 +239,15 @@ struct ft_flow_val {
 	__u32 netns;
 	__u16 ethertype;
 	__u16 vlan;
-	__u32 _pad;
+	__u32 fin; /* TCP: this direction has sent its FIN (sticky, see ft_flow_close) */
 	__u64 mtu_report_ns;  /* last MTU_EXCEEDED of this entry (rate limit) */
 	__u64 mtu_checked_ns; /* when egress_mtu was learned */
 	__u32 egress_mtu;     /* MTU of the FIB's egress device, 0 = unknown */
-	__u32 _pad3;
+	/*
+	 * Flow-cache slots (any CPU) that took this entry and may hold counts
+	 * for it; ft_flow_close keeps an entry while any does.
+	 */
+	__u32 slots;
 	struct ft_ct ct;       /* last conntrack view, for the idle flush */
 	struct ft_encap encap; /* outer header, for the idle flush */
 };

@@ -100,21 +100,25 @@ static __always_inline void ft_fc_clear(struct ft_fc_slot *s)
 }
 
 /*
- * Writes a slot's counts back into its flow entry and empties the slot.
- * The entry may be gone (LRU eviction, the idle walk deleted it): the
- * counts are then counted as orphaned, not dropped silently.
+ * Writes a slot's counts back into its flow entry, which no longer counts
+ * the slot among its holders, and empties the slot. The entry may be gone
+ * (LRU eviction, the idle walk deleted it): the counts are then counted as
+ * orphaned, not dropped silently.
  */
 static __noinline int ft_fc_evict(struct ft_fc_slot *s)
 {
 	struct ft_flow_val *v;
 	__u64 pk = s->packets;
 
-	if (pk) {
+	if (s->since) {
 		v = bpf_map_lookup_elem(&ft_flows, &s->key);
-		if (v)
-			ft_fc_add(v, pk, s->bytes, s->tcp_flags);
-		else
+		if (v) {
+			if (pk)
+				ft_fc_add(v, pk, s->bytes, s->tcp_flags);
+			__sync_fetch_and_add(&v->slots, -1);
+		} else if (pk) {
 			ft_stat_add(FT_STAT_FC_ORPHANED, pk);
+		}
 	}
 	ft_fc_clear(s);
 	return pk != 0;

@@ -58,11 +58,12 @@ struct ft_scratch {
 	__u32 created; /* ft_flow_account made the entry for this packet */
 	struct ft_clock_memo clk; /* ft_now's; lives across packets */
 	struct ft_flow_key k; /* the packet's flow entry key */
+	struct ft_flow_key rk; /* k's other direction (ft_flow_close) */
 	/* Counts a slot held for k, which go into the entry with this packet. */
 	__u64 take_packets;
 	__u64 take_bytes;
 	__u32 take_flags;
-	__u32 _pad2;
+	__u32 take_slot; /* they come from a slot that held k's entry: one holder less */
 	struct ft_tuple t; /* the packet being handled */
 	struct ft_pmeta m;
 	struct ft_encap enc;
@@ -207,6 +208,59 @@ static __always_inline void ft_flow_key_of(struct ft_flow_key *k, const struct f
 }
 
 /*
+ * A TCP connection's flow entries end with it. Under connection churn the
+ * table filled with the entries of closed connections, and every new entry
+ * made the kernel's LRU evict one: ~30% of tc's cost per run, and a live
+ * flow idle for a moment lost its unreported counts with no trace. So
+ * once a closing packet's report has taken the entry's counts:
+ *  - RST: the entry goes, and so does the other direction's entry at the
+ *    same hook when it holds no unreported counts, in itself or a slot
+ *    (else the idle walk reports them before it goes);
+ *  - FIN: the entry remembers it (fin); the second direction's FIN deletes
+ *    its own entry. The first one's stays for the final ACK, which the idle
+ *    walk reports.
+ * An entry a flow-cache slot holds (v->slots: another CPU counted its
+ * packets lately; this CPU's slot gave its counts to this packet) stays:
+ * its counts come back with the slot and the idle walk reports them. A
+ * straggler after the delete (a retransmitted FIN, a late segment) makes
+ * a new entry and a NEW report: visible, never lost. v is k's entry;
+ * returns 1 when it was deleted.
+ */
+static __always_inline int ft_flow_close(struct ft_scratch *sc, const struct ft_flow_key *k,
+					 struct ft_flow_val *v, __u8 tcp_flags)
+{
+	struct ft_flow_key *rk = &sc->rk;
+	struct ft_flow_val *rv;
+
+	if (k->proto != FT_IPPROTO_TCP || !(tcp_flags & (FT_TCP_FIN | FT_TCP_RST)))
+		return 0;
+	/* Same device, the other way: a pod's veth sees both directions. */
+	__builtin_memcpy(rk->saddr, k->daddr, 16);
+	__builtin_memcpy(rk->daddr, k->saddr, 16);
+	rk->sport = k->dport;
+	rk->dport = k->sport;
+	rk->proto = k->proto;
+	rk->ip_version = k->ip_version;
+	rk->dir = k->dir == FT_DIR_INGRESS ? FT_DIR_EGRESS : FT_DIR_INGRESS;
+	rk->_pad = 0;
+	rk->ifindex = k->ifindex;
+	rk->vni = k->vni;
+	rv = bpf_map_lookup_elem(&ft_flows, rk);
+	if (tcp_flags & FT_TCP_RST) {
+		if (rv && !rv->packets && !rv->slots && !bpf_map_delete_elem(&ft_flows, rk))
+			ft_stat_inc(FT_STAT_FLOWS_CLOSED);
+	} else if (!rv || !rv->fin) {
+		v->fin = 1;
+		return 0;
+	}
+	if (v->slots)
+		return 0;
+	if (!bpf_map_delete_elem(&ft_flows, k))
+		ft_stat_inc(FT_STAT_FLOWS_CLOSED);
+	return 1;
+}
+
+/*
  * Accounts the packet in sc (tuple t, key k) into its flow entry, with the
  * counts sc->take_* a flow-cache slot held for it, and reports the entry
  * when due.
@@ -223,6 +277,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	__u32 len = skb->len;
 	__u64 tpk = sc->take_packets, tby = sc->take_bytes;
 	__u32 tfl = sc->take_flags;
+	__u32 tsl = sc->take_slot;
 	__u32 netns;
 	__u64 pk, by;
 	__u8 reason = 0;
@@ -231,6 +286,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	sc->take_packets = 0;
 	sc->take_bytes = 0;
 	sc->take_flags = 0;
+	sc->take_slot = 0;
 	sc->created = 0;
 
 	v = bpf_map_lookup_elem(&ft_flows, k);
@@ -252,9 +308,16 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 			ft_emit_flow(t, k, &nv->ct, enc, netns, len, FT_REASON_NEW, 1 + tpk,
 				     len + tby, t->tcp_flags | (__u8)tfl);
 			sc->created = 1;
-			return bpf_map_lookup_elem(&ft_flows, k);
+			v = bpf_map_lookup_elem(&ft_flows, k);
+			if (v && ft_flow_close(sc, k, v, t->tcp_flags))
+				return 0;
+			return v;
 		}
-		/* Another CPU created it first: account into its entry. */
+		/*
+		 * Another CPU created it first: account into its entry (a
+		 * new one, which our slot never held).
+		 */
+		tsl = 0;
 		v = bpf_map_lookup_elem(&ft_flows, k);
 		if (!v) {
 			if (tpk)
@@ -271,6 +334,8 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	 * the same instant can lose one bit for one report.
 	 */
 	ft_fc_add(v, 1 + tpk, len + tby, t->tcp_flags | tfl);
+	if (tsl)
+		__sync_fetch_and_add(&v->slots, -1);
 	v->last_seen_ns = now;
 
 	if (t->tcp_flags & (FT_TCP_SYN | FT_TCP_FIN | FT_TCP_RST))
@@ -307,6 +372,8 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	else
 		ct = v->ct;
 	ft_emit_flow(t, k, &ct, &v->encap, v->netns, len, reason, pk, by, fl);
+	if (ft_flow_close(sc, k, v, t->tcp_flags))
+		return 0;
 	return v;
 }
 
@@ -512,13 +579,14 @@ static __noinline int ft_fc_fast(struct __sk_buff *skb, struct ft_scratch *sc, _
 	return hit;
 }
 
-/* The slot takes the flow of the packet just accounted into v. */
+/* The slot takes the flow of the packet just accounted into v (its entry). */
 static __always_inline void ft_fc_fill(struct ft_fc_slot *s, const struct ft_scratch *sc,
-				       const struct ft_flow_val *v, __u64 now)
+				       struct ft_flow_val *v, __u64 now)
 {
 	__builtin_memcpy(&s->key, &sc->k, sizeof(s->key));
 	ft_fc_clear(s);
 	s->since = now;
+	__sync_fetch_and_add(&v->slots, 1);
 	/* Only an MTU that stays fresh for the slot's whole life. */
 	s->mtu = ft_since(now, v->mtu_checked_ns) + (__s64)ft_fc_hold_ns <
 			 (__s64)ft_flow_report_interval_ns ? v->egress_mtu : 0;
@@ -566,6 +634,7 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 			sc->take_packets = s->packets;
 			sc->take_bytes = s->bytes;
 			sc->take_flags = s->tcp_flags;
+			sc->take_slot = 1;
 			ft_fc_clear(s);
 		} else {
 			ft_fc_evict(s);
@@ -587,9 +656,11 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 		 * RST: connection churn) then never counts a packet in a slot,
 		 * where its closing report, run on another CPU, could not take
 		 * it: the count came later as an idle report of its own, one
-		 * event more per connection.
+		 * event more per connection. Nor with a FIN or RST: its
+		 * direction is done, and a slot holding the entry would keep
+		 * ft_flow_close from deleting it.
 		 */
-		if (v && !sc->created)
+		if (v && !sc->created && !(sc->t.tcp_flags & (FT_TCP_FIN | FT_TCP_RST)))
 			ft_fc_fill(s, sc, v, now);
 		ft_barrier();
 		sc->fc_busy = 0;

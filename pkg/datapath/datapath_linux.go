@@ -184,6 +184,7 @@ var statNames = [...]string{
 	"flow_cache_hits",
 	"flow_cache_orphaned",
 	"drop_memo_hits",
+	"flows_closed",
 }
 
 // coreObjects is what always loads: maps and tc programs. The kfree_skb

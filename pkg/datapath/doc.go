@@ -21,5 +21,8 @@
 //
 // tc counts a connection's packets in a per-CPU flow cache in front of the
 // flow table (Features.FlowCache), reached for most packets by a fast path
-// that reads their headers directly (bpf/ft_flow.h ft_fc_fast).
+// that reads their headers directly (bpf/ft_flow.h ft_fc_fast). A TCP
+// connection's flow entries are deleted once its RST or second FIN is
+// reported, unless a cache slot still holds counts for one (Stats
+// "flows_closed"; ft_flow_close).
 package datapath

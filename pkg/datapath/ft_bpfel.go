@@ -154,11 +154,11 @@ type ftFtFlowVal struct {
 	Netns        uint32
 	Ethertype    uint16
 	Vlan         uint16
-	Pad          uint32
+	Fin          uint32
 	MtuReportNs  uint64
 	MtuCheckedNs uint64
 	EgressMtu    uint32
-	Pad3         uint32
+	Slots        uint32
 	Ct           ftFtCt
 	Encap        ftFtEncap
 }
@@ -198,10 +198,11 @@ type ftFtScratch struct {
 		Ns      uint64
 	}
 	K           ftFtFlowKey
+	Rk          ftFtFlowKey
 	TakePackets uint64
 	TakeBytes   uint64
 	TakeFlags   uint32
-	Pad2        uint32
+	TakeSlot    uint32
 	T           ftFtTuple
 	M           struct {
 		_         structs.HostLayout

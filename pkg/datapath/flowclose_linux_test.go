@@ -1,0 +1,158 @@
+package datapath
+
+import (
+	"testing"
+	"time"
+
+	"github.com/flowtrace/flowtrace/pkg/decode"
+	"github.com/flowtrace/flowtrace/pkg/testutil"
+)
+
+// replyFrame is tcpFrame's other direction: server 10.1.0.2:443 to the client.
+func replyFrame(cport uint16, flags uint8, payload int) []byte {
+	return cat(eth(0x0800), ipv4(6, "10.1.0.2", "10.1.0.1", 0, nil, cat(tcp(443, cport, flags), make([]byte, payload))))
+}
+
+func flowEntries(t *testing.T, d *Datapath) map[ftFtFlowKey]ftFtFlowVal {
+	t.Helper()
+	out := map[ftFtFlowKey]ftFtFlowVal{}
+	var k ftFtFlowKey
+	var v ftFtFlowVal
+	it := d.objs.FtFlows.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestFlowEntriesEndWithConnection: a TCP connection's flow entries are
+// deleted once its close has been reported (RST: both directions at the
+// hook, unless the other holds unreported counts; FIN: the direction that
+// closes second), so closed connections neither fill the table nor make
+// the LRU evict live flows, and no count is lost on the way: the client
+// leaves through egress, the server's replies come in through ingress of
+// the same device.
+func TestFlowEntriesEndWithConnection(t *testing.T) {
+	const interval = 200 * time.Millisecond
+	type pkt struct {
+		reply   bool
+		flags   uint8
+		payload int
+	}
+	syn, synAck := pkt{false, decode.TCPSyn, 0}, pkt{true, decode.TCPSyn | decode.TCPAck, 0}
+	ack := pkt{false, decode.TCPAck, 0}
+	for _, tc := range []struct {
+		name string
+		pkts []pkt
+		// left: the entries (their direction) still in the table after
+		// the last packet; closed: flows_closed's count.
+		left   []decode.Direction
+		closed uint64
+		// idle: packets the idle walk reports afterwards (0: no report).
+		idle uint64
+	}{
+		{"churn: connect, then RST", []pkt{syn, synAck, ack, {false, decode.TCPRst | decode.TCPAck, 0}}, nil, 2, 0},
+		{"refused: the server's RST makes and ends its entry", []pkt{syn, {true, decode.TCPRst | decode.TCPAck, 0}}, nil, 2, 0},
+		{"RST while the reply direction holds counts", []pkt{syn, synAck, ack, {true, decode.TCPAck, 100}, {false, decode.TCPRst, 0}},
+			[]decode.Direction{decode.DirIngress}, 1, 1},
+		{"FIN from both: the second closer's entry goes, the final ACK waits in the first's",
+			[]pkt{syn, synAck, ack, {false, decode.TCPFin | decode.TCPAck, 0}, {true, decode.TCPFin | decode.TCPAck, 0}, ack},
+			[]decode.Direction{decode.DirEgress}, 1, 1},
+		{"FIN from one side only", []pkt{syn, synAck, ack, {false, decode.TCPFin | decode.TCPAck, 0}, {true, decode.TCPAck, 10}},
+			[]decode.Direction{decode.DirEgress, decode.DirIngress}, 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := load(t, Config{FlowReportInterval: interval})
+			pinCPU(t, -1)
+			var sent uint64
+			for _, p := range tc.pkts {
+				if p.reply {
+					run(t, d.Ingress(), replyFrame(51000, p.flags, p.payload))
+				} else {
+					run(t, d.Egress(), tcpFrame(51000, p.flags, p.payload))
+				}
+				sent++
+			}
+			evs := drain(t, d)
+			left := flowEntries(t, d)
+			if len(left) != len(tc.left) {
+				t.Errorf("%d flow entries left, want %d: %+v", len(left), len(tc.left), left)
+			}
+			for k := range left {
+				found := false
+				for _, dir := range tc.left {
+					found = found || k.Dir == uint8(dir)
+				}
+				if !found {
+					t.Errorf("entry of direction %d left", k.Dir)
+				}
+			}
+			if n := stats(t, d)["flows_closed"]; n != tc.closed {
+				t.Errorf("flows_closed %d, want %d", n, tc.closed)
+			}
+			// Every packet is in exactly one report, now or from the idle walk.
+			time.Sleep(interval + 20*time.Millisecond)
+			var idle uint64
+			if _, err := d.FlushIdle(func(ev *decode.Event) { idle += ev.Packets; evs = append(evs, *ev) }); err != nil {
+				t.Fatal(err)
+			}
+			var reported uint64
+			for _, ev := range evs {
+				reported += ev.Packets
+			}
+			if reported != sent || idle != tc.idle {
+				t.Errorf("reported %d packets (%d by the idle walk), want %d (%d): %+v", reported, idle, sent, tc.idle, evs)
+			}
+		})
+	}
+}
+
+// TestFlowEntryKeptWhileASlotHoldsIt: a connection that closes on another
+// CPU than the one whose flow-cache slot holds its last packets keeps its
+// entry, so those packets go into it with the slot and are reported, not
+// orphaned.
+func TestFlowEntryKeptWhileASlotHoldsIt(t *testing.T) {
+	const interval = 200 * time.Millisecond
+	d := load(t, Config{FlowReportInterval: interval, fcHold: time.Minute})
+	cpus := allowedCPUs(t)
+	if len(cpus) < 2 {
+		testutil.SkipInKernelMatrix(t, "needs two CPUs; the guests boot with one")
+		testutil.SkipOrFail(t, "needs two CPUs")
+	}
+	pinCPU(t, cpus[0])
+	run(t, d.Egress(), tcpFrame(51100, decode.TCPSyn, 0))
+	run(t, d.Ingress(), replyFrame(51100, decode.TCPSyn|decode.TCPAck, 0))
+	// The second packet goes into the entry and fills the slot, the
+	// next three stay in the slot.
+	for range 4 {
+		run(t, d.Egress(), tcpFrame(51100, decode.TCPAck, 100))
+	}
+	pinCPU(t, cpus[1])
+	run(t, d.Egress(), tcpFrame(51100, decode.TCPRst, 0))
+	evs := drain(t, d)
+	left := flowEntries(t, d)
+	if len(left) != 1 {
+		t.Fatalf("%d entries left, want the client's, which a slot holds: %+v", len(left), left)
+	}
+	for k, v := range left {
+		if k.Dir != uint8(decode.DirEgress) || v.Slots != 1 {
+			t.Fatalf("left %+v %+v, want the egress entry held by one slot", k, v)
+		}
+	}
+	time.Sleep(interval + 20*time.Millisecond)
+	if _, err := d.FlushIdle(func(ev *decode.Event) { evs = append(evs, *ev) }); err != nil {
+		t.Fatal(err)
+	}
+	var reported uint64
+	for _, ev := range evs {
+		reported += ev.Packets
+	}
+	st := stats(t, d)
+	if reported != 7 || st["flow_cache_orphaned"] != 0 || st["flows_closed"] != 1 {
+		t.Fatalf("reported %d packets, want 7; orphaned %d, closed %d (want 0, the server's entry): %+v",
+			reported, st["flow_cache_orphaned"], st["flows_closed"], evs)
+	}
+}
