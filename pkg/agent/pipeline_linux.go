@@ -229,14 +229,70 @@ func (a *Agent) publishBatch(fs []*flowtracev1.Flow) (kept bool) {
 // router answers within microseconds, so this only absorbs scheduling.
 const pmtuWait = 200 * time.Millisecond
 
-// reportLosses turns the kernel's per-CPU reserve failures and the agent
-// queue's drops into LostEvents for followers, once a second at most: a
-// storm yields one message per stage per second, not one per event.
+// statLosses are the datapath counters (Datapath.Stats) that count lost
+// events, with the stage followers and the status name for each.
+var statLosses = []struct {
+	counter string
+	src     flowtracev1.LostEventsSource
+}{
+	{"drops_fold_lost", flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE},
+	{"drop_hook_missed", flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_DROP_HOOK_BUSY},
+}
+
+// lossDeltas turns cumulative loss counters into what is new since the
+// last look, for followers.
+type lossDeltas struct {
+	cpu   []uint64
+	queue uint64
+	stats []uint64 // by statLosses index
+}
+
+type publishLost func(src flowtracev1.LostEventsSource, n uint64, cpu *uint32)
+
+// ring takes the ring buffer's per-CPU reserve failures.
+func (l *lossDeltas) ring(perCPU []uint64, publish publishLost) {
+	for cpu, n := range perCPU {
+		var prev uint64
+		if cpu < len(l.cpu) {
+			prev = l.cpu[cpu]
+		}
+		if n > prev {
+			c := uint32(cpu)
+			publish(flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_RING_BUFFER, n-prev, &c)
+		}
+	}
+	l.cpu = append(l.cpu[:0], perCPU...)
+}
+
+// counters takes the datapath counters of statLosses.
+func (l *lossDeltas) counters(st map[string]uint64, publish publishLost) {
+	if l.stats == nil {
+		l.stats = make([]uint64, len(statLosses))
+	}
+	for i, s := range statLosses {
+		if n := st[s.counter]; n > l.stats[i] {
+			publish(s.src, n-l.stats[i], nil)
+			l.stats[i] = n
+		}
+	}
+}
+
+// agentQueue takes the agent queue's drops.
+func (l *lossDeltas) agentQueue(q uint64, publish publishLost) {
+	if q > l.queue {
+		publish(flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_AGENT_QUEUE, q-l.queue, nil)
+		l.queue = q
+	}
+}
+
+// reportLosses tells followers about the kernel's per-CPU reserve
+// failures, the datapath's loss counters and the agent queue's drops as
+// LostEvents, once a second at most: a storm yields one message per stage
+// per second, not one per event.
 func (a *Agent) reportLosses(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	var lastCPU []uint64
-	var lastQueue, lastFold uint64
+	var l lossDeltas
 	for {
 		select {
 		case <-ctx.Done():
@@ -244,29 +300,13 @@ func (a *Agent) reportLosses(ctx context.Context) {
 		case <-t.C:
 		}
 		if _, perCPU, err := a.dp.Lost(); err == nil {
-			for cpu, n := range perCPU {
-				var prev uint64
-				if cpu < len(lastCPU) {
-					prev = lastCPU[cpu]
-				}
-				if n > prev {
-					c := uint32(cpu)
-					a.obs.PublishLost(flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_RING_BUFFER, n-prev, &c)
-				}
-			}
-			lastCPU = perCPU
+			l.ring(perCPU, a.obs.PublishLost)
 		} else {
 			a.log.Warn("reading ring buffer losses failed", "error", err)
 		}
 		if st, err := a.dp.Stats(); err == nil {
-			if n := st["drops_fold_lost"]; n > lastFold {
-				a.obs.PublishLost(flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE, n-lastFold, nil)
-				lastFold = n
-			}
+			l.counters(st, a.obs.PublishLost)
 		}
-		if q := a.queueLost.Load(); q > lastQueue {
-			a.obs.PublishLost(flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_AGENT_QUEUE, q-lastQueue, nil)
-			lastQueue = q
-		}
+		l.agentQueue(a.queueLost.Load(), a.obs.PublishLost)
 	}
 }

@@ -3,11 +3,13 @@ package agent
 import (
 	"encoding/binary"
 	"runtime"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"unsafe"
 
 	"github.com/flowtrace/flowtrace/pkg/decode"
+	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 )
 
 // TestEventQueue: events go on in order, in full batches or at a flush; a
@@ -158,4 +160,55 @@ func TestEventQueueRecords(t *testing.T) {
 		t.Fatalf("%d empty batches kept after a burst, want %d", len(big.freeRaw), keepFree)
 	}
 	runtime.KeepAlive(big)
+}
+
+// TestLossDeltas: each loss counter reaches followers once, as what grew
+// since the last look, with its stage (and CPU for the ring buffer); a
+// counter that did not grow says nothing.
+func TestLossDeltas(t *testing.T) {
+	type msg struct {
+		src flowtracev1.LostEventsSource
+		n   uint64
+		cpu int
+	}
+	var got []msg
+	publish := func(src flowtracev1.LostEventsSource, n uint64, cpu *uint32) {
+		m := msg{src, n, -1}
+		if cpu != nil {
+			m.cpu = int(*cpu)
+		}
+		got = append(got, m)
+	}
+	var l lossDeltas
+	look := func(perCPU []uint64, st map[string]uint64, q uint64) []msg {
+		got = nil
+		l.ring(perCPU, publish)
+		l.counters(st, publish)
+		l.agentQueue(q, publish)
+		return got
+	}
+	const (
+		ring  = flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_RING_BUFFER
+		fold  = flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE
+		hook  = flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_DROP_HOOK_BUSY
+		queue = flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_AGENT_QUEUE
+	)
+	for i, step := range []struct {
+		perCPU []uint64
+		st     map[string]uint64
+		q      uint64
+		want   []msg
+	}{
+		{[]uint64{0, 0}, map[string]uint64{"drops_fold_lost": 0, "flow_events": 9}, 0, nil},
+		{[]uint64{3, 0}, map[string]uint64{"drop_hook_missed": 2, "flow_events": 12}, 5,
+			[]msg{{ring, 3, 0}, {hook, 2, -1}, {queue, 5, -1}}},
+		{[]uint64{3, 4}, map[string]uint64{"drop_hook_missed": 2, "drops_fold_lost": 7}, 5,
+			[]msg{{ring, 4, 1}, {fold, 7, -1}}},
+		{[]uint64{3, 4}, map[string]uint64{"drop_hook_missed": 3, "drops_fold_lost": 7}, 6,
+			[]msg{{hook, 1, -1}, {queue, 1, -1}}},
+	} {
+		if got := look(step.perCPU, step.st, step.q); !slices.Equal(got, step.want) {
+			t.Errorf("look %d: published %v, want %v", i, got, step.want)
+		}
+	}
 }

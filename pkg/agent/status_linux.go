@@ -36,8 +36,9 @@ func (a *Agent) Status(context.Context) *flowtracev1.ServerStatusResponse {
 		Source: flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_AGENT_QUEUE, Count: a.queueLost.Load()})
 	if c, err := a.dp.Stats(); err == nil {
 		st.DatapathCounters = c
-		st.LostEvents = append(st.LostEvents, &flowtracev1.LostEventsCount{
-			Source: flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE, Count: c["drops_fold_lost"]})
+		for _, s := range statLosses {
+			st.LostEvents = append(st.LostEvents, &flowtracev1.LostEventsCount{Source: s.src, Count: c[s.counter]})
+		}
 	}
 
 	a.mu.Lock()

@@ -57,8 +57,11 @@ type Config struct {
 	NodeName string
 }
 
-// numSources sizes per-source loss arrays; LostEventsSource values are small.
-const numSources = 5
+// numSources sizes per-source loss arrays: one more than the largest
+// LostEventsSource. (It was 5 while KERNEL_FOLD_TABLE was 5, and
+// PublishLost dropped those reports.) TestPublishLostEverySource fails
+// when the enum outgrows it.
+const numSources = 7
 
 // readBatch is how many ring entries a reader copies per lock.
 const readBatch = 256

@@ -270,6 +270,47 @@ func TestPublishLostInline(t *testing.T) {
 	}
 }
 
+// TestPublishLostEverySource: a loss of every stage the API names reaches
+// a follower inline and the status totals.
+func TestPublishLostEverySource(t *testing.T) {
+	o := New(Config{}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	want := map[flowtracev1.LostEventsSource]uint64{}
+	for v := range flowtracev1.LostEventsSource_name {
+		if src := flowtracev1.LostEventsSource(v); src != flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_UNSPECIFIED {
+			want[src] = 10 * uint64(v)
+		}
+	}
+	got := map[flowtracev1.LostEventsSource]uint64{}
+	done := make(chan error, 1)
+	go func() {
+		done <- o.GetFlows(ctx, &flowtracev1.GetFlowsRequest{Follow: true}, nil, func(r *flowtracev1.GetFlowsResponse) error {
+			if le := r.GetLostEvents(); le != nil {
+				got[le.GetSource()] += le.GetNumEventsLost()
+			}
+			if r.GetFlow().GetUuid() == "end" {
+				cancel()
+			}
+			return nil
+		})
+	}()
+	waitFollowers(t, o, 1)
+	for src, n := range want {
+		o.PublishLost(src, n, nil)
+	}
+	end := mkFlow(0)
+	end.Uuid = "end"
+	o.Publish(end)
+	<-done
+	st := o.Status()
+	for src, n := range want {
+		if got[src] != n || st.Lost[src] != n {
+			t.Errorf("%v: %d inline, %d in status; want %d", src, got[src], st.Lost[src], n)
+		}
+	}
+}
+
 func TestFollowLiveFilterAndUntil(t *testing.T) {
 	o := New(Config{}, nil)
 	m, err := filters.Build([]*flowtracev1.FlowFilter{{Verdict: []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_DROPPED}}}, nil)

@@ -702,6 +702,8 @@ func SourceText(s flowtracev1.LostEventsSource) string {
 		return "client too slow"
 	case flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE:
 		return "kernel drop fold table full"
+	case flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_DROP_HOOK_BUSY:
+		return "drop hook busy (nested free)"
 	}
 	return "unknown stage"
 }

@@ -183,6 +183,8 @@ func TestServerStatusMerge(t *testing.T) {
 		flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_AGENT_QUEUE:        5,
 		flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_HISTORY_EVICTED:    0,
 		flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_CLIENT_QUEUE:       0,
+		flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE:  0,
+		flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_DROP_HOOK_BUSY:     0,
 	}
 	if len(r.GetLostEvents()) != len(want) {
 		t.Fatalf("lost events %v", r.GetLostEvents())

@@ -41,6 +41,11 @@ const (
 	// kernel's fold table could not keep (more new drop signatures than it
 	// holds within a fold window).
 	LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE LostEventsSource = 5
+	// LOST_EVENTS_SOURCE_DROP_HOOK_BUSY: kfree_skb calls the kernel ran no drop
+	// hook for, because the hook was already running on that CPU (a free in
+	// an interrupt during it; tracing programs do not nest): each may have
+	// been a drop that went unseen. Counted from kernel 5.12.
+	LostEventsSource_LOST_EVENTS_SOURCE_DROP_HOOK_BUSY LostEventsSource = 6
 )
 
 // Enum value maps for LostEventsSource.
@@ -52,6 +57,7 @@ var (
 		3: "LOST_EVENTS_SOURCE_HISTORY_EVICTED",
 		4: "LOST_EVENTS_SOURCE_CLIENT_QUEUE",
 		5: "LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE",
+		6: "LOST_EVENTS_SOURCE_DROP_HOOK_BUSY",
 	}
 	LostEventsSource_value = map[string]int32{
 		"LOST_EVENTS_SOURCE_UNSPECIFIED":        0,
@@ -60,6 +66,7 @@ var (
 		"LOST_EVENTS_SOURCE_HISTORY_EVICTED":    3,
 		"LOST_EVENTS_SOURCE_CLIENT_QUEUE":       4,
 		"LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE":  5,
+		"LOST_EVENTS_SOURCE_DROP_HOOK_BUSY":     6,
 	}
 )
 
@@ -1455,14 +1462,15 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"NodeStatus\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.flowtrace.v1.NodeStateR\x05state\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage*\xfc\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage*\xa3\x02\n" +
 	"\x10LostEventsSource\x12\"\n" +
 	"\x1eLOST_EVENTS_SOURCE_UNSPECIFIED\x10\x00\x12)\n" +
 	"%LOST_EVENTS_SOURCE_KERNEL_RING_BUFFER\x10\x01\x12\"\n" +
 	"\x1eLOST_EVENTS_SOURCE_AGENT_QUEUE\x10\x02\x12&\n" +
 	"\"LOST_EVENTS_SOURCE_HISTORY_EVICTED\x10\x03\x12#\n" +
 	"\x1fLOST_EVENTS_SOURCE_CLIENT_QUEUE\x10\x04\x12(\n" +
-	"$LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE\x10\x05*]\n" +
+	"$LOST_EVENTS_SOURCE_KERNEL_FOLD_TABLE\x10\x05\x12%\n" +
+	"!LOST_EVENTS_SOURCE_DROP_HOOK_BUSY\x10\x06*]\n" +
 	"\tNodeState\x12\x1a\n" +
 	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14NODE_STATE_CONNECTED\x10\x01\x12\x1a\n" +
