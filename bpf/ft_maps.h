@@ -96,7 +96,7 @@ struct {
  * The last emitted drop of each signature (boot ns), whatever the CPU. A
  * fold slot is only made for a signature that drops again within the fold
  * window: most signatures are one drop each (a closed port hit once per
- * connection, a TCP reset), and user space walks every fold slot every 50
+ * connection, a TCP reset), and user space walks every fold slot every 40
  * ms at ~0.5 us a slot, so under connection churn a slot per drop made the
  * walks most of the agent's CPU. User space never reads this map; the LRU
  * forgets old signatures. max_entries is rewritten by the loader.

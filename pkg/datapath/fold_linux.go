@@ -55,7 +55,7 @@ type foldTracker struct {
 	// current pass has visited a signature without a map per pass.
 	walks uint64
 	// Buffers of the batch lookups and the idle list, kept between
-	// passes (FlushDrops runs every 50 ms).
+	// passes (FlushDrops runs every foldReportEvery).
 	keys  []ftFtDropKey
 	vals  []ftFtDropFold
 	slots []ftFtDropFold
@@ -313,7 +313,7 @@ func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 // maxReclaim bounds the idle signatures one pass deletes. A scan's
 // thousands of signatures go idle together; deleting all of them at once
 // cost a syscall each in one pass and a key list of up to DropFoldEntries
-// (1.2 MB at 16k). The rest wait for the next passes, 50 ms apart: an idle
+// (1.2 MB at 16k). The rest wait for the next passes, foldReportEvery apart: an idle
 // entry can stay in the kernel's LRU a little longer, it holds nothing
 // that is still to be reported.
 const maxReclaim = 1024

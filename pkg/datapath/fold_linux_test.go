@@ -321,7 +321,7 @@ func TestDropFoldFirstAfterPause(t *testing.T) {
 		if ev.Count == 1 && ev.FirstNs == ev.LastNs && ev.FirstNs >= resumed {
 			continue // an emitted drop is dated exactly
 		}
-		// Walks are 50 ms apart; allow four of them, and the clock slack.
+		// Walks are foldReportEvery apart; allow several, and the clock slack.
 		if ev.FirstNs+uint64(200*time.Millisecond) < resumed {
 			t.Errorf("report after the pause dated %v before it", time.Duration(resumed-ev.FirstNs))
 		}
