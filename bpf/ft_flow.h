@@ -58,7 +58,6 @@ struct ft_scratch {
 	__u32 created; /* ft_flow_account made the entry for this packet */
 	struct ft_clock_memo clk; /* ft_now's; lives across packets */
 	struct ft_flow_key k; /* the packet's flow entry key */
-	struct ft_flow_key rk; /* k's other direction (ft_flow_close) */
 	/* Counts a slot held for k, which go into the entry with this packet. */
 	__u64 take_packets;
 	__u64 take_bytes;
@@ -72,6 +71,8 @@ struct ft_scratch {
 	struct ft_xlate_key xk;
 	struct ft_ct_tuple xlat;
 	struct ft_fc_slot fc[FT_FC_SLOTS];
+	/* Last, so the hot members above keep their cache lines. */
+	struct ft_flow_key rk; /* k's other direction (ft_flow_close) */
 };
 
 struct {

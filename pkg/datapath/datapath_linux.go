@@ -954,8 +954,11 @@ func (d *Datapath) wallTime(boot uint64) time.Time {
 // interval have their unreported counts emitted through fn (reason
 // IdleFlush) and zeroed; entries idle for more than twice the interval are
 // deleted. It returns the number of events emitted. A packet counted by the
-// kernel between the read and the write-back of an entry can be lost; the
-// entry was idle, so this is rare.
+// kernel between the read and the write-back of an entry can be lost, and
+// a flow-cache slot taking or leaving it meanwhile leaves its slot count
+// off by one (an entry deleted at its close while a slot holds it: the
+// slot's counts are then counted as flow_cache_orphaned); the entry was
+// idle, so this is rare.
 func (d *Datapath) FlushIdle(fn func(*decode.Event)) (int, error) {
 	var (
 		ev      decode.Event

@@ -198,7 +198,6 @@ type ftFtScratch struct {
 		Ns      uint64
 	}
 	K           ftFtFlowKey
-	Rk          ftFtFlowKey
 	TakePackets uint64
 	TakeBytes   uint64
 	TakeFlags   uint32
@@ -236,6 +235,7 @@ type ftFtScratch struct {
 		TcpFlags uint32
 		Mtu      uint32
 	}
+	Rk ftFtFlowKey
 }
 
 type ftFtTuple struct {
