@@ -157,11 +157,21 @@ static __always_inline void ft_ct_from_kskb(struct sk_buff *skb, const struct ft
 /*
  * tc: fills out (and xlat) and returns the conntrack protocol number, 0 when
  * conntrack does not know the packet. t must be the packet's own (outer)
- * tuple.
+ * tuple; egress: the hook is tc egress.
+ *
+ * The kfunc lookup costs ~0.3-0.5 us even when it misses (every report of
+ * a connection conntrack does not track: under churn one per event), so it
+ * is skipped where it cannot find anything:
+ *  - at egress with no _nfct mark (read where the kernel lets tc read it):
+ *    this netns's conntrack has run by then and marks every packet it saw,
+ *    untracked ones included, so it does not track this one (bridged
+ *    traffic without br_netfilter, a netns with no conntrack rules);
+ *  - for a pure SYN: a connection's first packet, which conntrack cannot
+ *    know yet at ingress. (A retransmitted one keeps its entry's last view.)
  */
 static __always_inline __u8 ft_ct_tc(struct __sk_buff *skb, const struct ft_tuple *t,
 				     struct ft_ct_raw *rp, struct ft_ct *out,
-				     struct ft_ct_tuple *xlat)
+				     struct ft_ct_tuple *xlat, int egress)
 {
 	__u8 flags;
 
@@ -177,6 +187,8 @@ static __always_inline __u8 ft_ct_tc(struct __sk_buff *skb, const struct ft_tupl
 			flags = ft_ctinfo_flags(nfct) | FT_CT_VIA_NFCT;
 			goto found;
 		}
+		if (egress && !nfct)
+			return 0;
 	} else if (ft_ct_cast_enabled && ft_kread_enabled) {
 		/* Same view without the kfuncs: probe reads (see ft_config.h). */
 		unsigned long nfct = BPF_CORE_READ((struct sk_buff *)skb, _nfct);
@@ -187,7 +199,11 @@ static __always_inline __u8 ft_ct_tc(struct __sk_buff *skb, const struct ft_tupl
 			flags = ft_ctinfo_flags(nfct) | FT_CT_VIA_NFCT;
 			goto found;
 		}
+		if (egress && !nfct)
+			return 0;
 	}
+	if ((t->tcp_flags & (FT_TCP_SYN | FT_TCP_ACK)) == FT_TCP_SYN && t->proto == FT_IPPROTO_TCP)
+		return 0;
 	if (ft_ct_lookup_enabled &&
 	    (t->proto == FT_IPPROTO_TCP || t->proto == FT_IPPROTO_UDP)) {
 		struct bpf_sock_tuple bt = {};

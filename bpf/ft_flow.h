@@ -179,7 +179,7 @@ static __noinline int ft_report_ct(struct __sk_buff *skb, const struct ft_tuple 
 		return ct->flags;
 	__builtin_memset(&sc->raw, 0, sizeof(sc->raw));
 	__builtin_memset(&sc->xlat, 0, sizeof(sc->xlat));
-	proto = ft_ct_tc(skb, t, &sc->raw, ct, &sc->xlat);
+	proto = ft_ct_tc(skb, t, &sc->raw, ct, &sc->xlat, k->dir == FT_DIR_EGRESS);
 	if (proto)
 		ft_xlate_once(t, ct, sc, proto, k->ifindex, netns, k->dir,
 			      bpf_ktime_get_boot_ns());
