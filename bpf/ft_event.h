@@ -46,6 +46,7 @@ enum ft_flow_reason {
 	FT_REASON_TCP_FLAGS = 2,
 	FT_REASON_PERIODIC = 3,
 	FT_REASON_IDLE_FLUSH = 4, /* produced by the Go side only */
+	FT_REASON_CLOSED = 5,     /* TCP: the final ACK after both FINs; the entry ends */
 };
 
 /* Outcome of ft_parse. Only FT_PARSE_OK tuples are trustworthy. */
@@ -239,7 +240,12 @@ struct ft_flow_val {
 	__u32 netns;
 	__u16 ethertype;
 	__u16 vlan;
-	__u32 fin; /* TCP: this direction has sent its FIN (sticky, see ft_flow_close) */
+	/*
+	 * TCP: this direction sent its FIN (1); both did, and its next packet
+	 * (the final ACK) is reported CLOSED and ends it (2); reported (3).
+	 * See ft_flow_close.
+	 */
+	__u32 fin;
 	__u64 mtu_report_ns;  /* last MTU_EXCEEDED of this entry (rate limit) */
 	__u64 mtu_checked_ns; /* when egress_mtu was learned */
 	__u32 egress_mtu;     /* MTU of the FIB's egress device, 0 = unknown */

@@ -217,9 +217,9 @@ static __always_inline void ft_flow_key_of(struct ft_flow_key *k, const struct f
  *  - RST: the entry goes, and so does the other direction's entry at the
  *    same hook when it holds no unreported counts, in itself or a slot
  *    (else the idle walk reports them before it goes);
- *  - FIN: the entry remembers it (fin); the second direction's FIN deletes
- *    its own entry. The first one's stays for the final ACK, which the idle
- *    walk reports.
+ *  - FIN: the entry remembers it (fin 1); the second direction's FIN
+ *    deletes its own entry and marks the first's (fin 2), whose next
+ *    packet, the final ACK, is reported (CLOSED) and deletes it.
  * An entry a flow-cache slot holds (v->slots: another CPU counted its
  * packets lately; this CPU's slot gave its counts to this packet) stays:
  * its counts come back with the slot and the idle walk reports them. A
@@ -233,8 +233,10 @@ static __always_inline int ft_flow_close(struct ft_scratch *sc, const struct ft_
 	struct ft_flow_key *rk = &sc->rk;
 	struct ft_flow_val *rv;
 
-	if (k->proto != FT_IPPROTO_TCP || !(tcp_flags & (FT_TCP_FIN | FT_TCP_RST)))
+	if (k->proto != FT_IPPROTO_TCP)
 		return 0;
+	if (!(tcp_flags & (FT_TCP_FIN | FT_TCP_RST)))
+		goto closed; /* the final ACK (v->fin == 2), or nothing to do */
 	/* Same device, the other way: a pod's veth sees both directions. */
 	__builtin_memcpy(rk->saddr, k->daddr, 16);
 	__builtin_memcpy(rk->daddr, k->saddr, 16);
@@ -250,9 +252,17 @@ static __always_inline int ft_flow_close(struct ft_scratch *sc, const struct ft_
 	if (tcp_flags & FT_TCP_RST) {
 		if (rv && !rv->packets && !rv->slots && !bpf_map_delete_elem(&ft_flows, rk))
 			ft_stat_inc(FT_STAT_FLOWS_CLOSED);
-	} else if (!rv || !rv->fin) {
+	} else if (rv && rv->fin) {
+		rv->fin = 2;
+	} else {
 		v->fin = 1;
 		return 0;
+	}
+closed:
+	if (!(tcp_flags & (FT_TCP_FIN | FT_TCP_RST))) {
+		if (v->fin != 2)
+			return 0;
+		v->fin = 3; /* reported CLOSED: once, even if a slot keeps it */
 	}
 	if (v->slots)
 		return 0;
@@ -341,6 +351,8 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 
 	if (t->tcp_flags & (FT_TCP_SYN | FT_TCP_FIN | FT_TCP_RST))
 		reason = FT_REASON_TCP_FLAGS;
+	else if (v->fin == 2)
+		reason = FT_REASON_CLOSED;
 	else if (ft_since(now, v->last_report_ns) >= (__s64)ft_flow_report_interval_ns)
 		reason = FT_REASON_PERIODIC;
 	if (!reason)

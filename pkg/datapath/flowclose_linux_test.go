@@ -31,10 +31,10 @@ func flowEntries(t *testing.T, d *Datapath) map[ftFtFlowKey]ftFtFlowVal {
 // TestFlowEntriesEndWithConnection: a TCP connection's flow entries are
 // deleted once its close has been reported (RST: both directions at the
 // hook, unless the other holds unreported counts; FIN: the direction that
-// closes second), so closed connections neither fill the table nor make
-// the LRU evict live flows, and no count is lost on the way: the client
-// leaves through egress, the server's replies come in through ingress of
-// the same device.
+// closes second at its FIN, the other at its final ACK, reported CLOSED),
+// so closed connections neither fill the table nor make the LRU evict live
+// flows, and no count is lost on the way: the client leaves through
+// egress, the server's replies come in through ingress of the same device.
 func TestFlowEntriesEndWithConnection(t *testing.T) {
 	const interval = 200 * time.Millisecond
 	type pkt struct {
@@ -53,16 +53,20 @@ func TestFlowEntriesEndWithConnection(t *testing.T) {
 		closed uint64
 		// idle: packets the idle walk reports afterwards (0: no report).
 		idle uint64
+		// last: the last report's reason.
+		last decode.FlowReason
 	}{
-		{"churn: connect, then RST", []pkt{syn, synAck, ack, {false, decode.TCPRst | decode.TCPAck, 0}}, nil, 2, 0},
-		{"refused: the server's RST makes and ends its entry", []pkt{syn, {true, decode.TCPRst | decode.TCPAck, 0}}, nil, 2, 0},
+		{"churn: connect, then RST", []pkt{syn, synAck, ack, {false, decode.TCPRst | decode.TCPAck, 0}}, nil, 2, 0,
+			decode.ReasonTCPFlags},
+		{"refused: the server's RST makes and ends its entry", []pkt{syn, {true, decode.TCPRst | decode.TCPAck, 0}}, nil, 2, 0,
+			decode.ReasonNew},
 		{"RST while the reply direction holds counts", []pkt{syn, synAck, ack, {true, decode.TCPAck, 100}, {false, decode.TCPRst, 0}},
-			[]decode.Direction{decode.DirIngress}, 1, 1},
-		{"FIN from both: the second closer's entry goes, the final ACK waits in the first's",
+			[]decode.Direction{decode.DirIngress}, 1, 1, decode.ReasonIdleFlush},
+		{"FIN from both: the second closer's entry goes at its FIN, the first's at the final ACK",
 			[]pkt{syn, synAck, ack, {false, decode.TCPFin | decode.TCPAck, 0}, {true, decode.TCPFin | decode.TCPAck, 0}, ack},
-			[]decode.Direction{decode.DirEgress}, 1, 1},
+			nil, 2, 0, decode.ReasonClosed},
 		{"FIN from one side only", []pkt{syn, synAck, ack, {false, decode.TCPFin | decode.TCPAck, 0}, {true, decode.TCPAck, 10}},
-			[]decode.Direction{decode.DirEgress, decode.DirIngress}, 0, 1},
+			[]decode.Direction{decode.DirEgress, decode.DirIngress}, 0, 1, decode.ReasonIdleFlush},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := load(t, Config{FlowReportInterval: interval})
@@ -105,6 +109,9 @@ func TestFlowEntriesEndWithConnection(t *testing.T) {
 			}
 			if reported != sent || idle != tc.idle {
 				t.Errorf("reported %d packets (%d by the idle walk), want %d (%d): %+v", reported, idle, sent, tc.idle, evs)
+			}
+			if len(evs) == 0 || evs[len(evs)-1].FlowReason != tc.last {
+				t.Errorf("last report %+v, want reason %v", evs, tc.last)
 			}
 		})
 	}

@@ -67,6 +67,7 @@ const (
 	ReasonTCPFlags  FlowReason = 2
 	ReasonPeriodic  FlowReason = 3
 	ReasonIdleFlush FlowReason = 4
+	ReasonClosed    FlowReason = 5
 )
 
 func (r FlowReason) String() string {
@@ -79,6 +80,8 @@ func (r FlowReason) String() string {
 		return "periodic"
 	case ReasonIdleFlush:
 		return "idle_flush"
+	case ReasonClosed:
+		return "closed"
 	}
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }

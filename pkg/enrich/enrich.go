@@ -567,6 +567,8 @@ func report(r decode.FlowReason) flowtracev1.FlowReport {
 		return flowtracev1.FlowReport_FLOW_REPORT_PERIODIC
 	case decode.ReasonIdleFlush:
 		return flowtracev1.FlowReport_FLOW_REPORT_IDLE_FLUSH
+	case decode.ReasonClosed:
+		return flowtracev1.FlowReport_FLOW_REPORT_CLOSED
 	}
 	return flowtracev1.FlowReport_FLOW_REPORT_UNSPECIFIED
 }

@@ -592,6 +592,8 @@ func ReportText(r flowtracev1.FlowReport) string {
 		return "periodic"
 	case flowtracev1.FlowReport_FLOW_REPORT_IDLE_FLUSH:
 		return "idle"
+	case flowtracev1.FlowReport_FLOW_REPORT_CLOSED:
+		return "closed"
 	}
 	return ""
 }

@@ -201,6 +201,9 @@ const (
 	FlowReport_FLOW_REPORT_PERIODIC FlowReport = 3
 	// FLOW_REPORT_IDLE_FLUSH: the connection went idle; final counts.
 	FlowReport_FLOW_REPORT_IDLE_FLUSH FlowReport = 4
+	// FLOW_REPORT_CLOSED: the final ACK after both FINs; final counts, and the
+	// connection's record at this point ends.
+	FlowReport_FLOW_REPORT_CLOSED FlowReport = 5
 )
 
 // Enum value maps for FlowReport.
@@ -211,6 +214,7 @@ var (
 		2: "FLOW_REPORT_TCP_FLAGS",
 		3: "FLOW_REPORT_PERIODIC",
 		4: "FLOW_REPORT_IDLE_FLUSH",
+		5: "FLOW_REPORT_CLOSED",
 	}
 	FlowReport_value = map[string]int32{
 		"FLOW_REPORT_UNSPECIFIED": 0,
@@ -218,6 +222,7 @@ var (
 		"FLOW_REPORT_TCP_FLAGS":   2,
 		"FLOW_REPORT_PERIODIC":    3,
 		"FLOW_REPORT_IDLE_FLUSH":  4,
+		"FLOW_REPORT_CLOSED":      5,
 	}
 )
 
@@ -2387,14 +2392,15 @@ const file_flowtrace_v1_flow_proto_rawDesc = "" +
 	"\x11VERDICT_FORWARDED\x10\x01\x12\x13\n" +
 	"\x0fVERDICT_DROPPED\x10\x02\x12\x16\n" +
 	"\x12VERDICT_TRANSLATED\x10\x03\x12\x18\n" +
-	"\x14VERDICT_MTU_EXCEEDED\x10\x04*\x8f\x01\n" +
+	"\x14VERDICT_MTU_EXCEEDED\x10\x04*\xa7\x01\n" +
 	"\n" +
 	"FlowReport\x12\x1b\n" +
 	"\x17FLOW_REPORT_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fFLOW_REPORT_NEW\x10\x01\x12\x19\n" +
 	"\x15FLOW_REPORT_TCP_FLAGS\x10\x02\x12\x18\n" +
 	"\x14FLOW_REPORT_PERIODIC\x10\x03\x12\x1a\n" +
-	"\x16FLOW_REPORT_IDLE_FLUSH\x10\x04*r\n" +
+	"\x16FLOW_REPORT_IDLE_FLUSH\x10\x04\x12\x16\n" +
+	"\x12FLOW_REPORT_CLOSED\x10\x05*r\n" +
 	"\x10TrafficDirection\x12!\n" +
 	"\x1dTRAFFIC_DIRECTION_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19TRAFFIC_DIRECTION_INGRESS\x10\x01\x12\x1c\n" +
