@@ -230,7 +230,7 @@ func (a *Agent) publishBatch(fs []*flowtracev1.Flow) (kept bool) {
 const pmtuWait = 200 * time.Millisecond
 
 // statLosses are the datapath counters (Datapath.Stats) that count lost
-// events, with the stage followers and the status name for each.
+// events, and the stage each is reported as, inline and in the status.
 var statLosses = []struct {
 	counter string
 	src     flowtracev1.LostEventsSource
