@@ -62,7 +62,8 @@ struct ft_scratch {
 	__u64 take_packets;
 	__u64 take_bytes;
 	__u32 take_flags;
-	__u32 take_slot; /* they come from a slot that held k's entry: one holder less */
+	/* They come from a slot that held k's entry: one holder less (set per packet by ft_tc). */
+	__u32 take_slot;
 	struct ft_tuple t; /* the packet being handled */
 	struct ft_pmeta m;
 	struct ft_encap enc;
@@ -74,6 +75,9 @@ struct ft_scratch {
 	/* Last, so the hot members above keep their cache lines. */
 	struct ft_flow_key rk; /* k's other direction (ft_flow_close) */
 };
+
+/* ft_flow_key_of and ft_tuple_copy read t in 8-byte words. */
+_Static_assert(__builtin_offsetof(struct ft_scratch, t) % 8 == 0, "ft_scratch.t alignment");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -95,6 +99,24 @@ static __always_inline __u32 ft_tc_netns(struct __sk_buff *skb)
 	return ft_self_netns;
 }
 
+/*
+ * Copies tc's tuple (&ft_scratch.t, 8-aligned in the map value) into an
+ * event record at an 8-aligned offset, in 8-byte words. A plain struct
+ * assignment follows ft_tuple's 2-byte alignment: clang loaded it as 24
+ * halfwords spilled to the stack first, which alone put tc's deepest call
+ * chain (tc -> account -> conntrack) over the 512-byte BPF stack on 6.1's
+ * verifier, and the loader then had to switch conntrack off there.
+ */
+_Static_assert(sizeof(struct ft_tuple) % 8 == 0, "ft_tuple is copied in words");
+_Static_assert(__builtin_offsetof(struct ft_flow_event, tuple) % 8 == 0, "flow event tuple alignment");
+_Static_assert(__builtin_offsetof(struct ft_xlate_event, tuple) % 8 == 0, "xlate event tuple alignment");
+
+static __always_inline void ft_tuple_copy(struct ft_tuple *dst, const struct ft_tuple *t)
+{
+	__builtin_memcpy(__builtin_assume_aligned(dst, 8), __builtin_assume_aligned(t, 8),
+			 sizeof(*t));
+}
+
 static __always_inline void ft_emit_flow(const struct ft_tuple *t, const struct ft_flow_key *k,
 					 const struct ft_ct *ct, const struct ft_encap *enc,
 					 __u32 netns, __u32 pkt_len, __u8 reason,
@@ -105,7 +127,7 @@ static __always_inline void ft_emit_flow(const struct ft_tuple *t, const struct 
 	if (!e)
 		return;
 	ft_fill_hdr(&e->hdr, FT_EV_FLOW, sizeof(*e), bpf_ktime_get_boot_ns());
-	e->tuple = *t;
+	ft_tuple_copy(&e->tuple, t);
 	e->tuple.tcp_flags = flags;
 	e->packets = packets;
 	e->bytes = bytes;
@@ -144,7 +166,7 @@ static __always_inline void ft_xlate_once(const struct ft_tuple *t, const struct
 	if (!e)
 		return;
 	ft_fill_hdr(&e->hdr, FT_EV_TRANSLATED, sizeof(*e), now);
-	e->tuple = *t;
+	ft_tuple_copy(&e->tuple, t);
 	e->ct = *ct;
 	e->xlat = sc->xlat;
 	e->ifindex = ifindex;
@@ -288,7 +310,6 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	__u32 len = skb->len;
 	__u64 tpk = sc->take_packets, tby = sc->take_bytes;
 	__u32 tfl = sc->take_flags;
-	__u32 tsl = sc->take_slot;
 	__u32 netns;
 	__u64 pk, by;
 	__u8 reason = 0;
@@ -297,7 +318,6 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	sc->take_packets = 0;
 	sc->take_bytes = 0;
 	sc->take_flags = 0;
-	sc->take_slot = 0;
 	sc->created = 0;
 
 	v = bpf_map_lookup_elem(&ft_flows, k);
@@ -328,7 +348,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 		 * Another CPU created it first: account into its entry (a
 		 * new one, which our slot never held).
 		 */
-		tsl = 0;
+		sc->take_slot = 0;
 		v = bpf_map_lookup_elem(&ft_flows, k);
 		if (!v) {
 			if (tpk)
@@ -345,7 +365,8 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	 * the same instant can lose one bit for one report.
 	 */
 	ft_fc_add(v, 1 + tpk, len + tby, t->tcp_flags | tfl);
-	if (tsl)
+	/* Read from scratch, not kept in a local: the stack is at its limit. */
+	if (sc->take_slot)
 		__sync_fetch_and_add(&v->slots, -1);
 	v->last_seen_ns = now;
 
@@ -627,6 +648,7 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 	__builtin_memset(&sc->t, 0, sizeof(sc->t));
 	__builtin_memset(&sc->m, 0, sizeof(sc->m));
 	__builtin_memset(&sc->enc, 0, sizeof(sc->enc));
+	sc->take_slot = 0;
 	if (ft_tc_parse(skb, &sc->t, &sc->m, &sc->enc) != FT_PARSE_OK)
 		return FT_TC_ACT_UNSPEC;
 	now = ft_now(&sc->clk);

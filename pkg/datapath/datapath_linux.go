@@ -220,6 +220,9 @@ type Datapath struct {
 	// readPoll: how long the reader waits for the BPF side's wake-up before
 	// it looks anyway (readPoll or readPollLone, by the loaded object).
 	readPoll time.Duration
+	// loadRefusal is why the first load, with every path the kernel seemed
+	// to offer, was refused (nil: it was not); see loadCore.
+	loadRefusal error
 
 	decodeErrors atomic.Uint64
 	scopeMu      sync.Mutex
@@ -474,6 +477,7 @@ func (d *Datapath) loadCore(coreSpec, dropSpec *ebpf.CollectionSpec, caps kernel
 			if on["ft_jiffies_enabled"] {
 				d.readPoll = readPollLone
 			}
+			d.loadRefusal = firstErr
 			if firstErr != nil {
 				d.log.Warn("optional datapath features refused by this kernel",
 					"error", firstErr, "ct_lookup", d.features.ConntrackLookup,

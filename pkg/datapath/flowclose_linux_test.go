@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -204,4 +205,26 @@ func TestConntrackLookupSkipped(t *testing.T) {
 			t.Errorf("%s: %d conntrack lookups, want %d (features %+v)", s.name, n, s.lookups, f)
 		}
 	}
+}
+
+// TestNoPathRefusedForSize: the first load, with every optional path the
+// kernel seems to offer, may be refused for what the kernel lacks (a
+// kfunc the BTF probe could not rule out), never for the programs' own
+// size: the loader would switch paths off until they fit, and users of
+// that kernel would lose them with every test still passing. (A flow
+// event's tuple copy once put tc's call chain at 544 bytes of stack on
+// 6.1, where conntrack then went off.)
+func TestNoPathRefusedForSize(t *testing.T) {
+	d := load(t, Config{})
+	err := d.loadRefusal
+	if err == nil {
+		return
+	}
+	msg := strings.ToLower(err.Error())
+	for _, size := range []string{"too large", "too deep", "too complex"} {
+		if strings.Contains(msg, size) {
+			t.Fatalf("the first load was refused for size (features now %+v): %v", d.Features(), err)
+		}
+	}
+	t.Logf("first load refused for what this kernel lacks: %v", err)
 }
