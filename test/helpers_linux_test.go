@@ -114,6 +114,8 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
+const agentStartWait = time.Minute
+
 func startAgent(t *testing.T, l *lab.Lab, ids string, args ...string) *agentProc {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "ft.sock")
@@ -133,7 +135,10 @@ func startAgent(t *testing.T, l *lab.Lab, ids string, args ...string) *agentProc
 			t.Logf("agent log:\n%s", a.log.String())
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
+	// Start is mostly BPF verification, which takes seconds under the
+	// kernel matrix's emulated CPUs (5.10 also retries without the paths
+	// it lacks); an agent that fails exits, which ends the wait at once.
+	deadline := time.Now().Add(agentStartWait)
 	for {
 		if _, err := a.status(); err == nil {
 			return a
@@ -145,7 +150,7 @@ func startAgent(t *testing.T, l *lab.Lab, ids string, args ...string) *agentProc
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("agent not ready after 20s\n%s", a.log.String())
+			t.Fatalf("agent not ready after %v\n%s", agentStartWait, a.log.String())
 		}
 	}
 }
