@@ -365,7 +365,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	 * the same instant can lose one bit for one report.
 	 */
 	ft_fc_add(v, 1 + tpk, len + tby, t->tcp_flags | tfl);
-	/* Read from scratch, not kept in a local: the stack is at its limit. */
+	/* From scratch, not a local: locals share the deepest call chain's stack. */
 	if (sc->take_slot)
 		__sync_fetch_and_add(&v->slots, -1);
 	v->last_seen_ns = now;
