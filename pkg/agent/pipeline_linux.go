@@ -231,7 +231,7 @@ const pmtuWait = 200 * time.Millisecond
 
 // statLosses are the datapath counters (Datapath.Stats) that count lost
 // events, and the stage each is reported as, inline and in the status.
-var statLosses = []struct {
+var statLosses = [...]struct {
 	counter string
 	src     flowtracev1.LostEventsSource
 }{
@@ -244,7 +244,7 @@ var statLosses = []struct {
 type lossDeltas struct {
 	cpu   []uint64
 	queue uint64
-	stats []uint64 // by statLosses index
+	stats [len(statLosses)]uint64
 }
 
 type publishLost func(src flowtracev1.LostEventsSource, n uint64, cpu *uint32)
@@ -266,9 +266,6 @@ func (l *lossDeltas) ring(perCPU []uint64, publish publishLost) {
 
 // counters takes the datapath counters of statLosses.
 func (l *lossDeltas) counters(st map[string]uint64, publish publishLost) {
-	if l.stats == nil {
-		l.stats = make([]uint64, len(statLosses))
-	}
 	for i, s := range statLosses {
 		if n := st[s.counter]; n > l.stats[i] {
 			publish(s.src, n-l.stats[i], nil)
