@@ -142,13 +142,12 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return fmt.Errorf("remove memlock limit: %w", err)
 	}
-	// BPF run-time stats cost a little on every program; they stay on for
-	// the whole run, so every tracer (and the floor) pays the same.
-	statsOn, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	// Fail now, not in the first round, where the kernel cannot keep stats.
+	probe, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
 	if err != nil {
 		return fmt.Errorf("enable BPF stats: %w", err)
 	}
-	defer statsOn.Close()
+	probe.Close()
 
 	tracers := []string{tracerNone}
 	for _, t := range strings.Split(o.tracers, ",") {
@@ -226,6 +225,10 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	return nil
 }
 
+// tcProbe is how long tc's ns per packet are measured, after the udp64
+// workload: about a million tc runs at this machine's rate.
+const tcProbe = 2 * time.Second
+
 // runTracer starts one tracer, runs every workload under it, and stops it.
 func runTracer(ctx context.Context, b *bed, o options, tc tracerConfig, round int, name string, res *results, log *slog.Logger) (err error) {
 	tc.run = fmt.Sprintf("r%d", round+1)
@@ -251,9 +254,22 @@ func runTracer(ctx context.Context, b *bed, o options, tc tracerConfig, round in
 		err = errors.Join(err, r.stop())
 	}()
 
-	measure := func(workload string, fn func() ([]float64, error), names ...string) error {
+	// measure runs one workload; timed ones run with BPF run-time stats on,
+	// so their samples carry the programs' ns per run. Only the ns figures'
+	// workloads are timed: stats make every program run read the clock
+	// twice, which on this VM cost the counting floor alone ~5% of UDP
+	// packets/s and TCP throughput when they were on for the whole bench,
+	// a cost no deployed tracer pays (kernel.bpf_stats_enabled is 0).
+	measure := func(workload string, timed bool, fn func() ([]float64, error), names ...string) error {
 		if !o.runs(workload) {
 			return nil
+		}
+		if timed {
+			stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+			if err != nil {
+				return fmt.Errorf("enable BPF stats: %w", err)
+			}
+			defer stats.Close()
 		}
 		before := r.progs.snapshot()
 		vals, err := fn()
@@ -271,19 +287,23 @@ func runTracer(ctx context.Context, b *bed, o options, tc tracerConfig, round in
 		return nil
 	}
 	one := func(v float64, err error) ([]float64, error) { return []float64{v}, err }
-	if err := measure("tcp_stream", func() ([]float64, error) { return one(tcpStream(ctx, b, o.duration)) }, "tcp_stream_bps"); err != nil {
+	if err := measure("tcp_stream", false, func() ([]float64, error) { return one(tcpStream(ctx, b, o.duration)) }, "tcp_stream_bps"); err != nil {
 		return err
 	}
-	if err := measure("udp64", func() ([]float64, error) { return one(udpPPS(b, o.duration)) }, "udp64_pps"); err != nil {
+	if err := measure("udp64", false, func() ([]float64, error) { return one(udpPPS(b, o.duration)) }, "udp64_pps"); err != nil {
 		return err
 	}
-	if err := measure("rr", func() ([]float64, error) {
+	// tc's ns per packet: the same 64-byte UDP stream, shorter, timed.
+	if err := measure("udp64", true, func() ([]float64, error) { return one(udpPPS(b, min(o.duration, tcProbe))) }, "udp64_probe_pps"); err != nil {
+		return err
+	}
+	if err := measure("rr", false, func() ([]float64, error) {
 		p50, p99, err := rrLatency(b, o.duration)
 		return []float64{p50, p99}, err
 	}, "rr_p50_us", "rr_p99_us"); err != nil {
 		return err
 	}
-	if err := measure("churn", func() ([]float64, error) { return one(churn(b, o.duration)) }, "churn_cps"); err != nil {
+	if err := measure("churn", false, func() ([]float64, error) { return one(churn(b, o.duration)) }, "churn_cps"); err != nil {
 		return err
 	}
 	// Storms: flowtrace is accounted for drop by drop; the floor and a
@@ -296,7 +316,7 @@ func runTracer(ctx context.Context, b *bed, o options, tc tracerConfig, round in
 		}
 		switch {
 		case r.agent != nil:
-			if err := measure(wl, func() ([]float64, error) {
+			if err := measure(wl, true, func() ([]float64, error) {
 				s, err := measureStorm(ctx, b, r.agent, d, o.stormRate, many)
 				if err != nil {
 					return nil, err
@@ -307,7 +327,7 @@ func runTracer(ctx context.Context, b *bed, o options, tc tracerConfig, round in
 				return err
 			}
 		case name == tracerFloor || name == tracerCmd:
-			if err := measure(wl, func() ([]float64, error) { return one(storm(b, d, o.stormRate, many)) }, wl+"_rate"); err != nil {
+			if err := measure(wl, true, func() ([]float64, error) { return one(storm(b, d, o.stormRate, many)) }, wl+"_rate"); err != nil {
 				return err
 			}
 		}

@@ -34,8 +34,8 @@ func TestFiguresAndTable(t *testing.T) {
 		{Round: 0, Tracer: tracerNone, Workload: "tcp_stream_bps", Value: 10e9},
 		{Round: 0, Tracer: tracerFlowtrace, Workload: "tcp_stream_bps", Value: 9.9e9},
 		{Round: 0, Tracer: tracerTcpdump, Workload: "tcp_stream_bps", Value: 6e9},
-		{Round: 0, Tracer: tracerFloor, Workload: "udp64_pps", Value: 1, TCNs: 100},
-		{Round: 0, Tracer: tracerFlowtrace, Workload: "udp64_pps", Value: 1, TCNs: 200},
+		{Round: 0, Tracer: tracerFloor, Workload: "udp64_probe_pps", Value: 1, TCNs: 100},
+		{Round: 0, Tracer: tracerFlowtrace, Workload: "udp64_probe_pps", Value: 1, TCNs: 200},
 	}, Storms: []namedStorm{{Kind: "one", stormResult: stormResult{Kernel: 100, Reported: 99, Lost: 1, Accounted: true, Delivered: 99, Events: 5, LatencyP99: 20}}}}
 	figs := figures(res)
 	if f := figs["tcp_stream_ratio"]; f.Value.Median != 0.99 || !*f.Met || f.Tcpdump.Median != 0.6 {

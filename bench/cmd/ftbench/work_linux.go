@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -23,8 +24,12 @@ func tcpStream(ctx context.Context, b *bed, d time.Duration) (float64, error) {
 	var last error
 	// The server may still be starting in the first round.
 	for range 5 {
-		out, err := b.exec(ctx, b.client.Netns, "iperf3", "-c", b.server.IPv4.String(), "-p", strconv.Itoa(portIperf),
-			"-t", strconv.FormatFloat(d.Seconds(), 'f', -1, 64), "-J")
+		args := []string{"iperf3", "-c", b.server.IPv4.String(), "-p", strconv.Itoa(portIperf),
+			"-t", strconv.FormatFloat(d.Seconds(), 'f', -1, 64), "-J"}
+		if runtime.NumCPU() >= 2 {
+			args = append(args, "-A", "0,1") // see pinThread
+		}
+		out, err := b.exec(ctx, b.client.Netns, args...)
 		if err == nil {
 			var r struct {
 				End struct {
@@ -76,6 +81,7 @@ func udpPPS(b *bed, d time.Duration) (float64, error) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		pinThread(1)
 		buf := make([]byte, 2048)
 		for {
 			if _, err := rx.Read(buf); err != nil {
@@ -86,27 +92,34 @@ func udpPPS(b *bed, d time.Duration) (float64, error) {
 			}
 		}
 	}()
-	payload := make([]byte, 64)
-	// Half a second of warm-up fills caches and queues before counting.
-	warm := time.Now().Add(500 * time.Millisecond)
-	end := warm.Add(d)
-	started := false
-	var t0 time.Time
-	for {
-		now := time.Now()
-		if !started && now.After(warm) {
-			started, t0 = true, now
-			counting.Store(true)
+	var elapsed time.Duration
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		pinThread(0)
+		payload := make([]byte, 64)
+		// Half a second of warm-up fills caches and queues before counting.
+		warm := time.Now().Add(500 * time.Millisecond)
+		end := warm.Add(d)
+		started := false
+		var t0 time.Time
+		for {
+			now := time.Now()
+			if !started && now.After(warm) {
+				started, t0 = true, now
+				counting.Store(true)
+			}
+			if now.After(end) {
+				break
+			}
+			for range 64 {
+				_, _ = tx.Write(payload) // ENOBUFS under overload is part of the measurement
+			}
 		}
-		if now.After(end) {
-			break
-		}
-		for range 64 {
-			_, _ = tx.Write(payload) // ENOBUFS under overload is part of the measurement
-		}
-	}
-	counting.Store(false)
-	elapsed := time.Since(t0)
+		counting.Store(false)
+		elapsed = time.Since(t0)
+	}()
+	<-sent
 	rx.Close()
 	<-done
 	n := got.Load()
@@ -114,6 +127,26 @@ func udpPPS(b *bed, d time.Duration) (float64, error) {
 		return 0, errors.New("udp pps: server received nothing")
 	}
 	return float64(n) / elapsed.Seconds(), nil
+}
+
+// pinThread binds the calling goroutine to its thread and the thread to
+// CPU cpu, for the rest of the goroutine's life: the thread ends with it
+// (a goroutine that exits locked takes its thread along), so the binding
+// never leaks to other goroutines. The throughput workloads put their
+// sender on CPU 0 and receiver on CPU 1, as iperf3 -A 0,1 does: left to
+// the scheduler, whether both ends (and the softirq work they carry)
+// shared a CPU changed from run to run, and the no-tracer figure alone
+// varied by ±10% on 2 cores, more than the costs being measured. Every
+// tracer, and no tracer, runs with the same placement; the tracer itself
+// is not pinned. A machine with one CPU leaves it to the scheduler.
+func pinThread(cpu int) {
+	if runtime.NumCPU() < 2 {
+		return
+	}
+	runtime.LockOSThread()
+	var set unix.CPUSet
+	set.Set(cpu)
+	_ = unix.SchedSetaffinity(0, &set) // best effort: unpinned still measures
 }
 
 // rrLatency runs a 1-byte TCP ping-pong for d over one connection and
