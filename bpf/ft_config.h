@@ -85,4 +85,11 @@ volatile const __u64 ft_drop_fold_window_ns = 100000000ULL;
  */
 volatile const __u8 ft_drop_memo_enabled = 0;
 
+/*
+ * The drop hook's parse of the commonest packets from aligned words
+ * (ft_drop_tuple_fast). Always on; the loader turns it off only for the
+ * test that compares it with the general parse.
+ */
+volatile const __u8 ft_drop_fast_parse = 1;
+
 #endif /* FT_CONFIG_H */

@@ -56,6 +56,9 @@ type Config struct {
 	NoDropMemo bool
 
 	forceRawTP bool // tests: exercise the raw_tp fallback on a kernel with tp_btf
+	// tests: the drop hook parses every packet the general way, for
+	// comparison with its fast parse (ft_drop_fast_parse).
+	noFastDropParse bool
 	// tests: pretend the kernel refused these paths.
 	denyCTCast, denyCTLookup, denyFIB bool
 	// tests: pretend the kernel lacks bpf_cast_to_kern_ctx (6.2+) or also
@@ -149,16 +152,18 @@ const (
 	scratchFCHitsOff    = 8
 )
 
-// dropHdrSeenOff, dropHdrFoldedOff and dropHdrMemoHitsOff are the offsets
-// of seen, folded and memo_hits in struct ft_drop_hdr, the per-CPU counts
-// of FT_STAT_DROPS_SEEN, FT_STAT_DROPS_FOLDED and FT_STAT_DROP_MEMO_HITS;
-// dropHdrPendingOff is that of memo.pending, the drops a CPU's fold memo
+// dropHdrSeenOff, dropHdrFoldedOff, dropHdrMemoHitsOff and
+// dropHdrParsedFastOff are the offsets of seen, folded, memo_hits and
+// parsed_fast in struct ft_drop_hdr, the per-CPU counts of
+// FT_STAT_DROPS_SEEN, FT_STAT_DROPS_FOLDED, FT_STAT_DROP_MEMO_HITS and
+// FT_STAT_DROPS_PARSED_FAST; dropHdrPendingOff is that of memo.pending, the drops a CPU's fold memo
 // holds. Keep in sync with bpf/ft_drop.h (TestCounterOffsets checks them).
 const (
 	dropHdrSeenOff     = 0
 	dropHdrFoldedOff   = 8
-	dropHdrMemoHitsOff = 16
-	dropHdrPendingOff  = 144
+	dropHdrMemoHitsOff   = 16
+	dropHdrParsedFastOff = 24
+	dropHdrPendingOff    = 152
 )
 
 // fcHoldMax is the longest a per-CPU flow-cache slot holds a flow's counts
@@ -188,6 +193,7 @@ var statNames = [...]string{
 	"flow_cache_orphaned",
 	"drop_memo_hits",
 	"flows_closed",
+	"drops_parsed_fast",
 }
 
 // coreObjects is what always loads: maps and tc programs. The kfree_skb
@@ -344,6 +350,12 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 	if err := d.enableDropMemo(spec); err != nil {
 		_ = d.objs.Close()
 		return nil, err
+	}
+	if cfg.noFastDropParse {
+		if err := spec.Variables["ft_drop_fast_parse"].Set(uint8(0)); err != nil {
+			_ = d.objs.Close()
+			return nil, fmt.Errorf("set ft_drop_fast_parse: %w", err)
+		}
 	}
 	d.features.DropReasons = kfreeSkbArgs(kspec) >= 3 && !cfg.forceNoReason
 	if err := d.attachDrops(spec); err != nil {
@@ -1230,7 +1242,7 @@ func (d *Datapath) Stats() (map[string]uint64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read ft_scratch: %w", err)
 	}
-	drop, err := perCPUCounters(d.objs.FtDropHdrs, dropHdrSeenOff, dropHdrFoldedOff, dropHdrMemoHitsOff)
+	drop, err := perCPUCounters(d.objs.FtDropHdrs, dropHdrSeenOff, dropHdrFoldedOff, dropHdrMemoHitsOff, dropHdrParsedFastOff)
 	if err != nil {
 		return nil, fmt.Errorf("read ft_drop_hdrs: %w", err)
 	}
@@ -1239,6 +1251,7 @@ func (d *Datapath) Stats() (map[string]uint64, error) {
 	out["drops_seen"] += drop[0]
 	out["drops_folded"] += drop[1]
 	out["drop_memo_hits"] += drop[2]
+	out["drops_parsed_fast"] += drop[3]
 	out["decode_errors"] = d.decodeErrors.Load()
 	// kfree_skb calls the kernel ran no drop hook for: the hook was
 	// already running on that CPU (a free in an interrupt that came in

@@ -583,6 +583,7 @@ func TestCounterOffsets(t *testing.T) {
 		{"ft_drop_hdr", "seen", dropHdrSeenOff},
 		{"ft_drop_hdr", "folded", dropHdrFoldedOff},
 		{"ft_drop_hdr", "memo_hits", dropHdrMemoHitsOff},
+		{"ft_drop_hdr", "parsed_fast", dropHdrParsedFastOff},
 		{"ft_drop_hdr", "memo.pending", dropHdrPendingOff},
 	} {
 		var st *btf.Struct

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -88,8 +89,8 @@ func testNetns(t *testing.T) (string, uint32) {
 	return name, uint32(st.Ino)
 }
 
-// sendUDPIn sends one datagram to addr from inside the named netns.
-func sendUDPIn(t *testing.T, name, addr string) {
+// dialIn dials addr with dialer from inside the named netns.
+func dialIn(t *testing.T, name string, dialer *net.Dialer, network, addr string) (net.Conn, error) {
 	t.Helper()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -108,10 +109,23 @@ func sendUDPIn(t *testing.T, name, addr string) {
 	}
 	// The socket belongs to the netns it is created in; restoring the
 	// thread afterwards does not move it.
-	conn, err := net.Dial("udp", addr)
+	conn, err := dialer.Dial(network, addr)
 	if serr := netns.Set(orig); serr != nil {
 		panic("cannot restore netns: " + serr.Error())
 	}
+	return conn, err
+}
+
+// sendUDPIn sends one datagram to addr from inside the named netns.
+func sendUDPIn(t *testing.T, name, addr string) {
+	t.Helper()
+	sendUDPWith(t, name, &net.Dialer{}, addr)
+}
+
+// sendUDPWith is sendUDPIn with a dialer of the caller's (socket options).
+func sendUDPWith(t *testing.T, name string, dialer *net.Dialer, addr string) {
+	t.Helper()
+	conn, err := dialIn(t, name, dialer, "udp", addr)
 	if err != nil {
 		t.Fatalf("dial %s in %s: %v", addr, name, err)
 	}
@@ -217,6 +231,92 @@ func TestDropNoSocket(t *testing.T) {
 	sendUDPIn(t, inScope, "127.0.0.1:9")
 	if evs := waitDrops(t, d, inIno); len(evs) != 0 {
 		t.Fatalf("drop after ForgetNetns: %+v", evs)
+	}
+}
+
+// TestDropFastParse holds the drop hook's fast parse (ft_drop_tuple_fast)
+// to the general one: two datapaths, one with it and one without, see the
+// same drops, and their tuples must be the same field by field (fold memos
+// and slots compare tuples made by either). The fast one must have parsed
+// the packets it is for (IPv4 and IPv6, UDP and TCP) and left alone the
+// one it is not for (IPv4 with options).
+func TestDropFastParse(t *testing.T) {
+	fast := load(t, Config{})
+	general := load(t, Config{noFastDropParse: true})
+	name, ino := testNetns(t)
+	for _, d := range []*Datapath{fast, general} {
+		if err := d.AllowNetns(ino); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ipOptions := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			// NOP, NOP, NOP, end of options: a 24-byte IPv4 header.
+			serr = unix.SetsockoptString(int(fd), unix.IPPROTO_IP, unix.IP_OPTIONS, "\x01\x01\x01\x00")
+		})
+		return errors.Join(err, serr)
+	}}
+	for _, c := range []struct {
+		name     string
+		send     func()
+		proto    uint8
+		src      string
+		ipv      uint8
+		tcpFlags uint8
+		fast     bool
+	}{
+		{"udp4", func() { sendUDPIn(t, name, "127.0.0.1:9") }, 17, "127.0.0.1", 4, 0, true},
+		{"udp6", func() { sendUDPIn(t, name, "[::1]:9") }, 17, "::1", 6, 0, true},
+		{"tcp4 SYN", func() { dialRefusedIn(t, name, "127.0.0.1:9") }, 6, "127.0.0.1", 4, 0x02, true},
+		{"tcp6 SYN", func() { dialRefusedIn(t, name, "[::1]:9") }, 6, "::1", 6, 0x02, true},
+		{"udp4 with IP options", func() { sendUDPWith(t, name, ipOptions, "127.0.0.1:9") }, 17, "127.0.0.1", 4, 0, false},
+	} {
+		before := stats(t, fast)["drops_parsed_fast"]
+		c.send()
+		var got [2]*decode.Event
+		for i, d := range []*Datapath{fast, general} {
+			for _, ev := range waitDrops(t, d, ino) {
+				if ev.Proto == c.proto && ev.DstPort == 9 {
+					got[i] = &ev
+				}
+			}
+			if got[i] == nil {
+				t.Fatalf("%s: no drop to port 9 (fast parse %v)", c.name, i == 0)
+			}
+		}
+		ev := *got[0]
+		if ev.Src != a(c.src) || ev.Dst != a(c.src) || ev.IPVersion != c.ipv || ev.SrcPort == 0 ||
+			ev.TCPFlags != c.tcpFlags || ev.ParseStatus != decode.ParseOK {
+			t.Errorf("%s: drop %+v", c.name, ev)
+		}
+		tuple := func(e *decode.Event) [13]any {
+			return [13]any{e.EtherType, e.IPVersion, e.Src, e.Dst, e.SrcPort, e.DstPort, e.Proto, e.TCPFlags,
+				e.ICMPType, e.ICMPCode, e.VLAN, e.ParseStatus, e.DropReason}
+		}
+		if f, g := tuple(got[0]), tuple(got[1]); f != g {
+			t.Errorf("%s: fast parse %v, general parse %v", c.name, f, g)
+		}
+		if n := stats(t, fast)["drops_parsed_fast"] - before; (n > 0) != c.fast {
+			t.Errorf("%s: drops_parsed_fast moved by %d, want the fast parse %v", c.name, n, c.fast)
+		}
+	}
+	if n := stats(t, general)["drops_parsed_fast"]; n != 0 {
+		t.Errorf("drops_parsed_fast = %d with the fast parse off", n)
+	}
+}
+
+// dialRefusedIn connects to a closed TCP port from inside the named netns:
+// the SYN is dropped (no socket) and answered with a reset.
+func dialRefusedIn(t *testing.T, name, addr string) {
+	t.Helper()
+	conn, err := dialIn(t, name, &net.Dialer{Timeout: 2 * time.Second}, "tcp", addr)
+	if err == nil {
+		conn.Close()
+		t.Fatalf("connected to %s in %s: the port was to be closed", addr, name)
+	}
+	if !errors.Is(err, unix.ECONNREFUSED) {
+		t.Fatalf("dial %s in %s: %v, want connection refused", addr, name, err)
 	}
 }
 

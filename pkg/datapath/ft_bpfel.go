@@ -61,6 +61,7 @@ type ftFtDropHdr struct {
 	Seen       uint64
 	Folded     uint64
 	MemoHits   uint64
+	ParsedFast uint64
 	ScopeNetns uint32
 	ScopeGen   uint32
 	ScopeIn    uint8
@@ -302,6 +303,7 @@ const (
 	ftVarFtCoarseClockEnabled   = "ft_coarse_clock_enabled"
 	ftVarFtCtCastEnabled        = "ft_ct_cast_enabled"
 	ftVarFtCtLookupEnabled      = "ft_ct_lookup_enabled"
+	ftVarFtDropFastParse        = "ft_drop_fast_parse"
 	ftVarFtDropFoldWindowNs     = "ft_drop_fold_window_ns"
 	ftVarFtDropMemoEnabled      = "ft_drop_memo_enabled"
 	ftVarFtFcHoldNs             = "ft_fc_hold_ns"
@@ -403,6 +405,7 @@ type ftVariableSpecs struct {
 	FtCoarseClockEnabled   *ebpf.VariableSpec `ebpf:"ft_coarse_clock_enabled"`
 	FtCtCastEnabled        *ebpf.VariableSpec `ebpf:"ft_ct_cast_enabled"`
 	FtCtLookupEnabled      *ebpf.VariableSpec `ebpf:"ft_ct_lookup_enabled"`
+	FtDropFastParse        *ebpf.VariableSpec `ebpf:"ft_drop_fast_parse"`
 	FtDropFoldWindowNs     *ebpf.VariableSpec `ebpf:"ft_drop_fold_window_ns"`
 	FtDropMemoEnabled      *ebpf.VariableSpec `ebpf:"ft_drop_memo_enabled"`
 	FtFcHoldNs             *ebpf.VariableSpec `ebpf:"ft_fc_hold_ns"`
@@ -484,6 +487,7 @@ type ftVariables struct {
 	FtCoarseClockEnabled   *ebpf.Variable `ebpf:"ft_coarse_clock_enabled"`
 	FtCtCastEnabled        *ebpf.Variable `ebpf:"ft_ct_cast_enabled"`
 	FtCtLookupEnabled      *ebpf.Variable `ebpf:"ft_ct_lookup_enabled"`
+	FtDropFastParse        *ebpf.Variable `ebpf:"ft_drop_fast_parse"`
 	FtDropFoldWindowNs     *ebpf.Variable `ebpf:"ft_drop_fold_window_ns"`
 	FtDropMemoEnabled      *ebpf.Variable `ebpf:"ft_drop_memo_enabled"`
 	FtFcHoldNs             *ebpf.Variable `ebpf:"ft_fc_hold_ns"`
