@@ -58,7 +58,7 @@ func main() {
 		return
 	}
 	var o options
-	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds (each runs every tracer, order rotated)")
+	flag.IntVar(&o.rounds, "rounds", 5, "interleaved rounds (each runs every tracer, order rotated)")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "length of each throughput/latency workload")
 	flag.DurationVar(&o.stormDuration, "storm-duration", 10*time.Second, "length of the single-flow drop storm")
 	flag.IntVar(&o.stormRate, "storm-rate", 200000, "drops per second the storms aim for")
@@ -257,9 +257,9 @@ func runTracer(ctx context.Context, b *bed, o options, tc tracerConfig, round in
 	// measure runs one workload; timed ones run with BPF run-time stats on,
 	// so their samples carry the programs' ns per run. Only the ns figures'
 	// workloads are timed: stats make every program run read the clock
-	// twice, which on this VM cost the counting floor alone ~5% of UDP
-	// packets/s and TCP throughput when they were on for the whole bench,
-	// a cost no deployed tracer pays (kernel.bpf_stats_enabled is 0).
+	// twice, which on this VM cost the counting floor alone 5-7% of UDP
+	// packets/s when they were on for the whole bench, a cost no deployed
+	// tracer pays (kernel.bpf_stats_enabled is 0).
 	measure := func(workload string, timed bool, fn func() ([]float64, error), names ...string) error {
 		if !o.runs(workload) {
 			return nil
