@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync/atomic"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/flowtrace/flowtrace/pkg/decode"
@@ -211,4 +212,37 @@ func TestLossDeltas(t *testing.T) {
 			t.Errorf("look %d: published %v, want %v", i, got, step.want)
 		}
 	}
+}
+
+// TestPMTUHold: a flow held for its ICMP answer is released by the timer
+// once its wait is over, and the timer never fires while nothing is held
+// (an idle agent has no tick to wake for).
+func TestPMTUHold(t *testing.T) {
+	h := newPMTUHold(50*time.Millisecond, 8)
+	defer h.t.Stop()
+	quiet := func(when string) {
+		t.Helper()
+		select {
+		case <-h.t.C:
+			t.Fatalf("the timer fired %s", when)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	quiet("with nothing held")
+	f := &flowtracev1.Flow{Uuid: "big", Verdict: flowtracev1.Verdict_VERDICT_MTU_EXCEEDED,
+		Ip:  &flowtracev1.IP{Source: "10.0.0.1", Destination: "10.0.1.1"},
+		L4:  &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Udp{Udp: &flowtracev1.UDP{SourcePort: 1, DestinationPort: 2}}},
+		Mtu: &flowtracev1.MTUInfo{Event: flowtracev1.MTUEvent_MTU_EVENT_EXCEEDED}}
+	if out := h.add(f, time.Now()); len(out) != 0 {
+		t.Fatalf("released before its wait: %v", out)
+	}
+	select {
+	case now := <-h.t.C:
+		if out := h.expired(now); len(out) != 1 || out[0] != f {
+			t.Fatalf("the timer released %v", out)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held flow was never released")
+	}
+	quiet("after the last held flow was released")
 }

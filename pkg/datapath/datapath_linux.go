@@ -156,11 +156,12 @@ const (
 // dropHdrParsedFastOff are the offsets of seen, folded, memo_hits and
 // parsed_fast in struct ft_drop_hdr, the per-CPU counts of
 // FT_STAT_DROPS_SEEN, FT_STAT_DROPS_FOLDED, FT_STAT_DROP_MEMO_HITS and
-// FT_STAT_DROPS_PARSED_FAST; dropHdrPendingOff is that of memo.pending, the drops a CPU's fold memo
-// holds. Keep in sync with bpf/ft_drop.h (TestCounterOffsets checks them).
+// FT_STAT_DROPS_PARSED_FAST; dropHdrPendingOff is that of memo.pending,
+// the drops a CPU's fold memo holds. Keep in sync with bpf/ft_drop.h
+// (TestCounterOffsets checks them).
 const (
-	dropHdrSeenOff     = 0
-	dropHdrFoldedOff   = 8
+	dropHdrSeenOff       = 0
+	dropHdrFoldedOff     = 8
 	dropHdrMemoHitsOff   = 16
 	dropHdrParsedFastOff = 24
 	dropHdrPendingOff    = 152

@@ -75,6 +75,16 @@ func (p *PMTU) Expire(now time.Time) []*flowtracev1.Flow {
 // Pending is the number of flows held.
 func (p *PMTU) Pending() int { return len(p.pending) }
 
+// Next is when Expire has the oldest held flow to release; ok is false
+// when nothing is held. Flows are held in the order they came, each for the
+// same wait, so the oldest's deadline is the earliest.
+func (p *PMTU) Next() (deadline time.Time, ok bool) {
+	if len(p.pending) == 0 {
+		return time.Time{}, false
+	}
+	return p.pending[0].deadline, true
+}
+
 func keyOf(ip *flowtracev1.IP, l4 *flowtracev1.Layer4) flowKey {
 	k := flowKey{src: ip.GetSource(), dst: ip.GetDestination()}
 	switch {

@@ -32,6 +32,9 @@ func uuids(fs []*flowtracev1.Flow) (out []string) {
 func TestPMTUCorrelation(t *testing.T) {
 	p := NewPMTU(500*time.Millisecond, 2)
 	t0 := time.Unix(1000, 0)
+	if _, ok := p.Next(); ok {
+		t.Fatal("Next with nothing held")
+	}
 	other := &flowtracev1.Flow{Uuid: "plain"}
 	if got := uuids(p.Add(other, t0)); len(got) != 1 || got[0] != "plain" {
 		t.Fatalf("plain flow held: %v", got)
@@ -41,6 +44,9 @@ func TestPMTUCorrelation(t *testing.T) {
 		t.Fatalf("MTU_EXCEEDED published before its wait: %v", uuids(got))
 	}
 	p.Add(b, t0.Add(10*time.Millisecond))
+	if d, ok := p.Next(); !ok || !d.Equal(t0.Add(500*time.Millisecond)) {
+		t.Fatalf("Next = %v, %v; want a's deadline", d, ok)
+	}
 	// The ICMP answering b releases b (answered) then itself; a waits on.
 	got := p.Add(icmp("ib", "10.0.0.2", "10.0.1.1", 53), t0.Add(20*time.Millisecond))
 	if g := uuids(got); len(g) != 2 || g[0] != "b" || g[1] != "ib" || !b.Mtu.IcmpSent {
@@ -55,6 +61,9 @@ func TestPMTUCorrelation(t *testing.T) {
 	}
 	if g := uuids(p.Expire(t0.Add(500 * time.Millisecond))); len(g) != 1 || g[0] != "a" || a.Mtu.IcmpSent {
 		t.Fatalf("expiry: %v, icmp_sent %v", g, a.Mtu.IcmpSent)
+	}
+	if _, ok := p.Next(); ok {
+		t.Fatal("Next after everything held was released")
 	}
 	// A storm beyond max releases the oldest early, unanswered.
 	p.Add(tooBig("c", "10.0.0.3", "x", 1), t0)
