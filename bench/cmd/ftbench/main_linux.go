@@ -283,7 +283,7 @@ func runTracer(ctx context.Context, b *bed, o options, tc tracerConfig, round in
 			res.Samples = append(res.Samples, sample{Round: round, Tracer: name, Workload: names[i], Value: v,
 				TCNs: tcNs, TCRuns: tcRuns, DropNs: dropNs, DropRuns: dropRuns})
 		}
-		log.Info("workload", "tracer", name, "workload", workload, "values", vals, "tc_ns", int(tcNs), "drop_ns", int(dropNs))
+		log.Info("workload", "tracer", name, "workload", workload, "samples", names, "values", vals, "tc_ns", int(tcNs), "drop_ns", int(dropNs))
 		return nil
 	}
 	one := func(v float64, err error) ([]float64, error) { return []float64{v}, err }

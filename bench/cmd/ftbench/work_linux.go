@@ -78,10 +78,7 @@ func udpPPS(b *bed, d time.Duration) (float64, error) {
 
 	var got atomic.Uint64
 	var counting atomic.Bool
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		pinThread(1)
+	done := pinned(1, func() {
 		buf := make([]byte, 2048)
 		for {
 			if _, err := rx.Read(buf); err != nil {
@@ -91,12 +88,9 @@ func udpPPS(b *bed, d time.Duration) (float64, error) {
 				got.Add(1)
 			}
 		}
-	}()
+	})
 	var elapsed time.Duration
-	sent := make(chan struct{})
-	go func() {
-		defer close(sent)
-		pinThread(0)
+	<-pinned(0, func() {
 		payload := make([]byte, 64)
 		// Half a second of warm-up fills caches and queues before counting.
 		warm := time.Now().Add(500 * time.Millisecond)
@@ -118,8 +112,7 @@ func udpPPS(b *bed, d time.Duration) (float64, error) {
 		}
 		counting.Store(false)
 		elapsed = time.Since(t0)
-	}()
-	<-sent
+	})
 	rx.Close()
 	<-done
 	n := got.Load()
@@ -147,6 +140,18 @@ func pinThread(cpu int) {
 	var set unix.CPUSet
 	set.Set(cpu)
 	_ = unix.SchedSetaffinity(0, &set) // best effort: unpinned still measures
+}
+
+// pinned runs fn in a goroutine of its own bound to CPU cpu (pinThread)
+// and returns a channel closed when fn has returned.
+func pinned(cpu int, fn func()) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pinThread(cpu)
+		fn()
+	}()
+	return done
 }
 
 // rrLatency runs a 1-byte TCP ping-pong for d over one connection and
