@@ -157,6 +157,7 @@ func (q *eventQueue) recycle(b *eventBatch) {
 // CPUs busy with the node's own work.
 type pmtuHold struct {
 	p     *enrich.PMTU
+	wait  time.Duration
 	t     *time.Timer
 	armed bool
 }
@@ -164,7 +165,7 @@ type pmtuHold struct {
 func newPMTUHold(wait time.Duration, max int) *pmtuHold {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &pmtuHold{p: enrich.NewPMTU(wait, max), t: t}
+	return &pmtuHold{p: enrich.NewPMTU(wait, max), wait: wait, t: t}
 }
 
 // add is PMTU.Add, arming the timer once a flow is held.
@@ -182,6 +183,12 @@ func (h *pmtuHold) expired(now time.Time) []*flowtracev1.Flow {
 	return out
 }
 
+// stop ends the timer and returns every held flow, unanswered (shutdown).
+func (h *pmtuHold) stop() []*flowtracev1.Flow {
+	h.t.Stop()
+	return h.p.Expire(time.Now().Add(h.wait))
+}
+
 func (h *pmtuHold) arm(now time.Time) {
 	if d, ok := h.p.Next(); ok && !h.armed {
 		h.t.Reset(d.Sub(now))
@@ -193,7 +200,6 @@ func (h *pmtuHold) arm(now time.Time) {
 // wait up to pmtuWait for the ICMP error that answers them.
 func (a *Agent) enrichLoop(ctx context.Context) {
 	pmtu := newPMTUHold(pmtuWait, 1024)
-	defer pmtu.t.Stop()
 	publish := func(fs []*flowtracev1.Flow) {
 		for _, f := range fs {
 			a.publish(f)
@@ -206,7 +212,7 @@ func (a *Agent) enrichLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			publish(pmtu.p.Expire(time.Now().Add(pmtuWait)))
+			publish(pmtu.stop())
 			return
 		case now := <-pmtu.t.C:
 			publish(pmtu.expired(now))

@@ -143,11 +143,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return fmt.Errorf("remove memlock limit: %w", err)
 	}
 	// Fail now, not in the first round, where the kernel cannot keep stats.
-	probe, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	check, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
 	if err != nil {
 		return fmt.Errorf("enable BPF stats: %w", err)
 	}
-	probe.Close()
+	check.Close()
 
 	tracers := []string{tracerNone}
 	for _, t := range strings.Split(o.tracers, ",") {
