@@ -115,18 +115,23 @@ func (q *eventQueue) offer(ev *decode.Event) {
 	}
 }
 
-// flush hands on the batch being filled.
+// flush hands on the batch being filled; a full queue drops it, counting
+// its events. Either way the reader has no batch after it: offer and
+// offerRecord flush a batch of the other kind and then take one of their
+// own, and a dropped raw batch kept as current once made offer index its
+// nil decoded slice (the agent died under connection churn while a drop
+// table walk fed it).
 func (q *eventQueue) flush() {
 	b := q.cur
 	if b == nil || b.n == 0 {
 		return
 	}
+	q.cur = nil
 	select {
 	case q.ch <- b:
-		q.cur = nil
 	default:
 		q.lost.Add(uint64(b.n))
-		b.reset()
+		q.recycle(b)
 	}
 }
 

@@ -163,6 +163,35 @@ func TestEventQueueRecords(t *testing.T) {
 	runtime.KeepAlive(big)
 }
 
+// TestEventQueueFullMixed: with the queue full, a batch of one kind is
+// dropped (and counted) when an event of the other kind arrives, and the
+// event goes into a batch of its own kind: the reader alternates ring
+// buffer records with the decoded events of table walks, and a queue that
+// kept the dropped batch as current crashed the agent.
+func TestEventQueueFullMixed(t *testing.T) {
+	var lost atomic.Uint64
+	q := newEventQueue(batchSize, &lost) // one batch
+	rec := make([]byte, decode.FlowSize)
+	for range batchSize {
+		q.offerRecord(rec) // fills the queue
+	}
+	q.offerRecord(rec)
+	q.offer(&decode.Event{Ifindex: 1}) // drops the raw batch of 1
+	q.offerRecord(rec)                  // drops the decoded batch of 1
+	q.offer(&decode.Event{Ifindex: 2})
+	q.flush()
+	if got := lost.Load(); got != 4 {
+		t.Fatalf("lost %d, want 4", got)
+	}
+	b := <-q.ch
+	q.recycle(b)
+	q.offer(&decode.Event{Ifindex: 3})
+	q.flush()
+	if b := <-q.ch; b.raw != nil || b.n != 1 || b.evs[0].Ifindex != 3 {
+		t.Fatalf("after the drops: raw=%v n=%d", b.raw != nil, b.n)
+	}
+}
+
 // TestLossDeltas: each loss counter reaches followers once, as what grew
 // since the last look, with its stage (and CPU for the ring buffer); a
 // counter that did not grow says nothing.
