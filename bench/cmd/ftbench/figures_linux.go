@@ -18,8 +18,16 @@ func figures(res *results) map[string]*figure {
 	ratio("udp64_pps_ratio", "udp64_pps", "≥", 0.95)
 	ratio("rr_p50_ratio", "rr_p50_us", "", 0)
 	ratio("rr_p99_ratio", "rr_p99_us", "≤", 1.05)
-	ratio("churn_ratio", "churn_cps", "≥", 0.95)
-	figs["churn_ratio"].Note = "target: 20,000 new connections/s at ≤ 5% cost; see baseline_churn_cps for the rate this machine reached"
+	ratio("churn_ratio", "churn_cps", "", 0)
+	figs["churn_ratio"].Note = "connections/s with dialers as fast as they go: tracer/no tracer; the issue's churn target is at 20,000/s (churn_cost_pct)"
+	figs["churn_cost_pct"] = &figure{Unit: "% CPU", Value: statOf(diffs(s, tracerFlowtrace, "churn20k_busy_pct")),
+		Tcpdump: statOf(diffs(s, tracerTcpdump, "churn20k_busy_pct")), Floor: statOf(diffs(s, tracerFloor, "churn20k_busy_pct")),
+		Cmd:  statOf(diffs(s, tracerCmd, "churn20k_busy_pct")),
+		Note: "20,000 new connections/s: the machine's busy CPU (/proc/stat, all CPUs) with the tracer minus without it, same round, in % of the machine"}
+	figs["churn_cost_pct"].check("≤", 5)
+	figs["churn20k_cps"] = &figure{Unit: "conn/s", Value: statOf(values(s, tracerFlowtrace, "churn20k_cps", func(x sample) float64 { return x.Value })),
+		Note: "the rate the paced churn reached with the tracer: its cost is a cost at 20,000/s only if it kept up"}
+	figs["churn20k_cps"].check("≥", 0.99*churnRate)
 
 	base := func(name, workload, unit string, scale float64) {
 		v := values(s, tracerNone, workload, func(x sample) float64 { return x.Value * scale })

@@ -225,6 +225,10 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	return nil
 }
 
+// churnRate is the connection churn: new connections per second
+// at which the cost is measured.
+const churnRate = 20000
+
 // tcProbe is how long tc's ns per packet are measured, after the udp64
 // workload: about a million tc runs at this machine's rate.
 const tcProbe = 2 * time.Second
@@ -276,6 +280,9 @@ func runTracer(ctx context.Context, b *bed, o options, tc tracerConfig, round in
 		if err != nil {
 			return err
 		}
+		if err := r.check(); err != nil {
+			return fmt.Errorf("%s: %w", workload, err)
+		}
 		after := r.progs.snapshot()
 		tcNs, tcRuns := nsPer(before, after, "tc")
 		dropNs, dropRuns := nsPer(before, after, "drop")
@@ -303,7 +310,16 @@ func runTracer(ctx context.Context, b *bed, o options, tc tracerConfig, round in
 	}, "rr_p50_us", "rr_p99_us"); err != nil {
 		return err
 	}
-	if err := measure("churn", false, func() ([]float64, error) { return one(churn(b, o.duration)) }, "churn_cps"); err != nil {
+	if err := measure("churn", false, func() ([]float64, error) {
+		cps, _, err := churn(b, o.duration, 0)
+		return []float64{cps}, err
+	}, "churn_cps"); err != nil {
+		return err
+	}
+	if err := measure("churn", false, func() ([]float64, error) {
+		cps, busy, err := churn(b, o.duration, churnRate)
+		return []float64{cps, busy * 100}, err
+	}, "churn20k_cps", "churn20k_busy_pct"); err != nil {
 		return err
 	}
 	// Storms: flowtrace is accounted for drop by drop; the floor and a

@@ -15,6 +15,46 @@ import (
 // Linux architecture Go supports reports 100.
 const clockTicks = 100
 
+// cpuTicks is the machine's CPU time from /proc/stat's first line, in
+// clock ticks, all CPUs together.
+type cpuTicks struct{ busy, total uint64 }
+
+// machineCPU reads cpuTicks now. Busy is user, nice, system, irq, softirq
+// and steal: a tracer's process and its BPF programs (which run in the
+// sending thread or in softirq) alike. Idle and iowait are not busy.
+func machineCPU() (cpuTicks, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTicks{}, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return cpuTicks{}, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var t cpuTicks
+	for i, s := range f[1:9] { // user nice system idle iowait irq softirq steal
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return cpuTicks{}, fmt.Errorf("/proc/stat: %q: %w", line, err)
+		}
+		t.total += v
+		if i != 3 && i != 4 {
+			t.busy += v
+		}
+	}
+	return t, nil
+}
+
+// busySince is the share of the machine's CPU time (0..1) that was busy
+// between then and t.
+func (t cpuTicks) busySince(then cpuTicks) float64 {
+	if t.total <= then.total {
+		return 0
+	}
+	return float64(t.busy-then.busy) / float64(t.total-then.total)
+}
+
 // cpuSeconds returns the user+system CPU time of pid and its reaped children.
 func cpuSeconds(pid int) (float64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

@@ -73,8 +73,9 @@ func (f *figure) check(op string, limit float64) {
 	f.Met = &ok
 }
 
-// perRound returns, per round, fn(tracer's sample, none's sample) for a workload.
-func ratios(samples []sample, tracer, workload string) []float64 {
+// perRound returns, for each round with both, fn(the tracer's value, no
+// tracer's value) for a workload.
+func perRound(samples []sample, tracer, workload string, fn func(v, none float64) float64) []float64 {
 	base := map[int]float64{}
 	for _, s := range samples {
 		if s.Tracer == tracerNone && s.Workload == workload {
@@ -84,12 +85,28 @@ func ratios(samples []sample, tracer, workload string) []float64 {
 	var out []float64
 	for _, s := range samples {
 		if s.Tracer == tracer && s.Workload == workload {
-			if b, ok := base[s.Round]; ok && b > 0 {
-				out = append(out, s.Value/b)
+			if b, ok := base[s.Round]; ok {
+				out = append(out, fn(s.Value, b))
 			}
 		}
 	}
 	return out
+}
+
+// ratios is, per round, the tracer's value over no tracer's (NaN, which
+// statOf drops, where no tracer measured 0).
+func ratios(samples []sample, tracer, workload string) []float64 {
+	return perRound(samples, tracer, workload, func(v, none float64) float64 {
+		if none <= 0 {
+			return math.NaN()
+		}
+		return v / none
+	})
+}
+
+// diffs is, per round, the tracer's value minus no tracer's.
+func diffs(samples []sample, tracer, workload string) []float64 {
+	return perRound(samples, tracer, workload, func(v, none float64) float64 { return v - none })
 }
 
 func values(samples []sample, tracer, workload string, get func(sample) float64) []float64 {
@@ -123,7 +140,7 @@ func vsFloor(samples []sample, workload string, get func(sample) float64) []floa
 
 // figureOrder is the table's row order.
 var figureOrder = []string{
-	"tcp_stream_ratio", "udp64_pps_ratio", "rr_p50_ratio", "rr_p99_ratio", "churn_ratio",
+	"tcp_stream_ratio", "udp64_pps_ratio", "rr_p50_ratio", "rr_p99_ratio", "churn_cost_pct", "churn20k_cps", "churn_ratio",
 	"baseline_tcp_stream_gbps", "baseline_udp64_kpps", "baseline_rr_p99_us", "baseline_churn_cps",
 	"tc_ns_per_packet", "tc_vs_floor", "kfree_skb_ns_per_drop", "kfree_skb_vs_floor",
 	"storm_rate_per_s", "storm_kernel_drops", "storm_unaccounted", "storm_accounted", "storm_delivered_pct", "storm_latency_p99_ms",

@@ -60,3 +60,24 @@ func TestFiguresAndTable(t *testing.T) {
 		}
 	}
 }
+
+// The churn target is a cost at a rate: the machine's busy CPU with the
+// tracer minus without it in the same round, not a ratio of the two.
+func TestChurnCostIsADifference(t *testing.T) {
+	res := &results{Samples: []sample{
+		{Round: 0, Tracer: tracerNone, Workload: "churn20k_busy_pct", Value: 20},
+		{Round: 0, Tracer: tracerFlowtrace, Workload: "churn20k_busy_pct", Value: 27},
+		{Round: 0, Tracer: tracerFloor, Workload: "churn20k_busy_pct", Value: 21},
+		{Round: 0, Tracer: tracerFlowtrace, Workload: "churn20k_cps", Value: 19000},
+		{Round: 1, Tracer: tracerNone, Workload: "churn20k_busy_pct", Value: 30},
+		{Round: 1, Tracer: tracerFlowtrace, Workload: "churn20k_busy_pct", Value: 33},
+		{Round: 1, Tracer: tracerFlowtrace, Workload: "churn20k_cps", Value: 20010},
+	}}
+	figs := figures(res)
+	if f := figs["churn_cost_pct"]; f.Value.Median != 5 || f.Value.Min != 3 || f.Value.Max != 7 || !*f.Met || f.Floor.Median != 1 {
+		t.Errorf("churn_cost_pct = %+v, value %+v", f, f.Value)
+	}
+	if f := figs["churn20k_cps"]; f.Value.Median != 19505 || *f.Met {
+		t.Errorf("churn20k_cps = %+v: a median below 99%% of 20,000/s did not keep up", f)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -37,7 +38,10 @@ type running struct {
 	progs *progSet
 	fl    *floor
 	agent *agentConn
-	out   *bytes.Buffer
+	out   *lockedBuffer
+	// exited is closed when cmd has exited, with waitErr its Wait's error.
+	exited  chan struct{}
+	waitErr error
 	// readyCPU is the tracer's CPU seconds when it became ready: a start-up
 	// cost, not a cost per event.
 	readyCPU float64
@@ -59,7 +63,7 @@ type tracerConfig struct {
 }
 
 func startTracer(ctx context.Context, name string, b *bed, tc tracerConfig) (*running, error) {
-	r := &running{name: name, out: &bytes.Buffer{}}
+	r := &running{name: name, out: &lockedBuffer{}}
 	switch name {
 	case tracerNone:
 		return r, nil
@@ -101,6 +105,11 @@ func startTracer(ctx context.Context, name string, b *bed, tc tracerConfig) (*ru
 	if err := r.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start tracer %s: %w", name, err)
 	}
+	r.exited = make(chan struct{})
+	go func() {
+		r.waitErr = r.cmd.Wait()
+		close(r.exited)
+	}()
 	if err := r.waitReady(ctx, b); err != nil {
 		return nil, errors.Join(err, r.stop())
 	}
@@ -116,8 +125,8 @@ func startTracer(ctx context.Context, name string, b *bed, tc tracerConfig) (*ru
 func (r *running) waitReady(ctx context.Context, b *bed) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		if r.cmd.ProcessState != nil || !alive(r.cmd.Process.Pid) {
-			return fmt.Errorf("tracer %s exited at start: %s", r.name, tail(r.out.String()))
+		if err := r.check(); err != nil {
+			return fmt.Errorf("at start: %w", err)
 		}
 		switch r.name {
 		case tracerFlowtrace:
@@ -146,12 +155,45 @@ func (r *running) waitReady(ctx context.Context, b *bed) error {
 	return fmt.Errorf("tracer %s not ready after 30s: %s", r.name, tail(r.out.String()))
 }
 
-func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+// check fails when the tracer's process has exited: a tracer that dies
+// during a workload would otherwise look cheap.
+func (r *running) check() error {
+	if r.exited == nil {
+		return nil
+	}
+	select {
+	case <-r.exited:
+		return fmt.Errorf("tracer %s exited (%v): %s", r.name, r.waitErr, tail(r.out.String()))
+	default:
+		return nil
+	}
+}
 
+// lockedBuffer is a tracer's output, written by exec's copying goroutine
+// while the bench reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// tail is the end of a tracer's output, and its start when the output is
+// long: a Go panic's cause is in its first lines.
 func tail(s string) string {
 	s = strings.TrimSpace(s)
-	if len(s) > 400 {
-		s = "..." + s[len(s)-400:]
+	if len(s) > 2400 {
+		s = s[:1200] + "\n...\n" + s[len(s)-1200:]
 	}
 	return s
 }
@@ -221,13 +263,11 @@ func (r *running) stop() error {
 	if r.cmd != nil && r.cmd.Process != nil {
 		pgid := r.cmd.Process.Pid
 		_ = syscall.Kill(-pgid, syscall.SIGINT)
-		done := make(chan error, 1)
-		go func() { done <- r.cmd.Wait() }()
 		select {
-		case <-done:
+		case <-r.exited:
 		case <-time.After(5 * time.Second):
 			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			<-done
+			<-r.exited
 			errs = append(errs, fmt.Errorf("tracer %s ignored SIGINT for 5s: killed", r.name))
 		}
 	}
