@@ -1,7 +1,6 @@
 package test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -98,21 +97,9 @@ func upLab(t *testing.T, extended bool) (*lab.Lab, string) {
 type agentProc struct {
 	cmd  *exec.Cmd
 	sock string
-	log  *syncBuffer
+	log  *testutil.Buffer
 	done chan error
 }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 const agentStartWait = time.Minute
 
@@ -121,7 +108,7 @@ func startAgent(t *testing.T, l *lab.Lab, ids string, args ...string) *agentProc
 	sock := filepath.Join(t.TempDir(), "ft.sock")
 	argv := append([]string{"netns", "exec", l.NodeNetns, flowtraceBin, "agent", "--socket", sock,
 		"--identity-file", ids, "--node-name", "lab-node", "--log-level", "debug"}, args...)
-	a := &agentProc{cmd: exec.Command("ip", argv...), sock: sock, log: &syncBuffer{}, done: make(chan error, 1)}
+	a := &agentProc{cmd: exec.Command("ip", argv...), sock: sock, log: &testutil.Buffer{}, done: make(chan error, 1)}
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	// The agent must not outlive the test binary.
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

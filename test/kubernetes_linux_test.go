@@ -34,7 +34,7 @@ func TestKubernetesNamesLabFlows(t *testing.T) {
 	cp.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cp.Cancel = func() error { return cp.Process.Signal(syscall.SIGTERM) }
 	stdout, _ := cp.StdoutPipe()
-	var stderr syncBuffer
+	var stderr testutil.Buffer
 	cp.Stderr = &stderr
 	if err := cp.Start(); err != nil {
 		t.Fatal(err)

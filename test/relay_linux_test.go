@@ -14,6 +14,7 @@ import (
 	"github.com/flowtrace/flowtrace/pkg/client"
 	"github.com/flowtrace/flowtrace/pkg/lab"
 	"github.com/flowtrace/flowtrace/pkg/relay"
+	"github.com/flowtrace/flowtrace/pkg/testutil"
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 )
 
@@ -38,7 +39,7 @@ func TestRelayThreeNodes(t *testing.T) {
 		args = append(args, "--peer", n.agent.sock)
 	}
 	rl := exec.Command(flowtraceBin, args...)
-	var rlog syncBuffer
+	var rlog testutil.Buffer
 	rl.Stdout, rl.Stderr = &rlog, &rlog
 	rl.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := rl.Start(); err != nil {

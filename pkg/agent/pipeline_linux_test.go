@@ -177,7 +177,7 @@ func TestEventQueueFullMixed(t *testing.T) {
 	}
 	q.offerRecord(rec)
 	q.offer(&decode.Event{Ifindex: 1}) // drops the raw batch of 1
-	q.offerRecord(rec)                  // drops the decoded batch of 1
+	q.offerRecord(rec)                 // drops the decoded batch of 1
 	q.offer(&decode.Event{Ifindex: 2})
 	q.flush()
 	if got := lost.Load(); got != 4 {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,11 +10,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/flowtrace/flowtrace/pkg/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -38,7 +37,7 @@ type running struct {
 	progs *progSet
 	fl    *floor
 	agent *agentConn
-	out   *lockedBuffer
+	out   *testutil.Buffer
 	// exited is closed when cmd has exited, with waitErr its Wait's error.
 	exited  chan struct{}
 	waitErr error
@@ -63,7 +62,7 @@ type tracerConfig struct {
 }
 
 func startTracer(ctx context.Context, name string, b *bed, tc tracerConfig) (*running, error) {
-	r := &running{name: name, out: &lockedBuffer{}}
+	r := &running{name: name, out: &testutil.Buffer{}}
 	switch name {
 	case tracerNone:
 		return r, nil
@@ -167,25 +166,6 @@ func (r *running) check() error {
 	default:
 		return nil
 	}
-}
-
-// lockedBuffer is a tracer's output, written by exec's copying goroutine
-// while the bench reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // tail is the end of a tracer's output, and its start when the output is
