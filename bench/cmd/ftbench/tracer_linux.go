@@ -95,6 +95,7 @@ func startTracer(ctx context.Context, name string, b *bed, tc tracerConfig) (*ru
 	case tracerCmd:
 		r.cmd = exec.Command("ip", "netns", "exec", b.lab.NodeNetns, "sh", "-c", tc.tracerCmd)
 		r.cmd.Env = append(os.Environ(), "FTBENCH_IFACES="+strings.Join(b.veths, ","), "FTBENCH_NODE_NETNS="+b.lab.NodeNetns,
+			"FTBENCH_IDENTITY_FILE="+b.cfg.IdentityFile,
 			"FTBENCH_CLIENT_VETH="+b.client.HostVeth)
 	default:
 		return nil, fmt.Errorf("unknown tracer %q", name)
