@@ -19,15 +19,21 @@ const clockTicks = 100
 // clock ticks, all CPUs together.
 type cpuTicks struct{ busy, total uint64 }
 
-// machineCPU reads cpuTicks now. Busy is user, nice, system, irq, softirq
-// and steal: a tracer's process and its BPF programs (which run in the
-// sending thread or in softirq) alike. Idle and iowait are not busy.
+// machineCPU reads cpuTicks now. Busy is user, nice, system, irq and
+// softirq: a tracer's process and its BPF programs (which run in the
+// sending thread or in softirq) alike. Idle, iowait and steal (the
+// hypervisor running someone else) are not.
 func machineCPU() (cpuTicks, error) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return cpuTicks{}, err
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
+	return parseCPUTicks(line)
+}
+
+// parseCPUTicks reads /proc/stat's "cpu" line (machineCPU).
+func parseCPUTicks(line string) (cpuTicks, error) {
 	f := strings.Fields(line)
 	if len(f) < 9 || f[0] != "cpu" {
 		return cpuTicks{}, fmt.Errorf("/proc/stat: unexpected first line %q", line)
@@ -39,7 +45,7 @@ func machineCPU() (cpuTicks, error) {
 			return cpuTicks{}, fmt.Errorf("/proc/stat: %q: %w", line, err)
 		}
 		t.total += v
-		if i != 3 && i != 4 {
+		if i != 3 && i != 4 && i != 7 {
 			t.busy += v
 		}
 	}

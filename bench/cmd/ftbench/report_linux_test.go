@@ -81,3 +81,23 @@ func TestChurnCostIsADifference(t *testing.T) {
 		t.Errorf("churn20k_cps = %+v: a median below 99%% of 20,000/s did not keep up", f)
 	}
 }
+
+// Busy CPU is the work done on the machine: user, nice, system, irq and
+// softirq; idle, iowait and the hypervisor's steal are not.
+func TestCPUTicks(t *testing.T) {
+	then, err := parseCPUTicks("cpu  100 0 50 1000 10 0 20 5 0 0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now, err := parseCPUTicks("cpu  160 0 80 1080 10 0 30 25 0 0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 100 busy ticks (60 user, 30 system, 10 softirq) of 200.
+	if got := now.busySince(then); got != 0.5 {
+		t.Fatalf("busySince = %v, want 0.5", got)
+	}
+	if _, err := parseCPUTicks("intr 1 2 3"); err == nil {
+		t.Fatal("a line that is not the cpu line must be refused")
+	}
+}
