@@ -319,10 +319,10 @@ func (p *followProc) next(ctx context.Context, what string, timeout time.Duratio
 			return line, nil
 		}
 		err := p.stop(time.Second)
-		return "", fmt.Errorf("storm follower: exited before its %s (%v): %s", what, err, tail(p.stderr.String()))
+		return "", fmt.Errorf("storm follower: exited before its %s (%v): %s", what, err, excerpt(p.stderr.String()))
 	case <-t.C:
 		p.stop(0)
-		return "", fmt.Errorf("storm follower: no %s within %s, killed: %s", what, timeout, tail(p.stderr.String()))
+		return "", fmt.Errorf("storm follower: no %s within %s, killed: %s", what, timeout, excerpt(p.stderr.String()))
 	case <-ctx.Done():
 		p.stop(0)
 		return "", fmt.Errorf("storm follower: %w", ctx.Err())
@@ -335,14 +335,14 @@ func (p *followProc) settle(ctx context.Context) (followResult, error) {
 	var res followResult
 	if _, err := io.WriteString(p.stdin, followSettle+"\n"); err != nil {
 		p.stop(0)
-		return res, fmt.Errorf("storm follower: ask to settle: %w: %s", err, tail(p.stderr.String()))
+		return res, fmt.Errorf("storm follower: ask to settle: %w: %s", err, excerpt(p.stderr.String()))
 	}
 	line, err := p.next(ctx, "results", settleMax+5*time.Second)
 	if err != nil {
 		return res, err
 	}
 	if err := p.stop(5 * time.Second); err != nil {
-		return res, fmt.Errorf("storm follower: %w: %s", err, tail(p.stderr.String()))
+		return res, fmt.Errorf("storm follower: %w: %s", err, excerpt(p.stderr.String()))
 	}
 	if err := json.Unmarshal([]byte(line), &res); err != nil {
 		return res, fmt.Errorf("storm follower: results %q: %w", line, err)

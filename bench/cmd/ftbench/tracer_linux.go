@@ -152,7 +152,7 @@ func (r *running) waitReady(ctx context.Context, b *bed) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("tracer %s not ready after 30s: %s", r.name, tail(r.out.String()))
+	return fmt.Errorf("tracer %s not ready after 30s: %s", r.name, excerpt(r.out.String()))
 }
 
 // check fails when the tracer's process has exited: a tracer that dies
@@ -163,15 +163,15 @@ func (r *running) check() error {
 	}
 	select {
 	case <-r.exited:
-		return fmt.Errorf("tracer %s exited (%v): %s", r.name, r.waitErr, tail(r.out.String()))
+		return fmt.Errorf("tracer %s exited (%v): %s", r.name, r.waitErr, excerpt(r.out.String()))
 	default:
 		return nil
 	}
 }
 
-// tail is the end of a tracer's output, and its start when the output is
+// excerpt is the end of a process's output, and its start when the output is
 // long: a Go panic's cause is in its first lines.
-func tail(s string) string {
+func excerpt(s string) string {
 	s = strings.TrimSpace(s)
 	if len(s) > 2400 {
 		s = s[:1200] + "\n...\n" + s[len(s)-1200:]

@@ -166,13 +166,8 @@ func pinned(cpu int, fn func()) <-chan struct{} {
 //     (p50 60 µs instead of 7) was then mostly this VM's wake-up from idle,
 //     in which a tracer's cost vanishes.
 func rrLatency(b *bed, d time.Duration) (p50, p99 float64, err error) {
-	srv := b.serverAddr(portRR)
-	sa := &unix.SockaddrInet4{Port: int(srv.Port()), Addr: srv.Addr().As4()}
-	var lfd int
-	if err := b.lab.Do(b.server.Netns, func() (err error) {
-		lfd, err = listenTCP4(sa)
-		return err
-	}); err != nil {
+	lfd, sa, err := b.listenServer(portRR)
+	if err != nil {
 		return 0, 0, fmt.Errorf("rr: listen: %w", err)
 	}
 	defer unix.Close(lfd)
@@ -285,13 +280,8 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 //     stalled a dialer for a fifth of a 5 s run: ±30% between runs.
 func churn(b *bed, d time.Duration, rate int) (cps, busy float64, err error) {
 	const dialers = 2
-	srv := b.serverAddr(portChurn)
-	sa := &unix.SockaddrInet4{Port: int(srv.Port()), Addr: srv.Addr().As4()}
-	var lfd int
-	if err := b.lab.Do(b.server.Netns, func() (err error) {
-		lfd, err = listenTCP4(sa)
-		return err
-	}); err != nil {
+	lfd, sa, err := b.listenServer(portChurn)
+	if err != nil {
 		return 0, 0, fmt.Errorf("churn: listen: %w", err)
 	}
 	defer unix.Close(lfd)
@@ -385,26 +375,28 @@ func connectAcceptReset(sa *unix.SockaddrInet4, lfd int) error {
 	}
 }
 
-// listenTCP4 is a blocking TCP listener on sa, in the calling thread's
-// namespace.
-func listenTCP4(sa *unix.SockaddrInet4) (int, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	if err := unix.Bind(fd, sa); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, nil
+// listenServer opens a blocking TCP listener in the server pod on port and
+// returns it with the address a client dials.
+func (b *bed) listenServer(port int) (fd int, sa *unix.SockaddrInet4, err error) {
+	srv := b.serverAddr(port)
+	sa = &unix.SockaddrInet4{Port: int(srv.Port()), Addr: srv.Addr().As4()}
+	// A socket belongs to the namespace of the thread that creates it.
+	err = b.lab.Do(b.server.Netns, func() error {
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		if err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err == nil {
+			if err = unix.Bind(fd, sa); err == nil {
+				err = unix.Listen(fd, unix.SOMAXCONN)
+			}
+		}
+		if err != nil {
+			unix.Close(fd)
+		}
+		return err
+	})
+	return fd, sa, err
 }
 
 // storm sends UDP datagrams the bench's nft rule drops, at rate per second
