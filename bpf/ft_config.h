@@ -9,6 +9,13 @@
 /* Minimum gap between two PERIODIC reports of one flow entry. */
 volatile const __u64 ft_flow_report_interval_ns = 5000000000ULL;
 
+/*
+ * Unread ring buffer bytes that wake the reader even within a wake-up gap
+ * (ft_rb_flags): the loader sets an eighth of ft_events' size, so the
+ * reader is woken well before a burst fills it.
+ */
+volatile const __u32 ft_rb_wake_backlog = 512 << 10;
+
 /* Emit drops of every netns instead of only those in ft_netns_scope. */
 volatile const __u8 ft_scope_all_netns = 0;
 

@@ -480,7 +480,7 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 	e->pkt_len = FT_SKB(btf, skb, len);
 	e->count = 1;
 	ft_ct_from_kskb(skb, &e->tuple, &e->ct, 0);
-	bpf_ringbuf_submit(e, ft_rb_flags(sizeof(*e)));
+	bpf_ringbuf_submit(e, ft_rb_flags());
 	ft_stat_inc(FT_STAT_DROP_EVENTS);
 	return 0;
 }

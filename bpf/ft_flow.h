@@ -140,7 +140,7 @@ static __always_inline void ft_emit_flow(const struct ft_tuple *t, const struct 
 	e->_pad[1] = 0;
 	e->ct = *ct;
 	e->encap = *enc;
-	bpf_ringbuf_submit(e, ft_rb_flags(sizeof(*e)));
+	bpf_ringbuf_submit(e, ft_rb_flags());
 	ft_stat_inc(FT_STAT_FLOW_EVENTS);
 }
 
@@ -175,7 +175,7 @@ static __always_inline void ft_xlate_once(const struct ft_tuple *t, const struct
 	e->_pad[0] = 0;
 	e->_pad[1] = 0;
 	e->_pad[2] = 0;
-	bpf_ringbuf_submit(e, ft_rb_flags(sizeof(*e)));
+	bpf_ringbuf_submit(e, ft_rb_flags());
 	ft_stat_inc(FT_STAT_XLATE_EVENTS);
 }
 

@@ -21,8 +21,9 @@ struct {
 
 /* Per CPU: what decides the ring buffer's wake-ups (ft_rb_flags). */
 struct ft_rb_state {
-	__u64 seq; /* events submitted: the every-256th wake-up */
-	__u64 woke; /* jiffy of the last wake-up for a lone event */
+	__u64 seq; /* events submitted: the every-256th wake-up without jiffies */
+	__u64 woke; /* jiffy of the last wake-up */
+	__u64 wakes; /* wake-ups asked for (tests check the rule by it) */
 };
 
 struct {
@@ -130,27 +131,30 @@ static __always_inline void ft_stat_inc(__u32 idx)
 }
 
 /*
- * Lone-event wake-ups, per CPU, are at least this many jiffies apart
- * (4-40 ms, by HZ).
+ * Wake-ups, per CPU, are at least this many jiffies apart (4-40 ms, by
+ * HZ), unless the reader falls ft_rb_wake_backlog bytes behind.
  */
 #define FT_RB_WAKE_GAP 4
 
 /*
  * Waking the reader on every submit costs ~4-7 us per event on the target
- * machines; waking on every 64th (and letting the Go reader poll with a
- * deadline for the tail) brings that under 1 us. Every 256th: each wake-up
- * also costs the agent a sleep/wake cycle of its threads (a third of its
- * CPU under connection churn, ~1,000 cycles/s at every 64th); at 256 its
- * CPU per event fell by a quarter.
+ * machines: the wake-up is an irq_work, a self-interrupt that a VM traps.
+ * Under connection churn (~150,000 events/s) even a wake-up every 256th
+ * event was ~1% of the machine in tc's own time (perf: native_write_msr
+ * under bpf_ringbuf_submit), plus a sleep/wake cycle of the agent's
+ * threads each. So where jiffies are readable (5.5+), a CPU wakes the
+ * reader when it has unread data and has not woken it for
+ * FT_RB_WAKE_GAP: the first event after a quiet spell (the first drop of
+ * an incident) is seen at once, and a busy ring is read in batches at
+ * most a few ms old. A backlog of ft_rb_wake_backlog wakes it at once (at
+ * most once per jiffy), so a burst cannot fill the ring between two
+ * gaps. The Go reader also polls (readPollLone), for a record submitted
+ * just after a wake-up on a CPU that then goes quiet.
  *
- * A lone event (the only unread record: the reader has drained the ring
- * and waits) wakes it too, at most once per FT_RB_WAKE_GAP per CPU. The
- * first drop of an incident is then seen at once, and the reader can poll
- * for the rest (a record that neither rule woke for) every 100 ms instead
- * of every 25: its wake-ups were most of an idle agent's CPU. size is the
- * submitted record's.
+ * Without jiffies (5.4 and older) every 256th event wakes it, and the
+ * reader polls more often (readPoll).
  */
-static __always_inline __u64 ft_rb_flags(__u32 size)
+static __always_inline __u64 ft_rb_flags(void)
 {
 	__u32 zero = 0;
 	struct ft_rb_state *s = bpf_map_lookup_elem(&ft_rb_seq, &zero);
@@ -159,17 +163,18 @@ static __always_inline __u64 ft_rb_flags(__u32 size)
 	if (!s)
 		return BPF_RB_FORCE_WAKEUP;
 	s->seq += 1;
-	if ((s->seq & 255) == 0)
-		return BPF_RB_FORCE_WAKEUP;
-	if (!ft_jiffies_enabled)
-		return BPF_RB_NO_WAKEUP;
-	/* Unread bytes include this record: reserved, not yet submitted. */
-	if (bpf_ringbuf_query(&ft_events, BPF_RB_AVAIL_DATA) > ((size + BPF_RINGBUF_HDR_SZ + 7) & ~7u))
-		return BPF_RB_NO_WAKEUP;
-	j = bpf_jiffies64();
-	if (j - s->woke < FT_RB_WAKE_GAP)
-		return BPF_RB_NO_WAKEUP;
-	s->woke = j;
+	if (!ft_jiffies_enabled) {
+		if (s->seq & 255)
+			return BPF_RB_NO_WAKEUP;
+	} else {
+		j = bpf_jiffies64();
+		if (j - s->woke < FT_RB_WAKE_GAP &&
+		    (j == s->woke ||
+		     bpf_ringbuf_query(&ft_events, BPF_RB_AVAIL_DATA) < ft_rb_wake_backlog))
+			return BPF_RB_NO_WAKEUP;
+		s->woke = j;
+	}
+	s->wakes += 1;
 	return BPF_RB_FORCE_WAKEUP;
 }
 

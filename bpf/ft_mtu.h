@@ -169,7 +169,7 @@ static __noinline void ft_mtu_check(struct __sk_buff *skb, const struct ft_tuple
 	e->pkt_len = ft_wire_len(skb, m); /* a GSO packet's segment size */
 	e->mtu = mtu;
 	e->egress_ifindex = egress;
-	bpf_ringbuf_submit(e, ft_rb_flags(sizeof(*e)));
+	bpf_ringbuf_submit(e, ft_rb_flags());
 	ft_stat_inc(FT_STAT_MTU_EVENTS);
 }
 
@@ -212,7 +212,7 @@ static __noinline void ft_icmp_pmtu(struct __sk_buff *skb, const struct ft_tuple
 	e->emb_ip_version = et.ip_version;
 	e->pkt_len = em.l3_len;
 	e->mtu = mtu;
-	bpf_ringbuf_submit(e, ft_rb_flags(sizeof(*e)));
+	bpf_ringbuf_submit(e, ft_rb_flags());
 	ft_stat_inc(FT_STAT_ICMP_EVENTS);
 }
 

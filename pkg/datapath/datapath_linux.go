@@ -132,11 +132,12 @@ const (
 	foldReportEvery    = 40 * time.Millisecond
 	defaultFoldEntries = 16384
 
-	// readPoll bounds how long an event can sit in the ring unannounced:
-	// the BPF side wakes the reader every 256th event and, where jiffies
-	// are readable (5.5+), for a lone event (ft_rb_flags), at most every
-	// few ms per CPU; readPollLone is the poll with that wake-up, readPoll
-	// without it.
+	// readPoll bounds how long an event can sit in the ring unannounced.
+	// Where jiffies are readable (5.5+) the BPF side wakes the reader for
+	// the first event after a few quiet ms per CPU, then at most every few
+	// ms, or at once for a backlog (ft_rb_flags); readPollLone is the poll
+	// with that wake-up. Without jiffies it wakes every 256th event, and
+	// readPoll is the poll.
 	readPoll     = 25 * time.Millisecond
 	readPollLone = 100 * time.Millisecond
 	// clockResync re-measures the boot-time to wall-time offset, which moves
@@ -316,6 +317,7 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 		"ft_reason_consumed":         consumed,
 		"ft_mtu_min_len":             uint32(cfg.MTUCheckMinLen),
 		"ft_drop_fold_window_ns":     uint64(max(cfg.DropFoldWindow.Nanoseconds(), 0)),
+		"ft_rb_wake_backlog":         uint32(cfg.RingBufferBytes / 8),
 		"ft_fc_hold_ns":              uint64(min(cmp.Or(cfg.fcHold, fcHoldMax), cfg.FlowReportInterval/4).Nanoseconds()),
 	}
 	for name, v := range consts {

@@ -41,7 +41,7 @@ func load(t *testing.T, cfg Config) *Datapath {
 }
 
 // drain reads every record already in the ring buffer without waiting for
-// a wakeup (the BPF side only wakes every 256th event).
+// a wakeup (the BPF side wakes the reader at most every few ms per CPU).
 func drain(t *testing.T, d *Datapath) []decode.Event {
 	t.Helper()
 	var out []decode.Event
@@ -407,7 +407,7 @@ func testLoneEvent(t *testing.T, d *Datapath) {
 		lat := time.Since(start)
 		// readPoll is 25ms; the bound leaves room for emulated (qemu TCG)
 		// kernels in the matrix (~265ms seen on 5.10), and still fails an
-		// event stuck until the 256th wakeup.
+		// event that waits for more events to wake the reader.
 		if lat > time.Second {
 			t.Errorf("lone event took %v", lat)
 		}

@@ -182,9 +182,10 @@ type ftFtMtuEvent struct {
 }
 
 type ftFtRbState struct {
-	_    structs.HostLayout
-	Seq  uint64
-	Woke uint64
+	_     structs.HostLayout
+	Seq   uint64
+	Woke  uint64
+	Wakes uint64
 }
 
 type ftFtScratch struct {
@@ -314,6 +315,7 @@ const (
 	ftVarFtKctxEnabled          = "ft_kctx_enabled"
 	ftVarFtKreadEnabled         = "ft_kread_enabled"
 	ftVarFtMtuMinLen            = "ft_mtu_min_len"
+	ftVarFtRbWakeBacklog        = "ft_rb_wake_backlog"
 	ftVarFtReasonConsumed       = "ft_reason_consumed"
 	ftVarFtReasonNotDropped     = "ft_reason_not_dropped"
 	ftVarFtScopeAllNetns        = "ft_scope_all_netns"
@@ -416,6 +418,7 @@ type ftVariableSpecs struct {
 	FtKctxEnabled          *ebpf.VariableSpec `ebpf:"ft_kctx_enabled"`
 	FtKreadEnabled         *ebpf.VariableSpec `ebpf:"ft_kread_enabled"`
 	FtMtuMinLen            *ebpf.VariableSpec `ebpf:"ft_mtu_min_len"`
+	FtRbWakeBacklog        *ebpf.VariableSpec `ebpf:"ft_rb_wake_backlog"`
 	FtReasonConsumed       *ebpf.VariableSpec `ebpf:"ft_reason_consumed"`
 	FtReasonNotDropped     *ebpf.VariableSpec `ebpf:"ft_reason_not_dropped"`
 	FtScopeAllNetns        *ebpf.VariableSpec `ebpf:"ft_scope_all_netns"`
@@ -498,6 +501,7 @@ type ftVariables struct {
 	FtKctxEnabled          *ebpf.Variable `ebpf:"ft_kctx_enabled"`
 	FtKreadEnabled         *ebpf.Variable `ebpf:"ft_kread_enabled"`
 	FtMtuMinLen            *ebpf.Variable `ebpf:"ft_mtu_min_len"`
+	FtRbWakeBacklog        *ebpf.Variable `ebpf:"ft_rb_wake_backlog"`
 	FtReasonConsumed       *ebpf.Variable `ebpf:"ft_reason_consumed"`
 	FtReasonNotDropped     *ebpf.Variable `ebpf:"ft_reason_not_dropped"`
 	FtScopeAllNetns        *ebpf.Variable `ebpf:"ft_scope_all_netns"`
