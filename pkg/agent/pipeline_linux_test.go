@@ -68,6 +68,47 @@ func TestEventQueue(t *testing.T) {
 	}
 }
 
+// TestEventQueueBurstReusesBatches: a burst of thousands of records (what
+// one wake-up of the reader brings under connection churn) travels in the
+// same few batches, which the consumer hands back, with one P as the agent
+// is deployed: no batch is allocated per burst.
+func TestEventQueueBurstReusesBatches(t *testing.T) {
+	var lost atomic.Uint64
+	q := newEventQueue(1024*batchSize, &lost)
+	var got atomic.Uint64
+	done := make(chan struct{})
+	go func() { // enrichLoop's part
+		for {
+			select {
+			case b := <-q.ch:
+				got.Add(uint64(b.n))
+				q.recycle(b)
+			case <-done:
+				return
+			}
+		}
+	}()
+	defer close(done)
+	rec := make([]byte, decode.FlowSize)
+	const burst = 100 * batchSize
+	// AllocsPerRun runs with GOMAXPROCS 1, once more than asked.
+	allocs := testing.AllocsPerRun(10, func() {
+		for range burst {
+			q.offerRecord(rec)
+		}
+		q.flush()
+	})
+	for deadline := time.Now().Add(5 * time.Second); got.Load() < 11*burst && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if n := got.Load(); n != 11*burst || lost.Load() != 0 {
+		t.Fatalf("%d records arrived and %d were lost, want %d and 0", n, lost.Load(), 11*burst)
+	}
+	if allocs > 1 {
+		t.Errorf("%v allocations per burst of %d records, want at most 1", allocs, burst)
+	}
+}
+
 // TestEventQueueRecords: ring buffer records travel as copies of their
 // bytes, in order with the decoded events table walks offer between them
 // (a batch holds one kind), and a full queue of them costs a fraction of
