@@ -456,7 +456,7 @@ func (d *Datapath) loadCore(coreSpec, dropSpec *ebpf.CollectionSpec, caps kernel
 	for _, p := range optionalPaths {
 		on[p.variable] = caps[p.variable] && !p.denied(d.cfg)
 	}
-	var firstErr, lastErr error
+	var firstRaw, firstErr, lastErr error
 	for off := 0; off <= len(optionalPaths); off++ {
 		if off > 0 {
 			v := optionalPaths[off-1].variable
@@ -494,15 +494,18 @@ func (d *Datapath) loadCore(coreSpec, dropSpec *ebpf.CollectionSpec, caps kernel
 			}
 			d.loadRefusal = firstErr
 			if firstErr != nil {
+				// The verifier's whole log (~300 KB on 5.10) only at debug:
+				// at warn it was one such line per agent start.
 				d.log.Warn("optional datapath features refused by this kernel",
-					"error", firstErr, "ct_lookup", d.features.ConntrackLookup,
+					"error", verifierTail(firstRaw), "ct_lookup", d.features.ConntrackLookup,
 					"ct_nfct", d.features.ConntrackNfct, "skb_access", d.features.SkbAccess,
 					"mtu_check", d.features.MTUCheck)
+				d.log.Debug("the refused load's verifier log", "error", firstErr)
 			}
 			return nil
 		}
 		if firstErr == nil {
-			firstErr = verifierDetail(err)
+			firstRaw, firstErr = err, verifierDetail(err)
 		}
 		if !isRefusal(err) {
 			return fmt.Errorf("load bpf objects: %w", verifierDetail(err))
@@ -527,6 +530,16 @@ func boolByte(b bool) uint8 {
 		return 1
 	}
 	return 0
+}
+
+// verifierTail is err with only the end of a verifier log: the lines that
+// say why the load was refused, without the program listing before them.
+func verifierTail(err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("%-4v", ve)
+	}
+	return err
 }
 
 func verifierDetail(err error) error {
