@@ -243,6 +243,11 @@ type Datapath struct {
 	// ringMu keeps Run's look at the ring's positions (available) apart
 	// from Close unmapping the ring.
 	ringMu sync.RWMutex
+	// runMu is held by Run for as long as it runs: Close closes the reader
+	// (which makes Run return), then takes runMu before it closes the maps
+	// that Run's table walks use. Closing them under a walk raced on their
+	// file descriptors (the race detector caught a fold walk mid-batch).
+	runMu sync.Mutex
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -795,6 +800,11 @@ func (d *Datapath) DecodeRecord(rec []byte, ev *decode.Event) bool {
 // keeping, with the records handed on undecoded. Record and Event must be
 // set.
 func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
+	d.runMu.Lock()
+	defer d.runMu.Unlock()
+	if d.closed.Load() {
+		return nil
+	}
 	fn, flush := sink.Event, sink.Flush
 	// Closing the reader is the only way to interrupt a blocked read early;
 	// the poll deadline bounds the wait anyway.
@@ -1313,6 +1323,8 @@ func u64At(v []byte, off int) uint64 {
 }
 
 // Close detaches the drop hook and releases the reader, programs and maps.
+// A running Run returns, and Close waits for it: Run's callbacks must not
+// wait for Close.
 func (d *Datapath) Close() error {
 	d.closeOnce.Do(func() {
 		d.closed.Store(true)
@@ -1328,10 +1340,14 @@ func (d *Datapath) Close() error {
 			errs = append(errs, d.rd.Close())
 			d.ringMu.Unlock()
 		}
+		// Run returns once its reader is closed; a table walk it is in
+		// finishes first.
+		d.runMu.Lock()
 		if d.dropColl != nil {
 			d.dropColl.Close()
 		}
 		errs = append(errs, d.objs.Close())
+		d.runMu.Unlock()
 		d.closeErr = errors.Join(errs...)
 	})
 	return d.closeErr

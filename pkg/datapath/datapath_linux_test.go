@@ -729,3 +729,52 @@ func countMod(n, r int) int {
 	}
 	return c
 }
+
+// TestCloseWaitsForRun: Close returns only after a running Run has, so
+// Run's table walks never use a map Close has closed (the race detector
+// once caught a fold walk reading a map's descriptor while Close closed it).
+func TestCloseWaitsForRun(t *testing.T) {
+	d := load(t, Config{})
+	inFn, release := make(chan struct{}), make(chan struct{})
+	runDone := make(chan error, 1)
+	go func() {
+		var once bool
+		runDone <- d.Run(context.Background(), func(*decode.Event) {
+			if !once {
+				once = true
+				close(inFn)
+				<-release // Run is busy (as in a walk) while Close is called
+			}
+		})
+	}()
+	run(t, d.Ingress(), tcpFrame(53000, decode.TCPSyn, 0))
+	select {
+	case <-inFn:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not deliver the event")
+	}
+	closeDone := make(chan error, 1)
+	go func() { closeDone <- d.Close() }()
+	select {
+	case err := <-closeDone:
+		t.Fatalf("Close returned (%v) while Run was still busy", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case err := <-runDone:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after Close")
+	}
+	select {
+	case err := <-closeDone:
+		if err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return after Run")
+	}
+}
