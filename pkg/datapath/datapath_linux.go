@@ -539,18 +539,17 @@ func boolByte(b bool) uint8 {
 
 // verifierTail is err with only the end of a verifier log: the lines that
 // say why the load was refused, without the program listing before them.
-func verifierTail(err error) error {
-	var ve *ebpf.VerifierError
-	if errors.As(err, &ve) {
-		return fmt.Errorf("%-4v", ve)
-	}
-	return err
-}
+func verifierTail(err error) error { return verifierLog(err, "%-4v") }
 
-func verifierDetail(err error) error {
+// verifierDetail is err with the verifier's whole log.
+func verifierDetail(err error) error { return verifierLog(err, "%+v") }
+
+// verifierLog formats the verifier error in err with format (cilium/ebpf's
+// VerifierError verbs); any other error is returned as it is.
+func verifierLog(err error, format string) error {
 	var ve *ebpf.VerifierError
 	if errors.As(err, &ve) {
-		return fmt.Errorf("%+v", ve)
+		return fmt.Errorf(format, ve)
 	}
 	return err
 }

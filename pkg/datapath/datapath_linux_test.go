@@ -424,15 +424,22 @@ func testLoneEvent(t *testing.T, d *Datapath) {
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run: %v", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Run did not return after Close")
-	}
+	waitErr(t, done, 2*time.Second, "Run, after Close")
 	cancel()
+}
+
+// waitErr fails the test unless ch delivers a nil error within d; what
+// names the call whose result ch carries.
+func waitErr(t *testing.T, ch <-chan error, d time.Duration, what string) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	case <-time.After(d):
+		t.Fatalf("%s did not return within %v", what, d)
+	}
 }
 
 func TestLostCounter(t *testing.T) {
@@ -761,20 +768,6 @@ func TestCloseWaitsForRun(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 	close(release)
-	select {
-	case err := <-runDone:
-		if err != nil {
-			t.Fatalf("Run: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return after Close")
-	}
-	select {
-	case err := <-closeDone:
-		if err != nil {
-			t.Fatalf("Close: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close did not return after Run")
-	}
+	waitErr(t, runDone, 5*time.Second, "Run, after Close")
+	waitErr(t, closeDone, 5*time.Second, "Close, after Run")
 }
