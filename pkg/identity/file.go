@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -30,12 +31,21 @@ type File struct {
 	interval time.Duration
 	log      *slog.Logger
 
-	mu     sync.RWMutex
-	pods   map[netip.Addr]*Pod
-	svcs   map[netip.Addr]*Service
+	// maps is what lookups read: replaced whole on reload, never
+	// modified, so a lookup is one atomic load and a map access. With the
+	// RWMutex (two atomic read-modify-writes per lookup, four lookups per
+	// event) lookups were ~6% of the agent's CPU under connection churn.
+	maps atomic.Pointer[fileMaps]
+
+	mu     sync.RWMutex // the rest
 	synced bool
 	detail string
 	stamp  fileStamp
+}
+
+type fileMaps struct {
+	pods map[netip.Addr]*Pod
+	svcs map[netip.Addr]*Service
 }
 
 type fileStamp struct {
@@ -75,17 +85,21 @@ func (f *File) Synced() (bool, string) {
 
 // PodByIP implements Getter.
 func (f *File) PodByIP(ip netip.Addr) (*Pod, bool) {
-	f.mu.RLock()
-	p, ok := f.pods[ip.Unmap()]
-	f.mu.RUnlock()
+	m := f.maps.Load()
+	if m == nil {
+		return nil, false
+	}
+	p, ok := m.pods[ip.Unmap()]
 	return p, ok
 }
 
 // ServiceByIP implements Getter.
 func (f *File) ServiceByIP(ip netip.Addr) (*Service, bool) {
-	f.mu.RLock()
-	s, ok := f.svcs[ip.Unmap()]
-	f.mu.RUnlock()
+	m := f.maps.Load()
+	if m == nil {
+		return nil, false
+	}
+	s, ok := m.svcs[ip.Unmap()]
 	return s, ok
 }
 
@@ -147,7 +161,8 @@ func (f *File) reload() (bool, error) {
 		return false, err
 	}
 	f.mu.Lock()
-	f.pods, f.svcs, f.stamp, f.synced = pods, svcs, stamp, true
+	f.maps.Store(&fileMaps{pods: pods, svcs: svcs})
+	f.stamp, f.synced = stamp, true
 	f.detail = fmt.Sprintf("%d pods, %d services", countPods(pods), len(svcs))
 	f.mu.Unlock()
 	return true, nil

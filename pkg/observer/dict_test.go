@@ -169,3 +169,29 @@ func TestDictDropFields(t *testing.T) {
 		t.Errorf("%d bytes a record for %d-byte flows", per, raw/64)
 	}
 }
+
+// TestDictLastIDReuse: the per-field memo of the last id never answers
+// for a value it no longer holds: once a value's last user leaves, its id
+// may be reused for another value, and the first value comes back with an
+// id of its own that decodes to it.
+func TestDictLastIDReuse(t *testing.T) {
+	d := newDict()
+	a, b := []byte("endpoint-a-0123456789"), []byte("endpoint-b-0123456789")
+	ida := d.ref(0, a)
+	if again := d.ref(0, a); again != ida || d.vals[ida].refs != 2 {
+		t.Fatalf("second ref of the same value: id %d refs %d, want id %d refs 2", again, d.vals[ida].refs, ida)
+	}
+	d.unref(ida)
+	d.unref(ida) // a leaves; its id is free, and still field 0's memo
+	idb := d.ref(1, b)
+	if idb != ida {
+		t.Fatalf("freed id %d not reused (got %d): the test no longer covers reuse", ida, idb)
+	}
+	ida2 := d.ref(0, a) // field 0's memo points at b's value now
+	if ida2 == idb || d.vals[ida2].data != string(a) || d.vals[idb].data != string(b) {
+		t.Fatalf("a came back as id %d (%q), b is id %d (%q)", ida2, d.vals[ida2].data, idb, d.vals[idb].data)
+	}
+	if d.vals[idb].refs != 1 || d.vals[ida2].refs != 1 {
+		t.Errorf("refs: b %d, a %d, want 1 each", d.vals[idb].refs, d.vals[ida2].refs)
+	}
+}
