@@ -11,7 +11,7 @@
 #ifndef FT_EVENT_H
 #define FT_EVENT_H
 
-#define FT_EVENT_VERSION 2
+#define FT_EVENT_VERSION 3
 
 enum ft_event_type {
 	FT_EV_FLOW = 1,
@@ -46,7 +46,7 @@ enum ft_flow_reason {
 	FT_REASON_TCP_FLAGS = 2,
 	FT_REASON_PERIODIC = 3,
 	FT_REASON_IDLE_FLUSH = 4, /* produced by the Go side only */
-	FT_REASON_CLOSED = 5,     /* TCP: the final ACK after both FINs; the entry ends */
+	FT_REASON_CLOSED = 5,     /* TCP: the final ACK after both FINs; the entries end */
 };
 
 /* Outcome of ft_parse. Only FT_PARSE_OK tuples are trustworthy. */
@@ -120,7 +120,15 @@ struct ft_encap {
 	__u8 _pad;
 };
 
-/* 176 bytes. For VXLAN the tuple is the inner one and encap the outer. */
+/*
+ * 192 bytes. For VXLAN the tuple is the inner one and encap the outer.
+ *
+ * A TCP connection's closing report (RST, or CLOSED: the final ACK after
+ * both FINs) ends both of its entries at the hook and carries, as rev_*,
+ * what the other direction's entry held unreported: its FIN, the last
+ * ACKs. A FIN is not reported on its own; it comes with the close (or a
+ * periodic or idle report when the connection stays half-closed).
+ */
 struct ft_flow_event {
 	struct ft_event_hdr hdr;
 	struct ft_tuple tuple; /* tcp_flags: OR of the flags since the last report */
@@ -131,9 +139,12 @@ struct ft_flow_event {
 	__u32 pkt_len; /* length of the packet that triggered the report */
 	__u8 dir;      /* enum ft_direction */
 	__u8 reason;   /* enum ft_flow_reason */
-	__u8 _pad[2];
+	__u8 rev_tcp_flags; /* the other direction's, see above */
+	__u8 _pad;
 	struct ft_ct ct;       /* 96 */
 	struct ft_encap encap; /* 136 */
+	__u64 rev_packets;     /* 176: the other direction's, see above */
+	__u64 rev_bytes;
 };
 
 /* 152 bytes. */
@@ -211,7 +222,7 @@ enum ft_stat {
 	FT_STAT_FC_HITS,      /* counted in ft_scratch.fc_hits (ft_flow.h) */
 	FT_STAT_FC_ORPHANED,  /* packets a flow-cache slot held for an entry that was gone */
 	FT_STAT_DROP_MEMO_HITS, /* counted in ft_drop_hdrs.memo_hits (ft_drop.h) */
-	FT_STAT_FLOWS_CLOSED,   /* flow entries deleted with their TCP connection (ft_flow_close) */
+	FT_STAT_FLOWS_CLOSED,   /* flow entries deleted with their TCP connection (ft_flow_end) */
 	FT_STAT_DROPS_PARSED_FAST, /* counted in ft_drop_hdrs.parsed_fast (ft_drop.h) */
 	FT_STAT_MAX,
 };
@@ -243,8 +254,8 @@ struct ft_flow_val {
 	__u16 vlan;
 	/*
 	 * TCP: this direction sent its FIN (1); both did, and its next packet
-	 * (the final ACK) is reported CLOSED and ends it (2); reported (3).
-	 * See ft_flow_close.
+	 * (the final ACK) is reported CLOSED and ends the connection (2); its
+	 * close was reported (3). See ft_flow_closing.
 	 */
 	__u32 fin;
 	__u64 mtu_report_ns;  /* last MTU_EXCEEDED of this entry (rate limit) */
@@ -252,7 +263,7 @@ struct ft_flow_val {
 	__u32 egress_mtu;     /* MTU of the FIB's egress device, 0 = unknown */
 	/*
 	 * Flow-cache slots (any CPU) that took this entry and may hold counts
-	 * for it; ft_flow_close keeps an entry while any does.
+	 * for it; ft_flow_end keeps an entry while any does.
 	 */
 	__u32 slots;
 	struct ft_ct ct;       /* last conntrack view, for the idle flush */

@@ -64,6 +64,11 @@ struct ft_scratch {
 	__u32 take_flags;
 	/* They come from a slot that held k's entry: one holder less (set per packet by ft_tc). */
 	__u32 take_slot;
+	/* A closing report's counts of the other direction (ft_flow_event rev_*). */
+	__u64 rev_packets;
+	__u64 rev_bytes;
+	__u32 rev_flags;
+	__u32 closing; /* ft_flow_closing's answer for the packet (FT_CLOSE_*) */
 	struct ft_tuple t; /* the packet being handled */
 	struct ft_pmeta m;
 	struct ft_encap enc;
@@ -73,7 +78,7 @@ struct ft_scratch {
 	struct ft_ct_tuple xlat;
 	struct ft_fc_slot fc[FT_FC_SLOTS];
 	/* Last, so the hot members above keep their cache lines. */
-	struct ft_flow_key rk; /* k's other direction (ft_flow_close) */
+	struct ft_flow_key rk; /* k's other direction (ft_flow_rev) */
 };
 
 /* ft_flow_key_of and ft_tuple_copy read t in 8-byte words. */
@@ -117,7 +122,9 @@ static __always_inline void ft_tuple_copy(struct ft_tuple *dst, const struct ft_
 			 sizeof(*t));
 }
 
-static __always_inline void ft_emit_flow(const struct ft_tuple *t, const struct ft_flow_key *k,
+/* sc: its rev_* (zero unless a closing report took the other direction's). */
+static __always_inline void ft_emit_flow(const struct ft_scratch *sc, const struct ft_tuple *t,
+					 const struct ft_flow_key *k,
 					 const struct ft_ct *ct, const struct ft_encap *enc,
 					 __u32 netns, __u32 pkt_len, __u8 reason,
 					 __u64 packets, __u64 bytes, __u8 flags)
@@ -136,10 +143,12 @@ static __always_inline void ft_emit_flow(const struct ft_tuple *t, const struct 
 	e->pkt_len = pkt_len;
 	e->dir = k->dir;
 	e->reason = reason;
-	e->_pad[0] = 0;
-	e->_pad[1] = 0;
+	e->rev_tcp_flags = (__u8)sc->rev_flags;
+	e->_pad = 0;
 	e->ct = *ct;
 	e->encap = *enc;
+	e->rev_packets = sc->rev_packets;
+	e->rev_bytes = sc->rev_bytes;
 	bpf_ringbuf_submit(e, ft_rb_flags());
 	ft_stat_inc(FT_STAT_FLOW_EVENTS);
 }
@@ -234,32 +243,41 @@ static __always_inline void ft_flow_key_of(struct ft_flow_key *k, const struct f
  * A TCP connection's flow entries end with it. Under connection churn the
  * table filled with the entries of closed connections, and every new entry
  * made the kernel's LRU evict one: ~30% of tc's cost per run, and a live
- * flow idle for a moment lost its unreported counts with no trace. So
- * once a closing packet's report has taken the entry's counts:
- *  - RST: the entry goes, and so does the other direction's entry at the
- *    same hook when it holds no unreported counts, in itself or a slot
- *    (else the idle walk reports them before it goes);
- *  - FIN: the entry remembers it (fin 1); the second direction's FIN
- *    deletes its own entry and marks the first's (fin 2), whose next
- *    packet, the final ACK, is reported (CLOSED) and deletes it.
+ * flow idle for a moment lost its unreported counts with no trace.
+ *
+ * Each hook has an entry per direction (a pod's veth sees both), and a
+ * connection's close is reported once per hook, by the packet that ends
+ * it, with what the other direction's entry held unreported (rev_* in
+ * ft_flow_event); both entries then go:
+ *  - RST ends it at once;
+ *  - a FIN is remembered, not reported (fin 1): the second direction's
+ *    FIN marks the first's entry (fin 2), whose next packet, the final
+ *    ACK, ends it (CLOSED), carrying the second FIN.
+ * Reported on their own, the FINs were a quarter of the events of a short
+ * connection (SYN, SYN-ACK, FIN, RST at each of two veths under churn),
+ * and every event costs the ring buffer and the agent: the close report
+ * says what they said. A half-closed connection's FIN comes with its
+ * periodic or idle report.
+ *
  * An entry a flow-cache slot holds (v->slots: another CPU counted its
- * packets lately; this CPU's slot gave its counts to this packet) stays:
- * its counts come back with the slot and the idle walk reports them. A
- * straggler after the delete (a retransmitted FIN, a late segment) makes
- * a new entry and a NEW report: visible, never lost. v is k's entry;
- * returns 1 when it was deleted.
+ * packets lately) stays: its counts come back with the slot and the idle
+ * walk reports them (fin 3: its close was reported). A straggler after
+ * the delete (a retransmitted FIN, a late segment) makes a new entry and
+ * a NEW report: visible, never lost.
  */
-static __always_inline int ft_flow_close(struct ft_scratch *sc, const struct ft_flow_key *k,
-					 struct ft_flow_val *v, __u8 tcp_flags)
+
+/* What a TCP packet's flags do to its connection at this hook. */
+enum ft_close {
+	FT_CLOSE_NONE = 0,
+	FT_CLOSE_END = 1, /* report now with the other direction, end both */
+};
+
+/* k's other direction at the same hook (into sc->rk), or NULL. */
+static __always_inline struct ft_flow_val *ft_flow_rev(struct ft_scratch *sc,
+						       const struct ft_flow_key *k)
 {
 	struct ft_flow_key *rk = &sc->rk;
-	struct ft_flow_val *rv;
 
-	if (k->proto != FT_IPPROTO_TCP)
-		return 0;
-	if (!(tcp_flags & (FT_TCP_FIN | FT_TCP_RST)))
-		goto closed; /* the final ACK (v->fin == 2), or nothing to do */
-	/* Same device, the other way: a pod's veth sees both directions. */
 	__builtin_memcpy(rk->saddr, k->daddr, 16);
 	__builtin_memcpy(rk->daddr, k->saddr, 16);
 	rk->sport = k->dport;
@@ -270,24 +288,83 @@ static __always_inline int ft_flow_close(struct ft_scratch *sc, const struct ft_
 	rk->_pad = 0;
 	rk->ifindex = k->ifindex;
 	rk->vni = k->vni;
-	rv = bpf_map_lookup_elem(&ft_flows, rk);
-	if (tcp_flags & FT_TCP_RST) {
-		if (rv && !rv->packets && !rv->slots && !bpf_map_delete_elem(&ft_flows, rk))
-			ft_stat_inc(FT_STAT_FLOWS_CLOSED);
-	} else if (rv && rv->fin) {
-		rv->fin = 2;
-	} else {
+	return bpf_map_lookup_elem(&ft_flows, rk);
+}
+
+/*
+ * Whether this packet ends the connection at this hook; a FIN updates the
+ * FIN states (v: k's entry, with the packet counted).
+ */
+static __always_inline int ft_flow_closing(struct ft_scratch *sc, const struct ft_flow_key *k,
+					   struct ft_flow_val *v, __u8 tcp_flags)
+{
+	struct ft_flow_val *rv;
+
+	if (k->proto != FT_IPPROTO_TCP)
+		return FT_CLOSE_NONE;
+	if (tcp_flags & FT_TCP_RST)
+		return FT_CLOSE_END;
+	if (tcp_flags & FT_TCP_SYN)
+		return FT_CLOSE_NONE;
+	if (tcp_flags & FT_TCP_FIN) {
+		if (v->fin)
+			return FT_CLOSE_NONE; /* retransmitted, or after the close */
 		v->fin = 1;
+		rv = ft_flow_rev(sc, k);
+		if (rv && rv->fin == 1)
+			rv->fin = 2; /* the second FIN: the first closer's final ACK ends it */
+		return FT_CLOSE_NONE;
+	}
+	return v->fin == 2 ? FT_CLOSE_END : FT_CLOSE_NONE;
+}
+
+/*
+ * Takes what the other direction's entry (sc->rk) holds unreported into
+ * sc->rev_*, the way ft_flow_account takes an entry's own counts (read,
+ * then subtract what was read). Returns the entry, or NULL.
+ */
+static __always_inline struct ft_flow_val *ft_flow_take_rev(struct ft_scratch *sc,
+							    const struct ft_flow_key *k)
+{
+	struct ft_flow_val *rv = ft_flow_rev(sc, k);
+	__u64 pk, by;
+	__u8 fl;
+
+	if (!rv)
+		return 0;
+	pk = rv->packets;
+	by = rv->bytes;
+	fl = (__u8)rv->tcp_flags;
+	if (!pk)
+		return rv;
+	__sync_fetch_and_add(&rv->packets, -pk);
+	__sync_fetch_and_add(&rv->bytes, -by);
+	if (fl)
+		__sync_fetch_and_add(&rv->tcp_flags, -(__u32)fl);
+	sc->rev_packets = pk;
+	sc->rev_bytes = by;
+	sc->rev_flags = fl;
+	return rv;
+}
+
+/*
+ * After a closing report: ends k's entry v and the other direction's rv
+ * (sc->rk; may be NULL), each unless a slot holds it or, for rv, counts
+ * came in since they were taken. Returns 1 when v was deleted.
+ */
+static __always_inline int ft_flow_end(struct ft_scratch *sc, const struct ft_flow_key *k,
+				       struct ft_flow_val *v, struct ft_flow_val *rv)
+{
+	if (rv) {
+		if (!rv->slots && !rv->packets && !bpf_map_delete_elem(&ft_flows, &sc->rk))
+			ft_stat_inc(FT_STAT_FLOWS_CLOSED);
+		else
+			rv->fin = 3;
+	}
+	if (v->slots) {
+		v->fin = 3;
 		return 0;
 	}
-closed:
-	if (!(tcp_flags & (FT_TCP_FIN | FT_TCP_RST))) {
-		if (v->fin != 2)
-			return 0;
-		v->fin = 3; /* reported CLOSED: once, even if a slot keeps it */
-	}
-	if (v->slots)
-		return 0;
 	if (!bpf_map_delete_elem(&ft_flows, k))
 		ft_stat_inc(FT_STAT_FLOWS_CLOSED);
 	return 1;
@@ -319,6 +396,9 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	sc->take_bytes = 0;
 	sc->take_flags = 0;
 	sc->created = 0;
+	sc->rev_packets = 0;
+	sc->rev_bytes = 0;
+	sc->rev_flags = 0;
 
 	v = bpf_map_lookup_elem(&ft_flows, k);
 	if (!v) {
@@ -335,12 +415,18 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 		if (!enc->ip_version)
 			ft_report_ct(skb, t, k, &nv->ct, netns);
 		if (bpf_map_update_elem(&ft_flows, k, nv, BPF_NOEXIST) == 0) {
-			/* Counts a slot held for an entry that was evicted meanwhile go with it. */
-			ft_emit_flow(t, k, &nv->ct, enc, netns, len, FT_REASON_NEW, 1 + tpk,
-				     len + tby, t->tcp_flags | (__u8)tfl);
+			struct ft_flow_val *rv = 0;
+
 			sc->created = 1;
 			v = bpf_map_lookup_elem(&ft_flows, k);
-			if (v && ft_flow_close(sc, k, v, t->tcp_flags))
+			/* A first packet here may end it too: a refused connection's RST. */
+			sc->closing = v ? ft_flow_closing(sc, k, v, t->tcp_flags) : FT_CLOSE_NONE;
+			if (sc->closing)
+				rv = ft_flow_take_rev(sc, k);
+			/* Counts a slot held for an entry that was evicted meanwhile go with it. */
+			ft_emit_flow(sc, t, k, &nv->ct, enc, netns, len, FT_REASON_NEW, 1 + tpk,
+				     len + tby, t->tcp_flags | (__u8)tfl);
+			if (v && sc->closing && ft_flow_end(sc, k, v, rv))
 				return 0;
 			return v;
 		}
@@ -370,10 +456,12 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 		__sync_fetch_and_add(&v->slots, -1);
 	v->last_seen_ns = now;
 
-	if (t->tcp_flags & (FT_TCP_SYN | FT_TCP_FIN | FT_TCP_RST))
+	/* In scratch: it must outlive ft_report_ct's frame, not widen this one. */
+	sc->closing = ft_flow_closing(sc, k, v, t->tcp_flags);
+	if (sc->closing)
+		reason = t->tcp_flags & FT_TCP_RST ? FT_REASON_TCP_FLAGS : FT_REASON_CLOSED;
+	else if (t->tcp_flags & FT_TCP_SYN)
 		reason = FT_REASON_TCP_FLAGS;
-	else if (v->fin == 2)
-		reason = FT_REASON_CLOSED;
 	else if (ft_since(now, v->last_report_ns) >= (__s64)ft_flow_report_interval_ns)
 		reason = FT_REASON_PERIODIC;
 	if (!reason)
@@ -405,9 +493,15 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 		v->ct = ct;
 	else
 		ct = v->ct;
-	ft_emit_flow(t, k, &ct, &v->encap, v->netns, len, reason, pk, by, fl);
-	if (ft_flow_close(sc, k, v, t->tcp_flags))
-		return 0;
+	if (sc->closing) {
+		struct ft_flow_val *rv = ft_flow_take_rev(sc, k);
+
+		ft_emit_flow(sc, t, k, &ct, &v->encap, v->netns, len, reason, pk, by, fl);
+		if (ft_flow_end(sc, k, v, rv))
+			return 0;
+		return v;
+	}
+	ft_emit_flow(sc, t, k, &ct, &v->encap, v->netns, len, reason, pk, by, fl);
 	return v;
 }
 
@@ -691,11 +785,12 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 		 * RST: connection churn) then never counts a packet in a slot,
 		 * where its closing report, run on another CPU, could not take
 		 * it: the count came later as an idle report of its own, one
-		 * event more per connection. Nor with a FIN or RST: its
-		 * direction is done, and a slot holding the entry would keep
-		 * ft_flow_close from deleting it.
+		 * event more per connection. Nor with a FIN or RST, nor once
+		 * a FIN was seen: the connection is ending, a slot holding
+		 * the entry would keep ft_flow_end from deleting it, and the
+		 * final ACK that ends it must reach the entry, not the slot.
 		 */
-		if (v && !sc->created && !(sc->t.tcp_flags & (FT_TCP_FIN | FT_TCP_RST)))
+		if (v && !sc->created && !(sc->t.tcp_flags & (FT_TCP_FIN | FT_TCP_RST)) && !v->fin)
 			ft_fc_fill(s, sc, v, now);
 		ft_barrier();
 		sc->fc_busy = 0;

@@ -140,7 +140,8 @@ func TestLabAgent(t *testing.T) {
 		}
 		t.Logf("client->server: %d events at both observation points, %d packets, %d bytes at the frontend veth ingress", len(fs), pkts, bytes)
 		// Two observation points (frontend veth ingress, backend veth egress),
-		// each: new, FIN, periodic reports (the test runs ~1s), idle flush.
+		// each: new, periodic reports (the test runs ~1s), then the close
+		// (CLOSED, with the server's FIN) or the idle flush.
 		if len(fs) > 16 {
 			t.Errorf("%d events for one direction of one connection, want a handful", len(fs))
 		}

@@ -264,7 +264,7 @@ func TestAggregation(t *testing.T) {
 	for i := 0; i < 998; i++ {
 		frames = append(frames, tcpFrame(50000, decode.TCPAck, i%100))
 	}
-	frames = append(frames, tcpFrame(50000, decode.TCPFin|decode.TCPAck, 0))
+	frames = append(frames, tcpFrame(50000, decode.TCPRst|decode.TCPAck, 0))
 	var total uint64
 	for _, f := range frames {
 		run(t, d.Ingress(), f)
@@ -272,13 +272,13 @@ func TestAggregation(t *testing.T) {
 	}
 	evs := drain(t, d)
 	if len(evs) != 2 {
-		t.Fatalf("got %d events for 1000 packets, want 2 (new, fin): %+v", len(evs), evs)
+		t.Fatalf("got %d events for 1000 packets, want 2 (new, rst): %+v", len(evs), evs)
 	}
 	if evs[0].FlowReason != decode.ReasonNew || evs[0].Packets != 1 || evs[0].TCPFlags != decode.TCPSyn {
 		t.Fatalf("first event: %+v", evs[0])
 	}
 	if evs[1].FlowReason != decode.ReasonTCPFlags || evs[1].Packets != 999 ||
-		evs[1].TCPFlags != decode.TCPFin|decode.TCPAck {
+		evs[1].TCPFlags != decode.TCPRst|decode.TCPAck {
 		t.Fatalf("second event: %+v", evs[1])
 	}
 	if got := evs[0].Bytes + evs[1].Bytes; got != total {
@@ -517,6 +517,9 @@ func TestABIMatchesGenerated(t *testing.T) {
 		{"flow pktlen", unsafe.Offsetof(f.PktLen), decode.OffFlowPktLen},
 		{"flow dir", unsafe.Offsetof(f.Dir), decode.OffFlowDir},
 		{"flow reason", unsafe.Offsetof(f.Reason), decode.OffFlowReason},
+		{"flow rev flags", unsafe.Offsetof(f.RevTcpFlags), decode.OffFlowRevTCPFlags},
+		{"flow rev packets", unsafe.Offsetof(f.RevPackets), decode.OffFlowRevPackets},
+		{"flow rev bytes", unsafe.Offsetof(f.RevBytes), decode.OffFlowRevBytes},
 		{"drop size", unsafe.Sizeof(dr), decode.DropSize},
 		{"drop tuple", unsafe.Offsetof(dr.Tuple), decode.OffDropTuple},
 		{"drop location", unsafe.Offsetof(dr.Location), decode.OffDropLocation},

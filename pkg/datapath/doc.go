@@ -24,5 +24,5 @@
 // that reads their headers directly (bpf/ft_flow.h ft_fc_fast). A TCP
 // connection's flow entries are deleted once its RST or second FIN is
 // reported, unless a cache slot still holds counts for one (Stats
-// "flows_closed"; ft_flow_close).
+// "flows_closed"; ft_flow_end).
 package datapath

@@ -31,7 +31,7 @@ func TestFlowCacheExact(t *testing.T) {
 		testutil.SkipOrFail(t, "needs two CPUs")
 	}
 	f := tcpFrame(52000, decode.TCPAck, 10)
-	fin := tcpFrame(52000, decode.TCPFin|decode.TCPAck, 0)
+	rst := tcpFrame(52000, decode.TCPRst|decode.TCPAck, 0)
 	var sent, sentBytes uint64
 	send := func(frame []byte, n int) {
 		for range n {
@@ -51,15 +51,15 @@ func TestFlowCacheExact(t *testing.T) {
 	}
 	pinCPU(t, cpus[1])
 	send(f, 30) // 1 into the entry, 29 in CPU B's slot
-	send(fin, 1)
+	send(rst, 1)
 
 	evs := drain(t, d)
 	if len(evs) != 2 || evs[0].FlowReason != decode.ReasonNew || evs[1].FlowReason != decode.ReasonTCPFlags {
 		t.Fatalf("events: %+v", evs)
 	}
-	// FIN's report: the entry's two packets, CPU B's slot and the FIN itself.
-	if evs[1].Packets != 32 || evs[1].TCPFlags != decode.TCPFin|decode.TCPAck {
-		t.Fatalf("FIN report: %d packets flags %#x, want 32 (CPU A's 48 are still in its slot)",
+	// RST's report: the entry's two packets, CPU B's slot and the RST itself.
+	if evs[1].Packets != 32 || evs[1].TCPFlags != decode.TCPRst|decode.TCPAck {
+		t.Fatalf("RST report: %d packets flags %#x, want 32 (CPU A's 48 are still in its slot)",
 			evs[1].Packets, evs[1].TCPFlags)
 	}
 	time.Sleep(interval + 20*time.Millisecond)

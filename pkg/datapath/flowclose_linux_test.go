@@ -29,13 +29,14 @@ func flowEntries(t *testing.T, d *Datapath) map[ftFtFlowKey]ftFtFlowVal {
 	return out
 }
 
-// TestFlowEntriesEndWithConnection: a TCP connection's flow entries are
-// deleted once its close has been reported (RST: both directions at the
-// hook, unless the other holds unreported counts; FIN: the direction that
-// closes second at its FIN, the other at its final ACK, reported CLOSED),
-// so closed connections neither fill the table nor make the LRU evict live
-// flows, and no count is lost on the way: the client leaves through
-// egress, the server's replies come in through ingress of the same device.
+// TestFlowEntriesEndWithConnection: a TCP connection's close is reported
+// once per hook, by the packet that ends it (RST, or the final ACK after
+// both FINs: CLOSED), with what the other direction held unreported (its
+// FIN, the last ACKs) as the report's rev counts; a FIN is not reported on
+// its own. Both entries are then deleted, so closed connections neither
+// fill the table nor make the LRU evict live flows, and no count is lost
+// on the way: the client leaves through egress, the server's replies come
+// in through ingress of the same device.
 func TestFlowEntriesEndWithConnection(t *testing.T) {
 	const interval = 200 * time.Millisecond
 	type pkt struct {
@@ -45,6 +46,8 @@ func TestFlowEntriesEndWithConnection(t *testing.T) {
 	}
 	syn, synAck := pkt{false, decode.TCPSyn, 0}, pkt{true, decode.TCPSyn | decode.TCPAck, 0}
 	ack := pkt{false, decode.TCPAck, 0}
+	finAck, replyFinAck := pkt{false, decode.TCPFin | decode.TCPAck, 0}, pkt{true, decode.TCPFin | decode.TCPAck, 0}
+	rst := pkt{false, decode.TCPRst | decode.TCPAck, 0}
 	for _, tc := range []struct {
 		name string
 		pkts []pkt
@@ -52,22 +55,30 @@ func TestFlowEntriesEndWithConnection(t *testing.T) {
 		// the last packet; closed: flows_closed's count.
 		left   []decode.Direction
 		closed uint64
+		// reports: events before the idle walk; rev: the last one's
+		// packets of the other direction, revFlags their TCP flags.
+		reports  int
+		rev      uint64
+		revFlags uint8
 		// idle: packets the idle walk reports afterwards (0: no report).
 		idle uint64
 		// last: the last report's reason.
 		last decode.FlowReason
 	}{
-		{"churn: connect, then RST", []pkt{syn, synAck, ack, {false, decode.TCPRst | decode.TCPAck, 0}}, nil, 2, 0,
-			decode.ReasonTCPFlags},
-		{"refused: the server's RST makes and ends its entry", []pkt{syn, {true, decode.TCPRst | decode.TCPAck, 0}}, nil, 2, 0,
+		{"connect, then RST", []pkt{syn, synAck, ack, rst}, nil, 2, 3, 0, 0, 0, decode.ReasonTCPFlags},
+		{"churn as the bench makes it: the server's FIN, then the client's RST",
+			[]pkt{syn, synAck, ack, replyFinAck, ack, rst}, nil, 2, 3, 1, decode.TCPFin | decode.TCPAck, 0, decode.ReasonTCPFlags},
+		{"refused: the server's RST makes and ends its entry", []pkt{syn, {true, decode.TCPRst | decode.TCPAck, 0}}, nil, 2, 2, 0, 0, 0,
 			decode.ReasonNew},
-		{"RST while the reply direction holds counts", []pkt{syn, synAck, ack, {true, decode.TCPAck, 100}, {false, decode.TCPRst, 0}},
-			[]decode.Direction{decode.DirIngress}, 1, 1, decode.ReasonIdleFlush},
-		{"FIN from both: the second closer's entry goes at its FIN, the first's at the final ACK",
-			[]pkt{syn, synAck, ack, {false, decode.TCPFin | decode.TCPAck, 0}, {true, decode.TCPFin | decode.TCPAck, 0}, ack},
-			nil, 2, 0, decode.ReasonClosed},
-		{"FIN from one side only", []pkt{syn, synAck, ack, {false, decode.TCPFin | decode.TCPAck, 0}, {true, decode.TCPAck, 10}},
-			[]decode.Direction{decode.DirEgress, decode.DirIngress}, 0, 1, decode.ReasonIdleFlush},
+		// The reply's second packet went into its entry, then took a flow-cache
+		// slot: the entry stays (fin 3) until the slot leaves it, empty.
+		{"RST while the reply direction holds counts: they come with it",
+			[]pkt{syn, synAck, ack, {true, decode.TCPAck, 100}, rst}, []decode.Direction{decode.DirIngress}, 1, 3, 1, decode.TCPAck, 0,
+			decode.ReasonTCPFlags},
+		{"FIN from both: the final ACK ends both entries, with the second FIN",
+			[]pkt{syn, synAck, ack, finAck, replyFinAck, ack}, nil, 2, 3, 1, decode.TCPFin | decode.TCPAck, 0, decode.ReasonClosed},
+		{"FIN from one side only: it comes with the idle walk's report", []pkt{syn, synAck, ack, finAck, {true, decode.TCPAck, 10}},
+			[]decode.Direction{decode.DirEgress, decode.DirIngress}, 0, 2, 0, 0, 3, decode.ReasonIdleFlush},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := load(t, Config{FlowReportInterval: interval})
@@ -98,6 +109,12 @@ func TestFlowEntriesEndWithConnection(t *testing.T) {
 			if n := stats(t, d)["flows_closed"]; n != tc.closed {
 				t.Errorf("flows_closed %d, want %d", n, tc.closed)
 			}
+			if len(evs) != tc.reports {
+				t.Errorf("%d reports, want %d: %+v", len(evs), tc.reports, evs)
+			} else if l := evs[len(evs)-1]; l.RevPackets != tc.rev || l.RevTCPFlags != tc.revFlags || (l.RevBytes == 0) != (tc.rev == 0) {
+				t.Errorf("last report's other direction: %d packets, %d bytes, flags %#x; want %d packets, flags %#x",
+					l.RevPackets, l.RevBytes, l.RevTCPFlags, tc.rev, tc.revFlags)
+			}
 			// Every packet is in exactly one report, now or from the idle walk.
 			time.Sleep(interval + 20*time.Millisecond)
 			var idle uint64
@@ -106,7 +123,7 @@ func TestFlowEntriesEndWithConnection(t *testing.T) {
 			}
 			var reported uint64
 			for _, ev := range evs {
-				reported += ev.Packets
+				reported += ev.Packets + ev.RevPackets
 			}
 			if reported != sent || idle != tc.idle {
 				t.Errorf("reported %d packets (%d by the idle walk), want %d (%d): %+v", reported, idle, sent, tc.idle, evs)
@@ -193,7 +210,7 @@ func TestConntrackLookupSkipped(t *testing.T) {
 		{"ingress RST", false, tcpFrame(52300, decode.TCPRst, 0), lookup},
 		{"ingress UDP", false, cat(eth(0x0800), ipv4(17, "10.1.0.1", "10.1.0.2", 0, nil, udp(5353, 53, make([]byte, 8)))), lookup},
 		{"egress pure SYN", true, tcpFrame(52301, decode.TCPSyn, 0), 0},
-		{"egress FIN, no conntrack mark", true, tcpFrame(52301, decode.TCPFin|decode.TCPAck, 0), egressLookup},
+		{"egress RST, no conntrack mark", true, tcpFrame(52301, decode.TCPRst|decode.TCPAck, 0), egressLookup},
 	} {
 		before := stats(t, d)["ct_lookups"]
 		p := d.Ingress()

@@ -116,19 +116,22 @@ type ftFtEventHdr struct {
 }
 
 type ftFtFlowEvent struct {
-	_       structs.HostLayout
-	Hdr     ftFtEventHdr
-	Tuple   ftFtTuple
-	Packets uint64
-	Bytes   uint64
-	Ifindex uint32
-	Netns   uint32
-	PktLen  uint32
-	Dir     uint8
-	Reason  uint8
-	Pad     [2]uint8
-	Ct      ftFtCt
-	Encap   ftFtEncap
+	_           structs.HostLayout
+	Hdr         ftFtEventHdr
+	Tuple       ftFtTuple
+	Packets     uint64
+	Bytes       uint64
+	Ifindex     uint32
+	Netns       uint32
+	PktLen      uint32
+	Dir         uint8
+	Reason      uint8
+	RevTcpFlags uint8
+	Pad         uint8
+	Ct          ftFtCt
+	Encap       ftFtEncap
+	RevPackets  uint64
+	RevBytes    uint64
 }
 
 type ftFtFlowKey struct {
@@ -204,6 +207,10 @@ type ftFtScratch struct {
 	TakeBytes   uint64
 	TakeFlags   uint32
 	TakeSlot    uint32
+	RevPackets  uint64
+	RevBytes    uint64
+	RevFlags    uint32
+	Closing     uint32
 	T           ftFtTuple
 	M           struct {
 		_         structs.HostLayout

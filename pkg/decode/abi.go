@@ -5,7 +5,7 @@ package decode
 // compares these numbers with the bpf2go-generated structs.
 const (
 	// Version is FT_EVENT_VERSION.
-	Version = 2
+	Version = 3
 
 	OffHdrType    = 0
 	OffHdrVersion = 1
@@ -30,17 +30,20 @@ const (
 	TupleSize         = 48
 
 	// Offsets inside struct ft_flow_event.
-	OffFlowTuple   = 16
-	OffFlowPackets = 64
-	OffFlowBytes   = 72
-	OffFlowIfindex = 80
-	OffFlowNetns   = 84
-	OffFlowPktLen  = 88
-	OffFlowDir     = 92
-	OffFlowReason  = 93
-	OffFlowCT      = 96
-	OffFlowEncap   = 136
-	FlowSize       = 176
+	OffFlowTuple       = 16
+	OffFlowPackets     = 64
+	OffFlowBytes       = 72
+	OffFlowIfindex     = 80
+	OffFlowNetns       = 84
+	OffFlowPktLen      = 88
+	OffFlowDir         = 92
+	OffFlowReason      = 93
+	OffFlowRevTCPFlags = 94
+	OffFlowCT          = 96
+	OffFlowEncap       = 136
+	OffFlowRevPackets  = 176
+	OffFlowRevBytes    = 184
+	FlowSize           = 192
 
 	// Offsets inside struct ft_drop_event.
 	OffDropTuple    = 16

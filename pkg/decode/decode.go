@@ -167,6 +167,11 @@ type Event struct {
 	// Flow events.
 	Packets, Bytes uint64
 	FlowReason     FlowReason
+	// A TCP connection's closing report (RST, CLOSED) also carries what the
+	// other direction's entry at the same hook held unreported (its FIN,
+	// the last ACKs): that entry ends with it.
+	RevPackets, RevBytes uint64
+	RevTCPFlags          uint8
 
 	// Drop events.
 	DropReason uint32
@@ -258,6 +263,9 @@ func Decode(b []byte, ev *Event) error {
 		ev.PktLen = le.Uint32(b[OffFlowPktLen:])
 		ev.Direction = Direction(b[OffFlowDir])
 		ev.FlowReason = FlowReason(b[OffFlowReason])
+		ev.RevTCPFlags = b[OffFlowRevTCPFlags]
+		ev.RevPackets = le.Uint64(b[OffFlowRevPackets:])
+		ev.RevBytes = le.Uint64(b[OffFlowRevBytes:])
 		decodeCT(b[OffFlowCT:OffFlowCT+CTSize], ev)
 		decodeEncap(b[OffFlowEncap:OffFlowEncap+EncapSize], ev)
 	case KindDrop:

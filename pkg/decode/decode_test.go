@@ -42,9 +42,9 @@ func putCTTuple(b []byte, ver uint8, src, dst netip.Addr, sport, dport uint16) {
 }
 
 func flowImage() []byte {
-	b := make([]byte, 176)
-	b[0], b[1] = 1, 2
-	binary.LittleEndian.PutUint16(b[2:], 176)
+	b := make([]byte, 192)
+	b[0], b[1] = 1, 3
+	binary.LittleEndian.PutUint16(b[2:], 192)
 	binary.LittleEndian.PutUint32(b[4:], 3)
 	binary.LittleEndian.PutUint64(b[8:], 123456789)
 	putTuple(b[16:64], 4, netip.MustParseAddr("10.1.2.3"), netip.MustParseAddr("10.4.5.6"),
@@ -54,7 +54,7 @@ func flowImage() []byte {
 	binary.LittleEndian.PutUint32(b[80:], 42)
 	binary.LittleEndian.PutUint32(b[84:], 4026531840)
 	binary.LittleEndian.PutUint32(b[88:], 74)
-	b[92], b[93] = 2, 2
+	b[92], b[93], b[94] = 2, 2, 0x11 // egress, TCP flags; the reverse's FIN,ACK
 	// ct at 96: DNAT'd connection seen in the reply direction.
 	putCTTuple(b[96:], 4, netip.MustParseAddr("10.4.5.6"), netip.MustParseAddr("10.96.0.10"), 443, 80)
 	b[132], b[133] = 0x01|0x02|0x04|0x10, 4
@@ -63,12 +63,14 @@ func flowImage() []byte {
 	binary.LittleEndian.PutUint32(b[168:], 42)
 	binary.LittleEndian.PutUint16(b[172:], 4789)
 	b[174] = 6
+	binary.LittleEndian.PutUint64(b[176:], 2)   // reverse packets
+	binary.LittleEndian.PutUint64(b[184:], 120) // reverse bytes
 	return b
 }
 
 func dropImage() []byte {
 	b := make([]byte, 152)
-	b[0], b[1] = 2, 2
+	b[0], b[1] = 2, 3
 	binary.LittleEndian.PutUint16(b[2:], 152)
 	binary.LittleEndian.PutUint32(b[4:], 1)
 	binary.LittleEndian.PutUint64(b[8:], 99)
@@ -90,7 +92,7 @@ func dropImage() []byte {
 
 func xlateImage() []byte {
 	b := make([]byte, 152)
-	b[0], b[1] = 3, 2
+	b[0], b[1] = 3, 3
 	binary.LittleEndian.PutUint16(b[2:], 152)
 	binary.LittleEndian.PutUint64(b[8:], 7)
 	putTuple(b[16:64], 6, netip.MustParseAddr("fd00:10::5"), netip.MustParseAddr("fd00:20::7"),
@@ -106,7 +108,7 @@ func xlateImage() []byte {
 
 func mtuImage() []byte {
 	b := make([]byte, 128)
-	b[0], b[1] = 4, 2
+	b[0], b[1] = 4, 3
 	binary.LittleEndian.PutUint16(b[2:], 128)
 	binary.LittleEndian.PutUint64(b[8:], 8)
 	putTuple(b[16:64], 4, netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.1.1"),
@@ -170,6 +172,7 @@ func TestDecodeFlow(t *testing.T) {
 		Src: netip.MustParseAddr("10.1.2.3"), Dst: netip.MustParseAddr("10.4.5.6"),
 		SrcPort: 40000, DstPort: 443, Proto: 6, TCPFlags: TCPSyn | TCPAck, VLAN: 7, PktLen: 74,
 		Packets: 10, Bytes: 1500, FlowReason: ReasonTCPFlags,
+		RevPackets: 2, RevBytes: 120, RevTCPFlags: TCPFin | TCPAck,
 		CT: Conntrack{Flags: CTKnown | CTReply | CTDNAT | CTViaNfct, IPVersion: 4,
 			OrigSrc: netip.MustParseAddr("10.4.5.6"), OrigDst: netip.MustParseAddr("10.96.0.10"), OrigSrcPort: 443, OrigDstPort: 80},
 		Encap: Encap{IPVersion: 6, Src: netip.MustParseAddr("fd00::1"), Dst: netip.MustParseAddr("fd00::2"), DstPort: 4789, VNI: 42},
@@ -230,9 +233,10 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty", nil, ErrShort},
 		{"header only", flowImage()[:15], ErrShort},
 		{"bad version", mut(func(b []byte) []byte { b[1] = 1; return b }), ErrVersion},
+		{"version 2 (no reverse counts)", mut(func(b []byte) []byte { b[1], b[2] = 2, 176; return b[:176] }), ErrVersion},
 		{"unknown kind", mut(func(b []byte) []byte { b[0] = 9; return b }), ErrKind},
 		{"kind zero", mut(func(b []byte) []byte { b[0] = 0; return b }), ErrKind},
-		{"truncated record", flowImage()[:175], ErrLength},
+		{"truncated record", flowImage()[:191], ErrLength},
 		{"v1 flow size", mut(func(b []byte) []byte { b[2] = 96; return b[:96] }), ErrLength},
 		{"len field too small", mut(func(b []byte) []byte { b[2] = 64; return b }), ErrLength},
 		{"drop len on flow", mut(func(b []byte) []byte { b[2] = 152; return b }), ErrLength},

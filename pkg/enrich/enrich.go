@@ -119,16 +119,18 @@ type flowBlock struct {
 	l4   flowtracev1.Layer4
 	// Both layer 4 blocks: a few unused bytes cost less than a second
 	// allocation per flow.
-	tcp  tcpBlock
-	udp  udpBlock
-	uuid [36]byte // backs flow.Uuid: written once, before the string is made
+	tcp      tcpBlock
+	udp      udpBlock
+	revFlags flowtracev1.TCPFlags // a closing report's reverse_tcp_flags
+	uuid     [36]byte             // backs flow.Uuid: written once, before the string is made
 	// summary backs flow.Summary when it fits (nearly always).
 	summary [summaryInline]byte
 }
 
-// summaryInline fits most summaries and keeps the block, with its 8-byte
-// malloc header, in the 768-byte size class.
-const summaryInline = 72
+// summaryInline fits most summaries (a closing report's, with the reverse
+// direction, ~100 bytes) and fills the block, with its 8-byte malloc
+// header, to the 896-byte size class.
+const summaryInline = 128
 
 // bytesString makes the summary appended into the flow's block (or, when it
 // outgrew the block, into a slice of its own) the flow's string without a
@@ -196,6 +198,11 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 	case decode.KindFlow:
 		f.Verdict = flowtracev1.Verdict_VERDICT_FORWARDED
 		f.Packets, f.Bytes = ev.Packets, ev.Bytes
+		if ev.RevPackets != 0 {
+			f.ReversePackets, f.ReverseBytes = ev.RevPackets, ev.RevBytes
+			setTCPFlags(&blk.revFlags, ev.RevTCPFlags)
+			f.ReverseTcpFlags = &blk.revFlags
+		}
 		f.Report = report(ev.FlowReason)
 		f.IsReply = ev.CT.Flags.Has(decode.CTKnown | decode.CTReply)
 		f.ObservationPoint, f.TrafficDirection = observation(ev.Direction)
@@ -605,6 +612,18 @@ func appendSummaryFlow(b []byte, ev *decode.Event) []byte {
 	b = append(b, " packets, "...)
 	b = strconv.AppendUint(b, ev.Bytes, 10)
 	b = append(b, " bytes"...)
+	if ev.RevPackets != 0 {
+		// A closing report: what the other direction said last.
+		b = append(b, "; reverse "...)
+		if ev.RevTCPFlags != 0 {
+			b = appendTCPFlagNames(b, ev.RevTCPFlags)
+			b = append(b, ", "...)
+		}
+		b = strconv.AppendUint(b, ev.RevPackets, 10)
+		b = append(b, " packets, "...)
+		b = strconv.AppendUint(b, ev.RevBytes, 10)
+		b = append(b, " bytes"...)
+	}
 	return b
 }
 

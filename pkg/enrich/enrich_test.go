@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/flowtrace/flowtrace/pkg/decode"
 	"github.com/flowtrace/flowtrace/pkg/dropreason"
@@ -171,5 +172,33 @@ func TestSummariesAndBlocks(t *testing.T) {
 	}
 	if f3.L4.GetUdp().GetDestinationPort() != 53 || f3.L4.GetUdp() == f4.L4.GetUdp() || f3.Uuid == f4.Uuid {
 		t.Errorf("flows share their blocks: %v %v", f3, f4)
+	}
+}
+
+// TestClosingReport: a TCP connection's closing report carries the other
+// direction's last counts and flags (its FIN is not reported on its own),
+// in the flow's reverse fields and its summary, which still fits the
+// flow's block; other reports have none.
+func TestClosingReport(t *testing.T) {
+	e := New("n1", ids, nil, nil, nil)
+	ev := &decode.Event{Kind: decode.KindFlow, IPVersion: 4, Src: frontend, Dst: db, Proto: 6, SrcPort: 40000, DstPort: 5432,
+		TCPFlags: decode.TCPRst | decode.TCPAck, Packets: 3, Bytes: 162, FlowReason: decode.ReasonTCPFlags, Direction: decode.DirIngress,
+		RevPackets: 1, RevBytes: 54, RevTCPFlags: decode.TCPFin | decode.TCPAck}
+	f := e.Flow(ev)
+	if f.ReversePackets != 1 || f.ReverseBytes != 54 || !f.ReverseTcpFlags.GetFin() || !f.ReverseTcpFlags.GetAck() ||
+		f.ReverseTcpFlags.GetRst() || !f.L4.GetTcp().GetFlags().GetRst() {
+		t.Fatalf("closing report: %v", f)
+	}
+	want := "TCP RST,ACK, 3 packets, 162 bytes; reverse FIN,ACK, 1 packets, 54 bytes"
+	if f.Summary != want {
+		t.Errorf("summary %q, want %q", f.Summary, want)
+	}
+	blk := (*flowBlock)(unsafe.Pointer(f))
+	if unsafe.StringData(f.Summary) != &blk.summary[0] {
+		t.Errorf("a closing report's summary (%d bytes) outgrew the flow's block (%d)", len(f.Summary), summaryInline)
+	}
+	ev.RevPackets, ev.RevBytes, ev.RevTCPFlags, ev.FlowReason = 0, 0, 0, decode.ReasonNew
+	if g := e.Flow(ev); g.ReversePackets != 0 || g.ReverseTcpFlags != nil || strings.Contains(g.Summary, "reverse") {
+		t.Errorf("a report without the other direction has reverse fields: %v", g)
 	}
 }

@@ -182,6 +182,11 @@ func (e *encoder) flow(f *flowtracev1.Flow) {
 	if f.IsReply {
 		e.varint(30, 1)
 	}
+	e.varint(31, f.ReversePackets)
+	e.varint(32, f.ReverseBytes)
+	if f.ReverseTcpFlags != nil {
+		e.tcpFlags(33, f.ReverseTcpFlags)
+	}
 }
 
 // varint writes a non-zero integer field (enums, uint32/64, bools, and
@@ -273,16 +278,7 @@ func (e *encoder) layer4(num protowire.Number, l4 *flowtracev1.Layer4) {
 			e.varint(1, uint64(p.Tcp.SourcePort))
 			e.varint(2, uint64(p.Tcp.DestinationPort))
 			if fl := p.Tcp.Flags; fl != nil {
-				fs := e.open(3)
-				e.flag(1, fl.Fin)
-				e.flag(2, fl.Syn)
-				e.flag(3, fl.Rst)
-				e.flag(4, fl.Psh)
-				e.flag(5, fl.Ack)
-				e.flag(6, fl.Urg)
-				e.flag(7, fl.Ece)
-				e.flag(8, fl.Cwr)
-				e.close(fs)
+				e.tcpFlags(3, fl)
 			}
 		}
 		e.close(t)
@@ -298,6 +294,19 @@ func (e *encoder) layer4(num protowire.Number, l4 *flowtracev1.Layer4) {
 		e.b = appendVarint(appendTag(e.b, 6, protowire.VarintType), uint64(p.Other))
 	}
 	e.close(s)
+}
+
+func (e *encoder) tcpFlags(num protowire.Number, fl *flowtracev1.TCPFlags) {
+	fs := e.open(num)
+	e.flag(1, fl.Fin)
+	e.flag(2, fl.Syn)
+	e.flag(3, fl.Rst)
+	e.flag(4, fl.Psh)
+	e.flag(5, fl.Ack)
+	e.flag(6, fl.Urg)
+	e.flag(7, fl.Ece)
+	e.flag(8, fl.Cwr)
+	e.close(fs)
 }
 
 func (e *encoder) flag(num protowire.Number, v bool) {

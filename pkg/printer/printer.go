@@ -204,7 +204,8 @@ func (p *Printer) compact(r *flowtracev1.GetFlowsResponse) {
 			sb.WriteString(rep)
 			sb.WriteByte(']')
 		}
-		fmt.Fprintf(sb, " %d pkts %d bytes", f.GetPackets(), f.GetBytes())
+		sb.WriteByte(' ')
+		sb.WriteString(CountsText(f))
 	}
 	if loc := f.GetDropLocation(); loc != "" {
 		sb.WriteString(" at ")
@@ -314,7 +315,7 @@ func tableDetail(f *flowtracev1.Flow) string {
 	add(ReasonText(f))
 	if f.GetVerdict() == flowtracev1.Verdict_VERDICT_FORWARDED {
 		add(ReportText(f.GetReport()))
-		add(fmt.Sprintf("%d pkts %d bytes", f.GetPackets(), f.GetBytes()))
+		add(CountsText(f))
 	}
 	if f.GetVerdict() == flowtracev1.Verdict_VERDICT_TRANSLATED {
 		add(snatText(f.GetTranslation()))
@@ -596,6 +597,21 @@ func ReportText(r flowtracev1.FlowReport) string {
 		return "closed"
 	}
 	return ""
+}
+
+// CountsText is a FORWARDED report's counts, "3 pkts 162 bytes", and on a
+// connection's closing report the other direction's last ones, which end
+// with it: "3 pkts 162 bytes, reverse ACK|FIN 1 pkts 54 bytes".
+func CountsText(f *flowtracev1.Flow) string {
+	s := fmt.Sprintf("%d pkts %d bytes", f.GetPackets(), f.GetBytes())
+	if n := f.GetReversePackets(); n != 0 {
+		s += ", reverse "
+		if fl := tcpFlags(f.GetReverseTcpFlags()); fl != "" {
+			s += fl + " "
+		}
+		s += fmt.Sprintf("%d pkts %d bytes", n, f.GetReverseBytes())
+	}
+	return s
 }
 
 // L4Text is the protocol with TCP flags or the ICMP type: "tcp SYN|ACK",

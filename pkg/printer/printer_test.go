@@ -316,6 +316,10 @@ func TestTextHelpers(t *testing.T) {
 		{"vxlan other port", EncapsulationText(&flowtracev1.Encapsulation{OuterSource: "192.168.50.1", OuterDestination: "192.168.50.2", Vni: 42, Port: 8472}),
 			"vxlan vni 42 192.168.50.1 -> 192.168.50.2 port 8472"},
 		{"empty encapsulation", EncapsulationText(&flowtracev1.Encapsulation{}), ""},
+		{"counts", CountsText(&flowtracev1.Flow{Packets: 12, Bytes: 3400}), "12 pkts 3400 bytes"},
+		{"closing report with the other direction", CountsText(&flowtracev1.Flow{Packets: 3, Bytes: 162,
+			ReversePackets: 1, ReverseBytes: 54, ReverseTcpFlags: &flowtracev1.TCPFlags{Fin: true, Ack: true}}),
+			"3 pkts 162 bytes, reverse ACK|FIN 1 pkts 54 bytes"},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {

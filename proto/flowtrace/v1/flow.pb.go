@@ -195,14 +195,17 @@ const (
 	FlowReport_FLOW_REPORT_UNSPECIFIED FlowReport = 0
 	// FLOW_REPORT_NEW: first packet of the connection at this point.
 	FlowReport_FLOW_REPORT_NEW FlowReport = 1
-	// FLOW_REPORT_TCP_FLAGS: a TCP SYN, FIN or RST was seen.
+	// FLOW_REPORT_TCP_FLAGS: a TCP SYN or RST was seen. A FIN is reported
+	// with the connection's close (see Flow.reverse_packets), or with the
+	// periodic or idle report of a half-closed connection.
 	FlowReport_FLOW_REPORT_TCP_FLAGS FlowReport = 2
 	// FLOW_REPORT_PERIODIC: the report interval elapsed while traffic flowed.
 	FlowReport_FLOW_REPORT_PERIODIC FlowReport = 3
 	// FLOW_REPORT_IDLE_FLUSH: the connection went idle; final counts.
 	FlowReport_FLOW_REPORT_IDLE_FLUSH FlowReport = 4
-	// FLOW_REPORT_CLOSED: the final ACK after both FINs; final counts, and the
-	// connection's record at this point ends.
+	// FLOW_REPORT_CLOSED: the final ACK after both FINs; final counts of both
+	// directions (Flow.reverse_*), and the connection's records at this point
+	// end.
 	FlowReport_FLOW_REPORT_CLOSED FlowReport = 5
 )
 
@@ -895,9 +898,17 @@ type Flow struct {
 	DropCause DropCause `protobuf:"varint,29,opt,name=drop_cause,json=dropCause,proto3,enum=flowtrace.v1.DropCause" json:"drop_cause,omitempty"`
 	// is_reply is set on a FORWARDED flow whose conntrack direction is REPLY
 	// (the answer of a connection, not its request).
-	IsReply       bool `protobuf:"varint,30,opt,name=is_reply,json=isReply,proto3" json:"is_reply,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	IsReply bool `protobuf:"varint,30,opt,name=is_reply,json=isReply,proto3" json:"is_reply,omitempty"`
+	// reverse_* are set on a TCP connection's closing report at an
+	// observation point (report TCP_FLAGS with an RST, or CLOSED): the other
+	// direction's traffic there since its previous report (its FIN, the last
+	// ACKs). That direction's record ends with this one, and its FIN is not
+	// reported on its own.
+	ReversePackets  uint64    `protobuf:"varint,31,opt,name=reverse_packets,json=reversePackets,proto3" json:"reverse_packets,omitempty"`
+	ReverseBytes    uint64    `protobuf:"varint,32,opt,name=reverse_bytes,json=reverseBytes,proto3" json:"reverse_bytes,omitempty"`
+	ReverseTcpFlags *TCPFlags `protobuf:"bytes,33,opt,name=reverse_tcp_flags,json=reverseTcpFlags,proto3" json:"reverse_tcp_flags,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Flow) Reset() {
@@ -1138,6 +1149,27 @@ func (x *Flow) GetIsReply() bool {
 		return x.IsReply
 	}
 	return false
+}
+
+func (x *Flow) GetReversePackets() uint64 {
+	if x != nil {
+		return x.ReversePackets
+	}
+	return 0
+}
+
+func (x *Flow) GetReverseBytes() uint64 {
+	if x != nil {
+		return x.ReverseBytes
+	}
+	return 0
+}
+
+func (x *Flow) GetReverseTcpFlags() *TCPFlags {
+	if x != nil {
+		return x.ReverseTcpFlags
+	}
+	return nil
 }
 
 // Service is a Kubernetes Service, with the port the flow used.
@@ -2259,8 +2291,7 @@ var File_flowtrace_v1_flow_proto protoreflect.FileDescriptor
 
 const file_flowtrace_v1_flow_proto_rawDesc = "" +
 	"\n" +
-	"\x17flowtrace/v1/flow.proto\x12\fflowtrace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\n" +
-	"\n" +
+	"\x17flowtrace/v1/flow.proto\x12\fflowtrace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\f\n" +
 	"\x04Flow\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x1b\n" +
@@ -2295,7 +2326,10 @@ const file_flowtrace_v1_flow_proto_rawDesc = "" +
 	"\rencapsulation\x18\x1c \x01(\v2\x1b.flowtrace.v1.EncapsulationR\rencapsulation\x126\n" +
 	"\n" +
 	"drop_cause\x18\x1d \x01(\x0e2\x17.flowtrace.v1.DropCauseR\tdropCause\x12\x19\n" +
-	"\bis_reply\x18\x1e \x01(\bR\aisReply\"l\n" +
+	"\bis_reply\x18\x1e \x01(\bR\aisReply\x12'\n" +
+	"\x0freverse_packets\x18\x1f \x01(\x04R\x0ereversePackets\x12#\n" +
+	"\rreverse_bytes\x18  \x01(\x04R\freverseBytes\x12B\n" +
+	"\x11reverse_tcp_flags\x18! \x01(\v2\x16.flowtrace.v1.TCPFlagsR\x0freverseTcpFlags\"l\n" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
@@ -2606,23 +2640,24 @@ var file_flowtrace_v1_flow_proto_depIdxs = []int32{
 	11, // 15: flowtrace.v1.Flow.mtu:type_name -> flowtrace.v1.MTUInfo
 	12, // 16: flowtrace.v1.Flow.encapsulation:type_name -> flowtrace.v1.Encapsulation
 	1,  // 17: flowtrace.v1.Flow.drop_cause:type_name -> flowtrace.v1.DropCause
-	0,  // 18: flowtrace.v1.MTUInfo.event:type_name -> flowtrace.v1.MTUEvent
-	23, // 19: flowtrace.v1.MTUInfo.egress_interface:type_name -> flowtrace.v1.Interface
-	13, // 20: flowtrace.v1.MTUInfo.quoted_ip:type_name -> flowtrace.v1.IP
-	14, // 21: flowtrace.v1.MTUInfo.quoted_l4:type_name -> flowtrace.v1.Layer4
-	6,  // 22: flowtrace.v1.IP.ip_version:type_name -> flowtrace.v1.IPVersion
-	15, // 23: flowtrace.v1.Layer4.tcp:type_name -> flowtrace.v1.TCP
-	17, // 24: flowtrace.v1.Layer4.udp:type_name -> flowtrace.v1.UDP
-	19, // 25: flowtrace.v1.Layer4.icmpv4:type_name -> flowtrace.v1.ICMPv4
-	20, // 26: flowtrace.v1.Layer4.icmpv6:type_name -> flowtrace.v1.ICMPv6
-	18, // 27: flowtrace.v1.Layer4.sctp:type_name -> flowtrace.v1.SCTP
-	16, // 28: flowtrace.v1.TCP.flags:type_name -> flowtrace.v1.TCPFlags
-	22, // 29: flowtrace.v1.Endpoint.workload:type_name -> flowtrace.v1.Workload
-	30, // [30:30] is the sub-list for method output_type
-	30, // [30:30] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	16, // 18: flowtrace.v1.Flow.reverse_tcp_flags:type_name -> flowtrace.v1.TCPFlags
+	0,  // 19: flowtrace.v1.MTUInfo.event:type_name -> flowtrace.v1.MTUEvent
+	23, // 20: flowtrace.v1.MTUInfo.egress_interface:type_name -> flowtrace.v1.Interface
+	13, // 21: flowtrace.v1.MTUInfo.quoted_ip:type_name -> flowtrace.v1.IP
+	14, // 22: flowtrace.v1.MTUInfo.quoted_l4:type_name -> flowtrace.v1.Layer4
+	6,  // 23: flowtrace.v1.IP.ip_version:type_name -> flowtrace.v1.IPVersion
+	15, // 24: flowtrace.v1.Layer4.tcp:type_name -> flowtrace.v1.TCP
+	17, // 25: flowtrace.v1.Layer4.udp:type_name -> flowtrace.v1.UDP
+	19, // 26: flowtrace.v1.Layer4.icmpv4:type_name -> flowtrace.v1.ICMPv4
+	20, // 27: flowtrace.v1.Layer4.icmpv6:type_name -> flowtrace.v1.ICMPv6
+	18, // 28: flowtrace.v1.Layer4.sctp:type_name -> flowtrace.v1.SCTP
+	16, // 29: flowtrace.v1.TCP.flags:type_name -> flowtrace.v1.TCPFlags
+	22, // 30: flowtrace.v1.Endpoint.workload:type_name -> flowtrace.v1.Workload
+	31, // [31:31] is the sub-list for method output_type
+	31, // [31:31] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_flowtrace_v1_flow_proto_init() }
