@@ -608,10 +608,7 @@ func appendSummaryFlow(b []byte, ev *decode.Event) []byte {
 		b = appendTCPFlagNames(b, ev.TCPFlags)
 	}
 	b = append(b, ", "...)
-	b = strconv.AppendUint(b, ev.Packets, 10)
-	b = append(b, " packets, "...)
-	b = strconv.AppendUint(b, ev.Bytes, 10)
-	b = append(b, " bytes"...)
+	b = appendCounts(b, ev.Packets, ev.Bytes)
 	if ev.RevPackets != 0 {
 		// A closing report: what the other direction said last.
 		b = append(b, "; reverse "...)
@@ -619,12 +616,16 @@ func appendSummaryFlow(b []byte, ev *decode.Event) []byte {
 			b = appendTCPFlagNames(b, ev.RevTCPFlags)
 			b = append(b, ", "...)
 		}
-		b = strconv.AppendUint(b, ev.RevPackets, 10)
-		b = append(b, " packets, "...)
-		b = strconv.AppendUint(b, ev.RevBytes, 10)
-		b = append(b, " bytes"...)
+		b = appendCounts(b, ev.RevPackets, ev.RevBytes)
 	}
 	return b
+}
+
+func appendCounts(b []byte, packets, bytes uint64) []byte {
+	b = strconv.AppendUint(b, packets, 10)
+	b = append(b, " packets, "...)
+	b = strconv.AppendUint(b, bytes, 10)
+	return append(b, " bytes"...)
 }
 
 func appendSummaryDrop(b []byte, f *flowtracev1.Flow) []byte {
