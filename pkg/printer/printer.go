@@ -205,7 +205,7 @@ func (p *Printer) compact(r *flowtracev1.GetFlowsResponse) {
 			sb.WriteByte(']')
 		}
 		sb.WriteByte(' ')
-		sb.WriteString(CountsText(f))
+		writeCounts(sb, f)
 	}
 	if loc := f.GetDropLocation(); loc != "" {
 		sb.WriteString(" at ")
@@ -603,15 +603,22 @@ func ReportText(r flowtracev1.FlowReport) string {
 // connection's closing report the other direction's last ones, which end
 // with it: "3 pkts 162 bytes, reverse ACK|FIN 1 pkts 54 bytes".
 func CountsText(f *flowtracev1.Flow) string {
-	s := fmt.Sprintf("%d pkts %d bytes", f.GetPackets(), f.GetBytes())
+	var sb strings.Builder
+	writeCounts(&sb, f)
+	return sb.String()
+}
+
+// writeCounts is CountsText into sb (the compact format's line).
+func writeCounts(sb *strings.Builder, f *flowtracev1.Flow) {
+	fmt.Fprintf(sb, "%d pkts %d bytes", f.GetPackets(), f.GetBytes())
 	if n := f.GetReversePackets(); n != 0 {
-		s += ", reverse "
+		sb.WriteString(", reverse ")
 		if fl := tcpFlags(f.GetReverseTcpFlags()); fl != "" {
-			s += fl + " "
+			sb.WriteString(fl)
+			sb.WriteByte(' ')
 		}
-		s += fmt.Sprintf("%d pkts %d bytes", n, f.GetReverseBytes())
+		fmt.Fprintf(sb, "%d pkts %d bytes", n, f.GetReverseBytes())
 	}
-	return s
 }
 
 // L4Text is the protocol with TCP flags or the ICMP type: "tcp SYN|ACK",
