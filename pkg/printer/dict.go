@@ -128,7 +128,7 @@ func (p *Printer) dict(r *flowtracev1.GetFlowsResponse) {
 	kv("DROP REASON", p.paint(colorReason, ReasonText(f)))
 	if f.GetVerdict() == flowtracev1.Verdict_VERDICT_FORWARDED {
 		kv("REPORT", ReportText(f.GetReport()))
-		kv("TRAFFIC", fmt.Sprintf("%d pkts %d bytes", f.GetPackets(), f.GetBytes()))
+		kv("TRAFFIC", CountsText(f))
 		if f.GetIsReply() {
 			kv("REPLY", "true")
 		}
