@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os/exec"
@@ -147,6 +148,76 @@ func TestLabAgent(t *testing.T) {
 		}
 		if bytes < 100*1000 {
 			t.Errorf("%d bytes reported, want >= 100000", bytes)
+		}
+	})
+
+	t.Run("a connection's close is one report per veth, with the other side's FIN", func(t *testing.T) {
+		// The server answers and closes (FIN); the client then resets
+		// (zero linger): what the bench's churn does, through the agent.
+		listen(t, l, "backend", 8081, func(c net.Conn) {
+			b := make([]byte, 5)
+			if _, err := io.ReadFull(c, b); err == nil {
+				_, _ = c.Write(b)
+			}
+		})
+		c, err := dial(l, "frontend", backend.IPv4, 8081, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := uint32(c.LocalAddr().(*net.TCPAddr).Port)
+		if _, err := c.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := io.ReadAll(c); err != nil || string(got) != "hello" { // to the server's FIN
+			t.Fatalf("echo %q, %v", got, err)
+		}
+		if err := c.(*net.TCPConn).SetLinger(0); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		conn := &flowtracev1.FlowFilter{Verdict: forwarded.Verdict, SourcePort: []uint32{port}}
+		closing := func(f *flowtracev1.Flow) bool {
+			return f.L4.GetTcp().GetFlags().GetRst() && f.ReverseTcpFlags.GetFin() && f.ReversePackets > 0
+		}
+		fs := a.waitFlows(t, "the RST's report at both veths, carrying the server's FIN", func(fs []*flowtracev1.Flow) bool {
+			n := 0
+			for _, f := range fs {
+				if closing(f) {
+					n++
+				}
+			}
+			return n == 2
+		}, conn)
+		for _, f := range fs {
+			if !closing(f) {
+				continue
+			}
+			if f.Report != flowtracev1.FlowReport_FLOW_REPORT_TCP_FLAGS || f.Source.GetPodName() != frontend.Name ||
+				f.Destination.GetPodName() != backend.Name || !strings.Contains(f.Summary, "; reverse ") {
+				t.Errorf("closing report: %v", f)
+			}
+		}
+		// The FIN was not an event of its own at either veth, in either direction.
+		all := a.flows(t, &flowtracev1.FlowFilter{Verdict: forwarded.Verdict, SourcePort: []uint32{port}},
+			&flowtracev1.FlowFilter{Verdict: forwarded.Verdict, DestinationPort: []uint32{port}})
+		for _, f := range all {
+			if f.Report == flowtracev1.FlowReport_FLOW_REPORT_TCP_FLAGS && f.L4.GetTcp().GetFlags().GetFin() {
+				t.Errorf("a FIN reported on its own: %v", f)
+			}
+		}
+		// And through the CLI.
+		out, err := exec.Command(flowtraceBin, "observe", "--server", a.sock, "--verdict", "FORWARDED",
+			"--from-port", fmt.Sprint(port)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("flowtrace observe: %v\n%s", err, out)
+		}
+		if !strings.Contains(string(out), "reverse ACK|FIN") {
+			t.Errorf("observe output lacks the close's reverse counts:\n%s", out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, "reverse") {
+				t.Logf("observe: %s", line)
+			}
 		}
 	})
 
