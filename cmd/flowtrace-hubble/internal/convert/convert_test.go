@@ -72,6 +72,23 @@ func TestFlowMTUAndDirection(t *testing.T) {
 	}
 }
 
+// TestClosingReportSummary: a connection's closing report says in its
+// summary what it carries of the other direction (its FIN), which Hubble's
+// Flow has no field for.
+func TestClosingReportSummary(t *testing.T) {
+	fw := &flowtracev1.Flow{Verdict: flowtracev1.Verdict_VERDICT_FORWARDED, Packets: 3, Bytes: 198,
+		L4:             &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Tcp{Tcp: &flowtracev1.TCP{Flags: &flowtracev1.TCPFlags{Rst: true, Ack: true}}}},
+		ReversePackets: 3, ReverseBytes: 203, ReverseTcpFlags: &flowtracev1.TCPFlags{Fin: true, Ack: true}}
+	want := "TCP Flags: RST, ACK; 3 packets, 198 bytes; reverse TCP Flags: FIN, ACK, 3 packets, 203 bytes"
+	if got := Flow(fw, nil).GetSummary(); got != want {
+		t.Errorf("summary %q, want %q", got, want)
+	}
+	fw.ReversePackets, fw.ReverseBytes, fw.ReverseTcpFlags = 0, 0, nil
+	if got := Flow(fw, nil).GetSummary(); strings.Contains(got, "reverse") {
+		t.Errorf("summary without a reverse direction: %q", got)
+	}
+}
+
 func TestFilters(t *testing.T) {
 	p := Filters([]*flowpb.FlowFilter{{SourcePod: []string{"shop/frontend"}, Verdict: []flowpb.Verdict{flowpb.Verdict_DROPPED}}}, nil)
 	if !p.Exact || len(p.Allow) != 1 || p.Allow[0].GetSourcePod()[0] != "shop/frontend" || len(p.Allow[0].GetVerdict()) != 2 {

@@ -281,7 +281,10 @@ func service(s *flowtracev1.Service) *flowpb.Service {
 // tcpSummary is what Cilium's own summaries say for TCP, so the CLI's
 // output reads the same: "TCP Flags: SYN, ACK".
 func tcpSummary(l *flowtracev1.Layer4) string {
-	fl := l.GetTcp().GetFlags()
+	return tcpFlagsSummary(l.GetTcp().GetFlags())
+}
+
+func tcpFlagsSummary(fl *flowtracev1.TCPFlags) string {
 	if fl == nil {
 		return ""
 	}
@@ -370,12 +373,20 @@ func translatedSummary(f *flowtracev1.Flow) string {
 	return join(s, snat, tcpSummary(f.GetL4()))
 }
 
+// forwardedSummary also says what a connection's closing report carries of
+// the other direction (its FIN): Hubble's Flow has no field for it.
 func forwardedSummary(f *flowtracev1.Flow) string {
-	counts := ""
+	counts, reverse := "", ""
 	if f.GetPackets() > 0 {
 		counts = fmt.Sprintf("%d packets, %d bytes", f.GetPackets(), f.GetBytes())
 	}
-	return join(tcpSummary(f.GetL4()), counts)
+	if n := f.GetReversePackets(); n > 0 {
+		reverse = fmt.Sprintf("reverse %d packets, %d bytes", n, f.GetReverseBytes())
+		if fl := tcpFlagsSummary(f.GetReverseTcpFlags()); fl != "" {
+			reverse = fmt.Sprintf("reverse %s, %d packets, %d bytes", fl, n, f.GetReverseBytes())
+		}
+	}
+	return join(tcpSummary(f.GetL4()), counts, reverse)
 }
 
 // LostEvent converts a native loss report.
