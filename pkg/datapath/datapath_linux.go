@@ -461,7 +461,7 @@ func (d *Datapath) loadCore(coreSpec, dropSpec *ebpf.CollectionSpec, caps kernel
 	for _, p := range optionalPaths {
 		on[p.variable] = caps[p.variable] && !p.denied(d.cfg)
 	}
-	var firstRaw, firstErr, lastErr error
+	var firstErr, lastErr error // as the kernel returned them
 	for off := 0; off <= len(optionalPaths); off++ {
 		if off > 0 {
 			v := optionalPaths[off-1].variable
@@ -497,20 +497,20 @@ func (d *Datapath) loadCore(coreSpec, dropSpec *ebpf.CollectionSpec, caps kernel
 			if on["ft_jiffies_enabled"] {
 				d.readPoll = readPollLone
 			}
-			d.loadRefusal = firstErr
 			if firstErr != nil {
+				d.loadRefusal = verifierDetail(firstErr)
 				// The verifier's whole log (~300 KB on 5.10) only at debug:
 				// at warn it was one such line per agent start.
 				d.log.Warn("optional datapath features refused by this kernel",
-					"error", verifierTail(firstRaw), "ct_lookup", d.features.ConntrackLookup,
+					"error", verifierTail(firstErr), "ct_lookup", d.features.ConntrackLookup,
 					"ct_nfct", d.features.ConntrackNfct, "skb_access", d.features.SkbAccess,
 					"mtu_check", d.features.MTUCheck)
-				d.log.Debug("the refused load's verifier log", "error", firstErr)
+				d.log.Debug("the refused load's verifier log", "error", d.loadRefusal)
 			}
 			return nil
 		}
 		if firstErr == nil {
-			firstRaw, firstErr = err, verifierDetail(err)
+			firstErr = err
 		}
 		if !isRefusal(err) {
 			return fmt.Errorf("load bpf objects: %w", verifierDetail(err))
@@ -519,7 +519,7 @@ func (d *Datapath) loadCore(coreSpec, dropSpec *ebpf.CollectionSpec, caps kernel
 	}
 	// The first refusal names what the kernel lacks; the last one, with
 	// every optional path off, is what actually stops flowtrace here.
-	return fmt.Errorf("load bpf objects: %w\nwith every optional path off: %v", firstErr, verifierDetail(lastErr))
+	return fmt.Errorf("load bpf objects: %w\nwith every optional path off: %v", verifierDetail(firstErr), verifierDetail(lastErr))
 }
 
 // isRefusal: the kernel (verifier, missing kfunc or helper) said no, as
