@@ -5,7 +5,7 @@
 #   make bench BENCH_FLAGS='--rounds 5 --tracer-cmd "pwru --output-file /dev/null"'
 
 FTBENCH          := bin/ftbench
-BENCH_GO_PKGS    := ./pkg/decode/ ./pkg/enrich/ ./pkg/filters/ ./pkg/printer/
+BENCH_GO_PKGS    := ./pkg/decode/ ./pkg/enrich/ ./pkg/filters/ ./pkg/printer/ ./pkg/agent/
 BENCH_FLAGS      ?=
 BENCH_SMOKE_OUT  ?= $(or $(TMPDIR),/tmp)/ftbench-smoke.json
 

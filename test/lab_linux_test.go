@@ -193,7 +193,7 @@ func TestLabAgent(t *testing.T) {
 				continue
 			}
 			if f.Report != flowtracev1.FlowReport_FLOW_REPORT_TCP_FLAGS || f.Source.GetPodName() != frontend.Name ||
-				f.Destination.GetPodName() != backend.Name || !strings.Contains(f.Summary, "; reverse ") {
+				f.Destination.GetPodName() != backend.Name || !f.GetReverseTcpFlags().GetFin() {
 				t.Errorf("closing report: %v", f)
 			}
 		}

@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"time"
 	"unsafe"
 
@@ -123,13 +122,13 @@ type flowBlock struct {
 	udp      udpBlock
 	revFlags flowtracev1.TCPFlags // a closing report's reverse_tcp_flags
 	uuid     [36]byte             // backs flow.Uuid: written once, before the string is made
-	// summary backs flow.Summary when it fits (nearly always).
+	// summary backs a drop's Flow.Summary when it fits (nearly always).
 	summary [summaryInline]byte
 }
 
-// summaryInline fits most summaries (a closing report's, with the reverse
-// direction, ~100 bytes) and fills the block, with its 8-byte malloc
-// header, to the 896-byte size class.
+// summaryInline fits most drop summaries (reason and location, ~40-80
+// bytes; a Service with no endpoints adds its name) and fills the block,
+// with its 8-byte malloc header, to the 896-byte size class.
 const summaryInline = 128
 
 // bytesString makes the summary appended into the flow's block (or, when it
@@ -206,7 +205,11 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 		f.Report = report(ev.FlowReason)
 		f.IsReply = ev.CT.Flags.Has(decode.CTKnown | decode.CTReply)
 		f.ObservationPoint, f.TrafficDirection = observation(ev.Direction)
-		f.Summary = bytesString(appendSummaryFlow(blk.summary[:0], ev))
+		// No summary: it would restate l4's flags, the counts and the
+		// reverse fields, which every printer renders. Built and stored
+		// for each of these (the bulk of all events), it was a tenth of
+		// the agent's per-event CPU and a fifth of a flow's bytes in
+		// history. Hubble deprecated its Flow.Summary for the same reason.
 	case decode.KindDrop:
 		f.Verdict = flowtracev1.Verdict_VERDICT_DROPPED
 		f.ObservationPoint = flowtracev1.ObservationPoint_OBSERVATION_POINT_KFREE_SKB
@@ -544,26 +547,6 @@ func setTCPFlags(f *flowtracev1.TCPFlags, b uint8) {
 	f.Ack, f.Urg, f.Ece, f.Cwr = b&0x10 != 0, b&0x20 != 0, b&0x40 != 0, b&0x80 != 0
 }
 
-// TCPFlagNames renders flags as "SYN,ACK".
-func TCPFlagNames(b uint8) string {
-	return string(appendTCPFlagNames(nil, b))
-}
-
-func appendTCPFlagNames(dst []byte, b uint8) []byte {
-	names := [...]string{"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}
-	first := true
-	for i, n := range names {
-		if b&(1<<i) != 0 {
-			if !first {
-				dst = append(dst, ',')
-			}
-			dst = append(dst, n...)
-			first = false
-		}
-	}
-	return dst
-}
-
 func report(r decode.FlowReason) flowtracev1.FlowReport {
 	switch r {
 	case decode.ReasonNew:
@@ -594,38 +577,6 @@ func protoName(p uint8) string {
 		return "ICMPv6"
 	}
 	return fmt.Sprintf("proto %d", p)
-}
-
-// appendSummaryFlow appends by hand: fmt boxed both counters and built the
-// string in three allocations.
-func appendSummaryFlow(b []byte, ev *decode.Event) []byte {
-	if !ev.Src.IsValid() {
-		return b
-	}
-	b = append(b, protoName(ev.Proto)...)
-	if ev.Proto == protoTCP && ev.TCPFlags != 0 {
-		b = append(b, ' ')
-		b = appendTCPFlagNames(b, ev.TCPFlags)
-	}
-	b = append(b, ", "...)
-	b = appendCounts(b, ev.Packets, ev.Bytes)
-	if ev.RevPackets != 0 {
-		// A closing report: what the other direction said last.
-		b = append(b, "; reverse "...)
-		if ev.RevTCPFlags != 0 {
-			b = appendTCPFlagNames(b, ev.RevTCPFlags)
-			b = append(b, ", "...)
-		}
-		b = appendCounts(b, ev.RevPackets, ev.RevBytes)
-	}
-	return b
-}
-
-func appendCounts(b []byte, packets, bytes uint64) []byte {
-	b = strconv.AppendUint(b, packets, 10)
-	b = append(b, " packets, "...)
-	b = strconv.AppendUint(b, bytes, 10)
-	return append(b, " bytes"...)
 }
 
 func appendSummaryDrop(b []byte, f *flowtracev1.Flow) []byte {

@@ -879,7 +879,10 @@ type Flow struct {
 	PacketLength uint32 `protobuf:"varint,21,opt,name=packet_length,json=packetLength,proto3" json:"packet_length,omitempty"`
 	// input_interface is the device the dropped packet arrived on, when known.
 	InputInterface *Interface `protobuf:"bytes,22,opt,name=input_interface,json=inputInterface,proto3" json:"input_interface,omitempty"`
-	// summary is a one-line human description of the flow.
+	// summary is a one-line human description of a DROPPED, TRANSLATED or
+	// MTU_EXCEEDED flow. FORWARDED flows have none: it would restate l4's
+	// flags, packets/bytes and reverse_*, which clients render themselves
+	// (Hubble deprecated its Flow.Summary likewise).
 	Summary string `protobuf:"bytes,23,opt,name=summary,proto3" json:"summary,omitempty"`
 	// source_service / destination_service name the Service an end belongs to
 	// for this connection: the Service whose VIP the client addressed (set on
