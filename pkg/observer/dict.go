@@ -30,6 +30,10 @@ type dict struct {
 	ids  map[string]uint32
 	vals []dictVal
 	free []uint32
+	// index maps a field number below maxFieldNum to its position in
+	// fields plus one (0: not interned), so place, which runs for every
+	// interned or packed field of every flow, does not scan fields.
+	index [maxFieldNum]uint8
 	// last is each field's most recent id: consecutive flows mostly carry
 	// the same endpoints and interface (one connection's reports, a busy
 	// pod's), and comparing with the last value costs a memeq where the map
@@ -40,6 +44,10 @@ type dict struct {
 
 // maxFields bounds the interned fields (newDict's list).
 const maxFields = 16
+
+// maxFieldNum bounds the field numbers dict.index covers (Flow's are
+// below it; a larger one is simply never interned).
+const maxFieldNum = 64
 
 type dictVal struct {
 	data string
@@ -78,6 +86,11 @@ func newDict() *dict {
 	if len(d.fields) > maxFields {
 		panic("observer: more interned fields than dict.last holds")
 	}
+	for i, num := range d.fields {
+		if num < maxFieldNum {
+			d.index[num] = uint8(i + 1)
+		}
+	}
 	if fd := fields.ByName("uuid"); fd != nil {
 		d.uuid = fd.Number()
 	}
@@ -85,12 +98,10 @@ func newDict() *dict {
 }
 
 func (d *dict) fieldIndex(num protowire.Number) int {
-	for i, f := range d.fields {
-		if f == num {
-			return i
-		}
+	if num < 0 || num >= maxFieldNum {
+		return -1
 	}
-	return -1
+	return int(d.index[num]) - 1
 }
 
 // ref returns b's id as a value of field fi, adding it when new, and

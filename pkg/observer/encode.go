@@ -1,8 +1,10 @@
 package observer
 
 import (
+	"encoding/binary"
 	"sync"
 	"unicode/utf8"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -216,12 +218,28 @@ func (e *encoder) str(num protowire.Number, s string) {
 	if s == "" {
 		return
 	}
-	if !utf8.ValidString(s) {
+	if !isASCII(s) && !utf8.ValidString(s) {
 		e.bad = true
 		return
 	}
 	e.b = appendTag(e.b, num, protowire.BytesType)
 	e.b = append(appendVarint(e.b, uint64(len(s))), s...)
+}
+
+// isASCII reports whether s is all ASCII (so valid UTF-8), eight bytes at a
+// time: nearly every string a flow carries is (uuid, addresses, names the
+// enricher made), and utf8.ValidString, which assembles its words byte by
+// byte, was ~5% of publishing a flow.
+func isASCII(s string) bool {
+	var acc uint64
+	for len(s) >= 8 {
+		acc |= binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s), 8))
+		s = s[8:]
+	}
+	for i := 0; i < len(s); i++ {
+		acc |= uint64(s[i])
+	}
+	return acc&0x8080808080808080 == 0
 }
 
 // open starts a length-delimited field with a one-byte length placeholder
