@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -508,6 +509,32 @@ func TestEncodedSend(t *testing.T) {
 	for i, r := range masked.resps {
 		if f := r.GetFlow(); f.GetUuid() != published[i].GetUuid() || f.GetSource() != nil {
 			t.Fatalf("masked flow %d: %v", i, f)
+		}
+	}
+}
+
+// TestStringValidation: the encoder's ASCII shortcut agrees with
+// utf8.ValidString at every length and position of a non-ASCII byte, so
+// valid non-ASCII names are kept and invalid ones refused as proto.Marshal
+// refuses them.
+func TestStringValidation(t *testing.T) {
+	for n := 0; n <= 20; n++ {
+		ascii := strings.Repeat("a", n)
+		if !isASCII(ascii) {
+			t.Errorf("%q: not ASCII", ascii)
+		}
+		for i := 0; i < n; i++ {
+			for _, bad := range []string{"é", "\xff", "\xc3"} {
+				s := ascii[:i] + bad + ascii[i+1:]
+				if isASCII(s) {
+					t.Errorf("%q: taken for ASCII", s)
+				}
+				f := &flowtracev1.Flow{NodeName: s}
+				_, ok := appendFlow(nil, f)
+				if want := utf8.ValidString(s); ok != want {
+					t.Errorf("%q: encoded %v, valid UTF-8 %v", s, ok, want)
+				}
+			}
 		}
 	}
 }
