@@ -200,3 +200,18 @@ func TestClosingReport(t *testing.T) {
 		t.Errorf("a report without the other direction has reverse fields: %v", g)
 	}
 }
+
+// TestAddrText: the formatted address is the address's own, whichever of
+// the recent slots, the map or a fresh format answers, including
+// addresses equal but for their form (IPv4 and IPv4-mapped IPv6).
+func TestAddrText(t *testing.T) {
+	e := New("n1", nil, nil, nil, nil)
+	addrs := []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("::ffff:10.0.0.1"),
+		netip.MustParseAddr("fd00::1"), netip.MustParseAddr("10.0.0.2"), {}}
+	for i := range 50 {
+		a := addrs[(i*i+i/3)%len(addrs)]
+		if got := e.addr(a); got != a.String() {
+			t.Fatalf("step %d: addr(%v) = %q", i, a, got)
+		}
+	}
+}
