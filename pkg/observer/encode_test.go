@@ -118,7 +118,7 @@ func checkSpans(t *testing.T, name string, data []byte, sp *flowSpans) {
 		fromSpans.hasID == parsed.hasID && fromSpans.uuid == parsed.uuid
 	for i := 0; same && i < parsed.n; i++ {
 		a, b := fromSpans.skip[i], parsed.skip[i]
-		same = a.start == b.start && a.end == b.end && a.field == b.field && bytes.Equal(a.value, b.value)
+		same = a == b
 	}
 	if !same {
 		t.Fatalf("%s: layout from the encoder's spans (%d bytes)\n%+v\nparsed (%d bytes)\n%+v", name, n1, fromSpans, n2, parsed)
