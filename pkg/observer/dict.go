@@ -34,12 +34,13 @@ type dict struct {
 	// fields plus one (0: not interned), so place, which runs for every
 	// interned or packed field of every flow, does not scan fields.
 	index [maxFieldNum]uint8
-	// last is each field's most recent id: consecutive flows mostly carry
-	// the same endpoints and interface (one connection's reports, a busy
-	// pod's), and comparing with the last value costs a memeq where the map
-	// costs hashing ~60 bytes and a probe, per field and flow (~6% of the
-	// agent's CPU under connection churn).
-	last [maxFields]uint32
+	// last is each field's two most recent ids: consecutive flows mostly
+	// carry the same endpoints and interface (one connection's reports, a
+	// busy pod's), and comparing with a recent value costs a memeq where
+	// the map costs hashing ~60 bytes and a probe, per field and flow (~6%
+	// of the agent's CPU under connection churn). Two, because a
+	// connection's reports alternate its ends as source and destination.
+	last [maxFields][2]uint32
 }
 
 // maxFields bounds the interned fields (newDict's list).
@@ -108,13 +109,16 @@ func (d *dict) fieldIndex(num protowire.Number) int {
 // counts one more user.
 func (d *dict) ref(fi uint8, b []byte) uint32 {
 	// A released id has no users (and no data): never a false match.
-	if id := d.last[fi]; int(id) < len(d.vals) && d.vals[id].refs > 0 && d.vals[id].data == string(b) {
-		d.vals[id].refs++
-		return id
+	last := &d.last[fi]
+	for _, id := range last {
+		if int(id) < len(d.vals) && d.vals[id].refs > 0 && d.vals[id].data == string(b) {
+			d.vals[id].refs++
+			return id
+		}
 	}
 	if id, ok := d.ids[string(b)]; ok {
 		d.vals[id].refs++
-		d.last[fi] = id
+		last[0], last[1] = id, last[0]
 		return id
 	}
 	v := dictVal{data: string(b), refs: 1}
@@ -128,7 +132,7 @@ func (d *dict) ref(fi uint8, b []byte) uint32 {
 		d.vals = append(d.vals, v)
 	}
 	d.ids[v.data] = id
-	d.last[fi] = id
+	last[0], last[1] = id, last[0]
 	return id
 }
 

@@ -170,7 +170,7 @@ func TestDictDropFields(t *testing.T) {
 	}
 }
 
-// TestDictLastIDReuse: the per-field memo of the last id never answers
+// TestDictLastIDReuse: the per-field memo of the last ids never answers
 // for a value it no longer holds: once a value's last user leaves, its id
 // may be reused for another value, and the first value comes back with an
 // id of its own that decodes to it.
