@@ -5,6 +5,8 @@
 #   make bench BENCH_FLAGS='--rounds 5 --tracer-cmd "pwru --output-file /dev/null"'
 
 FTBENCH          := bin/ftbench
+# The Go benchmarks run with -p 1, one package at a time: two packages' benchmarks
+# at once share this machine's two CPUs and halve each other's figures.
 BENCH_GO_PKGS    := ./pkg/decode/ ./pkg/enrich/ ./pkg/filters/ ./pkg/printer/ ./pkg/agent/
 BENCH_FLAGS      ?=
 BENCH_SMOKE_OUT  ?= $(or $(TMPDIR),/tmp)/ftbench-smoke.json
@@ -21,10 +23,10 @@ FORCE_FTBENCH:
 
 bench: bench-deps build $(FTBENCH)
 	$(FTBENCH) --flowtrace-bin $(BIN) --out bench/results/latest.json $(BENCH_FLAGS)
-	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem -count 1 $(BENCH_GO_PKGS) | tee bench/results/go-bench.txt
+	set -o pipefail; $(GO) test -p 1 -run '^$$' -bench . -benchmem -count 1 $(BENCH_GO_PKGS) | tee bench/results/go-bench.txt
 
 bench-go:
-	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem -count 1 $(BENCH_GO_PKGS) | tee bench/results/go-bench.txt
+	set -o pipefail; $(GO) test -p 1 -run '^$$' -bench . -benchmem -count 1 $(BENCH_GO_PKGS) | tee bench/results/go-bench.txt
 
 # Asserts nothing about speed: fails only when a stage (testbed, a tracer,
 # a workload, the storm accounting, the held-flows phase, a Go benchmark or
