@@ -22,12 +22,11 @@ func (n benchNamer) InterfaceName(_, ifindex uint32) (string, string) { return n
 // between two pods on one node (the bench's churn workload): NEW at both
 // veths in each direction, then the close at each veth carrying the
 // server's FIN as its reverse counts.
-func churnEvents(client, server netip.Addr, port uint16, t time.Time) [6]decode.Event {
+func churnEvents(client, server netip.Addr, port uint16, t time.Time, ct decode.Conntrack) [6]decode.Event {
 	ev := func(src, dst netip.Addr, sport, dport uint16, ifindex uint32, dir decode.Direction, flags uint8, reason decode.FlowReason) decode.Event {
 		return decode.Event{Kind: decode.KindFlow, IPVersion: 4, EtherType: 0x0800, Src: src, Dst: dst, Proto: 6,
 			SrcPort: sport, DstPort: dport, TCPFlags: flags, Ifindex: ifindex, Netns: 4026531840, Direction: dir,
-			Packets: 1, Bytes: 60, PktLen: 60, FlowReason: reason, Time: t,
-			CT: decode.Conntrack{Flags: decode.CTKnown}}
+			Packets: 1, Bytes: 60, PktLen: 60, FlowReason: reason, Time: t, CT: ct}
 	}
 	syn, synack := uint8(decode.TCPSyn), uint8(decode.TCPSyn|decode.TCPAck)
 	evs := [6]decode.Event{
@@ -51,14 +50,18 @@ func churnEvents(client, server netip.Addr, port uint16, t time.Time) [6]decode.
 // BenchmarkEnrichPublish is the agent's per-event path as enrichLoop runs
 // it with nobody following (connection churn): enrich a decoded event,
 // publish a batch of 32 into history, recycle the flows. Identities come
-// from an identity file, as in the bench's testbed. Decoding (zero
-// allocations, ~20 ns) and the ring buffer read are measured elsewhere.
+// from an identity file, as in the bench's testbed; "pod" connects to the
+// server pod's address (the bench's churn), "service" through a Service
+// VIP that kube-proxy translated. Decoding (BenchmarkDecodeEvent) and the
+// ring buffer read are not in it.
 func BenchmarkEnrichPublish(b *testing.B) {
 	client, server := netip.MustParseAddr("10.244.0.10"), netip.MustParseAddr("10.244.0.30")
+	vip := netip.MustParseAddr("10.96.0.10")
 	path := filepath.Join(b.TempDir(), "identity.json")
 	doc := `{"node": "n1", "pods": [
 	 {"namespace": "bench", "name": "client", "labels": {"app": "client"}, "workload": {"kind": "Deployment", "name": "client"}, "node": "n1", "ips": ["10.244.0.10"]},
-	 {"namespace": "bench", "name": "server", "labels": {"app": "server"}, "workload": {"kind": "Deployment", "name": "server"}, "node": "n1", "ips": ["10.244.0.30"]}]}`
+	 {"namespace": "bench", "name": "server", "labels": {"app": "server"}, "workload": {"kind": "Deployment", "name": "server"}, "node": "n1", "ips": ["10.244.0.30"]}],
+	 "services": [{"namespace": "bench", "name": "server", "vips": ["10.96.0.10"], "ports": [{"name": "iperf", "port": 80, "protocol": "TCP"}]}]}`
 	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 		b.Fatal(err)
 	}
@@ -66,14 +69,33 @@ func BenchmarkEnrichPublish(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	e := enrich.New("n1", identity.Chain{ids}, nil, nil, benchNamer{11: "ftv-client", 12: "ftv-server"})
+	for _, bc := range []struct {
+		name string
+		ct   decode.Conntrack
+	}{
+		{"pod", decode.Conntrack{Flags: decode.CTKnown}},
+		{"service", decode.Conntrack{Flags: decode.CTKnown | decode.CTDNAT, IPVersion: 4, OrigSrc: client, OrigDst: vip, OrigDstPort: 80}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			e := enrich.New("n1", identity.Chain{ids}, nil, nil, benchNamer{11: "ftv-client", 12: "ftv-server"})
+			var conns [][6]decode.Event
+			t0 := time.Now()
+			for i := range 1024 {
+				ct := bc.ct
+				ct.OrigSrcPort = uint16(32768 + i)
+				conns = append(conns, churnEvents(client, server, ct.OrigSrcPort, t0.Add(time.Duration(i)*time.Microsecond), ct))
+			}
+			if f := e.Flow(&conns[0][0]); (bc.ct.OrigDst.IsValid()) != (f.GetDestinationService() != nil) {
+				b.Fatalf("%s: destination service %v", bc.name, f.GetDestinationService())
+			}
+			runEnrichPublish(b, e, conns)
+		})
+	}
+}
+
+func runEnrichPublish(b *testing.B, e *enrich.Enricher, conns [][6]decode.Event) {
 	obs := observer.New(observer.Config{MaxFlows: 65536}, nil)
 	defer obs.Close()
-	var conns [][6]decode.Event
-	t0 := time.Now()
-	for i := range 1024 {
-		conns = append(conns, churnEvents(client, server, uint16(32768+i), t0.Add(time.Duration(i)*time.Microsecond)))
-	}
 	pending := make([]*flowtracev1.Flow, 0, batchSize)
 	flush := func() {
 		if !obs.PublishBatch(pending) {

@@ -113,8 +113,38 @@ func TestRecycle(t *testing.T) {
 			prev = got
 		}
 	}
-	ev := evs[0]
-	if n := testing.AllocsPerRun(200, func() { r.Recycle([]*flowtracev1.Flow{r.Flow(&ev)}) }); n > 0 {
-		t.Errorf("%.0f allocations per recycled drop, want 0", n)
+	for _, i := range []int{0, 4} { // a drop; a flow to a Service (its message is shared)
+		ev := evs[i]
+		if n := testing.AllocsPerRun(200, func() { r.Recycle([]*flowtracev1.Flow{r.Flow(&ev)}) }); n > 0 {
+			t.Errorf("%v: %.0f allocations per recycled event, want 0", ev.Kind, n)
+		}
+	}
+}
+
+// A Service port's message is shared by the flows that name it, and
+// follows its source: a replaced Service (sources replace, never modify)
+// names the next flow, while earlier flows keep what they said.
+func TestServiceShared(t *testing.T) {
+	vip := netip.MustParseAddr("10.96.0.10")
+	svcs := map[netip.Addr]*identity.Service{vip: {Namespace: "shop", Name: "web", VIPs: []netip.Addr{vip},
+		Ports: []identity.ServicePort{{Name: "http", Port: 80}, {Name: "https", Port: 443}}}}
+	e := New("n1", svcIDs{fakeIDs: ids, svcs: svcs}, nil, nil, nil)
+	ev := &decode.Event{Kind: decode.KindFlow, IPVersion: 4, Src: frontend, Dst: db, Proto: 6, SrcPort: 40000, DstPort: 8080,
+		CT: decode.Conntrack{Flags: decode.CTKnown | decode.CTDNAT, IPVersion: 4, OrigSrc: frontend, OrigDst: vip, OrigSrcPort: 40000, OrigDstPort: 80}}
+	first, again := e.Flow(ev), e.Flow(ev)
+	if first.DestinationService == nil || first.DestinationService != again.DestinationService {
+		t.Fatalf("same Service port: message not shared: %v, %v", first.DestinationService, again.DestinationService)
+	}
+	ev.CT.OrigDstPort = 443
+	if other := e.Flow(ev).DestinationService; other.GetPort() != 443 || other.GetPortName() != "https" {
+		t.Errorf("another port of the Service: %v", other)
+	}
+	svcs[vip] = &identity.Service{Namespace: "shop", Name: "web", VIPs: []netip.Addr{vip}, Ports: []identity.ServicePort{{Name: "web", Port: 80}}}
+	ev.CT.OrigDstPort = 80
+	if next := e.Flow(ev).DestinationService; next.GetPortName() != "web" {
+		t.Errorf("replaced Service: %v", next)
+	}
+	if first.DestinationService.GetPortName() != "http" {
+		t.Errorf("an earlier flow changed: %v", first.DestinationService)
 	}
 }

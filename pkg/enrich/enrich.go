@@ -47,8 +47,11 @@ type Enricher struct {
 	syms    SymbolResolver
 	ifaces  InterfaceNamer
 
-	uuidPrefix [8]byte // random per agent run; the suffix counts
-	seq        uint64
+	// uuidHead is the text of a flow uuid's first 8 bytes and its dashes
+	// ("xxxxxxxx-xxxx-4xxx-"): random per agent run, written once; a
+	// sequence number makes the rest.
+	uuidHead [19]byte
+	seq      uint64
 
 	// Per-event allocation is most of the agent's CPU (GC), so parts that
 	// repeat across events are built once and shared by the flows that
@@ -59,6 +62,7 @@ type Enricher struct {
 	addrs      map[netip.Addr]string
 	ifaceCache map[ifaceKey]*flowtracev1.Interface
 	locations  map[uint64]string
+	svcCache   map[serviceKey]*flowtracev1.Service // sources replace a Service on any change
 	// recent are the last two addresses addr formatted, looked at before
 	// the map: a connection's reports come together and name the same two
 	// addresses, and hashing a netip.Addr for the map (two lookups per
@@ -76,6 +80,13 @@ const maxFree = 128
 
 type ifaceKey struct{ netns, ifindex uint32 }
 
+// serviceKey is a Service as the identity source handed it out, and the
+// port a flow used.
+type serviceKey struct {
+	svc  *identity.Service
+	port uint16
+}
+
 // cacheLimit bounds each cache: a busy node has a few hundred pods and
 // interfaces; a scan of many addresses only costs re-formatting.
 const cacheLimit = 4096
@@ -85,30 +96,39 @@ const cacheLimit = 4096
 func New(node string, ids identity.Getter, reasons Reasons, syms SymbolResolver, ifaces InterfaceNamer) *Enricher {
 	e := &Enricher{node: node, ids: ids, reasons: reasons, syms: syms, ifaces: ifaces,
 		endpoints: map[*identity.Pod]*flowtracev1.Endpoint{}, addrs: map[netip.Addr]string{},
-		ifaceCache: map[ifaceKey]*flowtracev1.Interface{}, locations: map[uint64]string{}}
-	_, _ = rand.Read(e.uuidPrefix[:])
+		ifaceCache: map[ifaceKey]*flowtracev1.Interface{}, locations: map[uint64]string{},
+		svcCache: map[serviceKey]*flowtracev1.Service{}}
+	var prefix [8]byte
+	_, _ = rand.Read(prefix[:])
+	prefix[6] = prefix[6]&0x0f | 0x40 // version 4
+	hex.Encode(e.uuidHead[0:8], prefix[0:4])
+	e.uuidHead[8] = '-'
+	hex.Encode(e.uuidHead[9:13], prefix[4:6])
+	e.uuidHead[13] = '-'
+	hex.Encode(e.uuidHead[14:18], prefix[6:8])
+	e.uuidHead[18] = '-'
 	return e
 }
 
 // uuid writes a unique id into dst without a syscall per event: a random
 // prefix chosen at start and a sequence number, laid out as a
-// version-4-style UUID.
+// version-4-style UUID. Only the sequence's 8 bytes are formatted per
+// event.
 func (e *Enricher) uuid(dst *[36]byte) {
+	const digits = "0123456789abcdef"
 	e.seq++
-	var b [16]byte
-	copy(b[:8], e.uuidPrefix[:])
-	binary.BigEndian.PutUint64(b[8:], e.seq)
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	hex.Encode(dst[0:8], b[0:4])
-	dst[8] = '-'
-	hex.Encode(dst[9:13], b[4:6])
-	dst[13] = '-'
-	hex.Encode(dst[14:18], b[6:8])
-	dst[18] = '-'
-	hex.Encode(dst[19:23], b[8:10])
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], e.seq)
+	b[0] = b[0]&0x3f | 0x80 // the variant
+	copy(dst[:19], e.uuidHead[:])
+	for i, c := range b {
+		j := 19 + 2*i
+		if i >= 2 {
+			j++ // after the dash at 23
+		}
+		dst[j], dst[j+1] = digits[c>>4], digits[c&0x0f]
+	}
 	dst[23] = '-'
-	hex.Encode(dst[24:], b[10:])
 }
 
 // flowBlock holds the messages every flow has, so a flow costs one
@@ -318,7 +338,18 @@ func (e *Enricher) service(ip netip.Addr, port uint16, proto uint8) *flowtracev1
 	if !ok {
 		return nil
 	}
-	return &flowtracev1.Service{Namespace: s.Namespace, Name: s.Name, Port: uint32(port), PortName: s.PortName(port)}
+	// Most of a node's traffic goes to Services: one message per Service
+	// port, shared, not one per flow.
+	k := serviceKey{s, port}
+	if m, ok := e.svcCache[k]; ok {
+		return m
+	}
+	m := &flowtracev1.Service{Namespace: s.Namespace, Name: s.Name, Port: uint32(port), PortName: s.PortName(port)}
+	if len(e.svcCache) >= cacheLimit {
+		clear(e.svcCache)
+	}
+	e.svcCache[k] = m
+	return m
 }
 
 // lookupService finds the Service of VIP:port, by port when the source

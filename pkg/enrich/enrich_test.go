@@ -1,7 +1,9 @@
 package enrich
 
 import (
+	"fmt"
 	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -212,6 +214,30 @@ func TestAddrText(t *testing.T) {
 		a := addrs[(i*i+i/3)%len(addrs)]
 		if got := e.addr(a); got != a.String() {
 			t.Fatalf("step %d: addr(%v) = %q", i, a, got)
+		}
+	}
+}
+
+// TestUUIDs: flow uuids are canonical version-4 UUIDs (history packs only
+// those into 16 bytes): the run's random head, then the sequence number
+// with the variant's bits.
+func TestUUIDs(t *testing.T) {
+	canonical := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	e := New("n1", nil, nil, nil, nil)
+	for _, seq := range []uint64{0, 1, 0xff, 0x1_0000_0000_0000, 0x3fff_ffff_ffff_fffe, 0xffff_ffff_ffff_fffe} {
+		e.seq = seq
+		var u [36]byte
+		e.uuid(&u)
+		s := string(u[:])
+		if !canonical.MatchString(s) {
+			t.Fatalf("seq %#x: %q is not a canonical version-4 UUID", seq+1, s)
+		}
+		if s[:19] != string(e.uuidHead[:]) {
+			t.Errorf("seq %#x: %q does not start with the run's head %q", seq+1, s, e.uuidHead[:])
+		}
+		v := (seq+1)&^(3<<62) | 2<<62
+		if want := fmt.Sprintf("%04x-%012x", v>>48, v&(1<<48-1)); s[19:] != want {
+			t.Errorf("seq %#x: tail %q, want %q", seq+1, s[19:], want)
 		}
 	}
 }

@@ -45,19 +45,21 @@ func appendFlowCached(b []byte, f *flowtracev1.Flow, c *encodeCache, sp *flowSpa
 }
 
 // encodeCache keeps the encoded bodies of the messages the enricher shares
-// between flows (a pod's endpoint, an interface), keyed by pointer: a
-// published flow and its messages are never modified (see Publish), and a
-// pointer held as a key cannot be reused for another message. Bounded:
-// emptied when full.
+// between flows (a pod's endpoint, an interface, a Service port), keyed by
+// pointer: a published flow and its messages are never modified (see
+// Publish), and a pointer held as a key cannot be reused for another
+// message. Bounded: emptied when full.
 type encodeCache struct {
 	endpoints map[*flowtracev1.Endpoint][]byte
 	ifaces    map[*flowtracev1.Interface][]byte
+	services  map[*flowtracev1.Service][]byte
 }
 
 const encodeCacheLimit = 4096
 
 func newEncodeCache() *encodeCache {
-	return &encodeCache{endpoints: map[*flowtracev1.Endpoint][]byte{}, ifaces: map[*flowtracev1.Interface][]byte{}}
+	return &encodeCache{endpoints: map[*flowtracev1.Endpoint][]byte{}, ifaces: map[*flowtracev1.Interface][]byte{},
+		services: map[*flowtracev1.Service][]byte{}}
 }
 
 type encoder struct {
@@ -336,22 +338,28 @@ func (e *encoder) flag(num protowire.Number, v bool) {
 func (e *encoder) endpoint(num protowire.Number, ep *flowtracev1.Endpoint) {
 	// Pods' endpoints are shared; a node's is made per flow and small.
 	if c := e.cache; c != nil && ep.PodName != "" {
-		if body, ok := c.endpoints[ep]; ok {
-			e.b = appendVarint(appendTag(e.b, num, protowire.BytesType), uint64(len(body)))
-			e.b = append(e.b, body...)
-			return
-		}
-		start := len(e.b)
-		e.endpointBody(num, ep)
-		if !e.bad {
-			if len(c.endpoints) >= encodeCacheLimit {
-				clear(c.endpoints)
-			}
-			c.endpoints[ep] = bodyOf(e.b[start:])
-		}
+		cachedField(e, c.endpoints, ep, num, e.endpointBody)
 		return
 	}
 	e.endpointBody(num, ep)
+}
+
+// cachedField writes field num, the message m, from its encoding in cache,
+// or encodes it with write and keeps that encoding.
+func cachedField[M comparable](e *encoder, cache map[M][]byte, m M, num protowire.Number, write func(protowire.Number, M)) {
+	if body, ok := cache[m]; ok {
+		e.b = appendVarint(appendTag(e.b, num, protowire.BytesType), uint64(len(body)))
+		e.b = append(e.b, body...)
+		return
+	}
+	start := len(e.b)
+	write(num, m)
+	if !e.bad {
+		if len(cache) >= encodeCacheLimit {
+			clear(cache)
+		}
+		cache[m] = bodyOf(e.b[start:])
+	}
 }
 
 // bodyOf copies the body of the one length-delimited field in b.
@@ -386,19 +394,7 @@ func (e *encoder) endpointBody(num protowire.Number, ep *flowtracev1.Endpoint) {
 
 func (e *encoder) iface(num protowire.Number, i *flowtracev1.Interface) {
 	if c := e.cache; c != nil {
-		if body, ok := c.ifaces[i]; ok {
-			e.b = appendVarint(appendTag(e.b, num, protowire.BytesType), uint64(len(body)))
-			e.b = append(e.b, body...)
-			return
-		}
-		start := len(e.b)
-		e.ifaceBody(num, i)
-		if !e.bad {
-			if len(c.ifaces) >= encodeCacheLimit {
-				clear(c.ifaces)
-			}
-			c.ifaces[i] = bodyOf(e.b[start:])
-		}
+		cachedField(e, c.ifaces, i, num, e.ifaceBody)
 		return
 	}
 	e.ifaceBody(num, i)
@@ -413,7 +409,16 @@ func (e *encoder) ifaceBody(num protowire.Number, i *flowtracev1.Interface) {
 	e.close(s)
 }
 
+// service writes a Service; the enricher shares one per Service port.
 func (e *encoder) service(num protowire.Number, svc *flowtracev1.Service) {
+	if c := e.cache; c != nil {
+		cachedField(e, c.services, svc, num, e.serviceBody)
+		return
+	}
+	e.serviceBody(num, svc)
+}
+
+func (e *encoder) serviceBody(num protowire.Number, svc *flowtracev1.Service) {
 	s := e.open(num)
 	e.str(1, svc.Namespace)
 	e.str(2, svc.Name)

@@ -132,9 +132,11 @@ func TestEncodeCacheShared(t *testing.T) {
 	pod := &flowtracev1.Endpoint{Namespace: "shop", PodName: "web-1", Labels: []string{"app=web"}, NodeName: "n1"}
 	node := &flowtracev1.Endpoint{NodeName: "n2"}
 	eth := &flowtracev1.Interface{Name: "eth0", Index: 2}
+	web := &flowtracev1.Service{Namespace: "shop", Name: "web", Port: 80, PortName: "http"}
 	for i := range 10 {
 		f := &flowtracev1.Flow{Uuid: strconv.Itoa(i), Source: pod, Destination: node, Interface: eth,
-			InputInterface: &flowtracev1.Interface{Name: "veth" + strconv.Itoa(i), Index: uint32(i + 10)}}
+			InputInterface:     &flowtracev1.Interface{Name: "veth" + strconv.Itoa(i), Index: uint32(i + 10)},
+			DestinationService: web}
 		got, ok := appendFlowCached(nil, f, c, nil)
 		want, _ := proto.Marshal(f)
 		if !ok || !bytes.Equal(got, want) {
@@ -146,6 +148,9 @@ func TestEncodeCacheShared(t *testing.T) {
 	}
 	if len(c.ifaces) != 11 {
 		t.Errorf("%d interfaces cached, want 11", len(c.ifaces))
+	}
+	if len(c.services) != 1 {
+		t.Errorf("%d services cached, want 1", len(c.services))
 	}
 	for i := range encodeCacheLimit + 1 {
 		appendFlowCached(nil, &flowtracev1.Flow{Interface: &flowtracev1.Interface{Index: uint32(i)}}, c, nil)
