@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/bits"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -545,13 +546,18 @@ func verifierTail(err error) error { return verifierLog(err, "%-4v") }
 func verifierDetail(err error) error { return verifierLog(err, "%+v") }
 
 // verifierLog formats the verifier error in err with format (cilium/ebpf's
-// VerifierError verbs); any other error is returned as it is.
+// VerifierError verbs), after what err says before it ("load prog: ");
+// any other error is returned as it is.
 func verifierLog(err error, format string) error {
 	var ve *ebpf.VerifierError
-	if errors.As(err, &ve) {
-		return fmt.Errorf(format, ve)
+	if !errors.As(err, &ve) {
+		return err
 	}
-	return err
+	prefix, _, found := strings.Cut(err.Error(), ve.Error())
+	if !found {
+		prefix = ""
+	}
+	return fmt.Errorf("%s"+format, prefix, ve)
 }
 
 // reasonNever is a reason value no kernel uses: a normal free the running
@@ -629,15 +635,19 @@ func (d *Datapath) attachDrops(spec *ebpf.CollectionSpec) error {
 		d.features.DropHook = DropHookTPBTF
 		return nil
 	}
+	// tryDrop's errors keep the kernel's refusal (a verifier log's cause,
+	// EPERM) for errors.Is; its log is formatted where it is used: the
+	// whole of it in an error that stops the agent, its end in a warning
+	// that does not (a program listing of ~300 KB per agent start).
 	if !errors.Is(btfErr, ebpf.ErrNotSupported) && !errors.Is(btfErr, unix.EPERM) {
-		return fmt.Errorf("drop hook tp_btf/kfree_skb: %w", btfErr)
+		return fmt.Errorf("drop hook tp_btf/kfree_skb: %w", verifierDetail(btfErr))
 	}
-	d.log.Warn("tp_btf/kfree_skb unavailable, falling back to raw_tp", "error", btfErr)
+	d.log.Warn("tp_btf/kfree_skb unavailable, falling back to raw_tp", "error", verifierTail(btfErr))
 	rawErr := d.tryDrop(spec, rawProg, func(p *ebpf.Program) (link.Link, error) {
 		return link.AttachRawTracepoint(link.RawTracepointOptions{Name: "kfree_skb", Program: p})
 	})
 	if rawErr != nil {
-		return fmt.Errorf("drop hook: tp_btf: %w; raw_tp: %w", btfErr, rawErr)
+		return fmt.Errorf("drop hook: tp_btf: %w; raw_tp: %w", verifierDetail(btfErr), verifierDetail(rawErr))
 	}
 	d.features.DropHook = DropHookRawTP
 	return nil
@@ -666,7 +676,7 @@ func (d *Datapath) tryDrop(spec *ebpf.CollectionSpec, prog string, attach func(*
 	}
 	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
-		return fmt.Errorf("load %s: %w", prog, verifierDetail(err))
+		return fmt.Errorf("load %s: %w", prog, err)
 	}
 	l, err := attach(coll.Programs[prog])
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -27,13 +28,19 @@ func TestVerifierTail(t *testing.T) {
 	if len(short) > 1024 {
 		t.Errorf("warning is %d bytes, want under 1 KB: %.200s...", len(short), short)
 	}
-	for _, want := range []string{"invalid argument", "bpf_cast_to_kern_ctx is not allowed"} {
+	for _, want := range []string{"field FtTcIngress: ", "invalid argument", "bpf_cast_to_kern_ctx is not allowed"} {
 		if !strings.Contains(short, want) {
 			t.Errorf("warning %q lacks %q", short, want)
 		}
 	}
 	if full := verifierDetail(err).Error(); !strings.Contains(full, "0: (bf) r6 = r1") {
 		t.Errorf("the detail lost the start of the log (%d bytes)", len(full))
+	}
+	// A refusal wrapped on its way up keeps what the kernel said for
+	// errors.Is (attachDrops falls back to raw_tp on EPERM).
+	eperm := fmt.Errorf("load ft_kfree_btf: %w", &ebpf.VerifierError{Cause: syscall.EPERM, Log: log})
+	if !errors.Is(eperm, syscall.EPERM) || !strings.HasPrefix(verifierTail(eperm).Error(), "load ft_kfree_btf: ") {
+		t.Errorf("wrapped EPERM refusal: Is %v, tail %q", errors.Is(eperm, syscall.EPERM), verifierTail(eperm))
 	}
 	if plain := errors.New("no such file"); verifierTail(plain) != plain {
 		t.Errorf("an error that is not the verifier's changed: %v", verifierTail(plain))
