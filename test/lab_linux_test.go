@@ -205,14 +205,15 @@ func TestLabAgent(t *testing.T) {
 				t.Errorf("a FIN reported on its own: %v", f)
 			}
 		}
-		// And through the CLI.
+		// And through the CLI, asking for FINs: the closing reports carry
+		// the server's, and nothing else of the connection has one.
 		out, err := exec.Command(flowtraceBin, "observe", "--server", a.sock, "--verdict", "FORWARDED",
-			"--from-port", fmt.Sprint(port)).CombinedOutput()
+			"--from-port", fmt.Sprint(port), "--tcp-flags", "FIN").CombinedOutput()
 		if err != nil {
 			t.Fatalf("flowtrace observe: %v\n%s", err, out)
 		}
-		if !strings.Contains(string(out), "reverse ACK|FIN") {
-			t.Errorf("observe output lacks the close's reverse counts:\n%s", out)
+		if !strings.Contains(string(out), "reverse ACK|FIN") || strings.Contains(string(out), "SYN") {
+			t.Errorf("observe --tcp-flags FIN: want the close's reports with the server's FIN, and no SYN:\n%s", out)
 		}
 		for _, line := range strings.Split(string(out), "\n") {
 			if strings.Contains(line, "reverse") {

@@ -210,7 +210,7 @@ func (o *observeOpts) bindFlags(cmd *cobra.Command) {
 	add("node", `observing node name, or "prefix*"`, true, func(x *filterOpts) *[]string { return &x.nodes })
 	add("uuid", "flow record uuid", true, func(x *filterOpts) *[]string { return &x.uuids })
 	// "SYN,ACK" is one value (both flags set); repeat the flag for alternatives.
-	add("tcp-flags", "TCP flags that must all be set, e.g. SYN or SYN,ACK; repeat for alternatives", false, func(x *filterOpts) *[]string { return &x.tcpFlags })
+	add("tcp-flags", "TCP flags that must all be set, e.g. SYN or SYN,ACK (a closing report matches on its other direction's flags too: FIN finds closes); repeat for alternatives", false, func(x *filterOpts) *[]string { return &x.tcpFlags })
 	add("traffic-direction", "traffic direction: ingress, egress", true, func(x *filterOpts) *[]string { return &x.directions })
 	add("observation-point", "observation point: "+strings.Join(enumNames(flowtracev1.ObservationPoint_name, "OBSERVATION_POINT_"), ", "), true, func(x *filterOpts) *[]string { return &x.observationPoints })
 	add("ip-version", "IP version: ipv4, ipv6", true, func(x *filterOpts) *[]string { return &x.ipVersions })

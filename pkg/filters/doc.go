@@ -28,7 +28,9 @@
 //   - workloads: "kind/name", "kind/" or a bare name (any kind); kinds are
 //     case-insensitive.
 //   - node_name: the observing node (Flow.node_name), exact or "prefix*".
-//   - tcp_flags: a value matches when all of its flags are set on the flow.
+//   - tcp_flags: a value matches when all of its flags are set on the flow,
+//     or all of them in a closing report's reverse_tcp_flags (the other
+//     direction's FIN): each set on its own, never their union.
 //   - traffic_direction, observation_point, ip_version: enum values
 //     (UNSPECIFIED is refused).
 //   - reply: Flow.is_reply (a FORWARDED flow in conntrack's REPLY direction).

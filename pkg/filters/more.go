@@ -154,9 +154,15 @@ func buildTCPFlags(ff *flowtracev1.FlowFilter) (predicate, error) {
 		if !ok {
 			return false
 		}
-		have := tcpBits(t.Tcp.GetFlags())
+		// A closing report also carries the other direction's last flags
+		// (its FIN is not a report of its own): each set is matched on its
+		// own, never their union, so SYN,ACK still means one packet's.
+		own, rev := tcpBits(t.Tcp.GetFlags()), uint8(0)
+		if r := f.GetReverseTcpFlags(); r != nil {
+			rev = tcpBits(r)
+		}
 		for _, w := range wants {
-			if have&w == w {
+			if own&w == w || rev&w == w {
 				return true
 			}
 		}

@@ -22,6 +22,17 @@ func richFlow() *flowtracev1.Flow {
 	return f
 }
 
+// closingFlow is a TCP connection's closing report: the client's RST, with
+// the server's FIN as the other direction's last flags.
+func closingFlow() *flowtracev1.Flow {
+	f := tcpFlow()
+	f.L4.GetTcp().Flags = &flowtracev1.TCPFlags{Rst: true, Ack: true}
+	f.Report = flowtracev1.FlowReport_FLOW_REPORT_TCP_FLAGS
+	f.ReversePackets, f.ReverseBytes = 1, 52
+	f.ReverseTcpFlags = &flowtracev1.TCPFlags{Fin: true, Ack: true}
+	return f
+}
+
 func TestMatchMore(t *testing.T) {
 	syn := &flowtracev1.TCPFlags{Syn: true}
 	synack := &flowtracev1.TCPFlags{Syn: true, Ack: true}
@@ -62,6 +73,9 @@ func TestMatchMore(t *testing.T) {
 		{"tcp flags miss", &ff{TcpFlags: []*flowtracev1.TCPFlags{fin}}, richFlow(), false},
 		{"tcp flags OR", &ff{TcpFlags: []*flowtracev1.TCPFlags{fin, syn}}, richFlow(), true},
 		{"tcp flags on udp", &ff{TcpFlags: []*flowtracev1.TCPFlags{syn}}, udp6Flow(), false},
+		{"tcp flags, the other direction's FIN", &ff{TcpFlags: []*flowtracev1.TCPFlags{fin}}, closingFlow(), true},
+		{"tcp flags, own RST", &ff{TcpFlags: []*flowtracev1.TCPFlags{{Rst: true}}}, closingFlow(), true},
+		{"tcp flags, never both directions' union", &ff{TcpFlags: []*flowtracev1.TCPFlags{{Fin: true, Rst: true}}}, closingFlow(), false},
 		{"direction", &ff{TrafficDirection: []flowtracev1.TrafficDirection{flowtracev1.TrafficDirection_TRAFFIC_DIRECTION_EGRESS}}, richFlow(), true},
 		{"direction miss", &ff{TrafficDirection: []flowtracev1.TrafficDirection{flowtracev1.TrafficDirection_TRAFFIC_DIRECTION_INGRESS}}, richFlow(), false},
 		{"obs point", &ff{ObservationPoint: []flowtracev1.ObservationPoint{flowtracev1.ObservationPoint_OBSERVATION_POINT_TC_EGRESS}}, richFlow(), true},

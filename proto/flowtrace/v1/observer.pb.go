@@ -297,10 +297,10 @@ type FlowFilter struct {
 	// node_name: the observing node (Flow.node_name); a trailing "*" matches a
 	// prefix.
 	NodeName []string `protobuf:"bytes,20,rep,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
-	// tcp_flags: a flow matches a value when every flag set in it is set on
-	// the flow's TCP header (Flow.l4: the flags of its own direction; a
-	// closing report's reverse_tcp_flags, e.g. the other side's FIN, are not
-	// matched).
+	// tcp_flags: a flow matches a value when every flag set in it is set in
+	// the flow's own TCP flags (Flow.l4), or every one in a closing report's
+	// reverse_tcp_flags (the other side's FIN, which is not reported on its
+	// own): each set on its own, never their union.
 	TcpFlags         []*TCPFlags        `protobuf:"bytes,21,rep,name=tcp_flags,json=tcpFlags,proto3" json:"tcp_flags,omitempty"`
 	TrafficDirection []TrafficDirection `protobuf:"varint,22,rep,packed,name=traffic_direction,json=trafficDirection,proto3,enum=flowtrace.v1.TrafficDirection" json:"traffic_direction,omitempty"`
 	ObservationPoint []ObservationPoint `protobuf:"varint,23,rep,packed,name=observation_point,json=observationPoint,proto3,enum=flowtrace.v1.ObservationPoint" json:"observation_point,omitempty"`
