@@ -67,8 +67,7 @@ type Enricher struct {
 	// the map: a connection's reports come together and name the same two
 	// addresses, and hashing a netip.Addr for the map (two lookups per
 	// event) was ~5% of the agent's per-event path.
-	recent     [2]recentAddr
-	recentNext uint8
+	recent [2]recentAddr // the latest first
 
 	// free holds blocks of recycled flows (Recycle) for Flow to reuse.
 	free []*flowBlock
@@ -115,20 +114,14 @@ func New(node string, ids identity.Getter, reasons Reasons, syms SymbolResolver,
 // version-4-style UUID. Only the sequence's 8 bytes are formatted per
 // event.
 func (e *Enricher) uuid(dst *[36]byte) {
-	const digits = "0123456789abcdef"
 	e.seq++
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], e.seq)
 	b[0] = b[0]&0x3f | 0x80 // the variant
 	copy(dst[:19], e.uuidHead[:])
-	for i, c := range b {
-		j := 19 + 2*i
-		if i >= 2 {
-			j++ // after the dash at 23
-		}
-		dst[j], dst[j+1] = digits[c>>4], digits[c&0x0f]
-	}
+	hex.Encode(dst[19:23], b[:2])
 	dst[23] = '-'
+	hex.Encode(dst[24:], b[2:])
 }
 
 // flowBlock holds the messages every flow has, so a flow costs one
@@ -467,8 +460,7 @@ func (e *Enricher) addr(a netip.Addr) string {
 		}
 		e.addrs[a] = s
 	}
-	e.recent[e.recentNext] = recentAddr{a, s}
-	e.recentNext ^= 1
+	e.recent[0], e.recent[1] = recentAddr{a, s}, e.recent[0]
 	return s
 }
 
