@@ -1004,6 +1004,9 @@ func (d *Datapath) wallTime(boot uint64) time.Time {
 // FlushIdle walks the flow table: entries idle for longer than the report
 // interval have their unreported counts emitted through fn (reason
 // IdleFlush) and zeroed; entries idle for more than twice the interval are
+// deleted. A TCP connection whose close its entries never saw (both FINs,
+// then the final ACK counted in another CPU's flow-cache slot) is reported
+// CLOSED with its other direction, as tc would have, and both entries are
 // deleted. It returns the number of events emitted. A packet counted by the
 // kernel between the read and the write-back of an entry can be lost, and
 // a flow-cache slot taking or leaving it meanwhile leaves its slot count
@@ -1029,17 +1032,16 @@ func (d *Datapath) FlushIdle(fn func(*decode.Event)) (int, error) {
 	// Entry times are CLOCK_MONOTONIC; the events carry boot time.
 	now, bootNow := uint64(monoNs()), uint64(bootNs())
 	interval := uint64(d.cfg.FlowReportInterval.Nanoseconds())
-	err := d.walkFlows(func(key *ftFtFlowKey, val *ftFtFlowVal) {
-		if now < val.LastSeenNs || now-val.LastSeenNs <= interval {
-			return
-		}
+	idle := func(key *ftFtFlowKey, val *ftFtFlowVal) {
 		if val.Packets > 0 {
 			fillFlushEvent(&ev, key, val, bootNow)
 			ev.Time = d.wallTime(bootNow)
 			fn(&ev)
 			emitted++
 		}
-		if now-val.LastSeenNs > 2*interval {
+		// A closed connection's straggling counts (its close was
+		// reported while a slot held the entry): nothing more to wait for.
+		if now-val.LastSeenNs > 2*interval || (val.Fin == finReported && val.Slots == 0) {
 			stale = append(stale, *key)
 			return
 		}
@@ -1050,9 +1052,68 @@ func (d *Datapath) FlushIdle(fn func(*decode.Event)) (int, error) {
 				errs = append(errs, fmt.Errorf("reset flow entry: %w", err))
 			}
 		}
+	}
+	// Connections whose final ACK a slot took (finBoth) are reported after
+	// the walk with their other direction, which may come later in it; a
+	// FIN's entry (finOne) waits too, in case it is that other direction.
+	var closed, halfClosed []flowEntry
+	err := d.walkFlows(func(key *ftFtFlowKey, val *ftFtFlowVal) {
+		if now < val.LastSeenNs || now-val.LastSeenNs <= interval {
+			return
+		}
+		switch val.Fin {
+		case finBoth:
+			closed = append(closed, flowEntry{key: *key, val: *val})
+		case finOne:
+			halfClosed = append(halfClosed, flowEntry{key: *key, val: *val})
+		default:
+			idle(key, val)
+		}
 	})
 	if err != nil {
 		errs = append(errs, fmt.Errorf("iterate flow table: %w", err))
+	}
+	var byKey map[ftFtFlowKey]int // halfClosed's index, when a close needs it
+	if len(closed) > 0 && len(halfClosed) > 0 {
+		byKey = make(map[ftFtFlowKey]int, len(halfClosed))
+		for i := range halfClosed {
+			byKey[halfClosed[i].key] = i
+		}
+	}
+	for i := range closed {
+		c := &closed[i]
+		rk := c.key.reverse()
+		var rv ftFtFlowVal
+		j, found := byKey[rk]
+		if found {
+			rv = halfClosed[j].val
+			halfClosed[j].done = true
+		}
+		if c.val.Slots != 0 {
+			// A busy CPU kept its slot (flushFlowCache): the final ACK
+			// may be there. Both wait for the next walk.
+			continue
+		}
+		if !found {
+			// Not among the idle ones (a retransmission kept it busy):
+			// taken as it is.
+			found = d.objs.FtFlows.Lookup(&rk, &rv) == nil
+		}
+		fillFlushEvent(&ev, &c.key, &c.val, bootNow)
+		ev.FlowReason = decode.ReasonClosed
+		if found {
+			ev.RevPackets, ev.RevBytes, ev.RevTCPFlags = rv.Packets, rv.Bytes, uint8(rv.TcpFlags)
+			stale = append(stale, rk)
+		}
+		ev.Time = d.wallTime(bootNow)
+		fn(&ev)
+		emitted++
+		stale = append(stale, c.key)
+	}
+	for i := range halfClosed {
+		if h := &halfClosed[i]; !h.done {
+			idle(&h.key, &h.val)
+		}
 	}
 	if err := deleteKeys(d.objs.FtFlows, stale); err != nil {
 		errs = append(errs, fmt.Errorf("delete idle flow entry: %w", err))
@@ -1209,6 +1270,33 @@ func deleteKeys[K any](m *ebpf.Map, keys []K) error {
 		}
 	}
 	return nil
+}
+
+// An entry's fin (ft_flow.h, ft_flow_closing): where its TCP connection's
+// close stands at its hook.
+const (
+	finOne      = 1 // this direction sent a FIN
+	finBoth     = 2 // and the other direction's FIN came: its next packet ends both
+	finReported = 3 // the close was reported; the entry stayed for a slot's counts
+)
+
+// flowEntry is one flow table entry FlushIdle holds on to during a walk.
+type flowEntry struct {
+	key  ftFtFlowKey
+	val  ftFtFlowVal
+	done bool // reported with its other direction
+}
+
+// reverse is the key of k's other direction at the same hook.
+func (k *ftFtFlowKey) reverse() ftFtFlowKey {
+	r := *k
+	r.Saddr, r.Daddr = k.Daddr, k.Saddr
+	r.Sport, r.Dport = k.Dport, k.Sport
+	r.Dir = uint8(decode.DirIngress)
+	if k.Dir == uint8(decode.DirIngress) {
+		r.Dir = uint8(decode.DirEgress)
+	}
+	return r
 }
 
 func fillFlushEvent(ev *decode.Event, k *ftFtFlowKey, v *ftFtFlowVal, now uint64) {

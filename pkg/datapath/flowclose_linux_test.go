@@ -245,3 +245,64 @@ func TestNoPathRefusedForSize(t *testing.T) {
 	}
 	t.Logf("first load refused for what this kernel lacks: %v", err)
 }
+
+// TestCloseReportedWhenASlotTookTheFinalACK: the final ACK after both FINs
+// can land in another CPU's flow-cache slot (the closing thread moved), so
+// the entry never sees the packet that ends it. The idle walk, which
+// writes the slots back first, then reports the close as the kernel would
+// have: CLOSED, with the other direction's FIN as its rev counts, and
+// deletes both entries, instead of two idle reports and entries left for
+// twice the report interval.
+func TestCloseReportedWhenASlotTookTheFinalACK(t *testing.T) {
+	const interval = 200 * time.Millisecond
+	d := load(t, Config{FlowReportInterval: interval, fcHold: time.Minute})
+	cpus := allowedCPUs(t)
+	if len(cpus) < 2 {
+		testutil.SkipInKernelMatrix(t, "needs two CPUs; the guests boot with one")
+		testutil.SkipOrFail(t, "needs two CPUs")
+	}
+	if !d.Features().FlowCache {
+		testutil.SkipOrFail(t, "the flow cache is off on this kernel")
+	}
+	pinCPU(t, cpus[0])
+	run(t, d.Egress(), tcpFrame(51200, decode.TCPSyn, 0))
+	run(t, d.Ingress(), replyFrame(51200, decode.TCPSyn|decode.TCPAck, 0))
+	// The second data packet fills this CPU's slot for the client's side.
+	for range 2 {
+		run(t, d.Egress(), tcpFrame(51200, decode.TCPAck, 100))
+	}
+	pinCPU(t, cpus[1])
+	run(t, d.Egress(), tcpFrame(51200, decode.TCPFin|decode.TCPAck, 0))
+	run(t, d.Ingress(), replyFrame(51200, decode.TCPFin|decode.TCPAck, 0))
+	pinCPU(t, cpus[0])
+	run(t, d.Egress(), tcpFrame(51200, decode.TCPAck, 0)) // the final ACK, into the slot
+	const sent = 7
+	evs := drain(t, d)
+	for _, ev := range evs {
+		if ev.FlowReason == decode.ReasonClosed {
+			t.Fatalf("closed before the walk: the final ACK did not go to the slot, the test sets up nothing: %+v", evs)
+		}
+	}
+	time.Sleep(interval + 20*time.Millisecond)
+	var walked []decode.Event
+	if _, err := d.FlushIdle(func(ev *decode.Event) { walked = append(walked, *ev) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(walked) != 1 {
+		t.Fatalf("the walk reported %d events, want the close alone: %+v", len(walked), walked)
+	}
+	c := walked[0]
+	if c.FlowReason != decode.ReasonClosed || c.Direction != decode.DirEgress || c.RevTCPFlags&decode.TCPFin == 0 {
+		t.Errorf("the walk reported %+v, want CLOSED at egress with the server's FIN as its rev flags", c)
+	}
+	var reported uint64
+	for _, ev := range append(evs, walked...) {
+		reported += ev.Packets + ev.RevPackets
+	}
+	if reported != sent {
+		t.Errorf("reported %d packets, want each of the %d once: %+v %+v", reported, sent, evs, walked)
+	}
+	if left := flowEntries(t, d); len(left) != 0 {
+		t.Errorf("entries left after the close: %+v", left)
+	}
+}
