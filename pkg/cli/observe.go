@@ -37,9 +37,12 @@ type observeOpts struct {
 	since, until string
 	output       string
 
-	// allow holds the filter flags as given, deny those after --not.
-	allow, deny filterOpts
-	negateNext  bool
+	// allow holds the filter flags as given; deny has one entry per flag
+	// after --not, each its own denylist filter.
+	allow      filterOpts
+	deny       []filterOpts
+	negateNext bool
+	doubleNot  bool // --not --not: refused by request
 
 	printRawFilters bool
 	fields          []string
@@ -79,13 +82,18 @@ func newObserveCmd(g *globalOpts) *cobra.Command {
 Without --follow, --last, --first or a time range, the last 20 flows are shown.
 Filters of different flags must all match; repeated values of one flag are alternatives.
 --pod, --namespace, --ip, --port, --service, --label and --workload match either end of
-a flow; the --from-/--to- forms match one end. A pod is "namespace/name-prefix",
+a flow; the --from-/--to- forms match one end. Either-end flags match together on the
+same end, as in Hubble: "--ip 10.0.0.10 --port 53" is that address's own port 53, and
+"--pod shop/frontend --port 5432" is the frontend's own port 5432; the frontend's
+connections to port 5432 are "--pod shop/frontend --to-port 5432". A pod is "namespace/name-prefix",
 "namespace/", or a bare pod-name prefix that matches in any namespace; a Service is
 written the same way. A flow carries a Service when its client addressed the Service's
 VIP: the request has it as destination, the backend's reply as source.
 
 --not negates the filter flag that follows it: that flag goes into the request's
-denylist, and a flow matching it is not shown ("--not --verdict forwarded").
+denylist, and a flow matching it is not shown ("--not --verdict forwarded"). Each
+--not excludes on its own: "--not --verdict dropped --not --protocol udp" hides drops
+and UDP flows.
 Labels are Kubernetes selectors: app=web, 'app in (a,b)', '!canary', tier!=db.
 When the agent no longer holds the start of what you asked for (--since before its
 oldest flow), a "HISTORY STARTS AT" line on stderr says so.`,
@@ -130,7 +138,11 @@ type filterFlag struct {
 func (f *filterFlag) Set(v string) error {
 	target := &f.o.allow
 	if f.o.negateNext {
-		target, f.o.negateNext = &f.o.deny, false
+		// Each negated flag excludes on its own: merged into one denylist
+		// filter, "--not --verdict dropped --not --protocol udp" hid only
+		// flows that were both, and showed more than either alone.
+		f.o.deny = append(f.o.deny, filterOpts{})
+		target, f.o.negateNext = &f.o.deny[len(f.o.deny)-1], false
 	}
 	dst := f.field(target)
 	if !f.split {
@@ -154,6 +166,7 @@ func (n *notFlag) Set(v string) error {
 	if err != nil {
 		return err
 	}
+	n.o.doubleNot = n.o.doubleNot || b && n.o.negateNext
 	n.o.negateNext = b
 	return nil
 }
@@ -272,6 +285,9 @@ func (o *observeOpts) request(now time.Time) (*flowtracev1.GetFlowsRequest, erro
 	if o.negateNext {
 		return nil, usageErrorf("--not must be followed by a filter flag, e.g. --not --namespace kube-system")
 	}
+	if o.doubleNot {
+		return nil, usageErrorf("--not twice in a row: it negates the one filter flag after it")
+	}
 	if o.inputFile != "" && o.follow {
 		return nil, usageErrorf("--follow cannot be used with --input-file: a file has no live flows")
 	}
@@ -304,14 +320,23 @@ func (o *observeOpts) request(now time.Time) (*flowtracev1.GetFlowsRequest, erro
 	if req.Allowlist, err = o.allow.filters(""); err != nil {
 		return nil, err
 	}
-	if req.Denylist, err = o.deny.filters("--not "); err != nil {
-		return nil, err
+	for i := range o.deny {
+		fs, err := o.deny[i].filters("--not ")
+		if err != nil {
+			return nil, err
+		}
+		req.Denylist = append(req.Denylist, fs...)
 	}
 	// The server validates too; doing it here turns mistakes into usage errors.
 	if _, err := filters.Build(req.Allowlist, req.Denylist); err != nil {
 		return nil, usageErrorf("invalid filter: %v", err)
 	}
 	if len(o.fields) > 0 {
+		if o.output != printer.JSON && o.output != printer.Dict {
+			// compact and table print every column: a field left out
+			// would show as a real zero ("0 pkts") or "?".
+			return nil, usageErrorf("--fields needs -o json or -o dict: the %s format cannot show which fields were left out", o.output)
+		}
 		if _, err := filters.NewFieldMask(o.fields); err != nil {
 			return nil, usageErrorf("invalid --fields: %v (see 'flowtrace observe --fields <TAB>' for the paths)", err)
 		}
@@ -595,16 +620,71 @@ func runObserve(ctx context.Context, g *globalOpts, req *flowtracev1.GetFlowsReq
 	if err != nil {
 		return streamError(ctx, err, p)
 	}
+	if !req.Follow || output != printer.Table {
+		for {
+			r, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				return p.Flush()
+			}
+			if err != nil {
+				return streamError(ctx, err, p)
+			}
+			if err := printResponse(p, output, r, errw); err != nil {
+				return fmt.Errorf("print flow: %w", err)
+			}
+		}
+	}
+	return followTable(ctx, stream, p, errw)
+}
+
+// tableIdleFlush is how long a followed table's rows wait for more before
+// they are written: a table aligns the rows it writes together, and rows
+// that trickle in would otherwise wait for a batch of 50 (a quiet
+// --verdict dropped looked dead).
+const tableIdleFlush = 200 * time.Millisecond
+
+// followTable is runObserve's loop for a followed table: rows are written
+// in batches, a batch when the stream has been quiet for tableIdleFlush.
+func followTable(ctx context.Context, stream flowtracev1.ObserverService_GetFlowsClient, p *printer.Printer, errw io.Writer) error {
+	type recvd struct {
+		r   *flowtracev1.GetFlowsResponse
+		err error
+	}
+	ch := make(chan recvd, 64)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			r, err := stream.Recv()
+			select {
+			case ch <- recvd{r, err}:
+			case <-done:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	idle := time.NewTimer(time.Hour)
+	idle.Stop()
 	for {
-		r, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return p.Flush()
-		}
-		if err != nil {
-			return streamError(ctx, err, p)
-		}
-		if err := printResponse(p, output, r, errw); err != nil {
-			return fmt.Errorf("print flow: %w", err)
+		select {
+		case <-idle.C:
+			if err := p.Flush(); err != nil {
+				return fmt.Errorf("print flow: %w", err)
+			}
+		case in := <-ch:
+			if errors.Is(in.err, io.EOF) {
+				return p.Flush()
+			}
+			if in.err != nil {
+				return streamError(ctx, in.err, p)
+			}
+			if err := printResponse(p, printer.Table, in.r, errw); err != nil {
+				return fmt.Errorf("print flow: %w", err)
+			}
+			idle.Reset(tableIdleFlush)
 		}
 	}
 }

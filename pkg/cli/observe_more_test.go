@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -45,8 +46,16 @@ func TestObserveNewFilterFlags(t *testing.T) {
 				{DestinationNamespace: []string{"kube-system"}},
 			}}},
 		{"not reply", []string{"--not", "--reply"}, &flowtracev1.GetFlowsRequest{Number: 20, Denylist: []*flowtracev1.FlowFilter{{Reply: []bool{true}}}}},
+		// Each --not its own denylist filter: a flow matching any is hidden.
+		{"each not excludes on its own", []string{"--not", "--verdict", "dropped", "--not", "--protocol", "icmpv6", "--not", "--pod", "shop/db"},
+			&flowtracev1.GetFlowsRequest{Number: 20, Denylist: []*flowtracev1.FlowFilter{
+				{Verdict: []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_DROPPED}},
+				{Protocol: []string{"icmpv6"}},
+				{SourcePod: []string{"shop/db"}},
+				{DestinationPod: []string{"shop/db"}},
+			}}},
 		{"reply=false", []string{"--reply=false"}, &flowtracev1.GetFlowsRequest{Number: 20, Allowlist: []*flowtracev1.FlowFilter{{Reply: []bool{false}}}}},
-		{"fields", []string{"--fields", "time,verdict,source.pod_name"}, &flowtracev1.GetFlowsRequest{Number: 20, FieldMask: &fieldmaskpb.FieldMask{Paths: []string{"time", "verdict", "source.pod_name"}}}},
+		{"fields", []string{"--fields", "time,verdict,source.pod_name", "-o", "json"}, &flowtracev1.GetFlowsRequest{Number: 20, FieldMask: &fieldmaskpb.FieldMask{Paths: []string{"time", "verdict", "source.pod_name"}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -67,6 +76,9 @@ func TestObserveNewUsageErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"--not"}, `--not must be followed by a filter flag`},
+		{[]string{"--not", "--not", "--verdict", "dropped"}, `--not twice in a row`},
+		{[]string{"--fields", "verdict"}, `--fields needs -o json or -o dict: the compact format cannot show which fields were left out`},
+		{[]string{"--fields", "verdict", "-o", "table"}, `--fields needs -o json or -o dict`},
 		{[]string{"--verdict", "dropped", "--not"}, `--not must be followed by a filter flag`},
 		{[]string{"--not", "--verdict", "nope"}, `invalid --not --verdict "nope": valid values are FORWARDED`},
 		{[]string{"--label", "app in (a,b"}, `invalid --label: "app in (a,b" is not a label selector: unbalanced parentheses`},
@@ -78,7 +90,7 @@ func TestObserveNewUsageErrors(t *testing.T) {
 		{[]string{"--reply=maybe"}, `invalid --reply "maybe": want true or false`},
 		{[]string{"--from-workload", "/x"}, `invalid filter: allowlist[0].source_workload: "/x" is not a workload`},
 		{[]string{"--not", "--node", "a/b"}, `invalid filter: denylist[0].node_name: "a/b" is not a node name`},
-		{[]string{"--fields", "time,source.pod"}, `invalid --fields: field mask: path "source.pod": flowtrace.v1.Endpoint has no field "pod"`},
+		{[]string{"--fields", "time,source.pod", "-o", "json"}, `invalid --fields: field mask: path "source.pod": flowtrace.v1.Endpoint has no field "pod"`},
 		{[]string{"--time-format", "kitchen"}, `invalid --time-format "kitchen": valid values are StampMilli, RFC3339, RFC3339Milli, RFC3339Nano, unix`},
 		{[]string{"--color", "sometimes"}, `invalid --color "sometimes": valid values are auto, always, never`},
 		{[]string{"--input-file", "x.json", "-f"}, `--follow cannot be used with --input-file`},
@@ -241,7 +253,58 @@ func TestHistoryStartOnStderr(t *testing.T) {
 		t.Errorf("dict with fields:\n%s\nstderr: %s", out, errOut)
 	}
 	// A bad path is caught before dialing.
-	if _, _, err := runObserveCLI(t, "", "--server", sock, "observe", "--fields", "nope"); !IsUsageError(err) {
+	if _, _, err := runObserveCLI(t, "", "--server", sock, "observe", "--fields", "nope", "-o", "json"); !IsUsageError(err) {
 		t.Errorf("bad fields: %v", err)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer a test reads while a command writes it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestFollowTableShowsQuietRows: a followed table writes its rows once the
+// stream goes quiet, not after 50 of them (a quiet --verdict dropped
+// looked dead until then).
+func TestFollowTableShowsQuietRows(t *testing.T) {
+	sock := serveObserver(t, "n1", &flowtracev1.Flow{Uuid: "a", Time: timestamppb.New(now), Verdict: flowtracev1.Verdict_VERDICT_DROPPED,
+		Ip: &flowtracev1.IP{Source: "10.0.0.1", Destination: "10.0.0.2"}})
+	ctx, cancel := context.WithCancel(context.Background())
+	var out lockedBuffer
+	done := make(chan error, 1)
+	go func() {
+		cmd := NewRootCmd("test")
+		cmd.SetOut(&out)
+		cmd.SetErr(&out)
+		cmd.SetArgs([]string{"--server", sock, "observe", "-f", "--last", "1", "-o", "table"})
+		done <- cmd.ExecuteContext(ctx)
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(out.String(), "10.0.0.2") {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("no row after 5 s of a followed table: %q", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "VERDICT") {
+		t.Errorf("no header: %q", out.String())
 	}
 }

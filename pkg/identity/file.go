@@ -163,7 +163,7 @@ func (f *File) reload() (bool, error) {
 	f.mu.Lock()
 	f.maps.Store(&fileMaps{pods: pods, svcs: svcs})
 	f.stamp, f.synced = stamp, true
-	f.detail = fmt.Sprintf("%d pods, %d services", countPods(pods), len(svcs))
+	f.detail = fmt.Sprintf("%d pods, %d services", countDistinct(pods), countDistinct(svcs))
 	f.mu.Unlock()
 	return true, nil
 }
@@ -178,8 +178,11 @@ func (f *File) setError(err error) {
 	}
 }
 
-func countPods(m map[netip.Addr]*Pod) int {
-	seen := map[*Pod]struct{}{}
+// countDistinct counts the pods or Services of a map by address: one with
+// several addresses (a dual-stack pod, a Service's ClusterIP and external
+// IPs) is one.
+func countDistinct[T any](m map[netip.Addr]*T) int {
+	seen := map[*T]struct{}{}
 	for _, p := range m {
 		seen[p] = struct{}{}
 	}

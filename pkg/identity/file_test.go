@@ -17,7 +17,7 @@ const good = `{"node": "n1",
            "workload": {"kind": "Deployment", "name": "frontend"},
            "ips": ["10.244.0.10", "fd00:10:244::10"]},
           {"namespace": "shop", "name": "db-0", "node": "n2", "ips": ["10.244.0.30"]}],
- "services": [{"namespace": "shop", "name": "web", "vips": ["10.96.0.10"], "ports": [{"name": "http", "port": 80}]}]}`
+ "services": [{"namespace": "shop", "name": "web", "vips": ["10.96.0.10", "fd00:10:96::10"], "ports": [{"name": "http", "port": 80}]}]}`
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -58,6 +58,7 @@ func TestFileResolves(t *testing.T) {
 	if s, ok := f.ServiceByIP(netip.MustParseAddr("10.96.0.10")); !ok || s.Name != "web" || s.Ports[0].Protocol != "TCP" {
 		t.Errorf("service: %+v %v", s, ok)
 	}
+	// Counted once each, however many addresses.
 	if ok, detail := f.Synced(); !ok || detail != "2 pods, 1 services" {
 		t.Errorf("synced %v %q", ok, detail)
 	}
