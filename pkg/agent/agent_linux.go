@@ -336,7 +336,17 @@ func (a *Agent) setup() error {
 		}
 		a.ids = append(a.ids, f)
 	}
-	a.obs = observer.New(observer.Config{MaxFlows: a.cfg.MaxFlows, MaxAge: a.cfg.MaxFlowAge, NodeName: a.cfg.NodeName}, a.log)
+	var reasons enrich.Reasons
+	if a.reasons != nil {
+		reasons = a.reasons
+	}
+	var resolver enrich.SymbolResolver
+	if syms != nil {
+		resolver = syms
+	}
+	a.enricher = enrich.New(a.cfg.NodeName, a.ids, reasons, resolver, a)
+	a.obs = observer.New(observer.Config{MaxFlows: a.cfg.MaxFlows, MaxAge: a.cfg.MaxFlowAge, NodeName: a.cfg.NodeName,
+		Materialize: a.enricher.Builder().Materialize}, a.log)
 	a.srv = server.New(a.obs, a, a.log)
 	if a.cfg.ListenAddress != "" && !a.cfg.InsecureListen {
 		if a.tlsConfig, err = server.ServerTLSConfig(a.cfg.TLS); err != nil {
@@ -352,15 +362,6 @@ func (a *Agent) setup() error {
 			RingBuffer:  a.ringBufferUsage,
 		})
 	}
-	var reasons enrich.Reasons
-	if a.reasons != nil {
-		reasons = a.reasons
-	}
-	var resolver enrich.SymbolResolver
-	if syms != nil {
-		resolver = syms
-	}
-	a.enricher = enrich.New(a.cfg.NodeName, a.ids, reasons, resolver, a)
 	return nil
 }
 

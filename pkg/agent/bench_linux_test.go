@@ -11,7 +11,6 @@ import (
 	"github.com/flowtrace/flowtrace/pkg/enrich"
 	"github.com/flowtrace/flowtrace/pkg/identity"
 	"github.com/flowtrace/flowtrace/pkg/observer"
-	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 )
 
 type benchNamer map[uint32]string
@@ -48,12 +47,14 @@ func churnEvents(client, server netip.Addr, port uint16, t time.Time, ct decode.
 }
 
 // BenchmarkEnrichPublish is the agent's per-event path as enrichLoop runs
-// it with nobody following (connection churn): enrich a decoded event,
-// publish a batch of 32 into history, recycle the flows. Identities come
-// from an identity file, as in the bench's testbed; "pod" connects to the
-// server pod's address (the bench's churn), "service" through a Service
-// VIP that kube-proxy translated. Decoding (BenchmarkDecodeEvent) and the
-// ring buffer read are not in it.
+// it under connection churn: with nobody following (forwarded-traffic
+// reports kept lazily: enrich.Lazy, observer.PublishLazy), and "followed"
+// (every event made a Flow and published, the flows recycled), batches of
+// 32. Identities come from an identity file, as in the bench's testbed;
+// "pod" connects to the server pod's address (the bench's churn),
+// "service" through a Service VIP that kube-proxy translated. Decoding
+// (BenchmarkDecodeEvent), the ring buffer read and a follower's own work
+// are not in it.
 func BenchmarkEnrichPublish(b *testing.B) {
 	client, server := netip.MustParseAddr("10.244.0.10"), netip.MustParseAddr("10.244.0.30")
 	vip := netip.MustParseAddr("10.96.0.10")
@@ -70,11 +71,13 @@ func BenchmarkEnrichPublish(b *testing.B) {
 		b.Fatal(err)
 	}
 	for _, bc := range []struct {
-		name string
-		ct   decode.Conntrack
+		name     string
+		ct       decode.Conntrack
+		followed bool
 	}{
-		{"pod", decode.Conntrack{Flags: decode.CTKnown}},
-		{"service", decode.Conntrack{Flags: decode.CTKnown | decode.CTDNAT, IPVersion: 4, OrigSrc: client, OrigDst: vip, OrigDstPort: 80}},
+		{"pod", decode.Conntrack{Flags: decode.CTKnown}, false},
+		{"service", decode.Conntrack{Flags: decode.CTKnown | decode.CTDNAT, IPVersion: 4, OrigSrc: client, OrigDst: vip, OrigDstPort: 80}, false},
+		{"pod-followed", decode.Conntrack{Flags: decode.CTKnown}, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			e := enrich.New("n1", identity.Chain{ids}, nil, nil, benchNamer{11: "ftv-client", 12: "ftv-server"})
@@ -88,34 +91,32 @@ func BenchmarkEnrichPublish(b *testing.B) {
 			if f := e.Flow(&conns[0][0]); (bc.ct.OrigDst.IsValid()) != (f.GetDestinationService() != nil) {
 				b.Fatalf("%s: destination service %v", bc.name, f.GetDestinationService())
 			}
-			runEnrichPublish(b, e, conns)
+			runEnrichPublish(b, e, conns, bc.followed)
 		})
 	}
 }
 
-func runEnrichPublish(b *testing.B, e *enrich.Enricher, conns [][6]decode.Event) {
-	obs := observer.New(observer.Config{MaxFlows: 65536}, nil)
+func runEnrichPublish(b *testing.B, e *enrich.Enricher, conns [][6]decode.Event, followed bool) {
+	obs := observer.New(observer.Config{MaxFlows: 65536, Materialize: e.Builder().Materialize}, nil)
 	defer obs.Close()
-	pending := make([]*flowtracev1.Flow, 0, batchSize)
-	flush := func() {
-		if !obs.PublishBatch(pending) {
-			e.Recycle(pending)
-		}
-		clear(pending)
-		pending = pending[:0]
-	}
+	p := newPublisher(&Agent{enricher: e, obs: obs})
 	b.ReportAllocs()
 	n := 0
 	for b.Loop() {
 		ev := &conns[(n/6)%len(conns)][n%6]
 		n++
-		if f := e.Flow(ev); f != nil {
-			pending = append(pending, f)
+		if followed || !p.lazy(ev) {
+			if f := e.Flow(ev); f != nil {
+				p.flow(f)
+			}
 		}
-		if len(pending) == batchSize {
-			flush()
+		if n%batchSize == 0 {
+			p.flush()
 		}
 	}
-	flush()
+	p.flush()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	if st := obs.Status(); st.SeenFlows != uint64(n) {
+		b.Fatalf("history saw %d flows of %d", st.SeenFlows, n)
+	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/flowtrace/flowtrace/pkg/decode"
 	"github.com/flowtrace/flowtrace/pkg/enrich"
+	"github.com/flowtrace/flowtrace/pkg/observer"
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 )
 
@@ -222,7 +223,7 @@ func (a *Agent) enrichLoop(ctx context.Context) {
 	}
 	// A batch's flows are published together: one wake-up of the
 	// followers per batch.
-	pending := make([]*flowtracev1.Flow, 0, batchSize)
+	p := newPublisher(a)
 	var ev decode.Event // raw records are decoded into it, one at a time
 	for {
 		select {
@@ -232,6 +233,10 @@ func (a *Agent) enrichLoop(ctx context.Context) {
 		case now := <-pmtu.t.C:
 			publish(pmtu.expired(now))
 		case b := <-a.queue.ch:
+			// Followed, flows are made at once: followers take them as
+			// they are. Otherwise forwarded-traffic reports stay
+			// payloads until someone reads them (enrich.Lazy).
+			lazy := !a.obs.Following()
 			for i := range b.n {
 				e := &ev
 				if b.raw != nil {
@@ -241,24 +246,87 @@ func (a *Agent) enrichLoop(ctx context.Context) {
 				} else {
 					e = &b.evs[i]
 				}
+				if lazy && p.lazy(e) {
+					continue
+				}
 				f := a.enricher.Flow(e)
 				if f == nil {
 					continue
 				}
 				if f.Mtu == nil {
-					pending = append(pending, f)
+					p.flow(f)
 					continue
 				}
-				pending = append(pending, pmtu.add(f, time.Now())...)
+				for _, f := range pmtu.add(f, time.Now()) {
+					p.flow(f)
+				}
 			}
 			a.queue.recycle(b)
-			if !a.publishBatch(pending) {
-				a.enricher.Recycle(pending)
-			}
-			clear(pending)
-			pending = pending[:0]
+			p.flush()
 		}
 	}
+}
+
+// publisher gathers a batch's flows and lazy flows, in order, for the
+// observer: a run of either kind goes in one call.
+type publisher struct {
+	a        *Agent
+	flows    []*flowtracev1.Flow
+	lazies   []observer.Lazy
+	payloads []byte // the lazies' payloads, back to back
+}
+
+func newPublisher(a *Agent) *publisher {
+	return &publisher{a: a, flows: make([]*flowtracev1.Flow, 0, batchSize),
+		lazies: make([]observer.Lazy, 0, batchSize), payloads: make([]byte, 0, batchSize*enrich.MaxPayload)}
+}
+
+// lazy takes ev as a lazy flow, if it is one (enrich.Lazy).
+func (p *publisher) lazy(ev *decode.Event) bool {
+	start := len(p.payloads)
+	buf, refs, ok := p.a.enricher.Lazy(ev, p.payloads)
+	if !ok {
+		return false
+	}
+	p.flushFlows()
+	p.payloads = buf
+	p.lazies = append(p.lazies, observer.Lazy{Time: ev.Time.UnixNano(), Payload: buf[start:len(buf):len(buf)],
+		Source: refs.Source, Destination: refs.Destination, Interface: refs.Interface,
+		SourceService: refs.SourceService, DestinationService: refs.DestinationService})
+	return true
+}
+
+func (p *publisher) flow(f *flowtracev1.Flow) {
+	p.flushLazies()
+	p.flows = append(p.flows, f)
+}
+
+func (p *publisher) flush() {
+	p.flushLazies()
+	p.flushFlows()
+}
+
+func (p *publisher) flushFlows() {
+	if len(p.flows) == 0 {
+		return
+	}
+	if !p.a.publishBatch(p.flows) {
+		p.a.enricher.Recycle(p.flows)
+	}
+	clear(p.flows)
+	p.flows = p.flows[:0]
+}
+
+func (p *publisher) flushLazies() {
+	if len(p.lazies) == 0 {
+		return
+	}
+	if p.a.metrics != nil {
+		p.a.metrics.ObserveForwarded(len(p.lazies))
+	}
+	p.a.obs.PublishLazy(p.lazies)
+	clear(p.lazies)
+	p.lazies, p.payloads = p.lazies[:0], p.payloads[:0]
 }
 
 // publish hands f to the observer and counts it in the metrics.

@@ -59,6 +59,7 @@ type Enricher struct {
 	// field masks treat them as shared), so sharing is safe. Each cache is
 	// bounded: it is emptied when full, which also drops deleted pods.
 	endpoints  map[*identity.Pod]*flowtracev1.Endpoint // sources replace a Pod on any change
+	nodeEps    map[*identity.Node]*flowtracev1.Endpoint
 	addrs      map[netip.Addr]string
 	ifaceCache map[ifaceKey]*flowtracev1.Interface
 	locations  map[uint64]string
@@ -94,7 +95,8 @@ const cacheLimit = 4096
 // reasons; drops are then reported with an unknown reason.
 func New(node string, ids identity.Getter, reasons Reasons, syms SymbolResolver, ifaces InterfaceNamer) *Enricher {
 	e := &Enricher{node: node, ids: ids, reasons: reasons, syms: syms, ifaces: ifaces,
-		endpoints: map[*identity.Pod]*flowtracev1.Endpoint{}, addrs: map[netip.Addr]string{},
+		endpoints: map[*identity.Pod]*flowtracev1.Endpoint{}, nodeEps: map[*identity.Node]*flowtracev1.Endpoint{},
+		addrs:      map[netip.Addr]string{},
 		ifaceCache: map[ifaceKey]*flowtracev1.Interface{}, locations: map[uint64]string{},
 		svcCache: map[serviceKey]*flowtracev1.Service{}}
 	var prefix [8]byte
@@ -115,10 +117,15 @@ func New(node string, ids identity.Getter, reasons Reasons, syms SymbolResolver,
 // event.
 func (e *Enricher) uuid(dst *[36]byte) {
 	e.seq++
+	formatUUID(dst, &e.uuidHead, e.seq)
+}
+
+// formatUUID writes the uuid of sequence number seq under head.
+func formatUUID(dst *[36]byte, head *[19]byte, seq uint64) {
 	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], e.seq)
+	binary.BigEndian.PutUint64(b[:], seq)
 	b[0] = b[0]&0x3f | 0x80 // the variant
-	copy(dst[:19], e.uuidHead[:])
+	copy(dst[:19], head[:])
 	hex.Encode(dst[19:23], b[:2])
 	dst[23] = '-'
 	hex.Encode(dst[24:], b[2:])
@@ -191,14 +198,12 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 		blk = new(flowBlock)
 	}
 	f := &blk.flow
-	blk.time.Seconds, blk.time.Nanos = ev.Time.Unix(), int32(ev.Time.Nanosecond())
-	f.Time = &blk.time
 	e.uuid(&blk.uuid)
-	f.Uuid = unsafe.String(&blk.uuid[0], len(blk.uuid))
-	f.NodeName, f.PacketLength, f.VlanId = e.node, ev.PktLen, uint32(ev.VLAN)
-	if e.fillNetwork(ev, &blk.ip, &blk.l4, &blk.tcp, &blk.udp) {
-		f.Ip, f.L4 = &blk.ip, &blk.l4
+	var src, dst string
+	if ev.Src.IsValid() {
+		src, dst = e.addr(ev.Src), e.addr(ev.Dst)
 	}
+	fillHead(blk, ev, e.node, src, dst)
 	if ev.Src.IsValid() {
 		f.Source = e.endpoint(ev.Src, ev.Time)
 		f.Destination = e.endpoint(ev.Dst, ev.Time)
@@ -214,21 +219,7 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 
 	switch ev.Kind {
 	case decode.KindFlow:
-		f.Verdict = flowtracev1.Verdict_VERDICT_FORWARDED
-		f.Packets, f.Bytes = ev.Packets, ev.Bytes
-		if ev.RevPackets != 0 {
-			f.ReversePackets, f.ReverseBytes = ev.RevPackets, ev.RevBytes
-			setTCPFlags(&blk.revFlags, ev.RevTCPFlags)
-			f.ReverseTcpFlags = &blk.revFlags
-		}
-		f.Report = report(ev.FlowReason)
-		f.IsReply = ev.CT.Flags.Has(decode.CTKnown | decode.CTReply)
-		f.ObservationPoint, f.TrafficDirection = observation(ev.Direction)
-		// No summary: it would restate l4's flags, the counts and the
-		// reverse fields, which every printer renders. Built and stored
-		// for each of these (the bulk of all events), it was a tenth of
-		// the agent's per-event CPU and a fifth of a flow's bytes in
-		// history. Hubble deprecated its Flow.Summary for the same reason.
+		fillForwarded(blk, ev)
 	case decode.KindDrop:
 		f.Verdict = flowtracev1.Verdict_VERDICT_DROPPED
 		f.ObservationPoint = flowtracev1.ObservationPoint_OBSERVATION_POINT_KFREE_SKB
@@ -259,6 +250,41 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 		e.mtu(ev, f)
 	}
 	return f
+}
+
+// fillHead writes what every flow of ev has into blk's flow, all but its
+// uuid (in blk.uuid already), the identities and the interfaces: the
+// time, the node, the packet and the addresses (src and dst are their
+// text, unused when ev has none).
+func fillHead(blk *flowBlock, ev *decode.Event, node, src, dst string) {
+	f := &blk.flow
+	blk.time.Seconds, blk.time.Nanos = ev.Time.Unix(), int32(ev.Time.Nanosecond())
+	f.Time = &blk.time
+	f.Uuid = unsafe.String(&blk.uuid[0], len(blk.uuid))
+	f.NodeName, f.PacketLength, f.VlanId = node, ev.PktLen, uint32(ev.VLAN)
+	if fillNetwork(ev, src, dst, &blk.ip, &blk.l4, &blk.tcp, &blk.udp) {
+		f.Ip, f.L4 = &blk.ip, &blk.l4
+	}
+}
+
+// fillForwarded writes a forwarded-traffic report's own fields.
+func fillForwarded(blk *flowBlock, ev *decode.Event) {
+	f := &blk.flow
+	f.Verdict = flowtracev1.Verdict_VERDICT_FORWARDED
+	f.Packets, f.Bytes = ev.Packets, ev.Bytes
+	if ev.RevPackets != 0 {
+		f.ReversePackets, f.ReverseBytes = ev.RevPackets, ev.RevBytes
+		setTCPFlags(&blk.revFlags, ev.RevTCPFlags)
+		f.ReverseTcpFlags = &blk.revFlags
+	}
+	f.Report = report(ev.FlowReason)
+	f.IsReply = ev.CT.Flags.Has(decode.CTKnown | decode.CTReply)
+	f.ObservationPoint, f.TrafficDirection = observation(ev.Direction)
+	// No summary: it would restate l4's flags, the counts and the
+	// reverse fields, which every printer renders. Built and stored
+	// for each of these (the bulk of all events), it was a tenth of
+	// the agent's per-event CPU and a fifth of a flow's bytes in
+	// history. Hubble deprecated its Flow.Summary for the same reason.
 }
 
 // Recycle hands back flows Flow returned that nothing references any more,
@@ -494,7 +520,7 @@ func (e *Enricher) endpoint(ip netip.Addr, t time.Time) *flowtracev1.Endpoint {
 	if !ok {
 		if ng, nodes := e.ids.(identity.NodeGetter); nodes {
 			if n, ok := ng.NodeByIP(ip); ok {
-				return &flowtracev1.Endpoint{NodeName: n.Name}
+				return e.nodeEndpoint(n)
 			}
 		}
 		return nil
@@ -520,22 +546,37 @@ func (e *Enricher) endpoint(ip netip.Addr, t time.Time) *flowtracev1.Endpoint {
 	return ep
 }
 
+// nodeEndpoint is a node's endpoint, shared like a pod's (history keeps
+// shared messages as references).
+func (e *Enricher) nodeEndpoint(n *identity.Node) *flowtracev1.Endpoint {
+	if ep, ok := e.nodeEps[n]; ok {
+		return ep
+	}
+	ep := &flowtracev1.Endpoint{NodeName: n.Name}
+	if len(e.nodeEps) >= cacheLimit {
+		clear(e.nodeEps)
+	}
+	e.nodeEps[n] = ep
+	return ep
+}
+
 func (e *Enricher) network(ev *decode.Event) (*flowtracev1.IP, *flowtracev1.Layer4) {
-	ip, l4 := &flowtracev1.IP{}, &flowtracev1.Layer4{}
-	if !e.fillNetwork(ev, ip, l4, nil, nil) {
+	if !ev.Src.IsValid() {
 		return nil, nil
 	}
+	ip, l4 := &flowtracev1.IP{}, &flowtracev1.Layer4{}
+	fillNetwork(ev, e.addr(ev.Src), e.addr(ev.Dst), ip, l4, nil, nil)
 	return ip, l4
 }
 
-// fillNetwork describes ev's addresses and ports in ip and l4, in tcp or
-// udp when given (else allocated); it reports false, leaving them
-// untouched, for an event without addresses.
-func (e *Enricher) fillNetwork(ev *decode.Event, ip *flowtracev1.IP, l4 *flowtracev1.Layer4, tcp *tcpBlock, udp *udpBlock) bool {
+// fillNetwork describes ev's addresses (src and dst: their text) and ports
+// in ip and l4, in tcp or udp when given (else allocated); it reports
+// false, leaving them untouched, for an event without addresses.
+func fillNetwork(ev *decode.Event, src, dst string, ip *flowtracev1.IP, l4 *flowtracev1.Layer4, tcp *tcpBlock, udp *udpBlock) bool {
 	if !ev.Src.IsValid() {
 		return false
 	}
-	ip.Source, ip.Destination = e.addr(ev.Src), e.addr(ev.Dst)
+	ip.Source, ip.Destination = src, dst
 	switch ev.IPVersion {
 	case 4:
 		ip.IpVersion = flowtracev1.IPVersion_IP_VERSION_IPV4

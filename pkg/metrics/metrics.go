@@ -118,6 +118,12 @@ func (m *Metrics) ObserveFlow(f *flowtracev1.Flow) {
 	m.dropCounter(f.GetDropReason(), m.namespace(f)).Add(n)
 }
 
+// ObserveForwarded counts n forwarded-traffic flows the agent kept
+// without making them (observer.Lazy): ObserveFlow's count of them.
+func (m *Metrics) ObserveForwarded(n int) {
+	m.flowCounter(flowtracev1.Verdict_VERDICT_FORWARDED).Add(float64(n))
+}
+
 func (m *Metrics) flowCounter(v flowtracev1.Verdict) prometheus.Counter {
 	m.cmu.Lock()
 	defer m.cmu.Unlock()

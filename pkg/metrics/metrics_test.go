@@ -76,6 +76,7 @@ func TestMetrics(t *testing.T) {
 	m.ObserveFlow(drop("fourth", flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP, 1)) // beyond top 2
 	m.ObserveFlow(drop("", flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP, 1))
 	m.ObserveFlow(&flowtracev1.Flow{Verdict: flowtracev1.Verdict_VERDICT_FORWARDED})
+	m.ObserveForwarded(2) // kept lazily: counted all the same
 	m.ObserveFlow(nil)
 
 	out := scrapeText(t, m)
@@ -85,7 +86,7 @@ func TestMetrics(t *testing.T) {
 		`flowtrace_drops_total{namespace="other",reason="netfilter_drop"} 2`,
 		`flowtrace_drops_total{namespace="none",reason="netfilter_drop"} 1`,
 		`flowtrace_flows_total{verdict="dropped"} 6`,
-		`flowtrace_flows_total{verdict="forwarded"} 1`,
+		`flowtrace_flows_total{verdict="forwarded"} 3`,
 		`flowtrace_lost_events_total{stage="kernel_ring_buffer"} 3`,
 		`flowtrace_lost_events_total{stage="client_queue"} 5`,
 		`flowtrace_attached_interfaces{kind="veth",mode="tcx"} 2`,

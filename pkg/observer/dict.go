@@ -1,6 +1,8 @@
 package observer
 
 import (
+	"unsafe"
+
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -30,10 +32,6 @@ type dict struct {
 	ids  map[string]uint32
 	vals []dictVal
 	free []uint32
-	// index maps a field number below maxFieldNum to its position in
-	// fields plus one (0: not interned), so place, which runs for every
-	// interned or packed field of every flow, does not scan fields.
-	index [maxFieldNum]uint8
 	// last is each field's two most recent ids: consecutive flows mostly
 	// carry the same endpoints and interface (one connection's reports, a
 	// busy pod's), and comparing with a recent value costs a memeq where
@@ -41,6 +39,9 @@ type dict struct {
 	// of the agent's CPU under connection churn). Two, because a
 	// connection's reports alternate its ends as source and destination.
 	last [maxFields][2]uint32
+	// materialize appends the encoding of a lazy record's payload
+	// (Observer.materialize).
+	materialize func(dst, payload []byte) []byte
 }
 
 // maxFields bounds the interned fields (newDict's list).
@@ -70,29 +71,52 @@ const minInterned = 2 * refSize
 // with flagUUID set when the flow's uuid follows them, packed.
 const (
 	refsMask   = 0x0f
+	flagLazy   = 0x40 // the body is a PublishLazy payload, not protobuf
 	flagUUID   = 0x80
 	uuidText   = 36
 	uuidPacked = 16
 )
 
-func newDict() *dict {
-	d := &dict{ids: make(map[string]uint32)}
+// internedFields are the Flow fields the dictionary interns, by number.
+var internedFields = func() (nums []protowire.Number) {
 	fields := (&flowtracev1.Flow{}).ProtoReflect().Descriptor().Fields()
 	for _, name := range []string{"source", "destination", "interface", "input_interface",
 		"node_name", "drop_reason_kernel", "drop_location", "source_service", "destination_service"} {
 		if fd := fields.ByName(protoreflect.Name(name)); fd != nil {
-			d.fields = append(d.fields, fd.Number())
+			nums = append(nums, fd.Number())
 		}
 	}
-	if len(d.fields) > maxFields {
+	if len(nums) > maxFields {
 		panic("observer: more interned fields than dict.last holds")
 	}
-	for i, num := range d.fields {
+	return nums
+}()
+
+// internedIndex is internedFields' inverse: a field number below
+// maxFieldNum to its position plus one (0: not interned), so that place,
+// which runs for every interned or packed field of every flow, and the
+// encoder do not scan the list.
+var internedIndex = func() (index [maxFieldNum]uint8) {
+	for i, num := range internedFields {
 		if num < maxFieldNum {
-			d.index[num] = uint8(i + 1)
+			index[num] = uint8(i + 1)
 		}
 	}
-	if fd := fields.ByName("uuid"); fd != nil {
+	return index
+}()
+
+// internedField reports whether the dictionary interns field num.
+func internedField(num protowire.Number) bool {
+	return num >= 0 && num < maxFieldNum && internedIndex[num] != 0
+}
+
+// A flow's spans (the interned fields and the uuid) are at most maxSpans,
+// so every shared message among them finds room as a reference.
+var _ [maxRefs - maxSpans]struct{}
+
+func newDict() *dict {
+	d := &dict{ids: make(map[string]uint32), fields: internedFields}
+	if fd := (&flowtracev1.Flow{}).ProtoReflect().Descriptor().Fields().ByName("uuid"); fd != nil {
 		d.uuid = fd.Number()
 	}
 	return d
@@ -102,7 +126,7 @@ func (d *dict) fieldIndex(num protowire.Number) int {
 	if num < 0 || num >= maxFieldNum {
 		return -1
 	}
-	return int(d.index[num]) - 1
+	return int(internedIndex[num]) - 1
 }
 
 // ref returns b's id as a value of field fi, adding it when new, and
@@ -136,6 +160,24 @@ func (d *dict) ref(fi uint8, b []byte) uint32 {
 	return id
 }
 
+// refShared is ref for a shared message (sharedMsg): its id hint is taken
+// when that entry still holds the message's own string, a pointer compare
+// where ref compares ~60 bytes or hashes them. Otherwise it interns the
+// body as ref does and makes the entry hold the message's string, so that
+// the next flow's check succeeds.
+func (d *dict) refShared(fi uint8, m *sharedMsg) uint32 {
+	if id := m.id; int64(id) < int64(len(d.vals)) {
+		if v := &d.vals[id]; v.refs > 0 && len(v.data) == len(m.body) && unsafe.StringData(v.data) == unsafe.StringData(m.body) {
+			v.refs++
+			return id
+		}
+	}
+	id := d.ref(fi, unsafe.Slice(unsafe.StringData(m.body), len(m.body)))
+	d.vals[id].data = m.body // the same bytes: ref found or copied them
+	m.id = id
+	return id
+}
+
 func (d *dict) unref(id uint32) {
 	v := &d.vals[id]
 	if v.refs--; v.refs == 0 {
@@ -152,6 +194,7 @@ func (d *dict) unref(id uint32) {
 type span struct {
 	start, val, end int32
 	field           uint8
+	shared          *sharedMsg // a shared message not in data (fieldSpan)
 }
 
 const spanUUID = 0xff
@@ -203,6 +246,14 @@ func (d *dict) splitSpans(data []byte, sp *flowSpans, l *layout) (size int) {
 	l.reset()
 	saved := 0
 	for _, f := range sp.s[:sp.n] {
+		if f.shared != nil {
+			// Never inline (encoder.sharedField): a reference the
+			// encoding has no bytes for.
+			l.skip[l.n] = span{start: f.start, val: f.val, end: f.end, field: uint8(d.fieldIndex(f.num)), shared: f.shared}
+			l.n, l.refs = l.n+1, l.refs+1
+			saved -= refSize
+			continue
+		}
 		saved += d.place(l, f.num, int(f.start), int(f.val), int(f.end), data)
 	}
 	return 1 + len(data) - saved
@@ -286,7 +337,12 @@ func (d *dict) encode(dst, data []byte, l *layout) {
 		if sp.field == spanUUID {
 			continue
 		}
-		id := d.ref(sp.field, data[sp.val:sp.end])
+		var id uint32
+		if sp.shared != nil {
+			id = d.refShared(sp.field, sp.shared)
+		} else {
+			id = d.ref(sp.field, data[sp.val:sp.end])
+		}
 		h[i*refSize] = sp.field
 		h[i*refSize+1], h[i*refSize+2], h[i*refSize+3], h[i*refSize+4] = byte(id), byte(id>>8), byte(id>>16), byte(id>>24)
 		i++
@@ -318,7 +374,11 @@ func (d *dict) decode(dst, rec []byte) []byte {
 	if rec[0]&flagUUID != 0 {
 		uuid, body = body[:uuidPacked], body[uuidPacked:]
 	}
-	dst = append(dst, body...)
+	if rec[0]&flagLazy != 0 && d.materialize != nil {
+		dst = d.materialize(dst, body)
+	} else {
+		dst = append(dst, body...)
+	}
 	for i := range k {
 		f, id := refAt(h, i)
 		dst = protowire.AppendTag(dst, d.fields[f], protowire.BytesType)

@@ -30,7 +30,7 @@ func TestDictRoundTrip(t *testing.T) {
 		}
 		raw += len(data)
 		want[s.next] = f
-		if _, ok := s.add(int64(i), int64(i), data, nil); !ok {
+		if _, ok := s.add(int64(i), int64(i), data, nil, false); !ok {
 			t.Fatal("add refused")
 		}
 	}
@@ -105,7 +105,7 @@ func TestDictUUID(t *testing.T) {
 		if l.hasID != tc.packed {
 			t.Errorf("%q: packed %v, want %v", tc.uuid, l.hasID, tc.packed)
 		}
-		if _, ok := s.add(1, 1, data, nil); !ok {
+		if _, ok := s.add(1, 1, data, nil, false); !ok {
 			t.Fatal("add refused")
 		}
 		if tc.packed {
@@ -147,7 +147,7 @@ func TestDictDropFields(t *testing.T) {
 			t.Fatal(err)
 		}
 		raw += len(data)
-		if _, ok := s.add(int64(i), int64(i), data, nil); !ok {
+		if _, ok := s.add(int64(i), int64(i), data, nil, false); !ok {
 			t.Fatal("add refused")
 		}
 	}

@@ -50,16 +50,26 @@ func appendFlowCached(b []byte, f *flowtracev1.Flow, c *encodeCache, sp *flowSpa
 // Publish), and a pointer held as a key cannot be reused for another
 // message. Bounded: emptied when full.
 type encodeCache struct {
-	endpoints map[*flowtracev1.Endpoint][]byte
-	ifaces    map[*flowtracev1.Interface][]byte
-	services  map[*flowtracev1.Service][]byte
+	endpoints map[*flowtracev1.Endpoint]*sharedMsg
+	ifaces    map[*flowtracev1.Interface]*sharedMsg
+	services  map[*flowtracev1.Service]*sharedMsg
+}
+
+// sharedMsg is a shared message's encoded body and, for history, the
+// dictionary id it was last interned under. The id is a hint: history
+// takes it only while its entry still holds this very string (dict.refShared),
+// so an entry released and reused for another value is never mistaken
+// for it, and the cache needs no reference of its own in the dictionary.
+type sharedMsg struct {
+	body string
+	id   uint32
 }
 
 const encodeCacheLimit = 4096
 
 func newEncodeCache() *encodeCache {
-	return &encodeCache{endpoints: map[*flowtracev1.Endpoint][]byte{}, ifaces: map[*flowtracev1.Interface][]byte{},
-		services: map[*flowtracev1.Service][]byte{}}
+	return &encodeCache{endpoints: map[*flowtracev1.Endpoint]*sharedMsg{}, ifaces: map[*flowtracev1.Interface]*sharedMsg{},
+		services: map[*flowtracev1.Service]*sharedMsg{}}
 }
 
 type encoder struct {
@@ -71,14 +81,29 @@ type encoder struct {
 	// flow's encoding starts in b.
 	spans *flowSpans
 	base  int
+	// allShared: every shared message becomes a reference, however short
+	// (PublishLazy: its record has no room for inline fields).
+	allShared bool
 }
+
+// Flow's fields that hold shared messages.
+const (
+	fieldSource             protowire.Number = 12
+	fieldDestination        protowire.Number = 13
+	fieldInterface          protowire.Number = 14
+	fieldSourceService      protowire.Number = 24
+	fieldDestinationService protowire.Number = 25
+)
 
 // fieldSpan is one top-level length-delimited field of an encoded flow:
 // [start, end) is the whole field, [val, end) its value, offsets from the
-// start of the flow's encoding.
+// start of the flow's encoding. A shared message history interns is not
+// written at all: its span is empty, at where it would be, and shared
+// holds its body (encoder.sharedField).
 type fieldSpan struct {
 	num             protowire.Number
 	start, val, end int32
+	shared          *sharedMsg
 }
 
 // flowSpans are the fields the encoder recorded, in the order it wrote
@@ -346,27 +371,53 @@ func (e *encoder) endpoint(num protowire.Number, ep *flowtracev1.Endpoint) {
 
 // cachedField writes field num, the message m, from its encoding in cache,
 // or encodes it with write and keeps that encoding.
-func cachedField[M comparable](e *encoder, cache map[M][]byte, m M, num protowire.Number, write func(protowire.Number, M)) {
-	if body, ok := cache[m]; ok {
-		e.b = appendVarint(appendTag(e.b, num, protowire.BytesType), uint64(len(body)))
-		e.b = append(e.b, body...)
-		return
-	}
-	start := len(e.b)
-	write(num, m)
-	if !e.bad {
+func cachedField[M comparable](e *encoder, cache map[M]*sharedMsg, m M, num protowire.Number, write func(protowire.Number, M)) {
+	msg, ok := cache[m]
+	if !ok {
+		start := len(e.b)
+		write(num, m)
+		if e.bad {
+			return
+		}
 		if len(cache) >= encodeCacheLimit {
 			clear(cache)
 		}
-		cache[m] = bodyOf(e.b[start:])
+		msg = &sharedMsg{body: bodyOf(e.b[start:]), id: noID}
+		cache[m] = msg
+		e.b = e.b[:start] // written below like any cached one
 	}
+	if e.sharedField(num, msg) {
+		return
+	}
+	e.b = appendVarint(appendTag(e.b, num, protowire.BytesType), uint64(len(msg.body)))
+	e.b = append(e.b, msg.body...)
+}
+
+// noID is a sharedMsg's id before history interned it: never an entry's.
+const noID = ^uint32(0)
+
+// sharedField records msg as field num of the flow for history, which
+// interns it without the encoder writing its bytes or the dictionary
+// comparing them: each flow copied a pod's endpoint (~60 bytes) twice and
+// compared it once, per end. It reports false when history is not the
+// reader (no spans), or would keep the field inline (too short, the
+// spans full), so the caller writes it.
+func (e *encoder) sharedField(num protowire.Number, msg *sharedMsg) bool {
+	sp := e.spans
+	if sp == nil || sp.n == maxSpans || (len(msg.body) < minInterned && !e.allShared) || !internedField(num) {
+		return false
+	}
+	at := int32(len(e.b) - e.base)
+	sp.s[sp.n] = fieldSpan{num: num, start: at, val: at, end: at, shared: msg}
+	sp.n++
+	return true
 }
 
 // bodyOf copies the body of the one length-delimited field in b.
-func bodyOf(b []byte) []byte {
+func bodyOf(b []byte) string {
 	_, _, n := protowire.ConsumeTag(b)
 	body, _ := protowire.ConsumeBytes(b[n:])
-	return append([]byte(nil), body...)
+	return string(body)
 }
 
 func (e *encoder) endpointBody(num protowire.Number, ep *flowtracev1.Endpoint) {

@@ -3,6 +3,7 @@ package observer
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,35 +94,43 @@ func checkEncoding(t *testing.T, name string, f *flowtracev1.Flow) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("%s: bytes differ from proto.Marshal\n got %x\nwant %x", name, got, want)
 	}
-	// Through the cache of shared messages: filled, then hit; and with
-	// the spans history's dictionary takes instead of parsing.
+	// Through the cache of shared messages: filled, then hit, for a
+	// response (no spans) and for history (spans, shared messages as
+	// references). Two passes, so the second takes the dictionary ids
+	// the first left in the cache.
 	c := newEncodeCache()
+	fromSpans, parsed := newDict(), newDict()
 	for pass := range 2 {
-		var sp flowSpans
-		cached, ok := appendFlowCached([]byte("prefix"), f, c, &sp)
+		cached, ok := appendFlowCached([]byte("prefix"), f, c, nil)
 		cached = cached[len("prefix"):]
 		if !ok || !bytes.Equal(cached, want) {
 			t.Fatalf("%s: cached encoding, pass %d, differs from proto.Marshal\n got %x\nwant %x", name, pass, cached, want)
 		}
-		checkSpans(t, name, want, &sp)
+		var sp flowSpans
+		data, ok := appendFlowCached(nil, f, c, &sp)
+		if !ok {
+			t.Fatalf("%s: history encoding, pass %d, refused", name, pass)
+		}
+		checkRecord(t, fmt.Sprintf("%s, pass %d", name, pass), f, fromSpans, parsed, data, &sp, want)
 	}
 }
 
-// checkSpans: the layout history's dictionary makes from the encoder's
-// spans is the one it finds by parsing the encoding.
-func checkSpans(t *testing.T, name string, data []byte, sp *flowSpans) {
+// checkRecord: the history record the dictionary makes from the encoder's
+// output and spans is byte for byte the one it makes by parsing the
+// flow's full encoding (want), and decodes to the flow.
+func checkRecord(t *testing.T, name string, f *flowtracev1.Flow, fromSpans, parsed *dict, data []byte, sp *flowSpans, want []byte) {
 	t.Helper()
-	d := newDict()
-	var fromSpans, parsed layout
-	n1, n2 := d.splitSpans(data, sp, &fromSpans), d.split(data, &parsed)
-	same := n1 == n2 && fromSpans.n == parsed.n && fromSpans.refs == parsed.refs &&
-		fromSpans.hasID == parsed.hasID && fromSpans.uuid == parsed.uuid
-	for i := 0; same && i < parsed.n; i++ {
-		a, b := fromSpans.skip[i], parsed.skip[i]
-		same = a == b
+	var l1, l2 layout
+	rec1 := make([]byte, fromSpans.splitSpans(data, sp, &l1))
+	fromSpans.encode(rec1, data, &l1)
+	rec2 := make([]byte, parsed.split(want, &l2))
+	parsed.encode(rec2, want, &l2)
+	if !bytes.Equal(rec1, rec2) {
+		t.Fatalf("%s: record from the encoder's spans\n%x\nfrom parsing\n%x", name, rec1, rec2)
 	}
-	if !same {
-		t.Fatalf("%s: layout from the encoder's spans (%d bytes)\n%+v\nparsed (%d bytes)\n%+v", name, n1, fromSpans, n2, parsed)
+	back := &flowtracev1.Flow{}
+	if err := proto.Unmarshal(fromSpans.decode(nil, rec1), back); err != nil || !proto.Equal(back, f) {
+		t.Fatalf("%s: record decodes to %v (%v), want %v", name, back, err, f)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flowtrace/flowtrace/pkg/filters"
@@ -55,6 +56,10 @@ type Config struct {
 	ClientQueue int
 	// NodeName is stamped on every GetFlowsResponse.
 	NodeName string
+	// Materialize makes the Flow of a payload PublishLazy kept, when it is
+	// read, but for the shared messages kept with it (Lazy). It must be
+	// safe for concurrent use. Without it PublishLazy keeps nothing.
+	Materialize func(payload []byte) (*flowtracev1.Flow, error)
 }
 
 // numSources sizes per-source loss arrays: one more than the largest
@@ -88,6 +93,7 @@ type entry struct {
 	// for (Publish only; hasSpans false: history finds them itself).
 	spans    flowSpans
 	hasSpans bool
+	lazy     bool // data is a PublishLazy payload
 }
 
 // pendingLost is an upstream loss report waiting for a follower; at is the
@@ -123,6 +129,9 @@ type Observer struct {
 	pubEntries []entry
 	pubFlows   []*flowtracev1.Flow
 
+	// following is len(followers), for Following without the lock.
+	following atomic.Int32
+
 	mu        sync.Mutex
 	hist      store                         // flows held: seqs hist.next-hist.n .. hist.next-1
 	live      [liveWindow]*flowtracev1.Flow // flow seq s at live[s%liveWindow], while held
@@ -155,6 +164,7 @@ func New(cfg Config, log *slog.Logger) *Observer {
 		hist:      newStore(cfg.MaxFlows),
 		followers: make(map[*follower]struct{}),
 	}
+	o.hist.dict.materialize = o.materialize
 	// The arena and index are not Go memory: give their address space back
 	// when the Observer goes (Close must not: publishing after Close works).
 	if o.hist.arena != nil {
@@ -252,6 +262,92 @@ func (o *Observer) encode(f *flowtracev1.Flow, sp *flowSpans) (data []byte, ok b
 	return buf[start:len(buf):len(buf)], true, nil
 }
 
+// Lazy is a flow that history keeps as a payload, made into a Flow by
+// Config.Materialize only when read, and the shared messages that name it,
+// which history interns by reference as it does those of a published
+// Flow. They must never be modified afterwards (see Observer).
+type Lazy struct {
+	Time                              int64  // the flow's time, unix ns: since/until
+	Payload                           []byte // read during PublishLazy only
+	Source, Destination               *flowtracev1.Endpoint
+	Interface                         *flowtracev1.Interface
+	SourceService, DestinationService *flowtracev1.Service
+}
+
+// Following reports whether anyone follows: a publisher may then prefer
+// Publish, whose flows followers take as they are, to PublishLazy, whose
+// they must materialize.
+func (o *Observer) Following() bool { return o.following.Load() > 0 }
+
+// PublishLazy is PublishBatch for flows kept as payloads: no Flow is made
+// or encoded unless someone reads it. Without Config.Materialize it keeps
+// nothing.
+func (o *Observer) PublishLazy(ls []Lazy) {
+	if len(ls) == 0 || o.cfg.Materialize == nil {
+		return
+	}
+	o.pubMu.Lock()
+	defer o.pubMu.Unlock()
+	if o.encCache == nil {
+		o.encCache = newEncodeCache()
+	}
+	es := o.pubEntries[:0]
+	added := o.now().UnixNano()
+	for i := range ls {
+		l := &ls[i]
+		start := len(o.scratch)
+		es = append(es, entry{added: added, flowTime: l.Time, hasSpans: true, lazy: true})
+		e := &es[len(es)-1]
+		enc := encoder{b: append(o.scratch, l.Payload...), cache: o.encCache, spans: &e.spans, base: start, allShared: true}
+		if l.Source != nil {
+			cachedField(&enc, o.encCache.endpoints, l.Source, fieldSource, enc.endpointBody)
+		}
+		if l.Destination != nil {
+			cachedField(&enc, o.encCache.endpoints, l.Destination, fieldDestination, enc.endpointBody)
+		}
+		if l.Interface != nil {
+			cachedField(&enc, o.encCache.ifaces, l.Interface, fieldInterface, enc.ifaceBody)
+		}
+		if l.SourceService != nil {
+			cachedField(&enc, o.encCache.services, l.SourceService, fieldSourceService, enc.serviceBody)
+		}
+		if l.DestinationService != nil {
+			cachedField(&enc, o.encCache.services, l.DestinationService, fieldDestinationService, enc.serviceBody)
+		}
+		if !enc.ok() || len(enc.b) != start+len(l.Payload) {
+			// A message proto would refuse (invalid UTF-8), written
+			// inline: what PublishBatch does with such a flow.
+			o.log.Warn("cannot keep flow in history", "error", "a shared message is not valid protobuf")
+			es = es[:len(es)-1]
+			o.scratch = enc.b[:start]
+			continue
+		}
+		o.scratch = enc.b
+		e.data = o.scratch[start:len(o.scratch):len(o.scratch)]
+	}
+	if len(es) > 0 {
+		o.appendLocked(es, nil)
+	}
+	clear(es)
+	o.pubEntries, o.scratch = es[:0], o.scratch[:0]
+}
+
+// materialize appends the encoding of the flow of a PublishLazy payload,
+// without its shared messages (history appends them). A payload
+// Materialize refuses leaves just those: the flow's names, and a warning.
+func (o *Observer) materialize(dst, payload []byte) []byte {
+	f, err := o.cfg.Materialize(payload)
+	if err != nil {
+		o.log.Warn("cannot read flow from history", "error", err)
+		return dst
+	}
+	out, ok := appendFlow(dst, f)
+	if !ok {
+		return dst
+	}
+	return out
+}
+
 // appendLocked reports whether the flows went into the live window.
 func (o *Observer) appendLocked(es []entry, flows []*flowtracev1.Flow) (live bool) {
 	o.mu.Lock()
@@ -265,7 +361,7 @@ func (o *Observer) appendLocked(es []entry, flows []*flowtracev1.Flow) (live boo
 			sp = &e.spans
 		}
 		oldest := o.hist.next - uint64(o.hist.n)
-		evicted, ok := o.hist.add(e.added, e.flowTime, e.data, sp)
+		evicted, ok := o.hist.add(e.added, e.flowTime, e.data, sp, e.lazy)
 		o.releaseLiveLocked(oldest, oldest+uint64(evicted))
 		o.evicted += uint64(evicted)
 		if !ok {
@@ -278,8 +374,8 @@ func (o *Observer) appendLocked(es []entry, flows []*flowtracev1.Flow) (live boo
 		// not reuse them. The slot is cleared either way: it held the
 		// flow of seq-liveWindow.
 		var f *flowtracev1.Flow
-		if live {
-			f = flows[i]
+		if live && flows != nil {
+			f = flows[i] // a lazy flow has none: followers read history's
 		}
 		o.live[(o.hist.next-1)%liveWindow] = f
 		o.seen++
@@ -525,12 +621,14 @@ func (o *Observer) GetFlowsTo(ctx context.Context, req *flowtracev1.GetFlowsRequ
 	if follow {
 		fl = &follower{wake: make(chan struct{}, 1), maxLost: o.cfg.ClientQueue}
 		o.followers[fl] = struct{}{}
+		o.following.Store(int32(len(o.followers)))
 	}
 	o.mu.Unlock()
 	if fl != nil {
 		defer func() {
 			o.mu.Lock()
 			delete(o.followers, fl)
+			o.following.Store(int32(len(o.followers)))
 			if len(o.followers) == 0 {
 				clear(o.live[:]) // see appendLocked
 			}

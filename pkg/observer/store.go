@@ -196,7 +196,7 @@ func (s *store) room(size uint32) (off uint32, evicted int, ok bool) {
 // add appends a flow's bytes and returns how many older flows it evicted,
 // or ok false when data can never fit (larger than the arena). sp, when not
 // nil, is where the encoder wrote the fields the dictionary looks for.
-func (s *store) add(added, flowTime int64, data []byte, sp *flowSpans) (evicted int, ok bool) {
+func (s *store) add(added, flowTime int64, data []byte, sp *flowSpans, lazy bool) (evicted int, ok bool) {
 	var l layout
 	var n int
 	if sp != nil {
@@ -213,6 +213,9 @@ func (s *store) add(added, flowTime int64, data []byte, sp *flowSpans) (evicted 
 		return evicted, false
 	}
 	s.dict.encode(s.arena[off:off+size], data, &l)
+	if lazy {
+		s.arena[off] |= flagLazy
+	}
 	s.head = off + size
 	s.high = max(s.high, s.head)
 	*s.at(s.next) = meta{off: off, size: size, added: added, flowTime: flowTime}

@@ -54,7 +54,7 @@ func TestStoreRandom(t *testing.T) {
 				seq := s.next
 				sizes[seq] = size
 				before := s.n
-				ev, ok := s.add(int64(i), int64(i), record(seq, size), nil)
+				ev, ok := s.add(int64(i), int64(i), record(seq, size), nil, false)
 				if !ok {
 					t.Fatalf("add %d bytes refused", size)
 				}
@@ -113,7 +113,7 @@ func TestStoreExtent(t *testing.T) {
 		}
 		seq := s.next
 		sizes[seq] = size
-		if _, ok := s.add(int64(i), int64(i), record(seq, size), nil); !ok {
+		if _, ok := s.add(int64(i), int64(i), record(seq, size), nil, false); !ok {
 			t.Fatal("add refused")
 		}
 		m := s.at(seq)
@@ -143,13 +143,13 @@ func TestStoreExtent(t *testing.T) {
 func TestStoreTooLarge(t *testing.T) {
 	s := store{idx: make([]meta, 4), arena: make([]byte, 100), dict: newDict()}
 	// A record is the flow plus a one-byte header.
-	if _, ok := s.add(1, 1, make([]byte, 100), nil); ok {
+	if _, ok := s.add(1, 1, make([]byte, 100), nil, false); ok {
 		t.Fatal("a flow larger than the arena was accepted")
 	}
-	if _, ok := s.add(1, 1, make([]byte, 99), nil); !ok || s.n != 1 {
+	if _, ok := s.add(1, 1, make([]byte, 99), nil, false); !ok || s.n != 1 {
 		t.Fatalf("a flow filling the arena was refused (held %d)", s.n)
 	}
-	ev, ok := s.add(2, 2, make([]byte, 10), nil)
+	ev, ok := s.add(2, 2, make([]byte, 10), nil, false)
 	if !ok || ev != 1 || s.n != 1 {
 		t.Fatalf("next flow: ok %v evicted %d held %d, want the full one evicted", ok, ev, s.n)
 	}
@@ -160,7 +160,7 @@ func TestStoreTooLarge(t *testing.T) {
 func TestStoreRelease(t *testing.T) {
 	s := newStore(8)
 	for i := range 8 {
-		s.add(int64(i), int64(i), record(uint64(i), 100), nil)
+		s.add(int64(i), int64(i), record(uint64(i), 100), nil, false)
 	}
 	for s.n > 0 {
 		s.dropOldest()
@@ -169,7 +169,7 @@ func TestStoreRelease(t *testing.T) {
 	if s.high != 0 {
 		t.Fatalf("high-water %d after release", s.high)
 	}
-	s.add(9, 9, record(s.next, 100), nil)
+	s.add(9, 9, record(s.next, 100), nil, false)
 	checkStore(t, &s, map[uint64]int{s.next - 1: 100})
 	unmapArena(s.arena)
 }
