@@ -251,6 +251,14 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if a.cfg.Ready != nil {
 		close(a.cfg.Ready)
 	}
+	g.Go(func() error {
+		<-ctx.Done()
+		if context.Cause(ctx) != nil && !errors.Is(context.Cause(ctx), context.Canceled) {
+			return nil // a failing part says what failed
+		}
+		a.log.Info("flowtrace agent stopping: detaching from interfaces, ending client streams")
+		return nil
+	})
 	return g.Wait()
 }
 

@@ -718,6 +718,9 @@ func streamError(ctx context.Context, err error, p *printer.Printer) error {
 	if st, ok := status.FromError(err); ok && st.Code() == codes.InvalidArgument {
 		return usageErrorf("the agent rejected the request: %s", st.Message())
 	}
+	if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable {
+		return errors.Join(fmt.Errorf("the stream ended: %s", st.Message()), ferr)
+	}
 	return errors.Join(fmt.Errorf("receive flows: %w", err), ferr)
 }
 

@@ -117,6 +117,8 @@ type follower struct {
 // marshalled at once, and also shared as is with live followers for a
 // while: neither it nor the messages it points to may be modified after
 // Publish (the enricher never does; it shares messages between flows).
+// PublishLazy keeps flows that are not made yet (a payload and the shared
+// messages that name it), for Config.Materialize to make when read.
 type Observer struct {
 	cfg Config
 	log *slog.Logger

@@ -21,7 +21,8 @@ package observer
 //     run moves up by a 64th of the bytes held (room).
 //
 // Each record is the flow's bytes with its endpoints and interfaces replaced
-// by references into a dictionary (dict.go).
+// by references into a dictionary (dict.go), or, for a lazy flow
+// (PublishLazy), its payload and those references.
 //
 // The arena reserves arenaBytesPerFlow per flow of MaxFlows (address space,
 // not memory). When flows are so large on average that the arena fills

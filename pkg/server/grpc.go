@@ -113,7 +113,13 @@ func NewGRPCServer(ctx context.Context, svc flowtracev1.ObserverServiceServer, l
 			defer cancel()
 			stop := context.AfterFunc(ctx, cancel)
 			defer stop()
-			return h(srv, &ctxStream{ServerStream: ss, ctx: sctx, lim: lim})
+			err := h(srv, &ctxStream{ServerStream: ss, ctx: sctx, lim: lim})
+			if ctx.Err() != nil && ss.Context().Err() == nil {
+				// Ended by the server's shutdown, not by the client: say
+				// so ("context canceled" read as the client's own doing).
+				return status.Error(codes.Unavailable, "the server is shutting down")
+			}
+			return err
 		}),
 		grpc.ChainUnaryInterceptor(func(uctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			if _, ok := uctx.Deadline(); !ok {

@@ -222,6 +222,11 @@ func TestGracefulStopEndsFollowers(t *testing.T) {
 		if err == nil {
 			t.Fatal("follower got a response instead of the end of the stream")
 		}
+		// Said to be the server's doing: "context canceled" read as the
+		// client's own.
+		if st, _ := status.FromError(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "shutting down") {
+			t.Errorf("follower's stream ended with %v, want Unavailable: shutting down", err)
+		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("follower stream not ended")
 	}
