@@ -231,6 +231,15 @@ static __always_inline void ft_flow_key_of(struct ft_flow_key *k, const struct f
 	__builtin_memcpy(k->daddr, ta->daddr, 16);
 	k->sport = t->sport;
 	k->dport = t->dport;
+	/*
+	 * ICMP has no ports: its type and code stand in for them, so an echo
+	 * request's entry is not a neighbour advertisement's, and a report
+	 * made from the entry alone (the agent's idle walk) names its type.
+	 */
+	if (t->proto == FT_IPPROTO_ICMP || t->proto == FT_IPPROTO_ICMPV6) {
+		k->sport = t->icmp_type;
+		k->dport = t->icmp_code;
+	}
 	k->proto = t->proto;
 	k->ip_version = t->ip_version;
 	k->dir = dir;

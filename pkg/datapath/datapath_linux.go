@@ -1272,6 +1272,12 @@ func deleteKeys[K any](m *ebpf.Map, keys []K) error {
 	return nil
 }
 
+// IANA protocol numbers of ICMP, whose flow keys hold type and code.
+const (
+	protoICMP   = 1
+	protoICMPv6 = 58
+)
+
 // An entry's fin (ft_flow.h, ft_flow_closing): where its TCP connection's
 // close stands at its hook.
 const (
@@ -1320,6 +1326,11 @@ func fillFlushEvent(ev *decode.Event, k *ftFtFlowKey, v *ftFtFlowVal, now uint64
 		FlowReason:  decode.ReasonIdleFlush,
 	}
 	ev.Src, ev.Dst = decode.Addrs(k.IpVersion, k.Saddr[:], k.Daddr[:])
+	if k.Proto == protoICMP || k.Proto == protoICMPv6 {
+		// The key's ports are ICMP's type and code (ft_flow_key_of).
+		ev.ICMPType, ev.ICMPCode = uint8(k.Sport), uint8(k.Dport)
+		ev.SrcPort, ev.DstPort = 0, 0
+	}
 	if f := decode.CTFlags(v.Ct.Flags); f.Has(decode.CTKnown) {
 		ev.CT = decode.Conntrack{Flags: f, IPVersion: v.Ct.IpVersion,
 			OrigSrcPort: v.Ct.Orig.Sport, OrigDstPort: v.Ct.Orig.Dport}

@@ -774,3 +774,59 @@ func TestCloseWaitsForRun(t *testing.T) {
 	waitErr(t, runDone, 5*time.Second, "Run, after Close")
 	waitErr(t, closeDone, 5*time.Second, "Close, after Run")
 }
+
+// TestICMPFlowsKeepTheirType: ICMP messages of different types between the
+// same two addresses are flows of their own, and every report of one, the
+// idle walk's included, names its type and code (the key holds them where
+// other protocols hold ports). Sharing one entry, echo replies were counted
+// into a neighbour advertisement's flow, and idle reports said type 0.
+func TestICMPFlowsKeepTheirType(t *testing.T) {
+	const interval = 100 * time.Millisecond
+	d := load(t, Config{FlowReportInterval: interval})
+	pinCPU(t, -1)
+	frames := []struct {
+		proto     uint8
+		typ, code uint8
+		frame     []byte
+	}{
+		{1, 8, 0, cat(eth(0x0800), ipv4(1, "10.1.0.1", "10.1.0.2", 0, nil, icmpEcho(8)))},
+		{1, 3, 4, cat(eth(0x0800), ipv4(1, "10.1.0.1", "10.1.0.2", 0, nil, []byte{3, 4, 0, 0, 0, 0, 0x05, 0x46}))},
+		{58, 128, 0, cat(eth(0x86dd), ipv6(58, "fd00::1", "fd00::2", icmpEcho(128)))},
+		{58, 136, 0, cat(eth(0x86dd), ipv6(58, "fd00::1", "fd00::2", []byte{136, 0, 0, 0, 0, 0, 0, 0}))},
+	}
+	for _, f := range frames {
+		for range 2 {
+			run(t, d.Egress(), f.frame)
+		}
+	}
+	evs := drain(t, d)
+	if len(evs) != len(frames) {
+		t.Fatalf("%d reports, want a NEW for each of %d ICMP types: %+v", len(evs), len(frames), evs)
+	}
+	time.Sleep(interval + 20*time.Millisecond)
+	if _, err := d.FlushIdle(func(ev *decode.Event) { evs = append(evs, *ev) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 2*len(frames) {
+		t.Fatalf("%d reports after the idle walk, want %d: %+v", len(evs), 2*len(frames), evs)
+	}
+	// Each type once among the NEW reports (in order) and once among the
+	// idle walk's (in the table's order).
+	for pass, reports := range [][]decode.Event{evs[:len(frames)], evs[len(frames):]} {
+		seen := map[[3]uint8]bool{}
+		for i, ev := range reports {
+			if pass == 0 && (ev.Proto != frames[i].proto || ev.ICMPType != frames[i].typ) {
+				t.Errorf("NEW report %d: proto %d type %d, want proto %d type %d", i, ev.Proto, ev.ICMPType, frames[i].proto, frames[i].typ)
+			}
+			if ev.Packets != 1 || ev.SrcPort != 0 || ev.DstPort != 0 {
+				t.Errorf("report %v: %d packets, ports %d/%d; want 1 packet, no ports", ev.FlowReason, ev.Packets, ev.SrcPort, ev.DstPort)
+			}
+			seen[[3]uint8{ev.Proto, ev.ICMPType, ev.ICMPCode}] = true
+		}
+		for _, f := range frames {
+			if !seen[[3]uint8{f.proto, f.typ, f.code}] {
+				t.Errorf("pass %d: no report of proto %d type %d code %d: %+v", pass, f.proto, f.typ, f.code, reports)
+			}
+		}
+	}
+}
