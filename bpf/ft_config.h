@@ -28,6 +28,17 @@ volatile const __u32 ft_reason_not_dropped = 0;
 volatile const __u32 ft_reason_consumed = 0xffffffff;
 
 /*
+ * enum skb_drop_reason values of a socket's teardown: buffers a closed
+ * socket or a purged queue held (SOCKET_CLOSE, QUEUE_PURGE). No packet died
+ * on the network, and every closed connection with unread data and every
+ * netlink socket's close made "drops" that hid the real ones; they are
+ * counted (FT_STAT_DROPS_TEARDOWN) unless the loader asks for them.
+ * 0xffffffff: no such reason.
+ */
+volatile const __u32 ft_reason_socket_close = 0xffffffff;
+volatile const __u32 ft_reason_queue_purge = 0xffffffff;
+
+/*
  * Optional kernel paths, switched off by the loader when the kernel refuses
  * them (see pkg/datapath Features). 0 prunes the branch at verification.
  */

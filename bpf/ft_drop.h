@@ -440,6 +440,10 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 
 	if (has_reason && (reason == ft_reason_not_dropped || reason == ft_reason_consumed))
 		return 0;
+	if (has_reason && (reason == ft_reason_socket_close || reason == ft_reason_queue_purge)) {
+		ft_stat_inc(FT_STAT_DROPS_TEARDOWN);
+		return 0;
+	}
 	hb = bpf_map_lookup_elem(&ft_drop_hdrs, &zero);
 	if (hb)
 		hb->seen += 1; /* per-CPU value: no atomic needed */

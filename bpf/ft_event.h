@@ -224,6 +224,7 @@ enum ft_stat {
 	FT_STAT_DROP_MEMO_HITS, /* counted in ft_drop_hdrs.memo_hits (ft_drop.h) */
 	FT_STAT_FLOWS_CLOSED,   /* flow entries deleted with their TCP connection (ft_flow_end) */
 	FT_STAT_DROPS_PARSED_FAST, /* counted in ft_drop_hdrs.parsed_fast (ft_drop.h) */
+	FT_STAT_DROPS_TEARDOWN,    /* a socket's teardown, not reported (ft_reason_socket_close) */
 	FT_STAT_MAX,
 };
 

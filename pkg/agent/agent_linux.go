@@ -55,9 +55,12 @@ type Config struct {
 	// into the agent, so it costs twice its size in RSS once written.
 	RingBufferBytes int
 	ScopeAllNetns   bool // report drops from every netns, not only ours and our pods'
-	NoFlowCache     bool // tc without its per-CPU flow cache (benchmark A/B)
-	NoDropMemo      bool // the drop hook without its per-CPU fold memo (benchmark A/B)
-	Version         string
+	// SocketTeardownDrops reports what a socket's teardown frees (drop
+	// reasons SOCKET_CLOSE, QUEUE_PURGE) as drops; otherwise counted only.
+	SocketTeardownDrops bool
+	NoFlowCache         bool // tc without its per-CPU flow cache (benchmark A/B)
+	NoDropMemo          bool // the drop hook without its per-CPU fold memo (benchmark A/B)
+	Version             string
 
 	// ListenAddress, when set, also serves the API on TCP host:port with
 	// TLS (TLS.CertFile/KeyFile; mTLS with TLS.ClientCAFile). Plain TCP is
@@ -283,11 +286,12 @@ func (a *Agent) setup() error {
 	// and the stages' garbage on top of each other was ~3 MB of it.
 	debug.FreeOSMemory()
 	a.dp, err = datapath.Load(datapath.Config{
-		FlowReportInterval: a.cfg.FlowReportInterval,
-		RingBufferBytes:    a.cfg.RingBufferBytes,
-		ScopeAllNetns:      a.cfg.ScopeAllNetns,
-		NoFlowCache:        a.cfg.NoFlowCache,
-		NoDropMemo:         a.cfg.NoDropMemo,
+		FlowReportInterval:  a.cfg.FlowReportInterval,
+		RingBufferBytes:     a.cfg.RingBufferBytes,
+		ScopeAllNetns:       a.cfg.ScopeAllNetns,
+		SocketTeardownDrops: a.cfg.SocketTeardownDrops,
+		NoFlowCache:         a.cfg.NoFlowCache,
+		NoDropMemo:          a.cfg.NoDropMemo,
 	}, a.log)
 	if err != nil {
 		return fmt.Errorf("load datapath: %w", err)

@@ -98,6 +98,7 @@ serves Prometheus metrics.`,
 	f.DurationVar(&cfg.MaxFlowAge, "max-flow-age", time.Hour, "flows held in history (age bound)")
 	f.IntVar(&cfg.RingBufferBytes, "ring-buffer-bytes", agent.DefaultRingBufferBytes, "BPF ring buffer size (power of two): events the kernel can queue while the agent catches up; costs twice this in memory")
 	f.BoolVar(&cfg.ScopeAllNetns, "all-netns", false, "report drops from every network namespace on the machine, not only the node's and its pods'")
+	f.BoolVar(&cfg.SocketTeardownDrops, "socket-teardown-drops", false, "also report what a socket's teardown frees (drop reasons SOCKET_CLOSE, QUEUE_PURGE: a closed socket's unread data, a netlink socket's queue); by default they are only counted (drops_socket_teardown in status): no packet died on the network")
 	addListenFlags(f, &cfg.ListenAddress, &cfg.TLS, &cfg.InsecureListen)
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", "serve Prometheus metrics on http://ADDRESS/metrics (e.g. :9965)")
 	f.IntVar(&cfg.MetricsTopNamespaces, "metrics-top-namespaces", 50, "namespaces that get their own label on flowtrace_drops_total; the rest count as \"other\"")

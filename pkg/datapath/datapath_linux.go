@@ -51,6 +51,11 @@ type Config struct {
 	// as on a kernel that cannot run a program on a chosen CPU: every
 	// packet then updates the flow table. For A/B measurements and tests.
 	NoFlowCache bool
+	// SocketTeardownDrops reports the buffers a socket's teardown frees
+	// (drop reasons SOCKET_CLOSE and QUEUE_PURGE: a closed socket's unread
+	// data, a purged queue) as drops. Otherwise they are only counted
+	// (drops_socket_teardown): no packet died on the network.
+	SocketTeardownDrops bool
 	// NoDropMemo keeps the drop hook's per-CPU fold memo off
 	// (Features.DropMemo): every folded drop then updates its fold slot.
 	// For A/B measurements and tests.
@@ -197,6 +202,7 @@ var statNames = [...]string{
 	"drop_memo_hits",
 	"flows_closed",
 	"drops_parsed_fast",
+	"drops_socket_teardown",
 }
 
 // coreObjects is what always loads: maps and tc programs. The kfree_skb
@@ -311,6 +317,10 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 		return nil, fmt.Errorf("load kernel btf: %w", err)
 	}
 	notDropped, consumed := normalFreeReasons(kspec, log)
+	socketClose, queuePurge := uint32(reasonNever), uint32(reasonNever)
+	if !cfg.SocketTeardownDrops {
+		socketClose, queuePurge = reasonValue(kspec, "SKB_DROP_REASON_SOCKET_CLOSE"), reasonValue(kspec, "SKB_DROP_REASON_QUEUE_PURGE")
+	}
 	selfNetns, err := threadNetns()
 	if err != nil {
 		return nil, err
@@ -321,6 +331,8 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 		"ft_scope_all_netns":         boolByte(cfg.ScopeAllNetns),
 		"ft_reason_not_dropped":      notDropped,
 		"ft_reason_consumed":         consumed,
+		"ft_reason_socket_close":     socketClose,
+		"ft_reason_queue_purge":      queuePurge,
 		"ft_mtu_min_len":             uint32(cfg.MTUCheckMinLen),
 		"ft_drop_fold_window_ns":     uint64(max(cfg.DropFoldWindow.Nanoseconds(), 0)),
 		"ft_rb_wake_backlog":         uint32(cfg.RingBufferBytes / 8),
@@ -569,21 +581,27 @@ const reasonNever = 0xffffffff
 // A kernel without one of them (no enum before 5.17, no SKB_CONSUMED before
 // 6.2, which calls consume_skb for those frees anyway) gets reasonNever.
 func normalFreeReasons(kspec *btf.Spec, log *slog.Logger) (notDropped, consumed uint32) {
-	notDropped, consumed = reasonNever, reasonNever
 	var enum *btf.Enum
 	if err := kspec.TypeByName("skb_drop_reason", &enum); err != nil {
 		log.Info("kernel has no drop reasons; drops are reported without one", "error", err)
-		return notDropped, consumed
+		return reasonNever, reasonNever
+	}
+	return reasonValue(kspec, "SKB_NOT_DROPPED_YET"), reasonValue(kspec, "SKB_CONSUMED")
+}
+
+// reasonValue is the running kernel's value of the drop reason named name,
+// or reasonNever when it has none (older kernels, no reasons at all).
+func reasonValue(kspec *btf.Spec, name string) uint32 {
+	var enum *btf.Enum
+	if err := kspec.TypeByName("skb_drop_reason", &enum); err != nil {
+		return reasonNever
 	}
 	for _, v := range enum.Values {
-		switch v.Name {
-		case "SKB_NOT_DROPPED_YET":
-			notDropped = uint32(v.Value)
-		case "SKB_CONSUMED":
-			consumed = uint32(v.Value)
+		if v.Name == name {
+			return uint32(v.Value)
 		}
 	}
-	return notDropped, consumed
+	return reasonNever
 }
 
 // kfreeSkbArgs counts the kfree_skb tracepoint's arguments from the

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flowtrace/flowtrace/pkg/decode"
+	"github.com/flowtrace/flowtrace/pkg/testutil"
 )
 
 // dropReasonNames is the running kernel's enum skb_drop_reason; empty on
@@ -410,4 +411,112 @@ func TestDropWithoutReason(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestSocketTeardownNotDrops: the buffers a closed socket still held (here
+// a netlink socket's unread notifications, as an agent's own start and stop
+// leave) are freed with a teardown reason (SOCKET_CLOSE or QUEUE_PURGE). They are counted, not reported as drops, unless asked
+// for: no packet died on the network, and every connection closed with
+// unread data filled "--verdict DROPPED" with them.
+func TestSocketTeardownNotDrops(t *testing.T) {
+	names := dropReasonNames(t)
+	teardown := func(ev *decode.Event) bool {
+		return names[ev.DropReason] == "SOCKET_CLOSE" || names[ev.DropReason] == "QUEUE_PURGE"
+	}
+	if _, ok := reasonCode(names, "SOCKET_CLOSE"); !ok {
+		testutil.SkipInKernelMatrix(t, "kernel without SKB_DROP_REASON_SOCKET_CLOSE (6.10+)")
+		testutil.SkipOrFail(t, "kernel without SKB_DROP_REASON_SOCKET_CLOSE")
+	}
+	for _, report := range []bool{false, true} {
+		d := load(t, Config{SocketTeardownDrops: report})
+		ns, ino := testNetns(t)
+		if err := d.AllowNetns(ino); err != nil {
+			t.Fatal(err)
+		}
+		before := stats(t, d)
+		unreadNotifications(t, ns, 3)
+		var got []decode.Event
+		for _, ev := range waitDrops(t, d, ino) {
+			if teardown(&ev) {
+				got = append(got, ev)
+			}
+		}
+		counted := stats(t, d)["drops_socket_teardown"] - before["drops_socket_teardown"]
+		switch {
+		case report && len(got) == 0:
+			t.Errorf("SocketTeardownDrops: no teardown drop reported")
+		case !report && (len(got) != 0 || counted < 3):
+			t.Errorf("teardown frees: %d reported, %d counted; want none reported, 3 counted: %+v", len(got), counted, got)
+		case report && counted != 0:
+			t.Errorf("SocketTeardownDrops: %d counted as teardown, want them reported instead", counted)
+		}
+	}
+}
+
+func reasonCode(names map[uint32]string, name string) (uint32, bool) {
+	for code, n := range names {
+		if n == name {
+			return code, true
+		}
+	}
+	return 0, false
+}
+
+// unreadNotifications leaves n link notifications unread in a netlink
+// socket in the named netns and closes it: its teardown purges them.
+func unreadNotifications(t *testing.T, name string, n int) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			panic("cannot restore netns: " + err.Error())
+		}
+	}()
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_LINK}); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	nl, err := netlink.NewHandleAt(target)
+	if err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	lo, err := nl.LinkByName("lo")
+	if err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	for i := range n {
+		set := nl.LinkSetDown
+		if i%2 == 1 {
+			set = nl.LinkSetUp
+		}
+		if err := set(lo); err != nil {
+			unix.Close(fd)
+			t.Fatal(err)
+		}
+	}
+	if err := nl.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
 }

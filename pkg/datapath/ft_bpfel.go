@@ -325,6 +325,8 @@ const (
 	ftVarFtRbWakeBacklog        = "ft_rb_wake_backlog"
 	ftVarFtReasonConsumed       = "ft_reason_consumed"
 	ftVarFtReasonNotDropped     = "ft_reason_not_dropped"
+	ftVarFtReasonQueuePurge     = "ft_reason_queue_purge"
+	ftVarFtReasonSocketClose    = "ft_reason_socket_close"
 	ftVarFtScopeAllNetns        = "ft_scope_all_netns"
 	ftVarFtScopeGen             = "ft_scope_gen"
 	ftVarFtSelfNetns            = "ft_self_netns"
@@ -428,6 +430,8 @@ type ftVariableSpecs struct {
 	FtRbWakeBacklog        *ebpf.VariableSpec `ebpf:"ft_rb_wake_backlog"`
 	FtReasonConsumed       *ebpf.VariableSpec `ebpf:"ft_reason_consumed"`
 	FtReasonNotDropped     *ebpf.VariableSpec `ebpf:"ft_reason_not_dropped"`
+	FtReasonQueuePurge     *ebpf.VariableSpec `ebpf:"ft_reason_queue_purge"`
+	FtReasonSocketClose    *ebpf.VariableSpec `ebpf:"ft_reason_socket_close"`
 	FtScopeAllNetns        *ebpf.VariableSpec `ebpf:"ft_scope_all_netns"`
 	FtScopeGen             *ebpf.VariableSpec `ebpf:"ft_scope_gen"`
 	FtSelfNetns            *ebpf.VariableSpec `ebpf:"ft_self_netns"`
@@ -511,6 +515,8 @@ type ftVariables struct {
 	FtRbWakeBacklog        *ebpf.Variable `ebpf:"ft_rb_wake_backlog"`
 	FtReasonConsumed       *ebpf.Variable `ebpf:"ft_reason_consumed"`
 	FtReasonNotDropped     *ebpf.Variable `ebpf:"ft_reason_not_dropped"`
+	FtReasonQueuePurge     *ebpf.Variable `ebpf:"ft_reason_queue_purge"`
+	FtReasonSocketClose    *ebpf.Variable `ebpf:"ft_reason_socket_close"`
 	FtScopeAllNetns        *ebpf.Variable `ebpf:"ft_scope_all_netns"`
 	FtScopeGen             *ebpf.Variable `ebpf:"ft_scope_gen"`
 	FtSelfNetns            *ebpf.Variable `ebpf:"ft_self_netns"`
