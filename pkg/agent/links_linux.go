@@ -20,6 +20,14 @@ func (a *Agent) followLinks(ctx context.Context, events <-chan ifwatch.Event, sy
 			return
 		case ev := <-events:
 			if ev.Synced {
+				a.mu.Lock()
+				n := len(a.links)
+				a.mu.Unlock()
+				if n == 0 {
+					// Not an error: pods may come later. But a pattern
+					// that matches nothing looks just like that.
+					a.log.Warn("no interface to observe yet; waiting for one to appear", "include", a.cfg.Include, "exclude", a.cfg.Exclude)
+				}
 				close(synced)
 				continue
 			}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path"
 	"runtime"
 	"runtime/pprof"
 	"time"
@@ -56,6 +57,21 @@ serves Prometheus metrics.`,
 			}
 			if n := cfg.RingBufferBytes; n < os.Getpagesize() || n&(n-1) != 0 {
 				return usageErrorf("--ring-buffer-bytes %d: want a power of two of at least %d", n, os.Getpagesize())
+			}
+			if cfg.IdentityGrace < 0 {
+				return usageErrorf("--identity-grace %s: must not be negative", cfg.IdentityGrace)
+			}
+			// Checked before anything loads: a bad pattern failed only
+			// after the BPF programs were loaded, naming no flag.
+			for _, pf := range []struct {
+				flag     string
+				patterns []string
+			}{{"--include", cfg.Include}, {"--exclude", cfg.Exclude}} {
+				for _, p := range pf.patterns {
+					if _, err := path.Match(p, ""); err != nil {
+						return usageErrorf("%s %q: not a shell pattern: %v", pf.flag, p, err)
+					}
+				}
 			}
 			if cfg.MetricsTopNamespaces < 1 {
 				return usageErrorf("--metrics-top-namespaces %d: must be at least 1", cfg.MetricsTopNamespaces)

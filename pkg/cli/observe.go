@@ -831,7 +831,7 @@ func (o *observeOpts) replay(req *flowtracev1.GetFlowsRequest, popts printer.Opt
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 64<<10), maxReplayLine)
 	dec := protojson.UnmarshalOptions{DiscardUnknown: true}
-	line, bad := 0, 0
+	line, bad, good := 0, 0, 0
 	for sc.Scan() {
 		line++
 		text := bytes.TrimSpace(sc.Bytes())
@@ -839,14 +839,21 @@ func (o *observeOpts) replay(req *flowtracev1.GetFlowsRequest, popts printer.Opt
 			continue
 		}
 		r := &flowtracev1.GetFlowsResponse{}
-		if err := dec.Unmarshal(text, r); err != nil || r.GetResponseTypes() == nil {
-			if err == nil {
+		if err := dec.Unmarshal(text, r); err != nil || r.GetResponseTypes() == nil || unknownVerdict(r, text) {
+			switch {
+			case err != nil:
+			case r.GetResponseTypes() == nil:
 				err = errors.New("neither a flow, lost events nor a history start")
+			default:
+				err = errors.New("a flow whose verdict this version does not know")
 			}
 			bad++
-			fmt.Fprintf(errw, "%s:%d: skipping malformed line: %v\n", name, line, err)
+			if bad <= maxReplayErrors {
+				fmt.Fprintf(errw, "%s:%d: skipping malformed line: %v\n", name, line, err)
+			}
 			continue
 		}
+		good++
 		if f := r.GetFlow(); f != nil {
 			t := r.GetTime().AsTime()
 			if r.GetTime() == nil {
@@ -899,5 +906,22 @@ func (o *observeOpts) replay(req *flowtracev1.GetFlowsRequest, popts printer.Opt
 	if bad > 0 {
 		fmt.Fprintf(errw, "%s: %d malformed line(s) skipped\n", name, bad)
 	}
+	if bad > 0 && good == 0 {
+		_ = p.Flush()
+		return fmt.Errorf("%s has no flows: none of its %d non-empty lines is a response written by \"-o json\"", name, bad)
+	}
 	return p.Flush()
 }
+
+// unknownVerdict reports a flow line that names a verdict the decoder
+// turned into 0: DiscardUnknown, which lets files of newer versions with
+// new fields replay, also takes an unknown enum name for the zero value. A
+// line without a verdict (written with --fields) is fine.
+func unknownVerdict(r *flowtracev1.GetFlowsResponse, line []byte) bool {
+	f := r.GetFlow()
+	return f != nil && f.GetVerdict() == 0 && bytes.Contains(line, []byte(`"verdict"`))
+}
+
+// maxReplayErrors bounds the malformed lines a replay names one by one: a
+// file of something else is one error, not one per line.
+const maxReplayErrors = 10

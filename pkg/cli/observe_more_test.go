@@ -212,6 +212,23 @@ func TestReplayInputFile(t *testing.T) {
 	if _, _, err := runObserveCLI(t, "", "observe", "--input-file", filepath.Join(t.TempDir(), "missing.json")); err == nil || IsUsageError(err) {
 		t.Errorf("missing file: %v", err)
 	}
+
+	// A verdict this version does not know is a malformed line, not
+	// UNSPECIFIED; a line written with --fields has none, and is fine.
+	out, errOut, err = runObserveCLI(t, `{"flow":{"verdict":"NOPE","uuid":"x"}}`+"\n"+`{"flow":{"uuid":"masked"}}`+"\n",
+		"observe", "--input-file", "-", "-o", "json")
+	if err != nil || out != `{"flow":{"uuid":"masked"}}`+"\n" || !strings.Contains(errOut, "stdin:1: skipping malformed line: a flow whose verdict this version does not know") {
+		t.Errorf("unknown verdict: err %v\nstdout:\n%s\nstderr:\n%s", err, out, errOut)
+	}
+	// A file of something else is an error, named a few lines at most.
+	junk := strings.Repeat(`{"pods": []}`+"\n", 50)
+	_, errOut, err = runObserveCLI(t, junk, "observe", "--input-file", "-")
+	if err == nil || !strings.Contains(err.Error(), "stdin has no flows") {
+		t.Errorf("a file with no flows: %v", err)
+	}
+	if n := strings.Count(errOut, "skipping malformed line"); n != maxReplayErrors || !strings.Contains(errOut, "50 malformed line(s) skipped") {
+		t.Errorf("%d malformed lines named, want %d and a count of 50:\n%s", n, maxReplayErrors, errOut)
+	}
 }
 
 // TestHistoryStartOnStderr runs observe against a server whose history

@@ -15,6 +15,9 @@ func TestBadCommandLinesAreUsageErrors(t *testing.T) {
 		{"agent", "--attach-mode", "xdp"},
 		{"agent", "--flow-report-interval", "1ms"},
 		{"agent", "--log-level", "loud"},
+		{"agent", "--include", "["},
+		{"agent", "--exclude", "veth[", "--include", "eth*"},
+		{"agent", "--identity-grace", "-1s"},
 		{"lab", "up", "extra"},
 		{"lab", "up", "--prefix", "Bad_Prefix"},
 	} {
