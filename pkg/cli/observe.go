@@ -197,7 +197,7 @@ func (o *observeOpts) bindFlags(cmd *cobra.Command) {
 	add("verdict", "verdict: "+strings.Join(enumNames(flowtracev1.Verdict_name, "VERDICT_"), ", "), true, func(x *filterOpts) *[]string { return &x.verdicts })
 	add("drop-reason", "drop reason, e.g. NETFILTER_DROP, NO_SOCKET", true, func(x *filterOpts) *[]string { return &x.dropReasons })
 	add("protocol", "protocol: "+strings.Join(filters.Protocols(), ", "), true, func(x *filterOpts) *[]string { return &x.protocols })
-	add("interface", `interface name, or "prefix*"`, true, func(x *filterOpts) *[]string { return &x.interfaces })
+	add("interface", `interface name, "prefix*", or "name@netns" as flows print it (eth0@shop/db-0)`, true, func(x *filterOpts) *[]string { return &x.interfaces })
 	add("pod", "pod at either end: namespace/name-prefix, namespace/, or name-prefix", true, func(x *filterOpts) *[]string { return &x.pods })
 	add("from-pod", "source pod", true, func(x *filterOpts) *[]string { return &x.fromPods })
 	add("to-pod", "destination pod", true, func(x *filterOpts) *[]string { return &x.toPods })

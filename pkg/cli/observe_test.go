@@ -105,7 +105,7 @@ func TestObserveUsageErrors(t *testing.T) {
 		{[]string{"--verdict", "blocked"}, `invalid --verdict "blocked": valid values are FORWARDED, DROPPED, TRANSLATED, MTU_EXCEEDED`},
 		{[]string{"--verdict", "unspecified"}, `invalid --verdict "unspecified"`},
 		{[]string{"--drop-reason", "nope"}, `invalid --drop-reason "nope": valid values are UNKNOWN, NOT_SPECIFIED, NO_SOCKET,`},
-		{[]string{"--protocol", "icmp"}, `invalid --protocol "icmp": valid values are tcp, udp, sctp, icmpv4, icmpv6`},
+		{[]string{"--protocol", "gre"}, `invalid --protocol "gre": valid values are tcp, udp, sctp, icmp, icmpv4, icmpv6`},
 		{[]string{"-o", "yaml"}, `invalid --output "yaml": valid values are compact, dict, json, table`},
 		{[]string{"--since", "yesterday"}, `invalid --since "yesterday": want RFC3339`},
 		{[]string{"--since", "-5m"}, `must not be negative`},

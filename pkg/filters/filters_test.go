@@ -57,6 +57,14 @@ func svcReplyFlow() *flowtracev1.Flow {
 	}
 }
 
+// podIfaceFlow was seen on a pod's own eth0.
+func podIfaceFlow() *flowtracev1.Flow {
+	f := tcpFlow()
+	f.Interface = &flowtracev1.Interface{Name: "eth0", Netns: "shop/db-0"}
+	f.InputInterface = nil
+	return f
+}
+
 func icmpFlow() *flowtracev1.Flow {
 	return &flowtracev1.Flow{
 		Verdict: flowtracev1.Verdict_VERDICT_MTU_EXCEEDED,
@@ -119,6 +127,12 @@ func TestMatch(t *testing.T) {
 		{"interface prefix", []*ff{{Interface: []string{"ftv-*"}}}, nil, tcpFlow(), true},
 		{"interface input device", []*ff{{Interface: []string{"eth0"}}}, nil, tcpFlow(), true},
 		{"interface exact is not prefix", []*ff{{Interface: []string{"ftv"}}}, nil, tcpFlow(), false},
+		// As flows print a pod's own device: name@netns.
+		{"interface in its netns", []*ff{{Interface: []string{"eth0@shop/db-0"}}}, nil, podIfaceFlow(), true},
+		{"interface prefix in its netns", []*ff{{Interface: []string{"eth*@shop/db-0"}}}, nil, podIfaceFlow(), true},
+		{"interface in another netns", []*ff{{Interface: []string{"eth0@shop/web-1"}}}, nil, podIfaceFlow(), false},
+		{"icmp is either version", []*ff{{Protocol: []string{"icmp"}}}, nil, icmpFlow(), true},
+		{"icmp is not tcp", []*ff{{Protocol: []string{"ICMP"}}}, nil, tcpFlow(), false},
 		{"namespace", []*ff{{SourceNamespace: []string{"kube-system"}}}, nil, udp6Flow(), true},
 		{"namespace unknown endpoint", []*ff{{DestinationNamespace: []string{"kube-system"}}}, nil, udp6Flow(), false},
 		{"AND inside filter", []*ff{{Protocol: []string{"tcp"}, DestinationPort: []uint32{80}}}, nil, tcpFlow(), false},
@@ -165,7 +179,8 @@ func TestBuildErrors(t *testing.T) {
 		{"bad cidr", nil, []*ff{{}, {DestinationIp: []string{"10.0.0.0/33"}}}, `denylist[1].destination_ip: "10.0.0.0/33" is not an IP address or CIDR`},
 		{"bad port", []*ff{{DestinationPort: []uint32{70000}}}, nil, `allowlist[0].destination_port: 70000 is not a port (1-65535)`},
 		{"zero port", []*ff{{SourcePort: []uint32{0}}}, nil, `allowlist[0].source_port: 0 is not a port`},
-		{"bad protocol", []*ff{{Protocol: []string{"icmp"}}}, nil, `allowlist[0].protocol: "icmp" is not a protocol (want one of tcp, udp, sctp, icmpv4, icmpv6)`},
+		{"bad protocol", []*ff{{Protocol: []string{"gre"}}}, nil, `allowlist[0].protocol: "gre" is not a protocol (want one of tcp, udp, sctp, icmp, icmpv4, icmpv6)`},
+		{"iface without netns", []*ff{{Interface: []string{"eth0@"}}}, nil, `allowlist[0].interface: "eth0@" is not an interface name, "prefix*" or "name@netns"`},
 		{"bad verdict", []*ff{{Verdict: []flowtracev1.Verdict{42}}}, nil, `allowlist[0].verdict: 42 is not a known verdict`},
 		{"unspecified verdict", []*ff{{Verdict: []flowtracev1.Verdict{0}}}, nil, `allowlist[0].verdict: 0 is not a known verdict`},
 		{"bad reason", []*ff{{DropReason: []flowtracev1.DropReason{9999}}}, nil, `allowlist[0].drop_reason: 9999 is not a known drop reason`},

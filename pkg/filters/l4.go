@@ -79,8 +79,12 @@ var protocolNames = map[string]protoKind{
 	"icmpv6": protoICMPv6,
 }
 
+// protoICMPAny is "icmp": ICMP of either IP version, as printed flows say
+// ("icmp frag-needed").
+const protoICMPAny = "icmp"
+
 // Protocols lists the accepted protocol names, for help and error texts.
-func Protocols() []string { return []string{"tcp", "udp", "sctp", "icmpv4", "icmpv6"} }
+func Protocols() []string { return []string{"tcp", "udp", "sctp", "icmp", "icmpv4", "icmpv6"} }
 
 func kindOf(f *flowtracev1.Flow) protoKind {
 	switch f.GetL4().GetProtocol().(type) {
@@ -105,6 +109,10 @@ func buildProtocol(ff *flowtracev1.FlowFilter) (predicate, error) {
 	}
 	var mask uint8
 	for _, v := range vs {
+		if strings.ToLower(v) == protoICMPAny {
+			mask |= 1<<protoICMPv4 | 1<<protoICMPv6
+			continue
+		}
 		k, ok := protocolNames[strings.ToLower(v)]
 		if !ok {
 			return nil, fmt.Errorf("%q is not a protocol (want one of %s)", v, strings.Join(Protocols(), ", "))
@@ -117,9 +125,17 @@ func buildProtocol(ff *flowtracev1.FlowFilter) (predicate, error) {
 	}, nil
 }
 
+// ifacePattern is an interface name or "prefix*", and, written as
+// "name@netns" the way flows print a pod's own device ("eth0@ft-backend"),
+// the namespace it must be in.
 type ifacePattern struct {
 	name   string
 	prefix bool
+	netns  string // "" for any
+}
+
+func (p ifacePattern) matchIface(i *flowtracev1.Interface) bool {
+	return p.match(i.GetName()) && (p.netns == "" || i.GetNetns() == p.netns)
 }
 
 func (p ifacePattern) match(name string) bool {
@@ -139,17 +155,17 @@ func buildInterface(ff *flowtracev1.FlowFilter) (predicate, error) {
 	}
 	pats := make([]ifacePattern, 0, len(vs))
 	for _, v := range vs {
-		name, prefix := strings.CutSuffix(v, "*")
+		dev, netns, scoped := strings.Cut(v, "@")
+		name, prefix := strings.CutSuffix(dev, "*")
 		// Linux device names are at most 15 bytes and contain no '/', blanks or '*'.
-		if (name == "" && !prefix) || len(name) > 15 || strings.ContainsAny(name, "/*: \t") {
-			return nil, fmt.Errorf("%q is not an interface name or \"prefix*\"", v)
+		if (name == "" && !prefix) || len(name) > 15 || strings.ContainsAny(name, "/*: \t") || scoped && netns == "" {
+			return nil, fmt.Errorf("%q is not an interface name, \"prefix*\" or \"name@netns\"", v)
 		}
-		pats = append(pats, ifacePattern{name: name, prefix: prefix})
+		pats = append(pats, ifacePattern{name: name, prefix: prefix, netns: netns})
 	}
 	return func(f *flowtracev1.Flow) bool {
-		in, din := f.GetInterface().GetName(), f.GetInputInterface().GetName()
 		for _, p := range pats {
-			if p.match(in) || p.match(din) {
+			if p.matchIface(f.GetInterface()) || p.matchIface(f.GetInputInterface()) {
 				return true
 			}
 		}

@@ -273,9 +273,11 @@ type FlowFilter struct {
 	DestinationIp   []string `protobuf:"bytes,6,rep,name=destination_ip,json=destinationIp,proto3" json:"destination_ip,omitempty"`
 	SourcePort      []uint32 `protobuf:"varint,7,rep,packed,name=source_port,json=sourcePort,proto3" json:"source_port,omitempty"`
 	DestinationPort []uint32 `protobuf:"varint,8,rep,packed,name=destination_port,json=destinationPort,proto3" json:"destination_port,omitempty"`
-	// protocol: "tcp", "udp", "icmpv4", "icmpv6", "sctp".
+	// protocol: "tcp", "udp", "icmpv4", "icmpv6", "sctp"; "icmp" is either ICMP.
 	Protocol []string `protobuf:"bytes,9,rep,name=protocol,proto3" json:"protocol,omitempty"`
-	// interface: device names; a trailing "*" matches a prefix.
+	// interface: device names; a trailing "*" matches a prefix; "name@netns"
+	// (as flows print a pod's own device, "eth0@shop/db-0") also matches the
+	// device's namespace.
 	Interface            []string `protobuf:"bytes,10,rep,name=interface,proto3" json:"interface,omitempty"`
 	SourceNamespace      []string `protobuf:"bytes,11,rep,name=source_namespace,json=sourceNamespace,proto3" json:"source_namespace,omitempty"`
 	DestinationNamespace []string `protobuf:"bytes,12,rep,name=destination_namespace,json=destinationNamespace,proto3" json:"destination_namespace,omitempty"`
