@@ -50,7 +50,7 @@ type observeOpts struct {
 	color           string
 	inputFile       string
 
-	lastSet bool
+	lastSet, firstSet bool
 }
 
 // filterOpts is one list's worth of filter flags (allowlist or denylist).
@@ -107,7 +107,7 @@ oldest flow), a "HISTORY STARTS AT" line on stderr says so.`,
   flowtrace observe --input-file flows.json --verdict dropped`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.lastSet = cmd.Flags().Changed("last")
+			o.noteSet(cmd)
 			req, err := o.request(time.Now())
 			if err != nil {
 				return err
@@ -124,6 +124,12 @@ oldest flow), a "HISTORY STARTS AT" line on stderr says so.`,
 	}
 	o.bindFlags(cmd)
 	return cmd
+}
+
+// noteSet records which flags whose zero value means something were given.
+func (o *observeOpts) noteSet(cmd *cobra.Command) {
+	o.lastSet = cmd.Flags().Changed("last")
+	o.firstSet = cmd.Flags().Changed("first")
 }
 
 // filterFlag is a filter flag that appends to the allowlist's or, right
@@ -177,8 +183,8 @@ func (n *notFlag) IsBoolFlag() bool { return true }
 func (o *observeOpts) bindFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.BoolVarP(&o.follow, "follow", "f", false, "keep streaming new flows")
-	f.Uint64Var(&o.last, "last", 0, "show the N most recent matching flows (with --follow: before the live ones)")
-	f.Uint64Var(&o.first, "first", 0, "show the N oldest matching flows")
+	f.Uint64Var(&o.last, "last", 0, "show the N most recent matching flows, 0 for all held (with --follow: before the live ones)")
+	f.Uint64Var(&o.first, "first", 0, "show the N oldest matching flows (N ≥ 1)")
 	f.StringVar(&o.since, "since", "", "only flows at or after this time: RFC3339, or a duration ago (5m, 1h)")
 	f.StringVar(&o.until, "until", "", "only flows at or before this time: RFC3339, or a duration ago (5m, 1h)")
 	f.StringVarP(&o.output, "output", "o", printer.Compact, "output format: "+strings.Join(printer.Formats(), ", "))
@@ -303,6 +309,8 @@ func (o *observeOpts) request(now time.Time) (*flowtracev1.GetFlowsRequest, erro
 		return nil, usageErrorf("--since (%s) is after --until (%s)", req.Since.AsTime().Format(time.RFC3339), req.Until.AsTime().Format(time.RFC3339))
 	}
 	switch {
+	case o.firstSet && o.first == 0:
+		return nil, usageErrorf("--first 0 shows nothing: --first N wants N ≥ 1 (--last 0 shows every flow held)")
 	case o.first > 0 && (o.lastSet || o.last > 0):
 		return nil, usageErrorf("--first and --last cannot be combined")
 	case o.first > 0 && o.follow:

@@ -28,7 +28,7 @@ func parseObserve(t *testing.T, args ...string) (*flowtracev1.GetFlowsRequest, e
 	if err := cmd.ParseFlags(args); err != nil {
 		t.Fatalf("parse %v: %v", args, err)
 	}
-	o.lastSet = cmd.Flags().Changed("last")
+	o.noteSet(cmd)
 	return o.request(now)
 }
 
@@ -111,6 +111,7 @@ func TestObserveUsageErrors(t *testing.T) {
 		{[]string{"--since", "-5m"}, `must not be negative`},
 		{[]string{"--since", "1m", "--until", "5m"}, `--since (2025-11-23T15:59:00Z) is after --until (2025-11-23T15:55:00Z)`},
 		{[]string{"--first", "2", "--last", "3"}, `--first and --last cannot be combined`},
+		{[]string{"--first", "0"}, `--first 0 shows nothing`},
 		{[]string{"--first", "2", "-f"}, `--first and --follow cannot be combined`},
 		{[]string{"--ip", "10.0.0.300"}, `invalid --ip "10.0.0.300": want an IP address or CIDR`},
 		{[]string{"--to-port", "http"}, `invalid --to-port "http": want a port number from 1 to 65535`},
