@@ -8,12 +8,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/flowtrace/flowtrace/pkg/observer"
 	"github.com/flowtrace/flowtrace/pkg/server"
+	"github.com/flowtrace/flowtrace/pkg/testutil"
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -275,24 +275,6 @@ func TestHistoryStartOnStderr(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer a test reads while a command writes it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestFollowTableShowsQuietRows: a followed table writes its rows once the
 // stream goes quiet, not after 50 of them (a quiet --verdict dropped
 // looked dead until then).
@@ -300,7 +282,7 @@ func TestFollowTableShowsQuietRows(t *testing.T) {
 	sock := serveObserver(t, "n1", &flowtracev1.Flow{Uuid: "a", Time: timestamppb.New(now), Verdict: flowtracev1.Verdict_VERDICT_DROPPED,
 		Ip: &flowtracev1.IP{Source: "10.0.0.1", Destination: "10.0.0.2"}})
 	ctx, cancel := context.WithCancel(context.Background())
-	var out lockedBuffer
+	var out testutil.Buffer
 	done := make(chan error, 1)
 	go func() {
 		cmd := NewRootCmd("test")

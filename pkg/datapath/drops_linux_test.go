@@ -90,8 +90,10 @@ func testNetns(t *testing.T) (string, uint32) {
 	return name, uint32(st.Ino)
 }
 
-// dialIn dials addr with dialer from inside the named netns.
-func dialIn(t *testing.T, name string, dialer *net.Dialer, network, addr string) (net.Conn, error) {
+// inNetns runs fn with this goroutine's thread in the named netns, and
+// switches it back afterwards (also when fn fails the test): sockets fn
+// makes belong to that netns.
+func inNetns(t *testing.T, name string, fn func()) {
 	t.Helper()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -108,12 +110,20 @@ func dialIn(t *testing.T, name string, dialer *net.Dialer, network, addr string)
 	if err := netns.Set(target); err != nil {
 		t.Fatal(err)
 	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			panic("cannot restore netns: " + err.Error()) // thread state is unrecoverable
+		}
+	}()
+	fn()
+}
+
+// dialIn dials addr with dialer from inside the named netns.
+func dialIn(t *testing.T, name string, dialer *net.Dialer, network, addr string) (conn net.Conn, err error) {
+	t.Helper()
 	// The socket belongs to the netns it is created in; restoring the
 	// thread afterwards does not move it.
-	conn, err := dialer.Dial(network, addr)
-	if serr := netns.Set(orig); serr != nil {
-		panic("cannot restore netns: " + serr.Error())
-	}
+	inNetns(t, name, func() { conn, err = dialer.Dial(network, addr) })
 	return conn, err
 }
 
@@ -466,57 +476,32 @@ func reasonCode(names map[uint32]string, name string) (uint32, bool) {
 // socket in the named netns and closes it: its teardown purges them.
 func unreadNotifications(t *testing.T, name string, n int) {
 	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			panic("cannot restore netns: " + err.Error())
-		}
-	}()
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_LINK}); err != nil {
-		unix.Close(fd)
-		t.Fatal(err)
-	}
-	nl, err := netlink.NewHandleAt(target)
-	if err != nil {
-		unix.Close(fd)
-		t.Fatal(err)
-	}
-	defer nl.Close()
-	lo, err := nl.LinkByName("lo")
-	if err != nil {
-		unix.Close(fd)
-		t.Fatal(err)
-	}
-	for i := range n {
-		set := nl.LinkSetDown
-		if i%2 == 1 {
-			set = nl.LinkSetUp
-		}
-		if err := set(lo); err != nil {
-			unix.Close(fd)
+	inNetns(t, name, func() {
+		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	if err := nl.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
-	unix.Close(fd)
+		defer unix.Close(fd)
+		if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_LINK}); err != nil {
+			t.Fatal(err)
+		}
+		nl, err := netlink.NewHandle() // in the netns this thread is in
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nl.Close()
+		lo, err := nl.LinkByName("lo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n + 1 { // down, up, ...: ends up
+			set := nl.LinkSetUp
+			if i%2 == 0 && i < n {
+				set = nl.LinkSetDown
+			}
+			if err := set(lo); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
 }

@@ -25,11 +25,7 @@ func TestFlowCacheExact(t *testing.T) {
 	if !d.Features().FlowCache {
 		t.Fatal("flow cache off on a kernel that can write its slots back")
 	}
-	cpus := allowedCPUs(t)
-	if len(cpus) < 2 {
-		testutil.SkipInKernelMatrix(t, "needs two CPUs; the guests boot with one")
-		testutil.SkipOrFail(t, "needs two CPUs")
-	}
+	cpus := twoCPUs(t)
 	f := tcpFrame(52000, decode.TCPAck, 10)
 	rst := tcpFrame(52000, decode.TCPRst|decode.TCPAck, 0)
 	var sent, sentBytes uint64
@@ -93,11 +89,7 @@ func TestFlowCacheExact(t *testing.T) {
 func TestFlowCacheShortConnection(t *testing.T) {
 	const interval = 200 * time.Millisecond
 	d := load(t, Config{FlowReportInterval: interval})
-	cpus := allowedCPUs(t)
-	if len(cpus) < 2 {
-		testutil.SkipInKernelMatrix(t, "needs two CPUs; the guests boot with one")
-		testutil.SkipOrFail(t, "needs two CPUs")
-	}
+	cpus := twoCPUs(t)
 	pinCPU(t, cpus[0])
 	run(t, d.Egress(), tcpFrame(52200, decode.TCPSyn, 0))
 	run(t, d.Egress(), tcpFrame(52200, decode.TCPAck, 0))
@@ -144,6 +136,19 @@ func TestFlowCacheOrphaned(t *testing.T) {
 	if evs := drain(t, d); len(evs) != 1 || evs[0].FlowReason != decode.ReasonNew || evs[0].Packets != 1 {
 		t.Fatalf("after write-back: %+v", evs)
 	}
+}
+
+// twoCPUs returns the CPUs this test may run on, at least two of them: a
+// test of what happens across CPUs skips (fails when privileged tests
+// must run) otherwise.
+func twoCPUs(t *testing.T) []int {
+	t.Helper()
+	cpus := allowedCPUs(t)
+	if len(cpus) < 2 {
+		testutil.SkipInKernelMatrix(t, "needs two CPUs; the guests boot with one")
+		testutil.SkipOrFail(t, "needs two CPUs")
+	}
+	return cpus
 }
 
 func allowedCPUs(t *testing.T) []int {

@@ -142,11 +142,7 @@ func TestFlowEntriesEndWithConnection(t *testing.T) {
 func TestFlowEntryKeptWhileASlotHoldsIt(t *testing.T) {
 	const interval = 200 * time.Millisecond
 	d := load(t, Config{FlowReportInterval: interval, fcHold: time.Minute})
-	cpus := allowedCPUs(t)
-	if len(cpus) < 2 {
-		testutil.SkipInKernelMatrix(t, "needs two CPUs; the guests boot with one")
-		testutil.SkipOrFail(t, "needs two CPUs")
-	}
+	cpus := twoCPUs(t)
 	pinCPU(t, cpus[0])
 	run(t, d.Egress(), tcpFrame(51100, decode.TCPSyn, 0))
 	run(t, d.Ingress(), replyFrame(51100, decode.TCPSyn|decode.TCPAck, 0))
@@ -256,11 +252,7 @@ func TestNoPathRefusedForSize(t *testing.T) {
 func TestCloseReportedWhenASlotTookTheFinalACK(t *testing.T) {
 	const interval = 200 * time.Millisecond
 	d := load(t, Config{FlowReportInterval: interval, fcHold: time.Minute})
-	cpus := allowedCPUs(t)
-	if len(cpus) < 2 {
-		testutil.SkipInKernelMatrix(t, "needs two CPUs; the guests boot with one")
-		testutil.SkipOrFail(t, "needs two CPUs")
-	}
+	cpus := twoCPUs(t)
 	if !d.Features().FlowCache {
 		testutil.SkipOrFail(t, "the flow cache is off on this kernel")
 	}

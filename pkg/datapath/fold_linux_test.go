@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/flowtrace/flowtrace/pkg/decode"
@@ -33,25 +32,9 @@ func blastUDPIn(t *testing.T, name string, n int, ports ...int) {
 // drops are one signature.
 func udpSenderIn(t *testing.T, name string) func(n int, ports ...int) {
 	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		t.Fatal(err)
-	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-	if serr := netns.Set(orig); serr != nil {
-		panic("cannot restore netns: " + serr.Error())
-	}
+	var fd int
+	var err error
+	inNetns(t, name, func() { fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0) })
 	if err != nil {
 		t.Fatal(err)
 	}
