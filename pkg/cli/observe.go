@@ -185,8 +185,8 @@ func (o *observeOpts) bindFlags(cmd *cobra.Command) {
 	f.BoolVarP(&o.follow, "follow", "f", false, "keep streaming new flows")
 	f.Uint64Var(&o.last, "last", 0, "show the N most recent matching flows, 0 for all held (with --follow: before the live ones)")
 	f.Uint64Var(&o.first, "first", 0, "show the N oldest matching flows (N ≥ 1)")
-	f.StringVar(&o.since, "since", "", "only flows at or after this time: RFC3339, or a duration ago (5m, 1h)")
-	f.StringVar(&o.until, "until", "", "only flows at or before this time: RFC3339, or a duration ago (5m, 1h)")
+	f.StringVar(&o.since, "since", "", "only flows at or after this time: RFC3339 (without a zone: local), unix seconds, or a duration ago (5m, 1h)")
+	f.StringVar(&o.until, "until", "", "only flows at or before this time: RFC3339 (without a zone: local), unix seconds, or a duration ago (5m, 1h)")
 	f.StringVarP(&o.output, "output", "o", printer.Compact, "output format: "+strings.Join(printer.Formats(), ", "))
 	f.BoolVar(&o.printRawFilters, "print-raw-filters", false, "print the request's allowlist and denylist as JSON and exit")
 	f.StringSliceVar(&o.fields, "fields", nil, "only these Flow fields, e.g. time,verdict,source.pod_name (a field mask)")
@@ -592,11 +592,47 @@ func parseTimeFlag(flag, v string, now time.Time) (*timestamppb.Timestamp, error
 		}
 		return timestamppb.New(now.Add(-d)), nil
 	}
-	t, err := time.Parse(time.RFC3339Nano, v)
-	if err != nil {
-		return nil, usageErrorf("invalid --%s %q: want RFC3339 (2006-01-02T15:04:05Z07:00) or a duration ago (30s, 5m, 1h)", flag, v)
+	if t, ok := parseTimeOf(v, now.Location()); ok {
+		return timestamppb.New(t), nil
 	}
-	return timestamppb.New(t), nil
+	return nil, usageErrorf("invalid --%s %q: want RFC3339 (2006-01-02T15:04:05Z07:00; the zone may be left out for local time, the time for midnight), unix seconds (as --time-format unix prints), or a duration ago (30s, 5m, 1h)", flag, v)
+}
+
+// localLayouts are the times --since and --until take without a zone, in
+// loc (the local zone): what people type.
+var localLayouts = []string{"2006-01-02T15:04:05.999999999", "2006-01-02 15:04:05.999999999", "2006-01-02T15:04", "2006-01-02 15:04", "2006-01-02"}
+
+// parseTimeOf reads an absolute time: RFC3339, unix seconds with an
+// optional fraction (what --time-format unix prints, so its output can be
+// fed back), or one of localLayouts in loc.
+func parseTimeOf(v string, loc *time.Location) (time.Time, bool) {
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return t, true
+	}
+	if sec, frac, found := strings.Cut(v, "."); sec != "" && isDigits(sec) && (!found || frac != "" && isDigits(frac)) && len(sec) <= 11 {
+		s, _ := strconv.ParseInt(sec, 10, 64)
+		var ns int64
+		if found {
+			frac = (frac + "000000000")[:9]
+			ns, _ = strconv.ParseInt(frac, 10, 64)
+		}
+		return time.Unix(s, ns), true
+	}
+	for _, layout := range localLayouts {
+		if t, err := time.ParseInLocation(layout, v, loc); err == nil {
+			return t, true
+		}
+	}
+	return time.Time{}, false
+}
+
+func isDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 func contains(vals []string, v string) bool {

@@ -51,6 +51,12 @@ func TestObserveFlagsToRequest(t *testing.T) {
 		{"first", []string{"--first", "3"}, &flowtracev1.GetFlowsRequest{Number: 3, First: true}},
 		{"since duration, all in range", []string{"--since", "5m"}, &flowtracev1.GetFlowsRequest{Since: since5m}},
 		{"until rfc3339", []string{"--until", "2025-11-23T15:00:00Z", "--last", "1"}, &flowtracev1.GetFlowsRequest{Number: 1, Until: timestamppb.New(time.Date(2025, 11, 23, 15, 0, 0, 0, time.UTC))}},
+		// What --time-format unix prints reads back; times without a zone are
+		// local (now's zone in these tests), a date alone is its midnight.
+		{"since unix seconds", []string{"--since", "1763913600.250000000"}, &flowtracev1.GetFlowsRequest{Since: timestamppb.New(time.Unix(1763913600, 250000000))}},
+		{"since unix, no fraction", []string{"--since", "1763913600"}, &flowtracev1.GetFlowsRequest{Since: timestamppb.New(time.Unix(1763913600, 0))}},
+		{"since local time", []string{"--since", "2025-11-23 15:04"}, &flowtracev1.GetFlowsRequest{Since: timestamppb.New(time.Date(2025, 11, 23, 15, 4, 0, 0, time.UTC))}},
+		{"since a date", []string{"--since", "2025-11-23"}, &flowtracev1.GetFlowsRequest{Since: timestamppb.New(time.Date(2025, 11, 23, 0, 0, 0, 0, time.UTC))}},
 		{"enum spellings", []string{"--verdict", "DROPPED,forwarded", "--verdict", "VERDICT_TRANSLATED", "--drop-reason", "netfilter-drop"}, &flowtracev1.GetFlowsRequest{Number: 20, Allowlist: []*flowtracev1.FlowFilter{{
 			Verdict:    []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_DROPPED, flowtracev1.Verdict_VERDICT_FORWARDED, flowtracev1.Verdict_VERDICT_TRANSLATED},
 			DropReason: []flowtracev1.DropReason{flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP},
@@ -108,6 +114,8 @@ func TestObserveUsageErrors(t *testing.T) {
 		{[]string{"--protocol", "gre"}, `invalid --protocol "gre": valid values are tcp, udp, sctp, icmp, icmpv4, icmpv6`},
 		{[]string{"-o", "yaml"}, `invalid --output "yaml": valid values are compact, dict, json, table`},
 		{[]string{"--since", "yesterday"}, `invalid --since "yesterday": want RFC3339`},
+		{[]string{"--since", "17639.x"}, `invalid --since "17639.x"`},
+		{[]string{"--until", "2025-13-01"}, `invalid --until "2025-13-01"`},
 		{[]string{"--since", "-5m"}, `must not be negative`},
 		{[]string{"--since", "1m", "--until", "5m"}, `--since (2025-11-23T15:59:00Z) is after --until (2025-11-23T15:55:00Z)`},
 		{[]string{"--first", "2", "--last", "3"}, `--first and --last cannot be combined`},

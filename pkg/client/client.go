@@ -209,6 +209,10 @@ func Dial(ctx context.Context, server string, opts ...Options) (*grpc.ClientConn
 				if err := probeTCP(ctx, server, o.TLS); err != nil {
 					return nil, err
 				}
+			} else if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+				// Something accepts connections there: not an agent.
+				c.Close()
+				return nil, fmt.Errorf("cannot reach the flowtrace agent at %s: something listens there but does not speak the flowtrace API (gRPC over HTTP/2)", server)
 			}
 			return nil, unreachable(fmt.Errorf("connection %s", strings.ToLower(s.String())))
 		}

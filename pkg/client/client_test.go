@@ -39,6 +39,33 @@ func TestDialMissingSocket(t *testing.T) {
 	}
 }
 
+// TestDialNotAnAgent: a socket something listens on without speaking
+// gRPC is named as such, not as an agent that is not running.
+func TestDialNotAnAgent(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "other.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("220 not grpc\r\n"))
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = Dial(ctx, sock)
+	if err == nil || !strings.Contains(err.Error(), "something listens there but does not speak the flowtrace API") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
 func TestDialDeadSocket(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "dead.sock")
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
