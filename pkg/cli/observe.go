@@ -664,21 +664,7 @@ func runObserve(ctx context.Context, g *globalOpts, req *flowtracev1.GetFlowsReq
 	if err != nil {
 		return streamError(ctx, err, p)
 	}
-	if !req.Follow || output != printer.Table {
-		for {
-			r, err := stream.Recv()
-			if errors.Is(err, io.EOF) {
-				return p.Flush()
-			}
-			if err != nil {
-				return streamError(ctx, err, p)
-			}
-			if err := printResponse(p, output, r, errw); err != nil {
-				return fmt.Errorf("print flow: %w", err)
-			}
-		}
-	}
-	return followTable(ctx, stream, p, errw)
+	return receive(ctx, stream, p, output, req.Follow && output == printer.Table, errw)
 }
 
 // tableIdleFlush is how long a followed table's rows wait for more before
@@ -687,9 +673,10 @@ func runObserve(ctx context.Context, g *globalOpts, req *flowtracev1.GetFlowsReq
 // --verdict dropped looked dead).
 const tableIdleFlush = 200 * time.Millisecond
 
-// followTable is runObserve's loop for a followed table: rows are written
-// in batches, a batch when the stream has been quiet for tableIdleFlush.
-func followTable(ctx context.Context, stream flowtracev1.ObserverService_GetFlowsClient, p *printer.Printer, errw io.Writer) error {
+// receive prints the stream's responses until it ends. idleFlush (a
+// followed table) writes the rows once the stream has been quiet for
+// tableIdleFlush; the other formats write each response at once.
+func receive(ctx context.Context, stream flowtracev1.ObserverService_GetFlowsClient, p *printer.Printer, output string, idleFlush bool, errw io.Writer) error {
 	type recvd struct {
 		r   *flowtracev1.GetFlowsResponse
 		err error
@@ -725,10 +712,12 @@ func followTable(ctx context.Context, stream flowtracev1.ObserverService_GetFlow
 			if in.err != nil {
 				return streamError(ctx, in.err, p)
 			}
-			if err := printResponse(p, printer.Table, in.r, errw); err != nil {
+			if err := printResponse(p, output, in.r, errw); err != nil {
 				return fmt.Errorf("print flow: %w", err)
 			}
-			idle.Reset(tableIdleFlush)
+			if idleFlush {
+				idle.Reset(tableIdleFlush)
+			}
 		}
 	}
 }

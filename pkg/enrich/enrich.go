@@ -209,7 +209,7 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 		f.Destination = e.endpoint(ev.Dst, ev.Time)
 	}
 	f.Interface = e.iface(ev.Netns, ev.Ifindex)
-	e.services(ev, f)
+	f.SourceService, f.DestinationService = e.services(ev)
 	if ev.Encap.Src.IsValid() {
 		f.Encapsulation = &flowtracev1.Encapsulation{
 			OuterSource: ev.Encap.Src.String(), OuterDestination: ev.Encap.Dst.String(),
@@ -309,25 +309,24 @@ func (e *Enricher) Recycle(fs []*flowtracev1.Flow) {
 // original tuple keeps the VIP the client addressed for the whole life of a
 // DNAT'd connection, so flows seen at the backend and replies are named too;
 // without conntrack, a VIP in the packet itself still names it.
-func (e *Enricher) services(ev *decode.Event, f *flowtracev1.Flow) {
+func (e *Enricher) services(ev *decode.Event) (src, dst *flowtracev1.Service) {
 	if e.ids == nil {
-		return
+		return nil, nil
 	}
 	if ev.CT.Flags.Has(decode.CTKnown|decode.CTDNAT) && !isICMP(ev.Proto) {
 		svc := e.service(ev.CT.OrigDst, ev.CT.OrigDstPort, ev.Proto)
 		if ev.CT.Flags.Has(decode.CTReply) {
-			f.SourceService = svc
-		} else {
-			f.DestinationService = svc
+			return svc, nil
 		}
-		return
+		return nil, svc
 	}
 	if ev.Dst.IsValid() {
-		f.DestinationService = e.service(ev.Dst, ev.DstPort, ev.Proto)
+		dst = e.service(ev.Dst, ev.DstPort, ev.Proto)
 	}
 	if ev.Src.IsValid() {
-		f.SourceService = e.service(ev.Src, ev.SrcPort, ev.Proto)
+		src = e.service(ev.Src, ev.SrcPort, ev.Proto)
 	}
+	return src, dst
 }
 
 func isICMP(proto uint8) bool { return proto == protoICMP || proto == protoICMPv6 }

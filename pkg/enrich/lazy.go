@@ -103,9 +103,7 @@ func (e *Enricher) Lazy(ev *decode.Event, buf []byte) (_ []byte, refs Refs, ok b
 		refs.Destination = e.endpoint(ev.Dst, ev.Time)
 	}
 	refs.Interface = e.iface(ev.Netns, ev.Ifindex)
-	var f flowtracev1.Flow // only its two Service fields are set
-	e.services(ev, &f)
-	refs.SourceService, refs.DestinationService = f.SourceService, f.DestinationService
+	refs.SourceService, refs.DestinationService = e.services(ev)
 	return buf, refs, true
 }
 

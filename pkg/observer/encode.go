@@ -162,18 +162,18 @@ func (e *encoder) flow(f *flowtracev1.Flow) {
 	}
 	if f.Source != nil {
 		s = len(e.b)
-		e.endpoint(12, f.Source)
-		e.mark(12, s)
+		e.endpoint(fieldSource, f.Source)
+		e.mark(fieldSource, s)
 	}
 	if f.Destination != nil {
 		s = len(e.b)
-		e.endpoint(13, f.Destination)
-		e.mark(13, s)
+		e.endpoint(fieldDestination, f.Destination)
+		e.mark(fieldDestination, s)
 	}
 	if f.Interface != nil {
 		s = len(e.b)
-		e.iface(14, f.Interface)
-		e.mark(14, s)
+		e.iface(fieldInterface, f.Interface)
+		e.mark(fieldInterface, s)
 	}
 	e.varint(15, uint64(f.TrafficDirection))
 	e.varint(16, uint64(f.ObservationPoint))
@@ -190,13 +190,13 @@ func (e *encoder) flow(f *flowtracev1.Flow) {
 	e.str(23, f.Summary)
 	if f.SourceService != nil {
 		s = len(e.b)
-		e.service(24, f.SourceService)
-		e.mark(24, s)
+		e.service(fieldSourceService, f.SourceService)
+		e.mark(fieldSourceService, s)
 	}
 	if f.DestinationService != nil {
 		s = len(e.b)
-		e.service(25, f.DestinationService)
-		e.mark(25, s)
+		e.service(fieldDestinationService, f.DestinationService)
+		e.mark(fieldDestinationService, s)
 	}
 	if f.Translation != nil {
 		e.message(26, f.Translation)
