@@ -409,7 +409,17 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	sc->rev_bytes = 0;
 	sc->rev_flags = 0;
 
-	v = bpf_map_lookup_elem(&ft_flows, k);
+	/*
+	 * A connection's first packet each way (the SYN, the SYN-ACK) finds
+	 * no entry: it inserts first and looks up only when the insert finds
+	 * one (a retransmission), one hash walk less for each of a new
+	 * connection's two entries at every hook. A slot holds counts only
+	 * for an entry that exists: look it up as usual.
+	 */
+	if ((t->tcp_flags & FT_TCP_SYN) && t->proto == FT_IPPROTO_TCP && !sc->take_slot)
+		v = 0;
+	else
+		v = bpf_map_lookup_elem(&ft_flows, k);
 	if (!v) {
 		struct ft_flow_val *nv = &sc->nv;
 
@@ -440,8 +450,8 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 			return v;
 		}
 		/*
-		 * Another CPU created it first: account into its entry (a
-		 * new one, which our slot never held).
+		 * Another CPU created it first, or a SYN's entry existed:
+		 * account into it (our slot never held it).
 		 */
 		sc->take_slot = 0;
 		v = bpf_map_lookup_elem(&ft_flows, k);

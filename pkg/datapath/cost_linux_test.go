@@ -134,3 +134,94 @@ func TestDropCost(t *testing.T) {
 		t.Fatalf("drop hook %v, floor %v per drop", per, floor)
 	}
 }
+
+// TestChurnCost reports the tc programs' run time per connection for the
+// bench's churn (SYN, SYN-ACK, ACK, the server's FIN, ACK, the client's
+// RST: each connection new, on new ports), at one device, next to the
+// counting floor program's for the same six packets. Under churn the hook
+// is no longer a flow-cache hit: every connection makes and ends two flow
+// entries and three reports at each device it crosses, so this, not
+// TestTCCost, is the kernel's share of churn_cost_pct. Like TestTCCost it
+// only fails if stats are unavailable or the figures absurd.
+func TestChurnCost(t *testing.T) {
+	counter, err := testutil.NewCounter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer counter.Close()
+	floor, err := testutil.NewFloorTC(counter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer floor.Close()
+	d := load(t, Config{FlowReportInterval: time.Hour})
+	pinCPU(t, -1)
+	stop, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		t.Fatalf("enable bpf stats: %v", err)
+	}
+	defer stop.Close()
+	type step struct {
+		reply bool
+		flags uint8
+	}
+	seq := []step{
+		{false, decode.TCPSyn}, {true, decode.TCPSyn | decode.TCPAck}, {false, decode.TCPAck},
+		{true, decode.TCPFin | decode.TCPAck}, {false, decode.TCPAck}, {false, decode.TCPRst | decode.TCPAck},
+	}
+	// The client leaves through egress and the replies come in through
+	// ingress: both directions of a connection meet at one device.
+	runtime := func(ps ...*ebpf.Program) (time.Duration, uint64) {
+		t.Helper()
+		var rt time.Duration
+		var n uint64
+		for i, p := range ps {
+			if i > 0 && p == ps[0] {
+				continue // the floor serves both directions
+			}
+			s, err := p.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt += s.Runtime
+			n += s.RunCount
+		}
+		return rt, n
+	}
+	const conns, batch = 6000, 1000
+	churn := func(egress, ingress *ebpf.Program, port0 uint16) time.Duration {
+		t.Helper()
+		var total time.Duration
+		for b := 0; b < conns/batch; b++ {
+			rt0, n0 := runtime(egress, ingress)
+			for c := range batch {
+				port := port0 + uint16(b*batch+c)
+				for _, s := range seq {
+					if s.reply {
+						run(t, ingress, replyFrame(port, s.flags, 0))
+					} else {
+						run(t, egress, tcpFrame(port, s.flags, 0))
+					}
+				}
+			}
+			rt1, n1 := runtime(egress, ingress)
+			if n1-n0 != uint64(batch*len(seq)) {
+				t.Fatalf("%d runs for %d packets", n1-n0, batch*len(seq))
+			}
+			total += rt1 - rt0
+			drain(t, d) // outside the timed part: the ring must not fill
+		}
+		return total / conns
+	}
+	fl := churn(floor, floor, 10000)
+	per := churn(d.Egress(), d.Ingress(), 20000)
+	left := len(flowEntries(t, d))
+	t.Logf("churn at one device: %v per connection (%v a packet), floor %v, %.2fx; %d flow entries left",
+		per, per/time.Duration(len(seq)), fl, float64(per)/float64(max(fl, 1)), left)
+	if per <= 0 || per > 100*time.Microsecond || fl <= 0 {
+		t.Fatalf("%v per connection, floor %v", per, fl)
+	}
+	if left != 0 {
+		t.Errorf("%d flow entries left after %d closed connections: churn would fill the table", left, conns)
+	}
+}

@@ -298,3 +298,29 @@ func TestCloseReportedWhenASlotTookTheFinalACK(t *testing.T) {
 		t.Errorf("entries left after the close: %+v", left)
 	}
 }
+
+// TestRetransmittedSYN: a SYN inserts its entry without looking it up
+// first; a retransmitted one finds the insert refused and is counted into
+// the entry that exists, reported as a flag change (a second SYN is what
+// a user looks for when a connection hangs), with no second entry and no
+// packet lost.
+func TestRetransmittedSYN(t *testing.T) {
+	d := load(t, Config{FlowReportInterval: time.Hour})
+	pinCPU(t, -1)
+	for range 3 {
+		run(t, d.Egress(), tcpFrame(51500, decode.TCPSyn, 0))
+	}
+	evs := drain(t, d)
+	if len(evs) != 3 || evs[0].FlowReason != decode.ReasonNew ||
+		evs[1].FlowReason != decode.ReasonTCPFlags || evs[2].FlowReason != decode.ReasonTCPFlags {
+		t.Fatalf("reports %+v, want NEW and two flag changes", evs)
+	}
+	for i, ev := range evs {
+		if ev.Packets != 1 || ev.TCPFlags != decode.TCPSyn {
+			t.Errorf("report %d: %d packets, flags %#x; want 1 SYN", i, ev.Packets, ev.TCPFlags)
+		}
+	}
+	if n := len(flowEntries(t, d)); n != 1 {
+		t.Errorf("%d flow entries, want 1", n)
+	}
+}
