@@ -28,6 +28,23 @@ func figures(res *results) map[string]*figure {
 	figs["churn20k_cps"] = &figure{Unit: "conn/s", Value: statOf(values(s, tracerFlowtrace, "churn20k_cps", func(x sample) float64 { return x.Value })),
 		Note: "the rate the paced churn reached with the tracer: its cost is a cost at 20,000/s only if it kept up"}
 	figs["churn20k_cps"].check("≥", 0.99*churnRate)
+	// Where churn_cost_pct goes: the tracer's process, its BPF programs,
+	// and (the rest) what else the kernel does for them (ring buffer
+	// wake-ups, scheduling, caches).
+	tracerPct := func(t string) []float64 {
+		return values(s, t, "churn20k_tracer_pct", func(x sample) float64 { return x.Value })
+	}
+	figs["churn_tracer_pct"] = &figure{Unit: "% CPU", Value: statOf(tracerPct(tracerFlowtrace)), Tcpdump: statOf(tracerPct(tracerTcpdump)),
+		Cmd:  statOf(tracerPct(tracerCmd)),
+		Note: "part of churn_cost_pct: the tracer process's own CPU (/proc/PID/stat) during the paced churn, in % of the machine"}
+	bpfPct := func(t string) []float64 {
+		return values(s, t, "churn20k_probe_s", func(x sample) float64 {
+			return machinePct((x.TCNs*float64(x.TCRuns)+x.DropNs*float64(x.DropRuns))/1e9, x.Value, res.CPUs)
+		})
+	}
+	figs["churn_bpf_pct"] = &figure{Unit: "% CPU", Value: statOf(bpfPct(tracerFlowtrace)), Floor: statOf(bpfPct(tracerFloor)),
+		Cmd:  statOf(bpfPct(tracerCmd)),
+		Note: "part of churn_cost_pct: the tracer's tc and kfree_skb programs' run time (BPF stats, which add two clock reads a run) in a paced churn probe, in % of the machine"}
 
 	base := func(name, workload, unit string, scale float64) {
 		v := values(s, tracerNone, workload, func(x sample) float64 { return x.Value * scale })

@@ -314,10 +314,22 @@ func runTracer(ctx context.Context, b *bed, o options, tc tracerConfig, round in
 	// (100 k/s against 262,144 entries that stay 10 s in CLOSE), and the
 	// kernel's garbage collection of them after would land in the paced
 	// run's CPU figure.
+	// The cost's parts: the tracer's own process CPU in the paced run, and
+	// (below) its BPF programs' run time in a timed paced probe.
 	if err := measure("churn", false, func() ([]float64, error) {
+		cpu0, _ := r.usage()
+		start := time.Now()
 		cps, busy, err := churn(b, o.duration, churnRate)
-		return []float64{cps, busy * 100}, err
-	}, "churn20k_cps", "churn20k_busy_pct"); err != nil {
+		cpu1, _ := r.usage()
+		return []float64{cps, busy * 100, machinePct(cpu1-cpu0, time.Since(start).Seconds(), runtime.NumCPU())}, err
+	}, "churn20k_cps", "churn20k_busy_pct", "churn20k_tracer_pct"); err != nil {
+		return err
+	}
+	if err := measure("churn", true, func() ([]float64, error) {
+		start := time.Now()
+		cps, _, err := churn(b, min(o.duration, tcProbe), churnRate)
+		return []float64{cps, time.Since(start).Seconds()}, err
+	}, "churn20k_probe_cps", "churn20k_probe_s"); err != nil {
 		return err
 	}
 	if err := measure("churn", false, func() ([]float64, error) {

@@ -109,6 +109,15 @@ func diffs(samples []sample, tracer, workload string) []float64 {
 	return perRound(samples, tracer, workload, func(v, none float64) float64 { return v - none })
 }
 
+// machinePct is cpuSecs of CPU used over wallSecs on a machine of cpus
+// CPUs, in % of the machine: the unit of churn_cost_pct.
+func machinePct(cpuSecs, wallSecs float64, cpus int) float64 {
+	if wallSecs <= 0 || cpus <= 0 {
+		return 0
+	}
+	return 100 * cpuSecs / wallSecs / float64(cpus)
+}
+
 func values(samples []sample, tracer, workload string, get func(sample) float64) []float64 {
 	var out []float64
 	for _, s := range samples {
@@ -140,7 +149,7 @@ func vsFloor(samples []sample, workload string, get func(sample) float64) []floa
 
 // figureOrder is the table's row order.
 var figureOrder = []string{
-	"tcp_stream_ratio", "udp64_pps_ratio", "rr_p50_ratio", "rr_p99_ratio", "churn_cost_pct", "churn20k_cps", "churn_ratio",
+	"tcp_stream_ratio", "udp64_pps_ratio", "rr_p50_ratio", "rr_p99_ratio", "churn_cost_pct", "churn_tracer_pct", "churn_bpf_pct", "churn20k_cps", "churn_ratio",
 	"baseline_tcp_stream_gbps", "baseline_udp64_kpps", "baseline_rr_p99_us", "baseline_churn_cps",
 	"tc_ns_per_packet", "tc_vs_floor", "kfree_skb_ns_per_drop", "kfree_skb_vs_floor",
 	"storm_rate_per_s", "storm_kernel_drops", "storm_unaccounted", "storm_accounted", "storm_delivered_pct", "storm_latency_p99_ms",

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"strings"
 	"testing"
 )
@@ -79,6 +80,29 @@ func TestChurnCostIsADifference(t *testing.T) {
 	}
 	if f := figs["churn20k_cps"]; f.Value.Median != 19505 || *f.Met {
 		t.Errorf("churn20k_cps = %+v: a median below 99%% of 20,000/s did not keep up", f)
+	}
+}
+
+// churn_cost_pct's parts are in its unit, % of the machine: the tracer's
+// CPU seconds over the paced run's wall time, and its programs' BPF run
+// time (ns a run times runs) over the probe's, both over all CPUs.
+func TestChurnCostParts(t *testing.T) {
+	res := &results{CPUs: 2, Samples: []sample{
+		{Round: 0, Tracer: tracerFlowtrace, Workload: "churn20k_tracer_pct", Value: 4.5},
+		{Round: 0, Tracer: tracerFlowtrace, Workload: "churn20k_probe_s", Value: 2,
+			TCNs: 500, TCRuns: 400000, DropNs: 1000, DropRuns: 1000},
+		{Round: 0, Tracer: tracerFloor, Workload: "churn20k_probe_s", Value: 2, TCNs: 50, TCRuns: 400000},
+	}}
+	figs := figures(res)
+	if f := figs["churn_tracer_pct"]; f.Value == nil || f.Value.Median != 4.5 {
+		t.Errorf("churn_tracer_pct = %+v", f)
+	}
+	// (500 ns × 400k + 1 µs × 1k) = 0.201 s of 2 s on 2 CPUs: 5.025%.
+	if f := figs["churn_bpf_pct"]; f.Value == nil || math.Abs(f.Value.Median-5.025) > 1e-9 || math.Abs(f.Floor.Median-0.5) > 1e-9 {
+		t.Errorf("churn_bpf_pct = %+v, floor %+v", f.Value, f.Floor)
+	}
+	if pct := machinePct(1, 10, 2); pct != 5 {
+		t.Errorf("machinePct(1 s, 10 s, 2 CPUs) = %v, want 5", pct)
 	}
 }
 
