@@ -27,6 +27,7 @@ enum ft_event_type {
 #define FT_CT_SNAT 0x08  /* source translated (orig src != reply dst) */
 #define FT_CT_VIA_NFCT 0x10   /* learned from skb->_nfct */
 #define FT_CT_VIA_LOOKUP 0x20 /* learned from the bpf_skb_ct_lookup kfunc */
+#define FT_CT_VIA_REV 0x40    /* from the other direction's flow entry at the hook */
 
 /* ft_mtu_event.kind */
 enum ft_mtu_kind {

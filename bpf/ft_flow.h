@@ -69,6 +69,8 @@ struct ft_scratch {
 	__u64 rev_bytes;
 	__u32 rev_flags;
 	__u32 closing; /* ft_flow_closing's answer for the packet (FT_CLOSE_*) */
+	__u32 ctrev;   /* ft_ct_from_rev's answer for a closing report (FT_CTREV_*) */
+	__u32 _pad0;
 	struct ft_tuple t; /* the packet being handled */
 	struct ft_pmeta m;
 	struct ft_encap enc;
@@ -301,6 +303,50 @@ static __always_inline struct ft_flow_val *ft_flow_rev(struct ft_scratch *sc,
 }
 
 /*
+ * Whether the kfunc is all tc has for this packet's conntrack view: at
+ * ingress, where _nfct is empty (scrubbed on the way in from the pod's
+ * netns), for a TCP packet conntrack can know (not a pure SYN). Only TCP:
+ * a UDP entry outlives its conntrack entry, whose NAT may differ when it
+ * comes back, so a UDP report asks conntrack itself.
+ */
+static __always_inline int ft_ct_lookup_due(const struct ft_tuple *t, const struct ft_flow_key *k)
+{
+	return k->dir == FT_DIR_INGRESS && t->proto == FT_IPPROTO_TCP &&
+	       (t->tcp_flags & (FT_TCP_SYN | FT_TCP_ACK)) != FT_TCP_SYN;
+}
+
+enum {
+	FT_CTREV_ASK = 0,   /* ask conntrack (ft_report_ct) */
+	FT_CTREV_VIEW,      /* the view was taken from the other direction's entry */
+	FT_CTREV_UNTRACKED, /* conntrack does not track the connection here */
+};
+
+/*
+ * What k's other direction's entry rv at this hook knows of conntrack,
+ * for a report at ingress that would otherwise need the kfunc (under the
+ * bench's churn, two lookups a connection, every one a miss: ~12% of tc's
+ * time in a profile). Egress learned rv's view from its
+ * packets' own _nfct, the same connection's conntrack entry seen from the
+ * other end: k's view is that one, in the other direction. When egress
+ * found _nfct empty, this netns's conntrack had already run on that packet
+ * and not tracked it (bridged traffic without br_netfilter, a notrack
+ * rule): a lookup would miss. Without an entry, or where tc cannot read
+ * _nfct, ask conntrack.
+ */
+static __always_inline int ft_ct_from_rev(struct ft_ct *ct, const struct ft_flow_val *rv)
+{
+	if (!rv)
+		return FT_CTREV_ASK;
+	if (!(rv->ct.flags & FT_CT_KNOWN))
+		return ft_ct_cast_enabled && (ft_kctx_enabled || ft_kread_enabled) ? FT_CTREV_UNTRACKED
+										      : FT_CTREV_ASK;
+	*ct = rv->ct;
+	ct->flags = (rv->ct.flags & (FT_CT_KNOWN | FT_CT_DNAT | FT_CT_SNAT)) |
+		    (~rv->ct.flags & FT_CT_REPLY) | FT_CT_VIA_REV;
+	return FT_CTREV_VIEW;
+}
+
+/*
  * Whether this packet ends the connection at this hook; a FIN updates the
  * FIN states (v: k's entry, with the packet counted).
  */
@@ -431,7 +477,12 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 		nv->ethertype = t->ethertype;
 		nv->vlan = t->vlan;
 		nv->encap = *enc;
-		if (!enc->ip_version)
+		/*
+		 * A reply's first packet (the SYN-ACK at ingress) takes the
+		 * view its connection's entry at this hook's egress has.
+		 */
+		if (!enc->ip_version &&
+		    (!ft_ct_lookup_due(t, k) || ft_ct_from_rev(&nv->ct, ft_flow_rev(sc, k)) == FT_CTREV_ASK))
 			ft_report_ct(skb, t, k, &nv->ct, netns);
 		if (bpf_map_update_elem(&ft_flows, k, nv, BPF_NOEXIST) == 0) {
 			struct ft_flow_val *rv = 0;
@@ -504,6 +555,28 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	__sync_fetch_and_add(&v->bytes, -by);
 	if (fl)
 		__sync_fetch_and_add(&v->tcp_flags, -(__u32)fl);
+	if (sc->closing) {
+		struct ft_flow_val *rv = ft_flow_take_rev(sc, k);
+
+		/*
+		 * The entry that a SYN made at ingress (before conntrack had
+		 * the connection) learns its view at the close from the other
+		 * direction's entry, which it looked up anyway, or else asks
+		 * conntrack as any report does (below).
+		 */
+		sc->ctrev = FT_CTREV_ASK;
+		if (!enc->ip_version && ft_ct_lookup_due(t, k))
+			sc->ctrev = ft_ct_from_rev(&ct, rv);
+		if (sc->ctrev == FT_CTREV_VIEW ||
+		    (sc->ctrev == FT_CTREV_ASK && !enc->ip_version && ft_report_ct(skb, t, k, &ct, v->netns)))
+			v->ct = ct;
+		else
+			ct = v->ct;
+		ft_emit_flow(sc, t, k, &ct, &v->encap, v->netns, len, reason, pk, by, fl);
+		if (ft_flow_end(sc, k, v, rv))
+			return 0;
+		return v;
+	}
 	/*
 	 * Keep the last known view: e.g. a client-side ingress entry whose first
 	 * packet came before conntrack had the connection learns it later.
@@ -512,14 +585,6 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 		v->ct = ct;
 	else
 		ct = v->ct;
-	if (sc->closing) {
-		struct ft_flow_val *rv = ft_flow_take_rev(sc, k);
-
-		ft_emit_flow(sc, t, k, &ct, &v->encap, v->netns, len, reason, pk, by, fl);
-		if (ft_flow_end(sc, k, v, rv))
-			return 0;
-		return v;
-	}
 	ft_emit_flow(sc, t, k, &ct, &v->encap, v->netns, len, reason, pk, by, fl);
 	return v;
 }

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -322,5 +323,106 @@ func TestRetransmittedSYN(t *testing.T) {
 	}
 	if n := len(flowEntries(t, d)); n != 1 {
 		t.Errorf("%d flow entries, want 1", n)
+	}
+}
+
+// TestConntrackViewFromTheOtherDirection: at ingress, where only the
+// conntrack kfunc could answer, a reply's first packet (the SYN-ACK) and a
+// closing RST take the conntrack view of their connection's other entry
+// at the hook (which egress read from the packet's _nfct) instead of
+// calling the kfunc, seen from their own end: same original tuple and
+// NAT, the other direction. Test runs carry no _nfct, so the egress
+// entry's view is written into the table the way egress would have.
+func TestConntrackViewFromTheOtherDirection(t *testing.T) {
+	d := load(t, Config{FlowReportInterval: time.Hour})
+	if !d.Features().ConntrackLookup {
+		t.Skip("no conntrack kfunc: nothing to spare")
+	}
+	pinCPU(t, -1)
+	// known sends frame (client port cport; reply: the server's packet)
+	// through egress and gives the entry it made the view egress reads
+	// when the client 10.1.0.1 dialled a Service VIP that DNAT sent to
+	// 10.1.0.2:443.
+	known := func(frame []byte, cport uint16, reply bool) {
+		t.Helper()
+		run(t, d.Egress(), frame)
+		for k, v := range flowEntries(t, d) {
+			if k.Dir != uint8(decode.DirEgress) || (k.Sport != cport && k.Dport != cport) {
+				continue
+			}
+			flags := decode.CTKnown | decode.CTDNAT | decode.CTViaNfct
+			if reply {
+				flags |= decode.CTReply
+			}
+			v.Ct = ftFtCt{Flags: uint8(flags), IpVersion: 4}
+			v.Ct.Orig.Saddr = [16]uint8{10, 1, 0, 1}
+			v.Ct.Orig.Daddr = [16]uint8{10, 96, 0, 10}
+			v.Ct.Orig.Sport, v.Ct.Orig.Dport = cport, 80
+			if err := d.objs.FtFlows.Put(k, v); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	check := func(what string, ev decode.Event, reply bool) {
+		t.Helper()
+		want := decode.CTKnown | decode.CTDNAT | decode.CTViaRev
+		if reply {
+			want |= decode.CTReply
+		}
+		if ev.CT.Flags != want || ev.CT.OrigSrc != netip.MustParseAddr("10.1.0.1") ||
+			ev.CT.OrigDst != netip.MustParseAddr("10.96.0.10") || ev.CT.OrigDstPort != 80 {
+			t.Errorf("%s: conntrack %+v, want flags %#x and the VIP as the original destination", what, ev.CT, want)
+		}
+	}
+	lookups := func() uint64 { return stats(t, d)["ct_lookups"] }
+
+	// The server's side: the SYN leaves through egress, the SYN-ACK comes in.
+	known(tcpFrame(52400, decode.TCPSyn, 0), 52400, false)
+	drain(t, d)
+	before := lookups()
+	run(t, d.Ingress(), replyFrame(52400, decode.TCPSyn|decode.TCPAck, 0))
+	evs := drain(t, d)
+	if n := lookups() - before; n != 0 || len(evs) != 1 {
+		t.Fatalf("SYN-ACK: %d conntrack lookups, %d reports; want 0 and 1", n, len(evs))
+	}
+	check("SYN-ACK", evs[0], true)
+
+	// The client's side: the SYN comes in before conntrack has it, the
+	// SYN-ACK leaves through egress, the client's RST comes in and closes.
+	run(t, d.Ingress(), tcpFrame(52401, decode.TCPSyn, 0))
+	known(replyFrame(52401, decode.TCPSyn|decode.TCPAck, 0), 52401, true)
+	drain(t, d)
+	before = lookups()
+	run(t, d.Ingress(), tcpFrame(52401, decode.TCPRst|decode.TCPAck, 0))
+	evs = drain(t, d)
+	if n := lookups() - before; n != 0 || len(evs) != 1 {
+		t.Fatalf("RST: %d conntrack lookups, %d reports; want 0 and 1", n, len(evs))
+	}
+	check("RST", evs[0], false)
+
+	// Egress read the SYN's _nfct and found it empty: this netns's
+	// conntrack does not track the connection (bridged, no br_netfilter),
+	// and a lookup for its SYN-ACK would only miss.
+	for _, c := range []struct {
+		name string
+		cfg  Config
+	}{{"untracked", Config{FlowReportInterval: time.Hour}}, {"no _nfct at tc", Config{FlowReportInterval: time.Hour, denyCTCast: true}}} {
+		d := load(t, c.cfg)
+		nfct := d.Features().ConntrackNfct
+		run(t, d.Egress(), tcpFrame(52402, decode.TCPSyn, 0))
+		before := stats(t, d)["ct_lookups"]
+		run(t, d.Ingress(), replyFrame(52402, decode.TCPSyn|decode.TCPAck, 0))
+		want := uint64(1)
+		if nfct {
+			want = 0
+		}
+		if n := stats(t, d)["ct_lookups"] - before; n != want {
+			t.Errorf("%s: SYN-ACK after an egress SYN without conntrack: %d lookups, want %d", c.name, n, want)
+		}
+		for _, ev := range drain(t, d) {
+			if ev.CT.Flags != 0 {
+				t.Errorf("%s: a view where conntrack has none: %+v", c.name, ev.CT)
+			}
+		}
 	}
 }

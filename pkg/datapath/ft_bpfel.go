@@ -211,6 +211,8 @@ type ftFtScratch struct {
 	RevBytes    uint64
 	RevFlags    uint32
 	Closing     uint32
+	Ctrev       uint32
+	Pad0        uint32
 	T           ftFtTuple
 	M           struct {
 		_         structs.HostLayout

@@ -112,6 +112,7 @@ const (
 	CTSNAT      CTFlags = 0x08
 	CTViaNfct   CTFlags = 0x10
 	CTViaLookup CTFlags = 0x20
+	CTViaRev    CTFlags = 0x40
 )
 
 // Parse status values (enum ft_parse_status). Keep in sync with bpf/ft_event.h.
