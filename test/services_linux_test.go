@@ -51,10 +51,12 @@ func TestServicesAndMTU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Replies carry the Service only where tc can look conntrack up
-	// (the bpf_skb_ct_lookup kfunc, 5.18+): on older kernels the agent
-	// says so in its status and the test asks for what the kernel can do.
-	replyNamed := st.GetFeatures().GetConntrackLookup()
+	// TCP replies carry the Service where tc reads the packet's conntrack
+	// (skb->_nfct) at egress: the reply at ingress takes its connection's
+	// view from there, or else from the bpf_skb_ct_lookup kfunc (5.18+).
+	// The agent says which it has in its status, and the test asks for
+	// what the kernel can do.
+	replyNamed := st.GetFeatures().GetConntrackNfct() || st.GetFeatures().GetConntrackLookup()
 	web, _ := l.Service("web")
 	ghost, _ := l.Service("ghost")
 	frontend := ip4(t, l, "frontend")

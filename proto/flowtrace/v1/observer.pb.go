@@ -1121,9 +1121,11 @@ type DatapathFeatures struct {
 	DropHook string `protobuf:"bytes,2,opt,name=drop_hook,json=dropHook,proto3" json:"drop_hook,omitempty"`
 	// drop_reasons is the number of drop reasons the running kernel names.
 	DropReasons uint32 `protobuf:"varint,3,opt,name=drop_reasons,json=dropReasons,proto3" json:"drop_reasons,omitempty"`
-	// conntrack_nfct: Service translation read from skb->_nfct at tc.
+	// conntrack_nfct: Service translation read from skb->_nfct at tc (egress;
+	// a TCP packet at ingress takes its connection's view from there).
 	ConntrackNfct bool `protobuf:"varint,4,opt,name=conntrack_nfct,json=conntrackNfct,proto3" json:"conntrack_nfct,omitempty"`
-	// conntrack_lookup: the bpf_skb_ct_lookup kfunc (replies, client side).
+	// conntrack_lookup: the bpf_skb_ct_lookup kfunc (UDP replies, and TCP at
+	// ingress where the connection has no entry at egress).
 	ConntrackLookup bool `protobuf:"varint,5,opt,name=conntrack_lookup,json=conntrackLookup,proto3" json:"conntrack_lookup,omitempty"`
 	// mtu_check: FIB lookups at tc ingress check packets against the egress MTU.
 	MtuCheck bool `protobuf:"varint,6,opt,name=mtu_check,json=mtuCheck,proto3" json:"mtu_check,omitempty"`
