@@ -19,18 +19,26 @@ import (
 // stats are unavailable or the cost is absurd (> 20 us), since machines
 // are shared and noisy: the bench (tc_vs_floor) holds the target.
 func TestTCCost(t *testing.T) {
+	floor := floorTC(t)
+	t.Run("flow cache", func(t *testing.T) { tcCost(t, Config{}, floor) })
+	t.Run("no flow cache", func(t *testing.T) { tcCost(t, Config{NoFlowCache: true}, floor) })
+}
+
+// floorTC is the bench's counting tc program, the floor the hook's cost is
+// measured against, closed when the test ends.
+func floorTC(t *testing.T) *ebpf.Program {
+	t.Helper()
 	counter, err := testutil.NewCounter()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer counter.Close()
+	t.Cleanup(func() { counter.Close() })
 	floor, err := testutil.NewFloorTC(counter)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer floor.Close()
-	t.Run("flow cache", func(t *testing.T) { tcCost(t, Config{}, floor) })
-	t.Run("no flow cache", func(t *testing.T) { tcCost(t, Config{NoFlowCache: true}, floor) })
+	t.Cleanup(func() { floor.Close() })
+	return floor
 }
 
 func tcCost(t *testing.T, cfg Config, floor *ebpf.Program) {
@@ -144,16 +152,7 @@ func TestDropCost(t *testing.T) {
 // TestTCCost, is the kernel's share of churn_cost_pct. Like TestTCCost it
 // only fails if stats are unavailable or the figures absurd.
 func TestChurnCost(t *testing.T) {
-	counter, err := testutil.NewCounter()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer counter.Close()
-	floor, err := testutil.NewFloorTC(counter)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer floor.Close()
+	floor := floorTC(t)
 	d := load(t, Config{FlowReportInterval: time.Hour})
 	pinCPU(t, -1)
 	stop, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
