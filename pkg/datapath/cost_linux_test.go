@@ -170,7 +170,7 @@ func TestChurnCost(t *testing.T) {
 	}
 	// The client leaves through egress and the replies come in through
 	// ingress: both directions of a connection meet at one device.
-	runtime := func(ps ...*ebpf.Program) (time.Duration, uint64) {
+	progTime := func(ps ...*ebpf.Program) (time.Duration, uint64) {
 		t.Helper()
 		var rt time.Duration
 		var n uint64
@@ -192,7 +192,7 @@ func TestChurnCost(t *testing.T) {
 		t.Helper()
 		var total time.Duration
 		for b := 0; b < conns/batch; b++ {
-			rt0, n0 := runtime(egress, ingress)
+			rt0, n0 := progTime(egress, ingress)
 			for c := range batch {
 				port := port0 + uint16(b*batch+c)
 				for _, s := range seq {
@@ -203,7 +203,7 @@ func TestChurnCost(t *testing.T) {
 					}
 				}
 			}
-			rt1, n1 := runtime(egress, ingress)
+			rt1, n1 := progTime(egress, ingress)
 			if n1-n0 != uint64(batch*len(seq)) {
 				t.Fatalf("%d runs for %d packets", n1-n0, batch*len(seq))
 			}
