@@ -209,7 +209,7 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 		f.Destination = e.endpoint(ev.Dst, ev.Time)
 	}
 	f.Interface = e.iface(ev.Netns, ev.Ifindex)
-	f.SourceService, f.DestinationService = e.services(ev)
+	f.SourceService, f.DestinationService = e.services(ev, f.Source, f.Destination)
 	if ev.Encap.Src.IsValid() {
 		f.Encapsulation = &flowtracev1.Encapsulation{
 			OuterSource: ev.Encap.Src.String(), OuterDestination: ev.Encap.Dst.String(),
@@ -309,7 +309,7 @@ func (e *Enricher) Recycle(fs []*flowtracev1.Flow) {
 // original tuple keeps the VIP the client addressed for the whole life of a
 // DNAT'd connection, so flows seen at the backend and replies are named too;
 // without conntrack, a VIP in the packet itself still names it.
-func (e *Enricher) services(ev *decode.Event) (src, dst *flowtracev1.Service) {
+func (e *Enricher) services(ev *decode.Event, srcEp, dstEp *flowtracev1.Endpoint) (src, dst *flowtracev1.Service) {
 	if e.ids == nil {
 		return nil, nil
 	}
@@ -320,10 +320,14 @@ func (e *Enricher) services(ev *decode.Event) (src, dst *flowtracev1.Service) {
 		}
 		return nil, svc
 	}
-	if ev.Dst.IsValid() {
+	// An address a pod has is not a Service's: ClusterIPs come from the
+	// Service range, and the node addresses of NodePorts are no pod's
+	// (host-network pods are named by node, not by pod IP). Pod-to-pod
+	// traffic, most of a node's, then looks no Service up.
+	if ev.Dst.IsValid() && dstEp.GetPodName() == "" {
 		dst = e.service(ev.Dst, ev.DstPort, ev.Proto)
 	}
-	if ev.Src.IsValid() {
+	if ev.Src.IsValid() && srcEp.GetPodName() == "" {
 		src = e.service(ev.Src, ev.SrcPort, ev.Proto)
 	}
 	return src, dst

@@ -136,6 +136,41 @@ func TestTranslatedAndServices(t *testing.T) {
 	}
 }
 
+// TestServicesOnlyForAddressesNoPodHas: without a conntrack view (the
+// client's first packet, before DNAT) a flow to a ClusterIP names its
+// Service from the address itself; a flow between two pods asks the
+// identity source for no Service at all (most of a node's traffic: two
+// lookups an event that could only miss).
+func TestServicesOnlyForAddressesNoPodHas(t *testing.T) {
+	vip := netip.MustParseAddr("10.96.0.10")
+	web := &identity.Service{Namespace: "shop", Name: "web", VIPs: []netip.Addr{vip}, Ports: []identity.ServicePort{{Name: "http", Port: 80}}}
+	src := countingSvcs{svcIDs: svcIDs{fakeIDs: ids, svcs: map[netip.Addr]*identity.Service{vip: web}}, asked: map[netip.Addr]int{}}
+	e := New("n1", src, nil, nil, nil)
+	toVIP := e.Flow(&decode.Event{Kind: decode.KindFlow, IPVersion: 4, Proto: 6, Src: frontend, Dst: vip, SrcPort: 40000, DstPort: 80, TCPFlags: 0x02})
+	if toVIP.DestinationService.GetName() != "web" || toVIP.SourceService != nil || src.asked[frontend] != 0 {
+		t.Errorf("to the VIP: services %v / %v, source asked %d times for the client pod", toVIP.SourceService, toVIP.DestinationService, src.asked[frontend])
+	}
+	podToPod := &decode.Event{Kind: decode.KindFlow, IPVersion: 4, Proto: 6, Src: frontend, Dst: db, SrcPort: 40000, DstPort: 5432, TCPFlags: 0x02}
+	f := e.Flow(podToPod)
+	_, refs, _ := e.Lazy(podToPod, nil)
+	if f.SourceService != nil || f.DestinationService != nil || refs.SourceService != nil || refs.DestinationService != nil ||
+		src.asked[frontend]+src.asked[db] != 0 {
+		t.Errorf("pod to pod: services %v / %v, lazy %v / %v, asked %v", f.SourceService, f.DestinationService,
+			refs.SourceService, refs.DestinationService, src.asked)
+	}
+}
+
+// countingSvcs counts the Service lookups by address.
+type countingSvcs struct {
+	svcIDs
+	asked map[netip.Addr]int
+}
+
+func (c countingSvcs) ServiceByIP(ip netip.Addr) (*identity.Service, bool) {
+	c.asked[ip]++
+	return c.svcIDs.ServiceByIP(ip)
+}
+
 type svcIDs struct {
 	fakeIDs
 	svcs map[netip.Addr]*identity.Service

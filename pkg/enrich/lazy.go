@@ -103,7 +103,7 @@ func (e *Enricher) Lazy(ev *decode.Event, buf []byte) (_ []byte, refs Refs, ok b
 		refs.Destination = e.endpoint(ev.Dst, ev.Time)
 	}
 	refs.Interface = e.iface(ev.Netns, ev.Ifindex)
-	refs.SourceService, refs.DestinationService = e.services(ev)
+	refs.SourceService, refs.DestinationService = e.services(ev, refs.Source, refs.Destination)
 	return buf, refs, true
 }
 
