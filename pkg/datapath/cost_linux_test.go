@@ -150,7 +150,8 @@ func TestDropCost(t *testing.T) {
 // is no longer a flow-cache hit: every connection makes and ends two flow
 // entries and three reports at each device it crosses, so this, not
 // TestTCCost, is the kernel's share of churn_cost_pct. Like TestTCCost it
-// only fails if stats are unavailable or the figures absurd.
+// only fails if stats are unavailable or the figures absurd, or if churn
+// leaves flow entries behind.
 func TestChurnCost(t *testing.T) {
 	floor := floorTC(t)
 	d := load(t, Config{FlowReportInterval: time.Hour})
@@ -217,7 +218,9 @@ func TestChurnCost(t *testing.T) {
 	left := len(flowEntries(t, d))
 	t.Logf("churn at one device: %v per connection (%v a packet), floor %v, %.2fx; %d flow entries left",
 		per, per/time.Duration(len(seq)), fl, float64(per)/float64(max(fl, 1)), left)
-	if per <= 0 || per > 100*time.Microsecond || fl <= 0 {
+	// Absurd anywhere: under qemu's emulation (the kernel matrix) a
+	// connection takes ~100 us, natively ~2 us.
+	if per <= 0 || per > time.Millisecond || fl <= 0 {
 		t.Fatalf("%v per connection, floor %v", per, fl)
 	}
 	if left != 0 {
