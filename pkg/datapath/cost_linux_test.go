@@ -63,9 +63,12 @@ func tcCost(t *testing.T, cfg Config, floor *ebpf.Program) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// At least n: a test run that a signal cuts short (the Go
+		// runtime's preemption, more often under -race) returns EINTR,
+		// and the library runs the whole repeat again.
 		runs := after.RunCount - before.RunCount
 		per := (after.Runtime - before.Runtime) / time.Duration(max(runs, 1))
-		if runs != n || per <= 0 || per > 20*time.Microsecond {
+		if runs < n || per <= 0 || per > 20*time.Microsecond {
 			t.Fatalf("%s: runs=%d per=%v", p, runs, per)
 		}
 		return per
