@@ -202,6 +202,36 @@ static __always_inline int ft_drop_tuple_fast(const __u8 *b, __u32 buflen, __u16
 	return 1;
 }
 
+/*
+ * The general parse of the dropped packet's headers (at head, end bytes of
+ * linear data), from a copy of its first FT_DROP_HDR bytes in hb: the fast
+ * parse first, unless it already refused the packet in place (tried),
+ * then ft_parse_l3. Its own function, so the drops the in-place parse
+ * takes never pay for this one's stack set-up.
+ */
+static __always_inline void ft_drop_tuple_copied(const unsigned char *head, __u32 end,
+						 __u16 proto, struct ft_tuple *t,
+						 struct ft_drop_hdr *hb, int tried)
+{
+	struct ft_src src = { .head = head, .end = end };
+	struct ft_pmeta m = {};
+
+	/*
+	 * Always FT_DROP_HDR bytes: a constant size every verifier accepts
+	 * (5.10's loses the bound of a computed one). Bytes past the linear
+	 * data are never parsed (buflen), and the probe read is fault-safe.
+	 */
+	if (hb && !bpf_probe_read_kernel(hb->b, FT_DROP_HDR, head)) {
+		src.buf = hb->b;
+		src.buflen = end < FT_DROP_HDR ? end : FT_DROP_HDR;
+		if (ft_drop_fast_parse && !tried && ft_drop_tuple_fast(hb->b, src.buflen, proto, t)) {
+			hb->parsed_fast += 1; /* per-CPU value: no atomic needed */
+			return;
+		}
+	}
+	t->status = ft_parse_l3(&src, 0, proto, t, &m);
+}
+
 /* Parse the dropped packet's headers into t (on the stack, before folding). */
 static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *t,
 					  struct ft_drop_hdr *hb, int btf)
@@ -210,8 +240,7 @@ static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *
 	__u32 tail = FT_SKB(btf, skb, tail);
 	__u16 nh = FT_SKB(btf, skb, network_header);
 	__u16 proto = bpf_ntohs(FT_SKB(btf, skb, protocol));
-	struct ft_src src = {};
-	struct ft_pmeta m = {};
+	__u32 end;
 
 	/* Early drops may happen before the network header was set. */
 	if (nh == FT_HDR_UNSET || nh == 0 || nh >= tail) {
@@ -219,22 +248,23 @@ static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *
 		t->status = FT_PARSE_TRUNCATED;
 		return;
 	}
-	src.head = head + nh;
-	src.end = tail - nh;
+	end = tail - nh;
 	/*
-	 * Always FT_DROP_HDR bytes: a constant size every verifier accepts
-	 * (5.10's loses the bound of a computed one). Bytes past the linear
-	 * data are never parsed (buflen), and the probe read is fault-safe.
+	 * In place where the kernel allows it (ft_drop_direct): a load past
+	 * the mapping reads 0 instead of faulting, and the length keeps the
+	 * parse inside the linear data.
 	 */
-	if (hb && !bpf_probe_read_kernel(hb->b, FT_DROP_HDR, src.head)) {
-		src.buf = hb->b;
-		src.buflen = src.end < FT_DROP_HDR ? src.end : FT_DROP_HDR;
-		if (ft_drop_fast_parse && ft_drop_tuple_fast(hb->b, src.buflen, proto, t)) {
-			hb->parsed_fast += 1; /* per-CPU value: no atomic needed */
+	if (btf && ft_drop_direct && ft_drop_fast_parse) {
+		if (ft_drop_tuple_fast(bpf_rdonly_cast(head + nh, 0), end < FT_DROP_HDR ? end : FT_DROP_HDR,
+				       proto, t)) {
+			if (hb)
+				hb->parsed_fast += 1;
 			return;
 		}
+		ft_drop_tuple_copied(head + nh, end, proto, t, hb, 1);
+		return;
 	}
-	t->status = ft_parse_l3(&src, 0, proto, t, &m);
+	ft_drop_tuple_copied(head + nh, end, proto, t, hb, 0);
 }
 
 /*

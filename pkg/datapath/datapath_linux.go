@@ -65,6 +65,9 @@ type Config struct {
 	// tests: the drop hook parses every packet the general way, for
 	// comparison with its fast parse (ft_drop_fast_parse).
 	noFastDropParse bool
+	// tests: the drop hook copies the headers before its fast parse, as
+	// on kernels without in-place reads (Features.DropDirect).
+	noDropDirect bool
 	// tests: pretend the kernel refused these paths.
 	denyCTCast, denyCTLookup, denyFIB bool
 	// tests: pretend the kernel lacks bpf_cast_to_kern_ctx (6.2+) or also
@@ -108,6 +111,10 @@ type Features struct {
 	// (bpf/ft_drop.h), instead of a hash lookup per drop. Needs the same
 	// BPF_PROG_TEST_RUN on a chosen CPU as FlowCache.
 	DropMemo bool
+	// DropDirect: the tp_btf drop hook reads a dropped packet's headers
+	// in place (bpf_rdonly_cast to void, 6.17+) rather than copying them
+	// with bpf_probe_read_kernel first.
+	DropDirect bool
 }
 
 // Drop hook names reported in Features.
@@ -379,7 +386,7 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 		}
 	}
 	d.features.DropReasons = kfreeSkbArgs(kspec) >= 3 && !cfg.forceNoReason
-	if err := d.attachDrops(spec); err != nil {
+	if err := d.attachDrops(spec, hasRdonlyCastToVoid(kspec) && !cfg.noDropDirect); err != nil {
 		_ = d.objs.Close()
 		return nil, err
 	}
@@ -399,7 +406,7 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 		"mtu_check", d.features.MTUCheck, "flow_cache", d.features.FlowCache, "drop_memo", d.features.DropMemo,
 		"ring_bytes", cfg.RingBufferBytes, "flow_entries", cfg.FlowTableEntries,
 		"report_interval", cfg.FlowReportInterval, "scope_all_netns", cfg.ScopeAllNetns,
-		"drop_fold_window", cfg.DropFoldWindow)
+		"drop_fold_window", cfg.DropFoldWindow, "drop_direct", d.features.DropDirect)
 	return d, nil
 }
 
@@ -637,20 +644,56 @@ func threadNetns() (uint32, error) {
 // dropProgramNames are the kfree_skb programs, loaded one at a time.
 var dropProgramNames = []string{"ft_kfree_btf", "ft_kfree_raw", "ft_kfree_btf2", "ft_kfree_raw2"}
 
-// attachDrops loads and attaches one kfree_skb program, tp_btf first.
-func (d *Datapath) attachDrops(spec *ebpf.CollectionSpec) error {
+// hasRdonlyCastToVoid: the kernel's verifier takes bpf_rdonly_cast(p, 0)
+// (enum bpf_features names it), so tp_btf can load from any kernel address.
+func hasRdonlyCastToVoid(kspec *btf.Spec) bool {
+	var enum *btf.Enum
+	if err := kspec.TypeByName("bpf_features", &enum); err != nil {
+		return false
+	}
+	for _, v := range enum.Values {
+		if v.Name == "BPF_FEAT_RDONLY_CAST_TO_VOID" {
+			return true
+		}
+	}
+	return false
+}
+
+// attachDrops loads and attaches one kfree_skb program, tp_btf first, with
+// in-place header reads (ft_drop_direct) when direct says the kernel has
+// them; a refusal of those is retried without them.
+func (d *Datapath) attachDrops(spec *ebpf.CollectionSpec, direct bool) error {
 	btfProg, rawProg := "ft_kfree_btf", "ft_kfree_raw"
 	if !d.features.DropReasons {
 		btfProg, rawProg = "ft_kfree_btf2", "ft_kfree_raw2"
 	}
+	setDirect := func(on bool) error {
+		if err := spec.Variables["ft_drop_direct"].Set(boolByte(on)); err != nil {
+			return fmt.Errorf("set ft_drop_direct: %w", err)
+		}
+		return nil
+	}
+	attachBTF := func(p *ebpf.Program) (link.Link, error) {
+		return link.AttachTracing(link.TracingOptions{Program: p, AttachType: ebpf.AttachTraceRawTp})
+	}
 	btfErr := fmt.Errorf("tp_btf skipped by config: %w", ebpf.ErrNotSupported)
 	if !d.cfg.forceRawTP {
-		btfErr = d.tryDrop(spec, btfProg, func(p *ebpf.Program) (link.Link, error) {
-			return link.AttachTracing(link.TracingOptions{Program: p, AttachType: ebpf.AttachTraceRawTp})
-		})
+		if err := setDirect(direct); err != nil {
+			return err
+		}
+		btfErr = d.tryDrop(spec, btfProg, attachBTF)
+		if btfErr != nil && direct && isRefusal(btfErr) {
+			d.log.Warn("in-place header reads refused in the drop hook; copying them instead", "error", verifierTail(btfErr))
+			if err := setDirect(false); err != nil {
+				return err
+			}
+			direct = false
+			btfErr = d.tryDrop(spec, btfProg, attachBTF)
+		}
 	}
 	if btfErr == nil {
 		d.features.DropHook = DropHookTPBTF
+		d.features.DropDirect = direct
 		return nil
 	}
 	// tryDrop's errors keep the kernel's refusal (a verifier log's cause,

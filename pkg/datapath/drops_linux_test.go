@@ -246,16 +246,24 @@ func TestDropNoSocket(t *testing.T) {
 }
 
 // TestDropFastParse holds the drop hook's fast parse (ft_drop_tuple_fast)
-// to the general one: two datapaths, one with it and one without, see the
-// same drops, and their tuples must be the same field by field (fold memos
-// and slots compare tuples made by either). The fast one must have parsed
-// the packets it is for (IPv4 and IPv6, UDP and TCP) and left alone the
-// one it is not for (IPv4 with options).
+// to the general one: three datapaths see the same drops, one parsing in
+// place (where the kernel allows it), one from a copy of the headers, one
+// the general way, and their tuples must be the same field by field (fold
+// memos and slots compare tuples made by any of them). The fast ones must
+// have parsed the packets they are for (IPv4 and IPv6, UDP and TCP) and
+// left alone the one they are not for (IPv4 with options).
 func TestDropFastParse(t *testing.T) {
 	fast := load(t, Config{})
+	copied := load(t, Config{noDropDirect: true})
 	general := load(t, Config{noFastDropParse: true})
+	// TestFeatureFallback checks that fast has in-place reads where the
+	// kernel offers them.
+	if copied.Features().DropDirect {
+		t.Error("DropDirect with noDropDirect")
+	}
 	name, ino := testNetns(t)
-	for _, d := range []*Datapath{fast, general} {
+	all := []*Datapath{fast, copied, general}
+	for _, d := range all {
 		if err := d.AllowNetns(ino); err != nil {
 			t.Fatal(err)
 		}
@@ -283,17 +291,17 @@ func TestDropFastParse(t *testing.T) {
 		{"tcp6 SYN", func() { dialRefusedIn(t, name, "[::1]:9") }, 6, "::1", 6, 0x02, true},
 		{"udp4 with IP options", func() { sendUDPWith(t, name, ipOptions, "127.0.0.1:9") }, 17, "127.0.0.1", 4, 0, false},
 	} {
-		before := stats(t, fast)["drops_parsed_fast"]
+		before := [2]uint64{stats(t, fast)["drops_parsed_fast"], stats(t, copied)["drops_parsed_fast"]}
 		c.send()
-		var got [2]*decode.Event
-		for i, d := range []*Datapath{fast, general} {
+		var got [3]*decode.Event
+		for i, d := range all {
 			for _, ev := range waitDrops(t, d, ino) {
 				if ev.Proto == c.proto && ev.DstPort == 9 {
 					got[i] = &ev
 				}
 			}
 			if got[i] == nil {
-				t.Fatalf("%s: no drop to port 9 (fast parse %v)", c.name, i == 0)
+				t.Fatalf("%s: no drop to port 9 (datapath %d of fast, copied, general)", c.name, i)
 			}
 		}
 		ev := *got[0]
@@ -305,11 +313,15 @@ func TestDropFastParse(t *testing.T) {
 			return [13]any{e.EtherType, e.IPVersion, e.Src, e.Dst, e.SrcPort, e.DstPort, e.Proto, e.TCPFlags,
 				e.ICMPType, e.ICMPCode, e.VLAN, e.ParseStatus, e.DropReason}
 		}
-		if f, g := tuple(got[0]), tuple(got[1]); f != g {
-			t.Errorf("%s: fast parse %v, general parse %v", c.name, f, g)
+		for i, kind := range []string{"copied", "general"} {
+			if f, g := tuple(got[0]), tuple(got[i+1]); f != g {
+				t.Errorf("%s: fast parse %v, %s parse %v", c.name, f, kind, g)
+			}
 		}
-		if n := stats(t, fast)["drops_parsed_fast"] - before; (n > 0) != c.fast {
-			t.Errorf("%s: drops_parsed_fast moved by %d, want the fast parse %v", c.name, n, c.fast)
+		for i, d := range []*Datapath{fast, copied} {
+			if n := stats(t, d)["drops_parsed_fast"] - before[i]; (n > 0) != c.fast {
+				t.Errorf("%s: drops_parsed_fast moved by %d (in place %v), want the fast parse %v", c.name, n, d.Features().DropDirect, c.fast)
+			}
 		}
 	}
 	if n := stats(t, general)["drops_parsed_fast"]; n != 0 {

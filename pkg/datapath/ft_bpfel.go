@@ -313,6 +313,7 @@ const (
 	ftVarFtCoarseClockEnabled   = "ft_coarse_clock_enabled"
 	ftVarFtCtCastEnabled        = "ft_ct_cast_enabled"
 	ftVarFtCtLookupEnabled      = "ft_ct_lookup_enabled"
+	ftVarFtDropDirect           = "ft_drop_direct"
 	ftVarFtDropFastParse        = "ft_drop_fast_parse"
 	ftVarFtDropFoldWindowNs     = "ft_drop_fold_window_ns"
 	ftVarFtDropMemoEnabled      = "ft_drop_memo_enabled"
@@ -418,6 +419,7 @@ type ftVariableSpecs struct {
 	FtCoarseClockEnabled   *ebpf.VariableSpec `ebpf:"ft_coarse_clock_enabled"`
 	FtCtCastEnabled        *ebpf.VariableSpec `ebpf:"ft_ct_cast_enabled"`
 	FtCtLookupEnabled      *ebpf.VariableSpec `ebpf:"ft_ct_lookup_enabled"`
+	FtDropDirect           *ebpf.VariableSpec `ebpf:"ft_drop_direct"`
 	FtDropFastParse        *ebpf.VariableSpec `ebpf:"ft_drop_fast_parse"`
 	FtDropFoldWindowNs     *ebpf.VariableSpec `ebpf:"ft_drop_fold_window_ns"`
 	FtDropMemoEnabled      *ebpf.VariableSpec `ebpf:"ft_drop_memo_enabled"`
@@ -503,6 +505,7 @@ type ftVariables struct {
 	FtCoarseClockEnabled   *ebpf.Variable `ebpf:"ft_coarse_clock_enabled"`
 	FtCtCastEnabled        *ebpf.Variable `ebpf:"ft_ct_cast_enabled"`
 	FtCtLookupEnabled      *ebpf.Variable `ebpf:"ft_ct_lookup_enabled"`
+	FtDropDirect           *ebpf.Variable `ebpf:"ft_drop_direct"`
 	FtDropFastParse        *ebpf.Variable `ebpf:"ft_drop_fast_parse"`
 	FtDropFoldWindowNs     *ebpf.Variable `ebpf:"ft_drop_fold_window_ns"`
 	FtDropMemoEnabled      *ebpf.Variable `ebpf:"ft_drop_memo_enabled"`

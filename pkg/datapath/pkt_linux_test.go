@@ -221,6 +221,12 @@ func expectedFeatures(t *testing.T) Features {
 		f.SkbAccess = SkbProbeRead
 	}
 	f.ConntrackNfct = f.SkbAccess != SkbNone
+	var feats *btf.Enum
+	if kspec.TypeByName("bpf_features", &feats) == nil {
+		for _, v := range feats.Values {
+			f.DropDirect = f.DropDirect || v.Name == "BPF_FEAT_RDONLY_CAST_TO_VOID"
+		}
+	}
 	return f
 }
 
@@ -251,6 +257,7 @@ func TestFeatureFallback(t *testing.T) {
 		{Config{forceNoReason: true}, func(f *Features) { f.DropReasons = false }},
 		{Config{NoFlowCache: true}, func(f *Features) { f.FlowCache = false }},
 		{Config{NoDropMemo: true}, func(f *Features) { f.DropMemo = false }},
+		{Config{noDropDirect: true}, func(f *Features) { f.DropDirect = false }},
 		// 6.1: no bpf_cast_to_kern_ctx, probe reads where tc may use them.
 		{Config{denyKctx: true}, func(f *Features) {
 			if f.SkbAccess == SkbKernCtx {
@@ -261,7 +268,7 @@ func TestFeatureFallback(t *testing.T) {
 		// 5.10: neither; flows carry the loader's netns.
 		{Config{denyKctx: true, denyKread: true, denyCTLookup: true, denyFIB: true, forceNoReason: true},
 			func(f *Features) {
-				*f = Features{DropHook: DropHookTPBTF, SkbAccess: SkbNone, FlowCache: true, DropMemo: true}
+				*f = Features{DropHook: DropHookTPBTF, SkbAccess: SkbNone, FlowCache: true, DropMemo: true, DropDirect: f.DropDirect}
 			}},
 	} {
 		want := base
