@@ -1,7 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause */
 /*
  * Load-time knobs. The Go loader rewrites these in .rodata before loading, so
- * the verifier sees constants and prunes dead branches.
+ * the verifier sees constants and prunes dead branches. The branches that
+ * stay still load them, on every packet and drop: defined widest first,
+ * they fit one 64-byte cache line (63 bytes; TestRodataOneCacheLine). The
+ * drop hook's cost is mostly its cache misses, and a second line of
+ * knobs was one of them.
  */
 #ifndef FT_CONFIG_H
 #define FT_CONFIG_H
@@ -10,14 +14,25 @@
 volatile const __u64 ft_flow_report_interval_ns = 5000000000ULL;
 
 /*
+ * The longest a per-CPU flow-cache slot (ft_fcache.h) holds a flow's counts
+ * before they go into its flow entry; set by the loader to at most a
+ * quarter of the report interval.
+ */
+volatile const __u64 ft_fc_hold_ns = 10000000ULL;
+
+/*
+ * Drop folding: after a drop is emitted, identical drops (see struct
+ * ft_drop_key) on the same CPU within this window are only counted; user
+ * space reports the counts. 0 disables folding: every drop is an event.
+ */
+volatile const __u64 ft_drop_fold_window_ns = 100000000ULL;
+
+/*
  * Unread ring buffer bytes that wake the reader even within a wake-up gap
  * (ft_rb_flags): the loader sets an eighth of ft_events' size, so the
  * reader is woken well before a burst fills it.
  */
 volatile const __u32 ft_rb_wake_backlog = 512 << 10;
-
-/* Emit drops of every netns instead of only those in ft_netns_scope. */
-volatile const __u8 ft_scope_all_netns = 0;
 
 /*
  * enum skb_drop_reason values that are normal frees, not drops. The numbers
@@ -37,6 +52,9 @@ volatile const __u32 ft_reason_consumed = 0xffffffff;
  */
 volatile const __u32 ft_reason_socket_close = 0xffffffff;
 volatile const __u32 ft_reason_queue_purge = 0xffffffff;
+
+/* Emit drops of every netns instead of only those in ft_netns_scope. */
+volatile const __u8 ft_scope_all_netns = 0;
 
 /*
  * Optional kernel paths, switched off by the loader when the kernel refuses
@@ -76,25 +94,11 @@ volatile const __u8 ft_kread_enabled = 1;
 volatile const __u32 ft_self_netns = 0;
 
 /*
- * The longest a per-CPU flow-cache slot (ft_fcache.h) holds a flow's counts
- * before they go into its flow entry; set by the loader to at most a
- * quarter of the report interval.
- */
-volatile const __u64 ft_fc_hold_ns = 10000000ULL;
-
-/*
  * MTU checks skip packets with an L3 length at or below this: no real link is
  * smaller than 576 (IPv4 minimum reassembly size; IPv6 needs >= 1280), and
  * it keeps small packets (ACKs) free of the FIB lookup.
  */
 volatile const __u32 ft_mtu_min_len = 576;
-
-/*
- * Drop folding: after a drop is emitted, identical drops (see struct
- * ft_drop_key) on the same CPU within this window are only counted; user
- * space reports the counts. 0 disables folding: every drop is an event.
- */
-volatile const __u64 ft_drop_fold_window_ns = 100000000ULL;
 
 /*
  * The drop hook's per-CPU fold memo (ft_drop.h). The loader sets it only
@@ -105,7 +109,7 @@ volatile const __u8 ft_drop_memo_enabled = 0;
 
 /*
  * The drop hook's parse of the commonest packets from aligned words
- * (ft_drop_tuple_fast). Always on; the loader turns it off only for the
+ * (ft_drop_raw). Always on; the loader turns it off only for the
  * test that compares it with the general parse.
  */
 volatile const __u8 ft_drop_fast_parse = 1;

@@ -36,8 +36,22 @@
  * a memo's drops at write-back, so a walk never takes a drop still in a
  * memo for lost.
  */
+/*
+ * A fast-parsable drop's key in raw form: the header words the fast parse
+ * reads, as they are in the packet, with the key's other fields. Equal
+ * signatures make equal keys (ft_drop_tuple_raw builds the tuple from
+ * nothing else), so a storm's drop is matched to the memo by comparing
+ * eight words, without building its key.
+ */
+struct ft_drop_sig {
+	__u64 location;
+	__u64 id;   /* reason | ifindex << 32 */
+	__u64 kind; /* netns | ethertype << 32 | proto << 48 | TCP flags << 56 */
+	__u64 a[4]; /* IPv4: saddr and daddr in a[0]; IPv6: saddr a[0..1], daddr a[2..3] */
+	__u64 ports; /* both ports, network order, as in the packet */
+};
+
 struct ft_drop_memo {
-	struct ft_drop_key key;
 	__u64 created; /* the slot instance it counts for (created_ns); 0 = none */
 	__u64 emit;    /* that slot's emit_ns: the memo folds within its window */
 	__u64 pending; /* drops counted here, not yet in the slot; must stay 8-aligned at dropHdrPendingOff */
@@ -45,6 +59,7 @@ struct ft_drop_memo {
 	__u64 last;    /* the last of them, or the slot's last_ns when taken */
 	__u32 skb_iif; /* of the last of them */
 	__u32 pkt_len;
+	struct ft_drop_key key; /* last: a storm's drop (ft_drop_storm) never reads it */
 };
 
 /*
@@ -62,7 +77,7 @@ struct ft_drop_hdr {
 	__u64 seen;
 	__u64 folded;
 	__u64 memo_hits;
-	__u64 parsed_fast; /* FT_STAT_DROPS_PARSED_FAST: ft_drop_tuple_fast did the parse */
+	__u64 parsed_fast; /* FT_STAT_DROPS_PARSED_FAST: ft_drop_raw read the headers */
 	/*
 	 * The last ft_netns_scope answer on this CPU: a storm's drops share a
 	 * netns, and the hash lookup was ~30 ns of each. Valid while
@@ -80,18 +95,25 @@ struct ft_drop_hdr {
 	 * without folding it.
 	 */
 	__u8 busy;
-	__u8 _pad[6];
+	__u8 sig_ok; /* sig is the memo's signature (see ft_drop_storm) */
+	__u8 _pad[5];
 	struct ft_clock_memo clk; /* the fold clock; lives across drops */
+	/*
+	 * What a storm's drop touches (ft_drop_storm) is the 176 bytes up to
+	 * memo.key, contiguous: the hook's cost is mostly cache misses.
+	 */
+	struct ft_drop_sig sig;
 	struct ft_drop_memo memo;
 	/*
 	 * The dropped packet's first FT_DROP_HDR bytes from its network
 	 * header, read with one probe read so the parser's header loads are
-	 * plain memory loads. 8-aligned, for ft_drop_tuple_fast's word loads.
+	 * plain memory loads. 8-aligned, for ft_drop_raw's word loads.
 	 */
 	__u8 b[FT_DROP_HDR];
 };
 
 _Static_assert(__builtin_offsetof(struct ft_drop_hdr, b) % 8 == 0, "ft_drop_hdr.b must be 8-aligned");
+_Static_assert(__builtin_offsetof(struct ft_drop_hdr, memo.key) == 176, "a storm's drop touches 176 bytes");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -146,20 +168,20 @@ static __always_inline __u32 ft_skb_netns(struct sk_buff *skb, __u32 *ifindex, i
 }
 
 /*
- * The commonest dropped packet parsed straight from the copy's aligned
- * words: IPv4 without options and not a later fragment, or IPv6 whose next
- * header is the L4 one; TCP or UDP, with as much of its header in the copy
- * as the general parse reads (14 bytes for TCP's flags, 4 for UDP's
- * ports). The general parse (ft_parse_l3) copies through ft_load byte by
- * byte, which was ~13 ns of the hook's ~80 per drop in a storm. It fills t
- * exactly as ft_parse_l3 would, since fold memos and slots compare tuples
- * made by either (TestDropFastParse holds them to that), and returns 1;
- * anything else returns 0 with t untouched, for the general parse.
+ * The commonest dropped packet read straight from its aligned words (in
+ * place or in hb's copy): IPv4 without options and not a later fragment,
+ * or IPv6 whose next header is the L4 one; TCP or UDP, with as much of its
+ * header in b as the general parse reads (14 bytes for TCP's flags, 4 for
+ * UDP's ports). The general parse (ft_parse_l3) copies through ft_load
+ * byte by byte, which was ~13 ns of the hook's ~80 per drop in a storm.
+ * Fills r's header words and returns 1; anything else returns 0, for the
+ * general parse.
  */
-static __always_inline int ft_drop_tuple_fast(const __u8 *b, __u32 buflen, __u16 ethertype,
-					      struct ft_tuple *t)
+static __always_inline int ft_drop_raw(const __u8 *b, __u32 buflen, __u16 ethertype,
+				       struct ft_drop_sig *r)
 {
-	__u32 l4, x;
+	__u64 flags = 0;
+	__u32 l4;
 	__u8 proto;
 
 	if (ethertype == FT_ETH_P_IP) {
@@ -178,40 +200,66 @@ static __always_inline int ft_drop_tuple_fast(const __u8 *b, __u32 buflen, __u16
 	if (proto == FT_IPPROTO_TCP) {
 		if (buflen < l4 + 14)
 			return 0;
-		t->tcp_flags = b[l4 + 13];
+		flags = b[l4 + 13];
 	} else if (proto != FT_IPPROTO_UDP || buflen < l4 + 4) {
 		return 0;
 	}
 	if (l4 == 20) {
-		*(__u32 *)t->saddr = *(const __u32 *)(b + 12);
-		*(__u32 *)t->daddr = *(const __u32 *)(b + 16);
-		t->ip_version = 4;
+		r->a[0] = *(const __u64 *)(b + 12);
+		r->a[1] = 0;
+		r->a[2] = 0;
+		r->a[3] = 0;
 	} else {
-		*(__u64 *)t->saddr = *(const __u64 *)(b + 8);
-		*(__u64 *)(t->saddr + 8) = *(const __u64 *)(b + 16);
-		*(__u64 *)t->daddr = *(const __u64 *)(b + 24);
-		*(__u64 *)(t->daddr + 8) = *(const __u64 *)(b + 32);
-		t->ip_version = 6;
+		r->a[0] = *(const __u64 *)(b + 8);
+		r->a[1] = *(const __u64 *)(b + 16);
+		r->a[2] = *(const __u64 *)(b + 24);
+		r->a[3] = *(const __u64 *)(b + 32);
 	}
-	x = *(const __u32 *)(b + l4); /* both ports, network order */
-	t->sport = bpf_ntohs((__u16)x);
-	t->dport = bpf_ntohs((__u16)(x >> 16));
-	t->ethertype = ethertype;
-	t->proto = proto;
-	t->status = FT_PARSE_OK;
+	r->ports = *(const __u32 *)(b + l4);
+	r->kind = (__u64)ethertype << 32 | (__u64)proto << 48 | flags << 56;
 	return 1;
 }
 
 /*
- * The general parse of the dropped packet's headers (at head, end bytes of
- * linear data), from a copy of its first FT_DROP_HDR bytes in hb: the fast
- * parse first, unless it already refused the packet in place (tried),
- * then ft_parse_l3. Its own function, so the drops the in-place parse
- * takes never pay for this one's stack set-up.
+ * t from r, exactly as ft_parse_l3 would fill it, since fold memos and
+ * slots compare tuples made by either (TestDropFastParse holds them to
+ * that). t is zeroed.
  */
-static __always_inline void ft_drop_tuple_copied(const unsigned char *head, __u32 end,
-						 __u16 proto, struct ft_tuple *t,
-						 struct ft_drop_hdr *hb, int tried)
+static __always_inline void ft_drop_tuple_raw(const struct ft_drop_sig *r, struct ft_tuple *t)
+{
+	__u16 ethertype = r->kind >> 32;
+
+	if (ethertype == FT_ETH_P_IP) {
+		*(__u32 *)t->saddr = (__u32)r->a[0];
+		*(__u32 *)t->daddr = r->a[0] >> 32;
+		t->ip_version = 4;
+	} else {
+		*(__u64 *)t->saddr = r->a[0];
+		*(__u64 *)(t->saddr + 8) = r->a[1];
+		*(__u64 *)t->daddr = r->a[2];
+		*(__u64 *)(t->daddr + 8) = r->a[3];
+		t->ip_version = 6;
+	}
+	t->sport = bpf_ntohs((__u16)r->ports);
+	t->dport = bpf_ntohs((__u16)(r->ports >> 16));
+	t->ethertype = ethertype;
+	t->proto = r->kind >> 48;
+	t->tcp_flags = r->kind >> 56;
+	t->status = FT_PARSE_OK;
+}
+
+/*
+ * The general parse of the dropped packet's headers (at head, end bytes of
+ * linear data) into t, from a copy of its first FT_DROP_HDR bytes in hb;
+ * first the fast read (ft_drop_raw) of the copy into r, unless it already
+ * refused the packet in place (tried). Returns 1 when r was filled, t
+ * untouched. Its own function, so the drops read in place never pay for
+ * its stack set-up.
+ */
+static __always_inline int ft_drop_headers_copied(const unsigned char *head, __u32 end,
+						  __u16 proto, struct ft_tuple *t,
+						  struct ft_drop_hdr *hb, int tried,
+						  struct ft_drop_sig *r)
 {
 	struct ft_src src = { .head = head, .end = end };
 	struct ft_pmeta m = {};
@@ -224,17 +272,22 @@ static __always_inline void ft_drop_tuple_copied(const unsigned char *head, __u3
 	if (hb && !bpf_probe_read_kernel(hb->b, FT_DROP_HDR, head)) {
 		src.buf = hb->b;
 		src.buflen = end < FT_DROP_HDR ? end : FT_DROP_HDR;
-		if (ft_drop_fast_parse && !tried && ft_drop_tuple_fast(hb->b, src.buflen, proto, t)) {
-			hb->parsed_fast += 1; /* per-CPU value: no atomic needed */
-			return;
-		}
+		if (ft_drop_fast_parse && !tried && ft_drop_raw(hb->b, src.buflen, proto, r))
+			return 1;
 	}
 	t->status = ft_parse_l3(&src, 0, proto, t, &m);
+	return 0;
 }
 
-/* Parse the dropped packet's headers into t (on the stack, before folding). */
-static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *t,
-					  struct ft_drop_hdr *hb, int btf)
+/*
+ * Reads the dropped packet's headers: into r (returns 1) when the fast
+ * read takes them, else the general way into t (returns 0). In place where
+ * the kernel allows it (ft_drop_direct): a load past the mapping reads 0
+ * instead of faulting, and the length keeps the read inside the linear
+ * data.
+ */
+static __always_inline int ft_drop_headers(struct sk_buff *skb, struct ft_tuple *t,
+					   struct ft_drop_hdr *hb, int btf, struct ft_drop_sig *r)
 {
 	const unsigned char *head = FT_SKB(btf, skb, head);
 	__u32 tail = FT_SKB(btf, skb, tail);
@@ -246,25 +299,16 @@ static __always_inline void ft_drop_tuple(struct sk_buff *skb, struct ft_tuple *
 	if (nh == FT_HDR_UNSET || nh == 0 || nh >= tail) {
 		t->ethertype = proto;
 		t->status = FT_PARSE_TRUNCATED;
-		return;
+		return 0;
 	}
 	end = tail - nh;
-	/*
-	 * In place where the kernel allows it (ft_drop_direct): a load past
-	 * the mapping reads 0 instead of faulting, and the length keeps the
-	 * parse inside the linear data.
-	 */
 	if (btf && ft_drop_direct && ft_drop_fast_parse) {
-		if (ft_drop_tuple_fast(bpf_rdonly_cast(head + nh, 0), end < FT_DROP_HDR ? end : FT_DROP_HDR,
-				       proto, t)) {
-			if (hb)
-				hb->parsed_fast += 1;
-			return;
-		}
-		ft_drop_tuple_copied(head + nh, end, proto, t, hb, 1);
-		return;
+		if (ft_drop_raw(bpf_rdonly_cast(head + nh, 0), end < FT_DROP_HDR ? end : FT_DROP_HDR,
+				proto, r))
+			return 1;
+		return ft_drop_headers_copied(head + nh, end, proto, t, hb, 1, r);
 	}
-	ft_drop_tuple_copied(head + nh, end, proto, t, hb, 0);
+	return ft_drop_headers_copied(head + nh, end, proto, t, hb, 0, r);
 }
 
 /*
@@ -350,12 +394,11 @@ static __always_inline int ft_drop_key_eq(const struct ft_drop_key *a, const str
 		 (x[5] ^ y[5]) | (x[6] ^ y[6]) | (x[7] ^ y[7]) | (x[8] ^ y[8]));
 }
 
-/* Counts the drop in the memo if it holds k's slot within its window. */
-static __always_inline int ft_memo_fold(struct ft_drop_memo *mm, const struct ft_drop_key *k,
-					struct sk_buff *skb, __u64 now, int btf)
+/* Counts a drop of the memo's signature in it while its window lasts. */
+static __always_inline int ft_memo_count(struct ft_drop_memo *mm, struct sk_buff *skb, __u64 now,
+					 int btf)
 {
-	if (!mm->created || ft_since(now, mm->emit) >= (__s64)ft_drop_fold_window_ns ||
-	    !ft_drop_key_eq(&mm->key, k))
+	if (!mm->created || ft_since(now, mm->emit) >= (__s64)ft_drop_fold_window_ns)
 		return 0;
 	/* Strictly increasing, like the slot's own times (ft_drop_fold_in). */
 	if (now <= mm->last)
@@ -367,6 +410,39 @@ static __always_inline int ft_memo_fold(struct ft_drop_memo *mm, const struct ft
 	mm->skb_iif = FT_SKB(btf, skb, skb_iif);
 	mm->pkt_len = FT_SKB(btf, skb, len);
 	return 1;
+}
+
+static __always_inline int ft_drop_sig_eq(const struct ft_drop_sig *a, const struct ft_drop_sig *b)
+{
+	return !((a->location ^ b->location) | (a->id ^ b->id) | (a->kind ^ b->kind) |
+		 (a->a[0] ^ b->a[0]) | (a->a[1] ^ b->a[1]) | (a->a[2] ^ b->a[2]) |
+		 (a->a[3] ^ b->a[3]) | (a->ports ^ b->ports));
+}
+
+/*
+ * A storm's drop, matched to the memo by its signature r (ft_drop_raw's
+ * words) instead of its key: no tuple to build, no 72-byte key to fill
+ * and compare. The memo's key and its signature change together
+ * (ft_memo_take), and an empty or expired memo counts nothing, which
+ * sends the drop the slow way. With what it touches packed together
+ * (ft_drop_hdr) and the knobs in one cache line (ft_config.h),
+ * TestDropCost went from 81-88 to 74-77 ns a drop.
+ */
+static __always_inline int ft_drop_storm(struct ft_drop_hdr *hb, const struct ft_drop_sig *r,
+					 struct sk_buff *skb, int btf)
+{
+	int folded;
+
+	if (!ft_drop_memo_enabled || hb->busy || !hb->sig_ok || !ft_drop_sig_eq(&hb->sig, r))
+		return 0;
+	hb->busy = 1;
+	ft_barrier();
+	folded = ft_memo_count(&hb->memo, skb, ft_boot_memo(&hb->clk), btf);
+	if (folded)
+		hb->memo_hits += 1;
+	ft_barrier();
+	hb->busy = 0;
+	return folded;
 }
 
 /*
@@ -403,13 +479,20 @@ static __always_inline void ft_memo_writeback(struct ft_drop_hdr *hb)
  * signature neither steals it from one in progress nor forces a
  * write-back per drop when signatures interleave.
  */
-static __always_inline void ft_memo_take(struct ft_drop_memo *mm, const struct ft_drop_key *k,
-					 const struct ft_drop_fold *f, __u64 now)
+static __always_inline void ft_memo_take(struct ft_drop_hdr *hb, const struct ft_drop_key *k,
+					 const struct ft_drop_sig *r, const struct ft_drop_fold *f,
+					 __u64 now)
 {
+	struct ft_drop_memo *mm = &hb->memo;
+
 	if (mm->pending ||
 	    (mm->created && ft_since(now, mm->emit) < (__s64)ft_drop_fold_window_ns))
 		return;
 	__builtin_memcpy(&mm->key, k, sizeof(mm->key));
+	/* r: the signature of k, or none (a drop the general parse read). */
+	hb->sig_ok = r != 0;
+	if (r)
+		__builtin_memcpy(&hb->sig, r, sizeof(hb->sig));
 	mm->created = f->created_ns;
 	mm->emit = f->emit_ns;
 	mm->last = f->last_ns > f->emit_ns ? f->last_ns : f->emit_ns;
@@ -420,7 +503,8 @@ static __always_inline void ft_memo_take(struct ft_drop_memo *mm, const struct f
  * the fold slot, which the memo then takes when it may.
  */
 static __always_inline int ft_drop_fold(struct ft_drop_hdr *hb, struct ft_drop_key *k,
-					struct sk_buff *skb, __u64 now, int btf)
+					const struct ft_drop_sig *r, struct sk_buff *skb, __u64 now,
+					int btf)
 {
 	struct ft_drop_memo *mm = &hb->memo;
 	struct ft_drop_fold *f = 0;
@@ -436,7 +520,7 @@ static __always_inline int ft_drop_fold(struct ft_drop_hdr *hb, struct ft_drop_k
 		return 0; /* interrupted ft_drop_flush: emit, leave the slots alone */
 	hb->busy = 1;
 	ft_barrier();
-	if (ft_memo_fold(mm, k, skb, now, btf)) {
+	if (ft_drop_key_eq(&mm->key, k) && ft_memo_count(mm, skb, now, btf)) {
 		hb->memo_hits += 1;
 		folded = 1;
 	} else {
@@ -447,7 +531,7 @@ static __always_inline int ft_drop_fold(struct ft_drop_hdr *hb, struct ft_drop_k
 		if (folded)
 			hb->folded += 1;
 		if (f)
-			ft_memo_take(mm, k, f, now);
+			ft_memo_take(hb, k, r, f, now);
 	}
 	ft_barrier();
 	hb->busy = 0;
@@ -464,6 +548,7 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 {
 	struct ft_drop_event *e;
 	struct ft_drop_key k = {};
+	struct ft_drop_sig r, *raw = 0;
 	struct ft_drop_hdr *hb;
 	__u32 zero = 0;
 	__u64 now;
@@ -487,9 +572,20 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 	}
 	k.location = location;
 	k.reason = reason;
-	ft_drop_tuple(skb, &k.tuple, hb, btf);
 	/* hb is always there (a one-entry array); without it, no folding. */
-	if (ft_drop_fold_window_ns && hb && ft_drop_fold(hb, &k, skb, ft_boot_memo(&hb->clk), btf))
+	if (ft_drop_headers(skb, &k.tuple, hb, btf, &r)) {
+		r.location = location;
+		r.id = reason | (__u64)k.ifindex << 32;
+		r.kind |= k.netns;
+		if (hb)
+			hb->parsed_fast += 1; /* per-CPU value: no atomic needed */
+		if (ft_drop_fold_window_ns && hb && ft_drop_storm(hb, &r, skb, btf))
+			return 0;
+		ft_drop_tuple_raw(&r, &k.tuple);
+		raw = &r;
+	}
+	if (ft_drop_fold_window_ns && hb &&
+	    ft_drop_fold(hb, &k, raw, skb, ft_boot_memo(&hb->clk), btf))
 		return 0;
 	/*
 	 * An event carries the exact time. It also becomes the memo, so the

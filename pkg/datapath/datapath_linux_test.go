@@ -610,6 +610,23 @@ func TestCounterOffsets(t *testing.T) {
 	}
 }
 
+// TestRodataOneCacheLine: the load-time knobs (bpf/ft_config.h), which the
+// programs still load on every packet and drop, stay within one 64-byte
+// cache line. The map value is page-aligned (.rodata is mmapable).
+func TestRodataOneCacheLine(t *testing.T) {
+	spec, err := loadFt()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro, ok := spec.Maps[".rodata"]
+	if !ok {
+		t.Fatal("no .rodata in the object")
+	}
+	if ro.ValueSize > 64 {
+		t.Errorf(".rodata is %d bytes: its knobs span two cache lines (define them widest first)", ro.ValueSize)
+	}
+}
+
 // memberAt finds a (nested) member of st: its offset and size in bytes.
 func memberAt(st *btf.Struct, path []string) (int, int, error) {
 	for _, m := range st.Members {

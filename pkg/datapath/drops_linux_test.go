@@ -245,7 +245,7 @@ func TestDropNoSocket(t *testing.T) {
 	}
 }
 
-// TestDropFastParse holds the drop hook's fast parse (ft_drop_tuple_fast)
+// TestDropFastParse holds the drop hook's fast parse (ft_drop_raw)
 // to the general one: three datapaths see the same drops, one parsing in
 // place (where the kernel allows it), one from a copy of the headers, one
 // the general way, and their tuples must be the same field by field (fold

@@ -66,15 +66,23 @@ type ftFtDropHdr struct {
 	ScopeGen   uint32
 	ScopeIn    uint8
 	Busy       uint8
-	Pad        [6]uint8
+	SigOk      uint8
+	Pad        [5]uint8
 	Clk        struct {
 		_       structs.HostLayout
 		Jiffies uint64
 		Ns      uint64
 	}
+	Sig struct {
+		_        structs.HostLayout
+		Location uint64
+		Id       uint64
+		Kind     uint64
+		A        [4]uint64
+		Ports    uint64
+	}
 	Memo struct {
 		_       structs.HostLayout
-		Key     ftFtDropKey
 		Created uint64
 		Emit    uint64
 		Pending uint64
@@ -82,6 +90,7 @@ type ftFtDropHdr struct {
 		Last    uint64
 		SkbIif  uint32
 		PktLen  uint32
+		Key     ftFtDropKey
 	}
 	B [64]uint8
 }
