@@ -23,6 +23,7 @@ func (a *Agent) Status(context.Context) *flowtracev1.ServerStatusResponse {
 			MtuCheck:        a.dp.Features().MTUCheck,
 			FlowCache:       a.dp.Features().FlowCache,
 			DropMemo:        a.dp.Features().DropMemo,
+			DropDirect:      a.dp.Features().DropDirect,
 		},
 	}
 	if a.reasons != nil {

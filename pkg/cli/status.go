@@ -98,9 +98,9 @@ func printStatus(out io.Writer, r *flowtracev1.ServerStatusResponse) error {
 		return "off"
 	}
 	// Named as in DatapathFeatures, so the status line and the API agree.
-	row("Features", "conntrack_nfct %s, conntrack_lookup %s, mtu_check %s, flow_cache %s, drop_memo %s",
+	row("Features", "conntrack_nfct %s, conntrack_lookup %s, mtu_check %s, flow_cache %s, drop_memo %s, drop_direct %s",
 		onOff(f.GetConntrackNfct()), onOff(f.GetConntrackLookup()), onOff(f.GetMtuCheck()), onOff(f.GetFlowCache()),
-		onOff(f.GetDropMemo()))
+		onOff(f.GetDropMemo()), onOff(f.GetDropDirect()))
 
 	fmt.Fprintln(w, "Lost events:\t")
 	for _, lc := range r.GetLostEvents() {

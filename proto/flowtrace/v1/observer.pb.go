@@ -1134,7 +1134,10 @@ type DatapathFeatures struct {
 	FlowCache bool `protobuf:"varint,7,opt,name=flow_cache,json=flowCache,proto3" json:"flow_cache,omitempty"`
 	// drop_memo: the drop hook counts a storm's drops in a per-CPU memo of
 	// the fold slot it used last instead of looking the slot up per drop.
-	DropMemo      bool `protobuf:"varint,8,opt,name=drop_memo,json=dropMemo,proto3" json:"drop_memo,omitempty"`
+	DropMemo bool `protobuf:"varint,8,opt,name=drop_memo,json=dropMemo,proto3" json:"drop_memo,omitempty"`
+	// drop_direct: the drop hook reads a dropped packet's headers in place
+	// (6.17+) rather than copying them first.
+	DropDirect    bool `protobuf:"varint,9,opt,name=drop_direct,json=dropDirect,proto3" json:"drop_direct,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1221,6 +1224,13 @@ func (x *DatapathFeatures) GetFlowCache() bool {
 func (x *DatapathFeatures) GetDropMemo() bool {
 	if x != nil {
 		return x.DropMemo
+	}
+	return false
+}
+
+func (x *DatapathFeatures) GetDropDirect() bool {
+	if x != nil {
+		return x.DropDirect
 	}
 	return false
 }
@@ -1449,7 +1459,7 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x04mode\x18\x03 \x01(\tR\x04mode\x12\x12\n" +
 	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x1d\n" +
 	"\n" +
-	"peer_netns\x18\x05 \x01(\tR\tpeerNetns\"\x9a\x02\n" +
+	"peer_netns\x18\x05 \x01(\tR\tpeerNetns\"\xbb\x02\n" +
 	"\x10DatapathFeatures\x12\x1b\n" +
 	"\ttc_attach\x18\x01 \x01(\tR\btcAttach\x12\x1b\n" +
 	"\tdrop_hook\x18\x02 \x01(\tR\bdropHook\x12!\n" +
@@ -1459,7 +1469,9 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\tmtu_check\x18\x06 \x01(\bR\bmtuCheck\x12\x1d\n" +
 	"\n" +
 	"flow_cache\x18\a \x01(\bR\tflowCache\x12\x1b\n" +
-	"\tdrop_memo\x18\b \x01(\bR\bdropMemo\"Z\n" +
+	"\tdrop_memo\x18\b \x01(\bR\bdropMemo\x12\x1f\n" +
+	"\vdrop_direct\x18\t \x01(\bR\n" +
+	"dropDirect\"Z\n" +
 	"\x14IdentitySourceStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06synced\x18\x02 \x01(\bR\x06synced\x12\x16\n" +
