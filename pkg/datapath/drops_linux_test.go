@@ -246,9 +246,9 @@ func TestDropNoSocket(t *testing.T) {
 }
 
 // TestDropFastParse holds the drop hook's fast parse (ft_drop_raw)
-// to the general one: three datapaths see the same drops, one parsing in
-// place (where the kernel allows it), one from a copy of the headers, one
-// the general way, and their tuples must be the same field by field (fold
+// to the general one: datapaths see the same drops, one parsing in place
+// (where the kernel allows it; then another from a copy of the headers),
+// one the general way, and their tuples must be the same field by field (fold
 // memos and slots compare tuples made by any of them). The fast ones must
 // have parsed the packets they are for (IPv4 and IPv6, UDP and TCP) and
 // left alone the one they are not for (IPv4 with options).
