@@ -24,19 +24,6 @@
 #define FT_SKB(btf, skb, field) ((btf) ? (skb)->field : BPF_CORE_READ(skb, field))
 
 /*
- * The fold memo: a write-back cache, per CPU, of the fold slot this CPU
- * used last. A storm is one signature dropping again and again on a CPU,
- * and the slot's hash lookup (a 72-byte key) was about a third of the
- * hook's cost per drop: while the memo holds the signature, a drop is
- * counted here with a key compare and a few plain stores. Its counts go
- * into the slot (write-back) when the signature's window ends on this CPU
- * (the next drop is emitted from the slot as before) and when user space
- * runs ft_drop_flush on the CPU, which it does before every fold walk that
- * finds counts pending here (pkg/datapath FlushDrops). drops_folded counts
- * a memo's drops at write-back, so a walk never takes a drop still in a
- * memo for lost.
- */
-/*
  * A fast-parsable drop's key in raw form: the header words the fast parse
  * reads, as they are in the packet, with the key's other fields. Equal
  * signatures make equal keys (ft_drop_tuple_raw builds the tuple from
@@ -51,6 +38,20 @@ struct ft_drop_sig {
 	__u64 ports; /* both ports, network order, as in the packet */
 };
 
+/*
+ * The fold memo: a write-back cache, per CPU, of the fold slot this CPU
+ * used last. A storm is one signature dropping again and again on a CPU,
+ * and the slot's hash lookup (a 72-byte key) was about a third of the
+ * hook's cost per drop: while the memo holds the signature, a drop is
+ * counted here with a compare of its signature (ft_drop_storm) and a few
+ * plain stores. Its counts go into the slot (write-back) when the
+ * signature's window ends on this CPU (the next drop is emitted from the
+ * slot as before) and when user space
+ * runs ft_drop_flush on the CPU, which it does before every fold walk that
+ * finds counts pending here (pkg/datapath FlushDrops). drops_folded counts
+ * a memo's drops at write-back, so a walk never takes a drop still in a
+ * memo for lost.
+ */
 struct ft_drop_memo {
 	__u64 created; /* the slot instance it counts for (created_ns); 0 = none */
 	__u64 emit;    /* that slot's emit_ns: the memo folds within its window */
@@ -293,6 +294,7 @@ static __always_inline int ft_drop_headers(struct sk_buff *skb, struct ft_tuple 
 	__u32 tail = FT_SKB(btf, skb, tail);
 	__u16 nh = FT_SKB(btf, skb, network_header);
 	__u16 proto = bpf_ntohs(FT_SKB(btf, skb, protocol));
+	int in_place;
 	__u32 end;
 
 	/* Early drops may happen before the network header was set. */
@@ -302,13 +304,11 @@ static __always_inline int ft_drop_headers(struct sk_buff *skb, struct ft_tuple 
 		return 0;
 	}
 	end = tail - nh;
-	if (btf && ft_drop_direct && ft_drop_fast_parse) {
-		if (ft_drop_raw(bpf_rdonly_cast(head + nh, 0), end < FT_DROP_HDR ? end : FT_DROP_HDR,
-				proto, r))
-			return 1;
-		return ft_drop_headers_copied(head + nh, end, proto, t, hb, 1, r);
-	}
-	return ft_drop_headers_copied(head + nh, end, proto, t, hb, 0, r);
+	in_place = btf && ft_drop_direct && ft_drop_fast_parse;
+	if (in_place && ft_drop_raw(bpf_rdonly_cast(head + nh, 0),
+				    end < FT_DROP_HDR ? end : FT_DROP_HDR, proto, r))
+		return 1;
+	return ft_drop_headers_copied(head + nh, end, proto, t, hb, in_place, r);
 }
 
 /*

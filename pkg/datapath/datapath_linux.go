@@ -599,16 +599,25 @@ func normalFreeReasons(kspec *btf.Spec, log *slog.Logger) (notDropped, consumed 
 // reasonValue is the running kernel's value of the drop reason named name,
 // or reasonNever when it has none (older kernels, no reasons at all).
 func reasonValue(kspec *btf.Spec, name string) uint32 {
+	if v, ok := enumValue(kspec, "skb_drop_reason", name); ok {
+		return uint32(v)
+	}
+	return reasonNever
+}
+
+// enumValue is the value of the enumerator name of the kernel's enum
+// typeName, and whether the kernel has it.
+func enumValue(kspec *btf.Spec, typeName, name string) (uint64, bool) {
 	var enum *btf.Enum
-	if err := kspec.TypeByName("skb_drop_reason", &enum); err != nil {
-		return reasonNever
+	if err := kspec.TypeByName(typeName, &enum); err != nil {
+		return 0, false
 	}
 	for _, v := range enum.Values {
 		if v.Name == name {
-			return uint32(v.Value)
+			return v.Value, true
 		}
 	}
-	return reasonNever
+	return 0, false
 }
 
 // kfreeSkbArgs counts the kfree_skb tracepoint's arguments from the
@@ -647,16 +656,8 @@ var dropProgramNames = []string{"ft_kfree_btf", "ft_kfree_raw", "ft_kfree_btf2",
 // hasRdonlyCastToVoid: the kernel's verifier takes bpf_rdonly_cast(p, 0)
 // (enum bpf_features names it), so tp_btf can load from any kernel address.
 func hasRdonlyCastToVoid(kspec *btf.Spec) bool {
-	var enum *btf.Enum
-	if err := kspec.TypeByName("bpf_features", &enum); err != nil {
-		return false
-	}
-	for _, v := range enum.Values {
-		if v.Name == "BPF_FEAT_RDONLY_CAST_TO_VOID" {
-			return true
-		}
-	}
-	return false
+	_, ok := enumValue(kspec, "bpf_features", "BPF_FEAT_RDONLY_CAST_TO_VOID")
+	return ok
 }
 
 // attachDrops loads and attaches one kfree_skb program, tp_btf first, with
