@@ -75,7 +75,8 @@ volatile const __u8 ft_coarse_clock_enabled = 1;
  * per jiffy and CPU, keyed by bpf_jiffies64 (5.5+), which the verifier
  * inlines into a plain load on 64-bit JITs: a clock read is a helper call of
  * ~15 ns (coarse) to ~35-60 ns (boot time) here, for a value that only needs
- * tick resolution. 0 reads the clock on every packet.
+ * tick resolution. 0 reads the clock on every packet. The drop hook's
+ * device memo (ft_skb_netns) holds for a jiffy too, and is off without it.
  */
 volatile const __u8 ft_jiffies_enabled = 1;
 

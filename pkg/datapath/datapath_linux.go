@@ -178,7 +178,7 @@ const (
 	dropHdrFoldedOff     = 8
 	dropHdrMemoHitsOff   = 16
 	dropHdrParsedFastOff = 24
-	dropHdrPendingOff    = 144
+	dropHdrPendingOff    = 168
 )
 
 // fcHoldMax is the longest a per-CPU flow-cache slot holds a flow's counts

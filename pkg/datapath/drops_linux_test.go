@@ -90,6 +90,30 @@ func testNetns(t *testing.T) (string, uint32) {
 	return name, uint32(st.Ino)
 }
 
+// nlHandle is a netlink handle in a named netns, with that netns.
+type nlHandle struct {
+	*netlink.Handle
+	ns netns.NsHandle
+}
+
+func nsHandle(t *testing.T, name string) *nlHandle {
+	t.Helper()
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		ns.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		h.Close()
+		ns.Close()
+	})
+	return &nlHandle{h, ns}
+}
+
 // inNetns runs fn with this goroutine's thread in the named netns, and
 // switches it back afterwards (also when fn fails the test): sockets fn
 // makes belong to that netns.
@@ -525,4 +549,100 @@ func unreadNotifications(t *testing.T, name string, n int) {
 			}
 		}
 	})
+}
+
+// TestDropDeviceMemo: the drop hook memoises a device's ifindex and netns
+// per CPU for the current jiffy (ft_skb_netns). Drops alternating between
+// two netns on one CPU are each named after their own; a device moved to
+// another netns is named after its new one once a tick has passed.
+func TestDropDeviceMemo(t *testing.T) {
+	d := load(t, Config{DropFoldWindow: -1}) // every drop an event
+	pinCPU(t, -1)
+	nsA, inoA := testNetns(t)
+	nsB, inoB := testNetns(t)
+	nsC, inoC := testNetns(t)
+	for _, ino := range []uint32{inoA, inoB, inoC} {
+		if err := d.AllowNetns(ino); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// collect reads drop events until want arrived (or a deadline).
+	collect := func(want int) []decode.Event {
+		t.Helper()
+		var out []decode.Event
+		for deadline := time.Now().Add(2 * time.Second); len(out) < want && time.Now().Before(deadline); {
+			for _, ev := range drain(t, d) {
+				if ev.Kind == decode.KindDrop && ev.Proto == 17 {
+					out = append(out, ev)
+				}
+			}
+		}
+		return out
+	}
+
+	// Both loopbacks, back to back: each drop within the other's jiffy.
+	sendA, sendB := udpSenderIn(t, nsA), udpSenderIn(t, nsB)
+	const rounds = 200
+	for i := 0; i < rounds; i++ {
+		sendA(1, 9)
+		sendB(1, 10)
+	}
+	evs := collect(2 * rounds)
+	byPort := map[uint16]uint32{9: inoA, 10: inoB}
+	for _, ev := range evs {
+		if want, ok := byPort[ev.DstPort]; ok && ev.Netns != want {
+			t.Fatalf("drop to port %d named netns %d, want %d", ev.DstPort, ev.Netns, want)
+		}
+	}
+	if len(evs) < 2*rounds {
+		t.Fatalf("%d drop events of %d", len(evs), 2*rounds)
+	}
+
+	// A veth from C into A: a datagram to a closed port on its A end is
+	// dropped with skb->dev that end. Then that end moves to B.
+	hA, hB, hC := nsHandle(t, nsA), nsHandle(t, nsB), nsHandle(t, nsC)
+	peer := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ftmemo0"}, PeerName: "ftmemo1",
+		PeerNamespace: netlink.NsFd(int(hA.ns))}
+	if err := hC.LinkAdd(peer); err != nil {
+		t.Fatalf("add veth: %v", err)
+	}
+	setUp := func(h *nlHandle, name, cidr string) int {
+		t.Helper()
+		l, err := h.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr, err := netlink.ParseAddr(cidr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.AddrReplace(l, addr); err != nil {
+			t.Fatalf("address %s on %s: %v", cidr, name, err)
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+		return l.Attrs().Index
+	}
+	setUp(hC, "ftmemo0", "10.77.0.1/30")
+	setUp(hA, "ftmemo1", "10.77.0.2/30")
+	sendC := udpSenderTo(t, nsC, [4]byte{10, 77, 0, 2})
+	sendC(1, 11)
+	if evs := collect(1); len(evs) != 1 || evs[0].Netns != inoA || evs[0].DstPort != 11 {
+		t.Fatalf("before the move: %+v, want one drop to port 11 in netns %d", evs, inoA)
+	}
+	l, err := hA.LinkByName("ftmemo1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hA.LinkSetNsFd(l, int(hB.ns)); err != nil {
+		t.Fatalf("move veth end: %v", err)
+	}
+	ifB := setUp(hB, "ftmemo1", "10.77.0.2/30")
+	time.Sleep(20 * time.Millisecond) // a tick (250 Hz: 4 ms) and more
+	sendC(1, 12)
+	evs = collect(1)
+	if len(evs) != 1 || evs[0].Netns != inoB || evs[0].Ifindex != uint32(ifB) || evs[0].DstPort != 12 {
+		t.Fatalf("after the move: %+v, want one drop to port 12 in netns %d on ifindex %d", evs, inoB, ifB)
+	}
 }

@@ -32,6 +32,12 @@ func blastUDPIn(t *testing.T, name string, n int, ports ...int) {
 // drops are one signature.
 func udpSenderIn(t *testing.T, name string) func(n int, ports ...int) {
 	t.Helper()
+	return udpSenderTo(t, name, [4]byte{127, 0, 0, 1})
+}
+
+// udpSenderTo is udpSenderIn's sender, to addr.
+func udpSenderTo(t *testing.T, name string, addr [4]byte) func(n int, ports ...int) {
+	t.Helper()
 	var fd int
 	var err error
 	inNetns(t, name, func() { fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0) })
@@ -43,7 +49,7 @@ func udpSenderIn(t *testing.T, name string) func(n int, ports ...int) {
 	return func(n int, ports ...int) {
 		t.Helper()
 		for i := 0; i < n; i++ {
-			to := &unix.SockaddrInet4{Port: ports[i%len(ports)], Addr: [4]byte{127, 0, 0, 1}}
+			to := &unix.SockaddrInet4{Port: ports[i%len(ports)], Addr: addr}
 			if err := unix.Sendto(fd, msg, 0, to); err != nil {
 				t.Fatalf("send %d: %v", i, err)
 			}

@@ -68,6 +68,10 @@ type ftFtDropHdr struct {
 	Busy       uint8
 	SigOk      uint8
 	Pad        [5]uint8
+	Dev        uint64
+	DevJiffies uint64
+	DevIfindex uint32
+	DevNetns   uint32
 	Clk        struct {
 		_       structs.HostLayout
 		Jiffies uint64
