@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flowtrace/flowtrace/pkg/decode"
+	"github.com/flowtrace/flowtrace/pkg/netnsutil/nstest"
 	"github.com/flowtrace/flowtrace/pkg/testutil"
 )
 
@@ -88,30 +89,6 @@ func testNetns(t *testing.T) (string, uint32) {
 		t.Fatal(err)
 	}
 	return name, uint32(st.Ino)
-}
-
-// nlHandle is a netlink handle in a named netns, with that netns.
-type nlHandle struct {
-	*netlink.Handle
-	ns netns.NsHandle
-}
-
-func nsHandle(t *testing.T, name string) *nlHandle {
-	t.Helper()
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		ns.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		h.Close()
-		ns.Close()
-	})
-	return &nlHandle{h, ns}
 }
 
 // inNetns runs fn with this goroutine's thread in the named netns, and
@@ -600,49 +577,25 @@ func TestDropDeviceMemo(t *testing.T) {
 
 	// A veth from C into A: a datagram to a closed port on its A end is
 	// dropped with skb->dev that end. Then that end moves to B.
-	hA, hB, hC := nsHandle(t, nsA), nsHandle(t, nsB), nsHandle(t, nsC)
-	peer := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ftmemo0"}, PeerName: "ftmemo1",
-		PeerNamespace: netlink.NsFd(int(hA.ns))}
-	if err := hC.LinkAdd(peer); err != nil {
-		t.Fatalf("add veth: %v", err)
-	}
-	setUp := func(h *nlHandle, name, cidr string) int {
-		t.Helper()
-		l, err := h.LinkByName(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr, err := netlink.ParseAddr(cidr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := h.AddrReplace(l, addr); err != nil {
-			t.Fatalf("address %s on %s: %v", cidr, name, err)
-		}
-		if err := h.LinkSetUp(l); err != nil {
-			t.Fatal(err)
-		}
-		return l.Attrs().Index
-	}
-	setUp(hC, "ftmemo0", "10.77.0.1/30")
-	setUp(hA, "ftmemo1", "10.77.0.2/30")
+	nstest.Veth(t, nsC, "ftmemo0", "10.77.0.1/30", nsA, "ftmemo1", "10.77.0.2/30")
 	sendC := udpSenderTo(t, nsC, [4]byte{10, 77, 0, 2})
 	sendC(1, 11)
 	if evs := collect(1); len(evs) != 1 || evs[0].Netns != inoA || evs[0].DstPort != 11 {
 		t.Fatalf("before the move: %+v, want one drop to port 11 in netns %d", evs, inoA)
 	}
-	l, err := hA.LinkByName("ftmemo1")
+	nstest.Run(t, "ip", "-n", nsA, "link", "set", "ftmemo1", "netns", nsB)
+	nstest.Run(t, "ip", "-n", nsB, "addr", "add", "10.77.0.2/30", "dev", "ftmemo1")
+	nstest.Run(t, "ip", "-n", nsB, "link", "set", "ftmemo1", "up")
+	var ifB *net.Interface
+	var err error
+	inNetns(t, nsB, func() { ifB, err = net.InterfaceByName("ftmemo1") })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := hA.LinkSetNsFd(l, int(hB.ns)); err != nil {
-		t.Fatalf("move veth end: %v", err)
-	}
-	ifB := setUp(hB, "ftmemo1", "10.77.0.2/30")
 	time.Sleep(20 * time.Millisecond) // a tick (250 Hz: 4 ms) and more
 	sendC(1, 12)
 	evs = collect(1)
-	if len(evs) != 1 || evs[0].Netns != inoB || evs[0].Ifindex != uint32(ifB) || evs[0].DstPort != 12 {
-		t.Fatalf("after the move: %+v, want one drop to port 12 in netns %d on ifindex %d", evs, inoB, ifB)
+	if len(evs) != 1 || evs[0].Netns != inoB || evs[0].Ifindex != uint32(ifB.Index) || evs[0].DstPort != 12 {
+		t.Fatalf("after the move: %+v, want one drop to port 12 in netns %d on ifindex %d", evs, inoB, ifB.Index)
 	}
 }
