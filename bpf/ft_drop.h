@@ -341,22 +341,20 @@ static __always_inline int ft_drop_headers(struct sk_buff *skb, struct ft_drop_k
 	__u32 tail = FT_SKB(btf, skb, tail);
 	__u16 nh = FT_SKB(btf, skb, network_header);
 	__u16 proto = bpf_ntohs(FT_SKB(btf, skb, protocol));
-	int in_place;
-	__u32 end;
-
 	/* Early drops may happen before the network header was set. */
-	if (nh == FT_HDR_UNSET || nh == 0 || nh >= tail) {
-		__builtin_memset(k, 0, sizeof(*k));
-		k->tuple.ethertype = proto;
-		k->tuple.status = FT_PARSE_TRUNCATED;
-		return FT_HDRS_GENERAL;
-	}
-	end = tail - nh;
-	in_place = btf && ft_drop_direct && ft_drop_fast_parse;
+	int set = nh != FT_HDR_UNSET && nh != 0 && nh < tail;
+	int in_place = set && btf && ft_drop_direct && ft_drop_fast_parse;
+	__u32 end = tail - nh; /* used only when set */
+
 	if (in_place && ft_drop_raw(bpf_rdonly_cast(head + nh, 0),
 				    end < FT_DROP_HDR ? end : FT_DROP_HDR, proto, r))
 		return FT_HDRS_IN_PLACE;
 	__builtin_memset(k, 0, sizeof(*k));
+	if (!set) {
+		k->tuple.ethertype = proto;
+		k->tuple.status = FT_PARSE_TRUNCATED;
+		return FT_HDRS_GENERAL;
+	}
 	return ft_drop_headers_copied(head + nh, end, proto, &k->tuple, hb, in_place, r) ?
 		       FT_HDRS_FAST :
 		       FT_HDRS_GENERAL;
