@@ -23,7 +23,7 @@ func figures(res *results) map[string]*figure {
 	figs["churn_cost_pct"] = &figure{Unit: "% CPU", Value: statOf(diffs(s, tracerFlowtrace, "churn20k_busy_pct")),
 		Tcpdump: statOf(diffs(s, tracerTcpdump, "churn20k_busy_pct")), Floor: statOf(diffs(s, tracerFloor, "churn20k_busy_pct")),
 		Cmd:  statOf(diffs(s, tracerCmd, "churn20k_busy_pct")),
-		Note: "20,000 new connections/s: the machine's busy CPU (/proc/stat, all CPUs) with the tracer minus without it, same round, in % of the machine"}
+		Note: "20,000 new connections/s: the machine's busy CPU (all CPUs' wall-clock time less /proc/stat's idle, iowait and steal) with the tracer minus without it, same round, in % of the machine"}
 	figs["churn_cost_pct"].check("≤", 5)
 	figs["churn20k_cps"] = &figure{Unit: "conn/s", Value: statOf(values(s, tracerFlowtrace, "churn20k_cps", func(x sample) float64 { return x.Value })),
 		Note: "the rate the paced churn reached with the tracer: its cost is a cost at 20,000/s only if it kept up"}

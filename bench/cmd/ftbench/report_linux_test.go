@@ -4,6 +4,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestStatOf(t *testing.T) {
@@ -106,22 +107,34 @@ func TestChurnCostParts(t *testing.T) {
 	}
 }
 
-// Busy CPU is the work done on the machine: user, nice, system, irq and
-// softirq; idle, iowait and the hypervisor's steal are not.
+// Busy CPU is the machine's wall-clock CPU time less idle, iowait and the
+// hypervisor's steal: what user, nice, system, irq and softirq did.
 func TestCPUTicks(t *testing.T) {
-	then, err := parseCPUTicks("cpu  100 0 50 1000 10 0 20 5 0 0")
+	const cpus = "cpu0 1 2 3 4 5 6 7 8 0 0\ncpu1 1 2 3 4 5 6 7 8 0 0\nintr 1 2 3\n"
+	at := time.Unix(1000, 0)
+	then, err := parseCPUTicks("cpu  100 0 50 1000 10 0 20 5 0 0\n"+cpus, at)
 	if err != nil {
 		t.Fatal(err)
 	}
-	now, err := parseCPUTicks("cpu  160 0 80 1080 10 0 30 25 0 0")
+	// 2 s on 2 CPUs is 400 ticks; 100 of them idle (70), iowait (10) or
+	// steal (20). The busy fields (tick samples) are not read.
+	now, err := parseCPUTicks("cpu  999 0 999 1070 20 0 999 25 0 0\n"+cpus, at.Add(2*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 100 busy ticks (60 user, 30 system, 10 softirq) of 200.
-	if got := now.busySince(then); got != 0.5 {
-		t.Fatalf("busySince = %v, want 0.5", got)
+	if now.cpus != 2 {
+		t.Fatalf("cpus = %d, want 2", now.cpus)
 	}
-	if _, err := parseCPUTicks("intr 1 2 3"); err == nil {
+	if got := now.busySince(then); got != 0.75 {
+		t.Fatalf("busySince = %v, want 0.75", got)
+	}
+	if got := then.busySince(now); got != 0 {
+		t.Fatalf("busySince backwards = %v, want 0", got)
+	}
+	if _, err := parseCPUTicks("intr 1 2 3", at); err == nil {
 		t.Fatal("a line that is not the cpu line must be refused")
+	}
+	if _, err := parseCPUTicks("cpu  100 0 50 1000 10 0 20 5 0 0\nintr 1\n", at); err == nil {
+		t.Fatal("a /proc/stat without per-CPU lines must be refused")
 	}
 }
