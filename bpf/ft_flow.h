@@ -432,6 +432,13 @@ static __always_inline int ft_flow_end(struct ft_scratch *sc, const struct ft_fl
 	return 1;
 }
 
+/* A TCP SYN (or SYN-ACK) without RST: it opens, never ends, a connection. */
+static __always_inline int ft_syn_opens(const struct ft_tuple *t)
+{
+	return t->proto == FT_IPPROTO_TCP &&
+	       (t->tcp_flags & (FT_TCP_SYN | FT_TCP_RST)) == FT_TCP_SYN;
+}
+
 /*
  * Accounts the packet in sc (tuple t, key k) into its flow entry, with the
  * counts sc->take_* a flow-cache slot held for it, and reports the entry
@@ -495,6 +502,19 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 			struct ft_flow_val *rv = 0;
 
 			sc->created = 1;
+			/*
+			 * A SYN's new entry (the SYN, the SYN-ACK) is not looked
+			 * up again: it does not close, a created entry fills no
+			 * flow-cache slot, and tc checks its MTU only at ingress,
+			 * for a packet above the MTU check's minimum. One hash
+			 * walk less for each of a connection's new entries.
+			 */
+			if (ft_syn_opens(t) && (dir == FT_DIR_EGRESS || enc->ip_version ||
+						!ft_mtu_wire(skb, t->ip_version, &sc->m))) {
+				ft_emit_flow(sc, t, k, &nv->ct, enc, netns, len, FT_REASON_NEW,
+					     1 + tpk, len + tby, t->tcp_flags | (__u8)tfl);
+				return 0;
+			}
 			v = bpf_map_lookup_elem(&ft_flows, k);
 			/* A first packet here may end it too: a refused connection's RST. */
 			sc->closing = v ? ft_flow_closing(sc, k, v, t->tcp_flags) : FT_CLOSE_NONE;
