@@ -709,19 +709,41 @@ static __always_inline void ft_fc_count(struct ft_scratch *sc, struct ft_fc_slot
 	sc->fc_hits += 1;
 }
 
+/* ft_fc_fast writes the tuple as six words: where its fields must be. */
+_Static_assert(__builtin_offsetof(struct ft_tuple, sport) == 32 &&
+		       __builtin_offsetof(struct ft_tuple, dport) == 34 &&
+		       __builtin_offsetof(struct ft_tuple, ethertype) == 36 &&
+		       __builtin_offsetof(struct ft_tuple, vlan) == 38 &&
+		       __builtin_offsetof(struct ft_tuple, ip_version) == 40 &&
+		       __builtin_offsetof(struct ft_tuple, proto) == 41 &&
+		       __builtin_offsetof(struct ft_tuple, tcp_flags) == 42 &&
+		       sizeof(struct ft_tuple) == 48,
+	       "ft_tuple's word layout");
+
+/* What ft_fc_fast did with the packet. */
+enum {
+	FT_FAST_NONE = 0,   /* not its kind: the general parse */
+	FT_FAST_HIT = 1,    /* counted in its slot: done */
+	FT_FAST_PARSED = 2, /* not counted, but sc->t and sc->m hold its parse */
+};
+
 /*
  * The flow cache's fast path, before the full parse: a packet of the
  * commonest kind (untagged Ethernet; IPv4 without options and not a later
- * fragment, or IPv6 without extension headers; TCP without SYN/FIN/RST, or
- * UDP that is not VXLAN) is matched against its slot straight from its
- * headers and counted there when the slot is fresh (ft_fc_fresh, as for
- * the full path's ft_fc_hit). Everything else, and a miss, takes the full path,
- * which builds the same key. tc's cost per packet was twice the counting
- * floor's with the cache; most of the rest was the general parse (VLAN,
- * IPv6 extension headers, VXLAN) filling the tuple, metadata and key.
- * Returns 1 when the packet was counted. Inline: as a subprogram, its call
- * and return (through the retbleed return thunk on this machine's kernel)
- * were ~3 ns of a hit's ~18 above the floor, and its frame is small.
+ * fragment, or IPv6 without extension headers; TCP, or UDP that is not
+ * VXLAN) is matched against its slot straight from its headers and
+ * counted there when the slot is fresh (ft_fc_fresh, as for the full
+ * path's ft_fc_hit) and it is no SYN, FIN or RST. Everything else takes
+ * the general parse, which builds the same key. tc's cost per packet was
+ * twice the counting floor's with the cache; most of the rest was the
+ * general parse (VLAN, IPv6 extension headers, VXLAN) filling the tuple,
+ * metadata and key. A packet of its kind that the slot cannot count (a
+ * connection's SYN, FIN or RST, a miss) leaves its tuple and metadata in
+ * sc, as the general parse would have made them, which that parse then
+ * skips: under connection churn nearly every packet is one (~30-40 ns of
+ * each, TestChurnCost). Inline: as a subprogram, its call and return
+ * (through the retbleed return thunk on this machine's kernel) were ~3 ns
+ * of a hit's ~18 above the floor, and its frame is small.
  */
 static __always_inline int ft_fc_fast(struct __sk_buff *skb, struct ft_scratch *sc, __u8 dir)
 {
@@ -735,18 +757,18 @@ static __always_inline int ft_fc_fast(struct __sk_buff *skb, struct ft_scratch *
 	__u32 x, ports, h0, h1;
 	__u8 proto, ipv, flags = 0;
 	__u16 ethertype;
-	__u64 now;
+	__u64 now, *tw;
 	int hit;
 
 	if (data + 14 > end)
-		return 0;
+		return FT_FAST_NONE;
 	ethertype = *(const __u16 *)(data + 12);
 	if (ethertype == bpf_htons(FT_ETH_P_IP)) {
 		const struct ft_ip4 *ip = (const void *)(data + 14);
 
 		if ((const void *)(ip + 1) > (const void *)end || ip->vihl != 0x45 ||
 		    (ip->frag_off & bpf_htons(0x1fff)))
-			return 0;
+			return FT_FAST_NONE;
 		proto = ip->proto;
 		/* The key holds an IPv4 address in its first word, zeros after. */
 		s0 = ip->saddr;
@@ -763,7 +785,7 @@ static __always_inline int ft_fc_fast(struct __sk_buff *skb, struct ft_scratch *
 
 		if ((const void *)(ip + 1) > (const void *)end ||
 		    (ip->vtcfl & bpf_htonl(0xf0000000)) != bpf_htonl(0x60000000))
-			return 0;
+			return FT_FAST_NONE;
 		proto = ip->nexthdr;
 		s0 = *(const __u64 *)ip->saddr;
 		s1 = *(const __u64 *)(ip->saddr + 8);
@@ -775,21 +797,19 @@ static __always_inline int ft_fc_fast(struct __sk_buff *skb, struct ft_scratch *
 		ipv = 6;
 		l4 = data + 14 + sizeof(*ip);
 	} else {
-		return 0;
+		return FT_FAST_NONE;
 	}
 	if (proto == FT_IPPROTO_TCP) {
 		if (l4 + 14 > end)
-			return 0;
+			return FT_FAST_NONE;
 		flags = l4[13];
-		if (flags & (FT_TCP_SYN | FT_TCP_FIN | FT_TCP_RST))
-			return 0;
 		m.l4_hlen = (l4[12] >> 4) * 4;
 	} else if (proto == FT_IPPROTO_UDP) {
 		if (l4 + 8 > end)
-			return 0;
+			return FT_FAST_NONE;
 		m.l4_hlen = 8;
 	} else {
-		return 0;
+		return FT_FAST_NONE;
 	}
 	/*
 	 * Ports as the key holds them: each in host order, source first.
@@ -799,9 +819,12 @@ static __always_inline int ft_fc_fast(struct __sk_buff *skb, struct ft_scratch *
 	ports = ((x & 0x00ff00ffu) << 8) | ((x >> 8) & 0x00ff00ffu);
 	if (proto == FT_IPPROTO_UDP &&
 	    ((ports >> 16) == FT_VXLAN_PORT || (ports >> 16) == FT_VXLAN_PORT_FLANNEL))
-		return 0; /* the inner flow's key: the full path */
+		return FT_FAST_NONE; /* the inner flow's key: the full path */
 	m.l3_off = 14;
 	m.l4_off = l4 - data;
+	/* A connection's SYN, FIN and RST are reported from its entry. */
+	if (flags & (FT_TCP_SYN | FT_TCP_FIN | FT_TCP_RST))
+		goto parsed;
 
 	now = ft_now(&sc->clk);
 	s = &sc->fc[ft_fc_hash(h0, h1, ports, skb->ifindex, dir)];
@@ -817,7 +840,25 @@ static __always_inline int ft_fc_fast(struct __sk_buff *skb, struct ft_scratch *
 		ft_fc_count(sc, s, skb, flags);
 	ft_barrier();
 	sc->fc_busy = 0;
-	return hit;
+	if (hit)
+		return FT_FAST_HIT;
+parsed:
+	/*
+	 * The tuple as ft_parse_eth makes it, in its six words: addresses
+	 * (an IPv4 one in the first word, zeros after); ports in host order,
+	 * ethertype, the offloaded VLAN tag; version, protocol, TCP flags
+	 * (ICMP type and code, status: zero).
+	 */
+	tw = (__u64 *)&sc->t;
+	tw[0] = s0;
+	tw[1] = s1;
+	tw[2] = d0;
+	tw[3] = d1;
+	tw[4] = (__u64)ports | (__u64)bpf_ntohs(ethertype) << 32 |
+		(__u64)(skb->vlan_present ? skb->vlan_tci & 0x0fff : 0) << 48;
+	tw[5] = (__u64)ipv | (__u64)proto << 8 | (__u64)flags << 16;
+	sc->m = m;
+	return FT_FAST_PARSED;
 }
 
 /* The slot takes the flow of the packet just accounted into v (its entry). */
@@ -842,7 +883,7 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 	__u32 zero = 0;
 	struct ft_scratch *sc;
 	struct ft_fc_slot *s = 0;
-	int same;
+	int same, fast;
 	struct ft_flow_val *v;
 	__u64 now;
 
@@ -850,14 +891,17 @@ static __always_inline int ft_tc(struct __sk_buff *skb, __u8 dir)
 	if (!sc)
 		return FT_TC_ACT_UNSPEC;
 	sc->tc_packets += 1; /* per-CPU slot: no atomic needed */
-	if (ft_fc_on && !sc->fc_busy && ft_fc_fast(skb, sc, dir))
+	fast = ft_fc_on && !sc->fc_busy ? ft_fc_fast(skb, sc, dir) : FT_FAST_NONE;
+	if (fast == FT_FAST_HIT)
 		return FT_TC_ACT_UNSPEC;
-	__builtin_memset(&sc->t, 0, sizeof(sc->t));
-	__builtin_memset(&sc->m, 0, sizeof(sc->m));
 	__builtin_memset(&sc->enc, 0, sizeof(sc->enc));
 	sc->take_slot = 0;
-	if (ft_tc_parse(skb, &sc->t, &sc->m, &sc->enc) != FT_PARSE_OK)
-		return FT_TC_ACT_UNSPEC;
+	if (fast != FT_FAST_PARSED) {
+		__builtin_memset(&sc->t, 0, sizeof(sc->t));
+		__builtin_memset(&sc->m, 0, sizeof(sc->m));
+		if (ft_tc_parse(skb, &sc->t, &sc->m, &sc->enc) != FT_PARSE_OK)
+			return FT_TC_ACT_UNSPEC;
+	}
 	now = ft_now(&sc->clk);
 	ft_flow_key_of(&sc->k, &sc->t, &sc->enc, dir, skb->ifindex);
 	if (ft_fc_on && !sc->fc_busy) {
