@@ -740,7 +740,7 @@ enum {
  * metadata and key. A packet of its kind that the slot cannot count (a
  * connection's SYN, FIN or RST, a miss) leaves its tuple and metadata in
  * sc, as the general parse would have made them, which that parse then
- * skips: under connection churn nearly every packet is one (~30-40 ns of
+ * skips: under connection churn nearly every packet is one (~25 ns of
  * each, TestChurnCost). Inline: as a subprogram, its call and return
  * (through the retbleed return thunk on this machine's kernel) were ~3 ns
  * of a hit's ~18 above the floor, and its frame is small.
