@@ -510,12 +510,10 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 			 * walk less for each of a connection's new entries.
 			 */
 			if (ft_syn_opens(t) && (dir == FT_DIR_EGRESS || enc->ip_version ||
-						!ft_mtu_wire(skb, t->ip_version, &sc->m))) {
-				ft_emit_flow(sc, t, k, &nv->ct, enc, netns, len, FT_REASON_NEW,
-					     1 + tpk, len + tby, t->tcp_flags | (__u8)tfl);
-				return 0;
-			}
-			v = bpf_map_lookup_elem(&ft_flows, k);
+						!ft_mtu_wire(skb, t->ip_version, &sc->m)))
+				v = 0;
+			else
+				v = bpf_map_lookup_elem(&ft_flows, k);
 			/* A first packet here may end it too: a refused connection's RST. */
 			sc->closing = v ? ft_flow_closing(sc, k, v, t->tcp_flags) : FT_CLOSE_NONE;
 			if (sc->closing)
