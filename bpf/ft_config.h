@@ -125,4 +125,12 @@ volatile const __u8 ft_drop_fast_parse = 1;
  */
 volatile const __u8 ft_drop_direct = 0;
 
+/*
+ * A new flow entry's first report is held (ft_defer.h): the loader sets it
+ * where the kernel has bpf_timer and bpf_loop (5.17+) and the agent asked
+ * for a delay. 0 prunes the queue from tc, so older kernels never see the
+ * timer helpers.
+ */
+volatile const __u8 ft_defer_enabled = 0;
+
 #endif /* FT_CONFIG_H */

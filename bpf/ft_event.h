@@ -226,6 +226,8 @@ enum ft_stat {
 	FT_STAT_FLOWS_CLOSED,   /* flow entries deleted with their TCP connection (ft_flow_end) */
 	FT_STAT_DROPS_PARSED_FAST, /* counted in ft_drop_hdrs.parsed_fast (ft_drop.h) */
 	FT_STAT_DROPS_TEARDOWN,    /* a socket's teardown, not reported (ft_reason_socket_close) */
+	FT_STAT_DEFER_FULL,        /* first reports sent at once: this CPU's queue was full (ft_defer.h) */
+	FT_STAT_DEFER_EVICTED,     /* queued first reports whose entry the LRU evicted: sent from the queue */
 	FT_STAT_MAX,
 };
 
@@ -270,6 +272,12 @@ struct ft_flow_val {
 	__u32 slots;
 	struct ft_ct ct;       /* last conntrack view, for the idle flush */
 	struct ft_encap encap; /* outer header, for the idle flush */
+	/*
+	 * FT_DEFER_*: a queued first report (ft_defer.h) refers to this
+	 * entry, by defer_id, and it alone may delete it.
+	 */
+	__u32 defer;
+	__u32 defer_id;
 };
 
 #endif /* FT_EVENT_H */

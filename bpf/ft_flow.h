@@ -18,6 +18,7 @@
 #include "ft_ct.h"
 #include "ft_mtu.h"
 #include "ft_fcache.h"
+#include "ft_defer.h"
 
 #define FT_TC_ACT_UNSPEC (-1)
 #define FT_VXLAN_PORT 4789
@@ -417,11 +418,21 @@ static __always_inline struct ft_flow_val *ft_flow_take_rev(struct ft_scratch *s
 static __always_inline int ft_flow_end(struct ft_scratch *sc, const struct ft_flow_key *k,
 				       struct ft_flow_val *v, struct ft_flow_val *rv)
 {
+	/* An entry a queued first report refers to is the queue's to delete. */
 	if (rv) {
-		if (!rv->slots && !rv->packets && !bpf_map_delete_elem(&ft_flows, &sc->rk))
-			ft_stat_inc(FT_STAT_FLOWS_CLOSED);
-		else
+		if (rv->defer & FT_DEFER_QUEUED) {
+			rv->defer = FT_DEFER_QUEUED | FT_DEFER_ENDED;
 			rv->fin = 3;
+		} else if (!rv->slots && !rv->packets && !bpf_map_delete_elem(&ft_flows, &sc->rk)) {
+			ft_stat_inc(FT_STAT_FLOWS_CLOSED);
+		} else {
+			rv->fin = 3;
+		}
+	}
+	if (v->defer & FT_DEFER_QUEUED) {
+		v->defer = FT_DEFER_QUEUED | FT_DEFER_ENDED;
+		v->fin = 3;
+		return 0;
 	}
 	if (v->slots) {
 		v->fin = 3;
@@ -452,6 +463,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	/* ft_report_ct reuses other parts of the scratch space, never k. */
 	const struct ft_flow_key *k = &sc->k;
 	struct ft_flow_val *v;
+	struct ft_defer_q *q;
 	struct ft_ct ct = {};
 	__u32 len = skb->len;
 	__u64 tpk = sc->take_packets, tby = sc->take_bytes;
@@ -498,10 +510,25 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 		if (!enc->ip_version &&
 		    (!ft_ct_lookup_due(t, k) || ft_ct_from_rev(&nv->ct, ft_flow_rev(sc, k)) == FT_CTREV_ASK))
 			ft_report_ct(skb, t, k, &nv->ct, netns);
+		/*
+		 * Its first report is held (ft_defer.h), unless this packet
+		 * may end it (a refused connection's RST) or the queue is full.
+		 */
+		q = t->tcp_flags & (FT_TCP_FIN | FT_TCP_RST) ? 0 : ft_defer_room();
+		if (q) {
+			/* The entry, not a NEW, carries the first packet. */
+			nv->packets = 1 + tpk;
+			nv->bytes = len + tby;
+			nv->tcp_flags = t->tcp_flags | (__u8)tfl;
+			nv->defer = FT_DEFER_QUEUED | FT_DEFER_FIRST;
+			nv->defer_id = ft_defer_id(q);
+		}
 		if (bpf_map_update_elem(&ft_flows, k, nv, BPF_NOEXIST) == 0) {
 			struct ft_flow_val *rv = 0;
 
 			sc->created = 1;
+			if (q)
+				ft_defer_push(q, k, nv, len, t->tcp_flags | (__u8)tfl, now);
 			/*
 			 * A SYN's new entry (the SYN, the SYN-ACK) is not looked
 			 * up again: it does not close, a created entry fills no
@@ -519,8 +546,9 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 			if (sc->closing)
 				rv = ft_flow_take_rev(sc, k);
 			/* Counts a slot held for an entry that was evicted meanwhile go with it. */
-			ft_emit_flow(sc, t, k, &nv->ct, enc, netns, len, FT_REASON_NEW, 1 + tpk,
-				     len + tby, t->tcp_flags | (__u8)tfl);
+			if (!q)
+				ft_emit_flow(sc, t, k, &nv->ct, enc, netns, len, FT_REASON_NEW, 1 + tpk,
+					     len + tby, t->tcp_flags | (__u8)tfl);
 			if (v && sc->closing && ft_flow_end(sc, k, v, rv))
 				return 0;
 			return v;
@@ -561,6 +589,15 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 		reason = FT_REASON_PERIODIC;
 	if (!reason)
 		return v;
+	/*
+	 * The entry's first report, while the queue holds it: a NEW, or the
+	 * close, which says all a NEW would have.
+	 */
+	if (v->defer & FT_DEFER_FIRST) {
+		v->defer &= ~FT_DEFER_FIRST;
+		if (!sc->closing)
+			reason = FT_REASON_NEW;
+	}
 
 	v->last_report_ns = now;
 	/*

@@ -171,6 +171,11 @@ struct nf_conn {
 } __attribute__((preserve_access_index));
 
 /* UAPI (stable) argument structs of bpf_fib_lookup and the conntrack kfuncs. */
+/* uapi: a map value's timer (bpf_timer_*, 5.15+); opaque to programs. */
+struct bpf_timer {
+	__u64 __opaque[2];
+} __attribute__((aligned(8)));
+
 struct bpf_fib_lookup {
 	__u8 family;
 	__u8 l4_protocol;

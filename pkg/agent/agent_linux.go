@@ -47,9 +47,12 @@ type Config struct {
 	AttachMode        string        // "" (auto: tcx, else clsact), "tcx" or "clsact"
 
 	FlowReportInterval time.Duration // per-connection report interval (default 5s)
-	MaxFlows           int           // history bound by count (default 65536)
-	MaxFlowAge         time.Duration // history bound by age (default 1h)
-	QueueSize          int           // agent queue between ring buffer and enrichment (default 8192)
+	// FirstReportDelay: how long the kernel holds a new flow's first
+	// report (datapath.Config.FirstReportDelay: 0 default, negative off).
+	FirstReportDelay time.Duration
+	MaxFlows         int           // history bound by count (default 65536)
+	MaxFlowAge       time.Duration // history bound by age (default 1h)
+	QueueSize        int           // agent queue between ring buffer and enrichment (default 8192)
 	// RingBufferBytes sizes the BPF ring buffer (a power of two, at least
 	// a page; default DefaultRingBufferBytes). Its pages are mapped twice
 	// into the agent, so it costs twice its size in RSS once written.
@@ -287,6 +290,7 @@ func (a *Agent) setup() error {
 	debug.FreeOSMemory()
 	a.dp, err = datapath.Load(datapath.Config{
 		FlowReportInterval:  a.cfg.FlowReportInterval,
+		FirstReportDelay:    a.cfg.FirstReportDelay,
 		RingBufferBytes:     a.cfg.RingBufferBytes,
 		ScopeAllNetns:       a.cfg.ScopeAllNetns,
 		SocketTeardownDrops: a.cfg.SocketTeardownDrops,

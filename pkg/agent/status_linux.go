@@ -26,6 +26,9 @@ func (a *Agent) Status(context.Context) *flowtracev1.ServerStatusResponse {
 			DropDirect:      a.dp.Features().DropDirect,
 		},
 	}
+	if d := a.dp.Features().FirstReportDelay; d > 0 {
+		st.Features.FirstReportDelay = durationpb.New(d)
+	}
 	if a.reasons != nil {
 		st.Features.DropReasons = uint32(a.reasons.Len())
 	}

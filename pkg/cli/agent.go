@@ -19,6 +19,7 @@ import (
 func newAgentCmd(version string) *cobra.Command {
 	cfg := agent.Config{Version: version}
 	var logLevel, memProfile, cpuProfile string
+	var firstDelay time.Duration
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node agent: attach the datapath and serve flows",
@@ -42,6 +43,15 @@ serves Prometheus metrics.`,
 			}
 			if cfg.FlowReportInterval < 100*time.Millisecond {
 				return usageErrorf("--flow-report-interval %s: must be at least 100ms", cfg.FlowReportInterval)
+			}
+			switch {
+			case firstDelay < 0 || firstDelay > cfg.FlowReportInterval/4:
+				return usageErrorf("--flow-first-report-delay %s: must be between 0 and a quarter of --flow-report-interval (%s)",
+					firstDelay, cfg.FlowReportInterval/4)
+			case firstDelay == 0:
+				cfg.FirstReportDelay = -1 // at the first packet
+			default:
+				cfg.FirstReportDelay = firstDelay
 			}
 			if cfg.MaxFlows < 1 {
 				return usageErrorf("--max-flows %d: must be at least 1", cfg.MaxFlows)
@@ -110,6 +120,7 @@ serves Prometheus metrics.`,
 	f.StringSliceVar(&cfg.Exclude, "exclude", nil, "never attach to interfaces matching these globs")
 	f.StringVar(&cfg.AttachMode, "attach-mode", "", "tc attach mode: tcx or clsact (default: tcx when supported)")
 	f.DurationVar(&cfg.FlowReportInterval, "flow-report-interval", 5*time.Second, "report each connection's counts at most this often")
+	f.DurationVar(&firstDelay, "flow-first-report-delay", 20*time.Millisecond, "hold a new flow's first report this long in the kernel (5.17+): a connection that ends sooner is one report per interface and direction, its close, which carries both directions' packets and flags; 0 reports every flow at its first packet")
 	f.IntVar(&cfg.MaxFlows, "max-flows", 65536, "flows held in history (count bound)")
 	f.DurationVar(&cfg.MaxFlowAge, "max-flow-age", time.Hour, "flows held in history (age bound)")
 	f.IntVar(&cfg.RingBufferBytes, "ring-buffer-bytes", agent.DefaultRingBufferBytes, "BPF ring buffer size (power of two): events the kernel can queue while the agent catches up; costs twice this in memory")

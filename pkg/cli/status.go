@@ -101,6 +101,11 @@ func printStatus(out io.Writer, r *flowtracev1.ServerStatusResponse) error {
 	row("Features", "conntrack_nfct %s, conntrack_lookup %s, mtu_check %s, flow_cache %s, drop_memo %s, drop_direct %s",
 		onOff(f.GetConntrackNfct()), onOff(f.GetConntrackLookup()), onOff(f.GetMtuCheck()), onOff(f.GetFlowCache()),
 		onOff(f.GetDropMemo()), onOff(f.GetDropDirect()))
+	if d := f.GetFirstReportDelay(); d != nil {
+		row("New flows", "first reported %s after their first packet, or by their close if sooner", d.AsDuration())
+	} else {
+		row("New flows", "reported at their first packet")
+	}
 
 	fmt.Fprintln(w, "Lost events:\t")
 	for _, lc := range r.GetLostEvents() {

@@ -56,6 +56,13 @@ type Config struct {
 	// data, a purged queue) as drops. Otherwise they are only counted
 	// (drops_socket_teardown): no packet died on the network.
 	SocketTeardownDrops bool
+	// FirstReportDelay holds a new flow entry's first report this long
+	// in the kernel (bpf/ft_defer.h, 5.17+): a connection that ends
+	// sooner is reported once per hook, by its close, with everything its
+	// NEW would have said; any other flow gets its NEW after this long.
+	// Default defaultFirstReportDelay; negative reports at the first
+	// packet (Features.FirstReportDelay says which applies).
+	FirstReportDelay time.Duration
 	// NoDropMemo keeps the drop hook's per-CPU fold memo off
 	// (Features.DropMemo): every folded drop then updates its fold slot.
 	// For A/B measurements and tests.
@@ -111,6 +118,10 @@ type Features struct {
 	// (bpf/ft_drop.h), instead of a hash lookup per drop. Needs the same
 	// BPF_PROG_TEST_RUN on a chosen CPU as FlowCache.
 	DropMemo bool
+	// FirstReportDelay: how long the kernel holds a new flow entry's
+	// first report (Config.FirstReportDelay); 0 where it cannot (before
+	// 5.17: no bpf_timer and bpf_loop) or was asked not to.
+	FirstReportDelay time.Duration
 	// DropDirect: the tp_btf drop hook reads a dropped packet's headers
 	// in place (bpf_rdonly_cast to void, 6.17+) rather than copying them
 	// with bpf_probe_read_kernel first.
@@ -136,6 +147,11 @@ const (
 	defaultFlowEntries    = 65536
 	defaultMTUCheckMinLen = 576
 	defaultFoldWindow     = time.Second
+	// defaultFirstReportDelay: a connection shorter than this is one
+	// report per hook. Long enough for a local request/response
+	// connection (a few ms), short enough that nobody watching a
+	// terminal waits for a NEW.
+	defaultFirstReportDelay = 20 * time.Millisecond
 	// foldReportEvery: how often Run walks the fold table, so a folded drop
 	// reaches followers within about this much. A report is as old as its
 	// first drop may be: up to a period, the kernel's clock slack and the
@@ -210,6 +226,8 @@ var statNames = [...]string{
 	"flows_closed",
 	"drops_parsed_fast",
 	"drops_socket_teardown",
+	"first_reports_unqueued",
+	"first_reports_evicted",
 }
 
 // coreObjects is what always loads: maps and tc programs. The kfree_skb
@@ -235,10 +253,13 @@ type Datapath struct {
 	objs     coreObjects
 	dropProg *ebpf.Program
 	dropColl *ebpf.Collection
-	dropLink link.Link
-	features Features
-	rd       *ringbuf.Reader
-	wait     *ringWaiter // nil: the reader's own blocking wait
+	// deferColl holds ft_defer_init, whose callback the queues' timers run.
+	deferColl *ebpf.Collection
+	deferOn   bool // tc was loaded with the first-report queue (ft_defer_enabled)
+	dropLink  link.Link
+	features  Features
+	rd        *ringbuf.Reader
+	wait      *ringWaiter // nil: the reader's own blocking wait
 	// readPoll: how long the reader waits for the BPF side's wake-up before
 	// it looks anyway (readPoll or readPollLone, by the loaded object).
 	readPoll time.Duration
@@ -294,6 +315,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MTUCheckMinLen == 0 {
 		c.MTUCheckMinLen = defaultMTUCheckMinLen
+	}
+	if c.FirstReportDelay == 0 {
+		c.FirstReportDelay = defaultFirstReportDelay
+	}
+	if c.FirstReportDelay > c.FlowReportInterval/4 {
+		return c, fmt.Errorf("first report delay %v is more than a quarter of the flow report interval %v", c.FirstReportDelay, c.FlowReportInterval)
 	}
 	if c.MTUCheckMinLen < 0 || c.MTUCheckMinLen > 65535 {
 		return c, fmt.Errorf("mtu check minimum length %d out of range", c.MTUCheckMinLen)
@@ -355,6 +382,10 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 		}
 	}
 	spec.Maps["ft_events"].MaxEntries = uint32(cfg.RingBufferBytes)
+	// A first-report queue per CPU (bpf/ft_defer.h); one unused otherwise.
+	if n, err := ebpf.PossibleCPU(); err == nil && cfg.FirstReportDelay > 0 {
+		spec.Maps["ft_defer"].MaxEntries = uint32(n)
+	}
 	spec.Maps["ft_flows"].MaxEntries = uint32(cfg.FlowTableEntries)
 	spec.Maps["ft_drop_folds"].MaxEntries = uint32(cfg.DropFoldEntries)
 	spec.Maps["ft_drop_recent"].MaxEntries = uint32(cfg.DropFoldEntries)
@@ -370,11 +401,17 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 	for _, name := range dropProgramNames {
 		delete(coreSpec.Programs, name)
 	}
+	// Loaded on its own (startDefer): 5.10 refuses any program that
+	// references a timer callback.
+	delete(coreSpec.Programs, deferInitProgram)
 	d := &Datapath{cfg: cfg, log: log, scopeGen: 1}
 	if err := d.loadCore(coreSpec, spec, probeKernel(kspec, cfg)); err != nil {
 		return nil, err
 	}
 	d.enableFlowCache()
+	if err := d.startDefer(spec); err != nil {
+		d.log.Warn("new flows are reported at their first packet", "error", err)
+	}
 	if err := d.enableDropMemo(spec); err != nil {
 		_ = d.objs.Close()
 		return nil, err
@@ -406,7 +443,8 @@ func Load(cfg Config, log *slog.Logger) (*Datapath, error) {
 		"mtu_check", d.features.MTUCheck, "flow_cache", d.features.FlowCache, "drop_memo", d.features.DropMemo,
 		"ring_bytes", cfg.RingBufferBytes, "flow_entries", cfg.FlowTableEntries,
 		"report_interval", cfg.FlowReportInterval, "scope_all_netns", cfg.ScopeAllNetns,
-		"drop_fold_window", cfg.DropFoldWindow, "drop_direct", d.features.DropDirect)
+		"drop_fold_window", cfg.DropFoldWindow, "drop_direct", d.features.DropDirect,
+		"first_report_delay", d.features.FirstReportDelay)
 	return d, nil
 }
 
@@ -417,6 +455,7 @@ var optionalPaths = []struct {
 	variable string
 	denied   func(Config) bool
 }{
+	{"ft_defer_enabled", func(c Config) bool { return c.FirstReportDelay < 0 }},
 	{"ft_ct_lookup_enabled", func(c Config) bool { return c.denyCTLookup }},
 	{"ft_ct_cast_enabled", func(c Config) bool { return c.denyCTCast }},
 	{"ft_kctx_enabled", func(c Config) bool { return c.denyKctx }},
@@ -446,6 +485,8 @@ func probeKernel(kspec *btf.Spec, cfg Config) kernelCaps {
 		ctLookup = err != nil || hasKernelFunc(mod, "bpf_skb_ct_lookup")
 	}
 	caps := kernelCaps{
+		// bpf_timer (5.15) and bpf_loop (5.17) for the first-report queue.
+		"ft_defer_enabled":     helper(asm.FnTimerStart) && helper(asm.FnLoop),
 		"ft_ct_lookup_enabled": ctLookup,
 		"ft_ct_cast_enabled":   true,
 		"ft_kctx_enabled":      kctx && !cfg.denyKctx,
@@ -513,6 +554,7 @@ func (d *Datapath) loadCore(coreSpec, dropSpec *ebpf.CollectionSpec, caps kernel
 				d.features.SkbAccess = SkbNone
 			}
 			d.features.ConntrackNfct = on["ft_ct_cast_enabled"] && d.features.SkbAccess != SkbNone
+			d.deferOn = on["ft_defer_enabled"]
 			d.readPoll = readPoll
 			if on["ft_jiffies_enabled"] {
 				d.readPoll = readPollLone
@@ -729,6 +771,7 @@ func (d *Datapath) tryDrop(spec *ebpf.CollectionSpec, prog string, attach func(*
 		"ft_drop_folds":  d.objs.FtDropFolds,
 		"ft_drop_hdrs":   d.objs.FtDropHdrs,
 		"ft_drop_recent": d.objs.FtDropRecent,
+		"ft_defer":       d.objs.FtDefer,
 		"ft_flows":       d.objs.FtFlows,
 		"ft_lost":        d.objs.FtLost,
 		"ft_netns_scope": d.objs.FtNetnsScope,
@@ -1123,6 +1166,9 @@ func (d *Datapath) FlushIdle(fn func(*decode.Event)) (int, error) {
 		if now < val.LastSeenNs || now-val.LastSeenNs <= interval {
 			return
 		}
+		if val.Defer&deferQueued != 0 {
+			return // its first-report queue reports and ends it
+		}
 		switch val.Fin {
 		case finBoth:
 			closed = append(closed, flowEntry{key: *key, val: *val})
@@ -1515,6 +1561,9 @@ func (d *Datapath) Close() error {
 		d.runMu.Lock()
 		if d.dropColl != nil {
 			d.dropColl.Close()
+		}
+		if d.deferColl != nil {
+			d.deferColl.Close()
 		}
 		errs = append(errs, d.objs.Close())
 		d.runMu.Unlock()

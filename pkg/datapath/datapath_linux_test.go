@@ -28,6 +28,11 @@ const tcActUnspec = ^uint32(0) // TC_ACT_UNSPEC (-1) as returned by BPF_PROG_TES
 func load(t *testing.T, cfg Config) *Datapath {
 	t.Helper()
 	testutil.RequirePrivileged(t)
+	if cfg.FirstReportDelay == 0 {
+		// Most tests look at what each packet reports as it comes:
+		// defer_linux_test.go tests the held first report.
+		cfg.FirstReportDelay = -1
+	}
 	d, err := Load(cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		t.Fatalf("load datapath: %v", err)

@@ -29,6 +29,32 @@ type ftFtCtTuple struct {
 	Dport uint16
 }
 
+type ftFtDeferQ struct {
+	_     structs.HostLayout
+	Timer struct {
+		_      structs.HostLayout
+		Opaque [2]uint64
+	}
+	Head    uint64
+	Tail    uint64
+	Armed   uint64
+	DelayNs uint64
+	Pin     uint64
+	Slots   [1024]struct {
+		_         structs.HostLayout
+		Key       ftFtFlowKey
+		BootNs    uint64
+		At        uint64
+		Id        uint32
+		PktLen    uint32
+		Netns     uint32
+		Ethertype uint16
+		Vlan      uint16
+		Flags     uint8
+		Pad       [7]uint8
+	}
+}
+
 type ftFtDropEvent struct {
 	_        structs.HostLayout
 	Hdr      ftFtEventHdr
@@ -178,6 +204,8 @@ type ftFtFlowVal struct {
 	Slots        uint32
 	Ct           ftFtCt
 	Encap        ftFtEncap
+	Defer        uint32
+	DeferId      uint32
 }
 
 type ftFtMtuEvent struct {
@@ -304,6 +332,7 @@ type ftFtXlateKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	ftMapFtDefer                = "ft_defer"
 	ftMapFtDropFolds            = "ft_drop_folds"
 	ftMapFtDropHdrs             = "ft_drop_hdrs"
 	ftMapFtDropRecent           = "ft_drop_recent"
@@ -315,6 +344,7 @@ const (
 	ftMapFtScratch              = "ft_scratch"
 	ftMapFtStats                = "ft_stats"
 	ftMapFtXlated               = "ft_xlated"
+	ftProgFtDeferInit           = "ft_defer_init"
 	ftProgFtDropFlush           = "ft_drop_flush"
 	ftProgFtFcFlush             = "ft_fc_flush"
 	ftProgFtKfreeBtf            = "ft_kfree_btf"
@@ -326,6 +356,7 @@ const (
 	ftVarFtCoarseClockEnabled   = "ft_coarse_clock_enabled"
 	ftVarFtCtCastEnabled        = "ft_ct_cast_enabled"
 	ftVarFtCtLookupEnabled      = "ft_ct_lookup_enabled"
+	ftVarFtDeferEnabled         = "ft_defer_enabled"
 	ftVarFtDropDirect           = "ft_drop_direct"
 	ftVarFtDropFastParse        = "ft_drop_fast_parse"
 	ftVarFtDropFoldWindowNs     = "ft_drop_fold_window_ns"
@@ -398,6 +429,7 @@ type ftSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ftProgramSpecs struct {
+	FtDeferInit *ebpf.ProgramSpec `ebpf:"ft_defer_init"`
 	FtDropFlush *ebpf.ProgramSpec `ebpf:"ft_drop_flush"`
 	FtFcFlush   *ebpf.ProgramSpec `ebpf:"ft_fc_flush"`
 	FtKfreeBtf  *ebpf.ProgramSpec `ebpf:"ft_kfree_btf"`
@@ -412,6 +444,7 @@ type ftProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ftMapSpecs struct {
+	FtDefer      *ebpf.MapSpec `ebpf:"ft_defer"`
 	FtDropFolds  *ebpf.MapSpec `ebpf:"ft_drop_folds"`
 	FtDropHdrs   *ebpf.MapSpec `ebpf:"ft_drop_hdrs"`
 	FtDropRecent *ebpf.MapSpec `ebpf:"ft_drop_recent"`
@@ -432,6 +465,7 @@ type ftVariableSpecs struct {
 	FtCoarseClockEnabled   *ebpf.VariableSpec `ebpf:"ft_coarse_clock_enabled"`
 	FtCtCastEnabled        *ebpf.VariableSpec `ebpf:"ft_ct_cast_enabled"`
 	FtCtLookupEnabled      *ebpf.VariableSpec `ebpf:"ft_ct_lookup_enabled"`
+	FtDeferEnabled         *ebpf.VariableSpec `ebpf:"ft_defer_enabled"`
 	FtDropDirect           *ebpf.VariableSpec `ebpf:"ft_drop_direct"`
 	FtDropFastParse        *ebpf.VariableSpec `ebpf:"ft_drop_fast_parse"`
 	FtDropFoldWindowNs     *ebpf.VariableSpec `ebpf:"ft_drop_fold_window_ns"`
@@ -482,6 +516,7 @@ func (o *ftObjects) Close() error {
 //
 // It can be passed to loadFtObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ftMaps struct {
+	FtDefer      *ebpf.Map `ebpf:"ft_defer"`
 	FtDropFolds  *ebpf.Map `ebpf:"ft_drop_folds"`
 	FtDropHdrs   *ebpf.Map `ebpf:"ft_drop_hdrs"`
 	FtDropRecent *ebpf.Map `ebpf:"ft_drop_recent"`
@@ -497,6 +532,7 @@ type ftMaps struct {
 
 func (m *ftMaps) Close() error {
 	return _FtClose(
+		m.FtDefer,
 		m.FtDropFolds,
 		m.FtDropHdrs,
 		m.FtDropRecent,
@@ -518,6 +554,7 @@ type ftVariables struct {
 	FtCoarseClockEnabled   *ebpf.Variable `ebpf:"ft_coarse_clock_enabled"`
 	FtCtCastEnabled        *ebpf.Variable `ebpf:"ft_ct_cast_enabled"`
 	FtCtLookupEnabled      *ebpf.Variable `ebpf:"ft_ct_lookup_enabled"`
+	FtDeferEnabled         *ebpf.Variable `ebpf:"ft_defer_enabled"`
 	FtDropDirect           *ebpf.Variable `ebpf:"ft_drop_direct"`
 	FtDropFastParse        *ebpf.Variable `ebpf:"ft_drop_fast_parse"`
 	FtDropFoldWindowNs     *ebpf.Variable `ebpf:"ft_drop_fold_window_ns"`
@@ -552,6 +589,7 @@ type ftVariables struct {
 //
 // It can be passed to loadFtObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ftPrograms struct {
+	FtDeferInit *ebpf.Program `ebpf:"ft_defer_init"`
 	FtDropFlush *ebpf.Program `ebpf:"ft_drop_flush"`
 	FtFcFlush   *ebpf.Program `ebpf:"ft_fc_flush"`
 	FtKfreeBtf  *ebpf.Program `ebpf:"ft_kfree_btf"`
@@ -564,6 +602,7 @@ type ftPrograms struct {
 
 func (p *ftPrograms) Close() error {
 	return _FtClose(
+		p.FtDeferInit,
 		p.FtDropFlush,
 		p.FtFcFlush,
 		p.FtKfreeBtf,

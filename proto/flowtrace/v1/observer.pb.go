@@ -1137,9 +1137,14 @@ type DatapathFeatures struct {
 	DropMemo bool `protobuf:"varint,8,opt,name=drop_memo,json=dropMemo,proto3" json:"drop_memo,omitempty"`
 	// drop_direct: the drop hook reads a dropped packet's headers in place
 	// (6.17+) rather than copying them first.
-	DropDirect    bool `protobuf:"varint,9,opt,name=drop_direct,json=dropDirect,proto3" json:"drop_direct,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DropDirect bool `protobuf:"varint,9,opt,name=drop_direct,json=dropDirect,proto3" json:"drop_direct,omitempty"`
+	// first_report_delay: how long the kernel holds a new flow's first
+	// report (5.17+): a connection that ends sooner is reported once per
+	// interface and direction, by its close. Unset: reported at the first
+	// packet.
+	FirstReportDelay *durationpb.Duration `protobuf:"bytes,10,opt,name=first_report_delay,json=firstReportDelay,proto3" json:"first_report_delay,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *DatapathFeatures) Reset() {
@@ -1233,6 +1238,13 @@ func (x *DatapathFeatures) GetDropDirect() bool {
 		return x.DropDirect
 	}
 	return false
+}
+
+func (x *DatapathFeatures) GetFirstReportDelay() *durationpb.Duration {
+	if x != nil {
+		return x.FirstReportDelay
+	}
+	return nil
 }
 
 // IdentitySourceStatus is one identity source's state.
@@ -1459,7 +1471,7 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x04mode\x18\x03 \x01(\tR\x04mode\x12\x12\n" +
 	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x1d\n" +
 	"\n" +
-	"peer_netns\x18\x05 \x01(\tR\tpeerNetns\"\xbb\x02\n" +
+	"peer_netns\x18\x05 \x01(\tR\tpeerNetns\"\x84\x03\n" +
 	"\x10DatapathFeatures\x12\x1b\n" +
 	"\ttc_attach\x18\x01 \x01(\tR\btcAttach\x12\x1b\n" +
 	"\tdrop_hook\x18\x02 \x01(\tR\bdropHook\x12!\n" +
@@ -1471,7 +1483,9 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"flow_cache\x18\a \x01(\bR\tflowCache\x12\x1b\n" +
 	"\tdrop_memo\x18\b \x01(\bR\bdropMemo\x12\x1f\n" +
 	"\vdrop_direct\x18\t \x01(\bR\n" +
-	"dropDirect\"Z\n" +
+	"dropDirect\x12G\n" +
+	"\x12first_report_delay\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x10firstReportDelay\"Z\n" +
 	"\x14IdentitySourceStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06synced\x18\x02 \x01(\bR\x06synced\x12\x16\n" +
@@ -1568,16 +1582,17 @@ var file_flowtrace_v1_observer_proto_depIdxs = []int32{
 	12, // 26: flowtrace.v1.ServerStatusResponse.identity_sources:type_name -> flowtrace.v1.IdentitySourceStatus
 	14, // 27: flowtrace.v1.ServerStatusResponse.datapath_counters:type_name -> flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
 	0,  // 28: flowtrace.v1.LostEventsCount.source:type_name -> flowtrace.v1.LostEventsSource
-	1,  // 29: flowtrace.v1.NodeStatus.state:type_name -> flowtrace.v1.NodeState
-	2,  // 30: flowtrace.v1.ObserverService.GetFlows:input_type -> flowtrace.v1.GetFlowsRequest
-	7,  // 31: flowtrace.v1.ObserverService.ServerStatus:input_type -> flowtrace.v1.ServerStatusRequest
-	4,  // 32: flowtrace.v1.ObserverService.GetFlows:output_type -> flowtrace.v1.GetFlowsResponse
-	8,  // 33: flowtrace.v1.ObserverService.ServerStatus:output_type -> flowtrace.v1.ServerStatusResponse
-	32, // [32:34] is the sub-list for method output_type
-	30, // [30:32] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	24, // 29: flowtrace.v1.DatapathFeatures.first_report_delay:type_name -> google.protobuf.Duration
+	1,  // 30: flowtrace.v1.NodeStatus.state:type_name -> flowtrace.v1.NodeState
+	2,  // 31: flowtrace.v1.ObserverService.GetFlows:input_type -> flowtrace.v1.GetFlowsRequest
+	7,  // 32: flowtrace.v1.ObserverService.ServerStatus:input_type -> flowtrace.v1.ServerStatusRequest
+	4,  // 33: flowtrace.v1.ObserverService.GetFlows:output_type -> flowtrace.v1.GetFlowsResponse
+	8,  // 34: flowtrace.v1.ObserverService.ServerStatus:output_type -> flowtrace.v1.ServerStatusResponse
+	33, // [33:35] is the sub-list for method output_type
+	31, // [31:33] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_flowtrace_v1_observer_proto_init() }

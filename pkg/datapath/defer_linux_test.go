@@ -1,0 +1,221 @@
+package datapath
+
+import (
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+
+	"github.com/flowtrace/flowtrace/pkg/decode"
+)
+
+// deferTestDelay is long enough for a test's packets (test runs of ~10 µs
+// each) to come well within it on a loaded VM.
+const deferTestDelay = 60 * time.Millisecond
+
+// loadDeferred loads a datapath that holds first reports for delay, and
+// checks that it does where the kernel can (bpf_timer, bpf_loop: 5.17+).
+// It reports whether it does.
+func loadDeferred(t *testing.T, cfg Config) (*Datapath, bool) {
+	t.Helper()
+	d := load(t, cfg)
+	can := features.HaveProgramHelper(ebpf.SchedCLS, asm.FnTimerStart) == nil &&
+		features.HaveProgramHelper(ebpf.SchedCLS, asm.FnLoop) == nil
+	got := d.Features().FirstReportDelay
+	switch {
+	case can && got != cfg.FirstReportDelay:
+		t.Fatalf("Features.FirstReportDelay %v on a kernel with bpf_timer and bpf_loop, want %v", got, cfg.FirstReportDelay)
+	case !can && got != 0:
+		t.Fatalf("Features.FirstReportDelay %v on a kernel without bpf_timer or bpf_loop, want 0", got)
+	}
+	return d, can
+}
+
+// TestFirstReportHeld: a new entry's first report is held for the delay.
+// A connection that ends within it is one report per entry pair, its
+// close, with everything a NEW would have said (the SYN among the flags,
+// every packet); one that lives on gets a NEW at the delay that counts
+// every packet so far and is dated by its first; the held entries of a
+// closed connection leave the table at the delay. Where the kernel cannot
+// hold (before 5.17), every first packet is reported at once, as before.
+func TestFirstReportHeld(t *testing.T) {
+	type pkt struct {
+		reply bool
+		flags uint8
+		udp   bool
+	}
+	syn, synAck, ack := pkt{false, decode.TCPSyn, false}, pkt{true, decode.TCPSyn | decode.TCPAck, false}, pkt{false, decode.TCPAck, false}
+	rst := pkt{false, decode.TCPRst | decode.TCPAck, false}
+	replyFin := pkt{true, decode.TCPFin | decode.TCPAck, false}
+	for _, tc := range []struct {
+		name string
+		pkts []pkt
+		// now: the reports before the delay (reason each); later: the
+		// reports the delay brings.
+		now, later []decode.FlowReason
+		// flags: the OR of the TCP flags of all reports of the client's
+		// direction (its SYN must be among them).
+		flags uint8
+		// closed: flows_closed once the delay is up; left: entries then.
+		closed uint64
+		left   int
+	}{
+		{"connect, then RST: the close alone", []pkt{syn, synAck, ack, rst},
+			[]decode.FlowReason{decode.ReasonTCPFlags}, nil, decode.TCPSyn | decode.TCPAck | decode.TCPRst, 2, 0},
+		{"churn as the bench makes it: the close alone", []pkt{syn, synAck, ack, replyFin, ack, rst},
+			[]decode.FlowReason{decode.ReasonTCPFlags}, nil, decode.TCPSyn | decode.TCPAck | decode.TCPRst, 2, 0},
+		{"refused: the RST's own report, with the SYN as the other direction", []pkt{syn, {true, decode.TCPRst | decode.TCPAck, false}},
+			[]decode.FlowReason{decode.ReasonNew}, nil, decode.TCPSyn, 2, 0},
+		{"open past the delay: a NEW each way", []pkt{syn, synAck, ack},
+			nil, []decode.FlowReason{decode.ReasonNew, decode.ReasonNew}, decode.TCPSyn | decode.TCPAck, 0, 2},
+		{"a UDP packet: its NEW at the delay", []pkt{{false, 0, true}},
+			nil, []decode.FlowReason{decode.ReasonNew}, 0, 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, held := loadDeferred(t, Config{FlowReportInterval: 4 * deferTestDelay, FirstReportDelay: deferTestDelay})
+			pinCPU(t, -1)
+			first := uint64(bootNs())
+			start := time.Now()
+			for _, p := range tc.pkts {
+				switch {
+				case p.udp:
+					run(t, d.Egress(), cat(eth(0x0800), ipv4(17, "10.1.0.1", "10.1.0.2", 0, nil, udp(53000, 53, make([]byte, 20)))))
+				case p.reply:
+					run(t, d.Ingress(), replyFrame(51000, p.flags, 0))
+				default:
+					run(t, d.Egress(), tcpFrame(51000, p.flags, 0))
+				}
+			}
+			sent := time.Since(start)
+			if sent > deferTestDelay/2 {
+				t.Skipf("sending took %v, too close to the delay %v to tell", sent, deferTestDelay)
+			}
+			now := drain(t, d)
+			time.Sleep(deferTestDelay + 40*time.Millisecond)
+			later := drain(t, d)
+			all := append(append([]decode.Event(nil), now...), later...)
+			var packets uint64
+			var flags uint8
+			for _, ev := range all {
+				packets += ev.Packets + ev.RevPackets
+				if ev.Direction == decode.DirEgress {
+					flags |= ev.TCPFlags
+				} else {
+					flags |= ev.RevTCPFlags
+				}
+			}
+			if !held {
+				// Every entry's first packet reported at once, as a NEW.
+				news := map[decode.Direction]bool{}
+				for _, ev := range now {
+					news[ev.Direction] = news[ev.Direction] || ev.FlowReason == decode.ReasonNew
+				}
+				for _, p := range tc.pkts {
+					if dir := map[bool]decode.Direction{false: decode.DirEgress, true: decode.DirIngress}[p.reply]; !news[dir] {
+						t.Errorf("no NEW at once for direction %v on a kernel that does not hold first reports: %+v", dir, now)
+					}
+				}
+				for _, ev := range later {
+					t.Errorf("report after the packets on a kernel that does not hold them: %+v", ev)
+				}
+				return
+			}
+			// Held, every packet so far is in the reports.
+			if packets != uint64(len(tc.pkts)) {
+				t.Errorf("reports count %d packets, want %d: %+v", packets, len(tc.pkts), all)
+			}
+			if flags&tc.flags != tc.flags {
+				t.Errorf("the client direction's flags %#x, want %#x among them: %+v", flags, tc.flags, all)
+			}
+			reasons := func(evs []decode.Event) (out []decode.FlowReason) {
+				for _, ev := range evs {
+					out = append(out, ev.FlowReason)
+				}
+				return out
+			}
+			if got := reasons(now); !equalReasons(got, tc.now) {
+				t.Errorf("reports before the delay %v, want %v: %+v", got, tc.now, now)
+			}
+			if got := reasons(later); !equalReasons(got, tc.later) {
+				t.Errorf("reports the delay brought %v, want %v: %+v", got, tc.later, later)
+			}
+			for _, ev := range later {
+				// Dated by the entry's first packet, not the delay.
+				if ev.TimeNs < first || ev.TimeNs > first+uint64(sent) {
+					t.Errorf("held NEW dated %d ns after the first packet, want within the %v of sending", int64(ev.TimeNs-first), sent)
+				}
+			}
+			if n := stats(t, d)["flows_closed"]; n != tc.closed {
+				t.Errorf("flows_closed %d, want %d", n, tc.closed)
+			}
+			if left := flowEntries(t, d); len(left) != tc.left {
+				t.Errorf("%d entries left after the delay, want %d: %+v", len(left), tc.left, left)
+			}
+		})
+	}
+}
+
+func equalReasons(a, b []decode.FlowReason) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestFirstReportNeverLost: under overload the held first reports are
+// still every flow's: a queue that is full reports at once
+// (first_reports_unqueued), and an entry the LRU evicted before its delay
+// is reported from the queue (first_reports_evicted), so each of many
+// one-packet flows is reported exactly once either way.
+func TestFirstReportNeverLost(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		flows   int
+		entries int
+		stat    string
+	}{
+		{"more new flows than a CPU's queue holds", deferSlots + 200, 65536, "first_reports_unqueued"},
+		{"a table too small to hold them until the delay", 600, 128, "first_reports_evicted"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A longer delay: the flows must all be sent within it (~170 ms
+			// under qemu's emulation).
+			const delay = time.Second
+			d, held := loadDeferred(t, Config{FlowReportInterval: 4 * delay, FirstReportDelay: delay, FlowTableEntries: tc.entries})
+			if !held {
+				t.Skip("the kernel reports first packets at once (TestFirstReportHeld checks that)")
+			}
+			pinCPU(t, -1)
+			start := time.Now()
+			for i := range tc.flows {
+				run(t, d.Egress(), cat(eth(0x0800), ipv4(17, "10.1.0.1", "10.1.0.2", 0, nil, udp(uint16(20000+i), 53, make([]byte, 20)))))
+			}
+			if sent := time.Since(start); sent > delay/2 {
+				t.Skipf("sending took %v, too close to the delay %v to tell", sent, delay)
+			}
+			time.Sleep(delay + 100*time.Millisecond)
+			seen := map[uint16]int{}
+			for _, ev := range drain(t, d) {
+				if ev.FlowReason != decode.ReasonNew || ev.Packets != 1 {
+					t.Errorf("report %+v, want a NEW of its one packet", ev)
+				}
+				seen[ev.SrcPort]++
+			}
+			for i := range tc.flows {
+				if n := seen[uint16(20000+i)]; n != 1 {
+					t.Errorf("flow %d reported %d times, want once", i, n)
+				}
+			}
+			if n := stats(t, d)[tc.stat]; n == 0 {
+				t.Errorf("%s is 0: the case did not happen", tc.stat)
+			}
+		})
+	}
+}
