@@ -79,13 +79,19 @@ struct {
 	__type(value, struct ft_defer_q);
 } ft_defer SEC(".maps");
 
-/* This CPU's queue if it can take a slot, else NULL (report at once). */
-static __always_inline struct ft_defer_q *ft_defer_room(void)
+/*
+ * This CPU's queue if it can take a slot, else NULL (report at once). It
+ * marks the new entry nv held, with the first packet in its counts
+ * (first: its length, its TCP flags from bit 32) and what a flow-cache
+ * slot held for it (pk packets, by bytes), as it will be inserted.
+ */
+static __noinline struct ft_defer_q *ft_defer_room(struct ft_flow_val *nv, __u64 first, __u64 pk,
+						   __u64 by)
 {
 	__u32 cpu;
 	struct ft_defer_q *q;
 
-	if (!ft_defer_enabled)
+	if (!nv)
 		return 0;
 	cpu = bpf_get_smp_processor_id();
 	q = bpf_map_lookup_elem(&ft_defer, &cpu);
@@ -95,21 +101,29 @@ static __always_inline struct ft_defer_q *ft_defer_room(void)
 		ft_stat_inc(FT_STAT_DEFER_FULL);
 		return 0;
 	}
+	/* The entry, not a NEW, carries the first packet (and a slot's). */
+	nv->packets = 1 + pk;
+	nv->bytes = (__u32)first + by;
+	nv->tcp_flags = (__u8)(first >> 32);
+	nv->defer = FT_DEFER_QUEUED | FT_DEFER_FIRST;
+	nv->defer_id = (__u32)q->tail << 8 | (cpu & 0xff);
 	return q;
 }
 
-/* The id the next slot of q gives its entry. */
-static __always_inline __u32 ft_defer_id(const struct ft_defer_q *q)
+/*
+ * Queues entry k's first report (nv: the entry as inserted; first: as
+ * for ft_defer_room).
+ */
+static __noinline int ft_defer_push(struct ft_defer_q *q, const struct ft_flow_key *k,
+				    const struct ft_flow_val *nv, __u64 first, __u64 now)
 {
-	return (__u32)q->tail << 8 | (bpf_get_smp_processor_id() & 0xff);
-}
+	struct ft_defer_slot *s;
+	__u32 pkt_len = (__u32)first;
+	__u8 flags = (__u8)(first >> 32);
 
-/* Queues entry k's first report (nv: the entry as inserted). */
-static __always_inline void ft_defer_push(struct ft_defer_q *q, const struct ft_flow_key *k,
-					  const struct ft_flow_val *nv, __u32 pkt_len, __u8 flags,
-					  __u64 now)
-{
-	struct ft_defer_slot *s = &q->slots[q->tail & (FT_DEFER_SLOTS - 1)];
+	if (!q || !k || !nv)
+		return 0;
+	s = &q->slots[q->tail & (FT_DEFER_SLOTS - 1)];
 
 	__builtin_memcpy(&s->key, k, sizeof(s->key));
 	s->boot_ns = bpf_ktime_get_boot_ns();
@@ -130,6 +144,7 @@ static __always_inline void ft_defer_push(struct ft_defer_q *q, const struct ft_
 		q->armed = now;
 		bpf_timer_start(&q->timer, q->delay_ns, q->pin);
 	}
+	return 0;
 }
 
 /* A flow event from an entry's key alone (no packet at hand). */

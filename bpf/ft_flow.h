@@ -464,6 +464,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	const struct ft_flow_key *k = &sc->k;
 	struct ft_flow_val *v;
 	struct ft_defer_q *q;
+	__u64 first;
 	struct ft_ct ct = {};
 	__u32 len = skb->len;
 	__u64 tpk = sc->take_packets, tby = sc->take_bytes;
@@ -513,22 +514,19 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 		/*
 		 * Its first report is held (ft_defer.h), unless this packet
 		 * may end it (a refused connection's RST) or the queue is full.
+		 * In subprograms: inlined here, that code made every forwarded
+		 * packet's tc run ~4 ns slower in the bench's UDP probe (60.5
+		 * against 56.1 ns, the queue switched off), though no packet
+		 * there runs it.
 		 */
-		q = t->tcp_flags & (FT_TCP_FIN | FT_TCP_RST) ? 0 : ft_defer_room();
-		if (q) {
-			/* The entry, not a NEW, carries the first packet. */
-			nv->packets = 1 + tpk;
-			nv->bytes = len + tby;
-			nv->tcp_flags = t->tcp_flags | (__u8)tfl;
-			nv->defer = FT_DEFER_QUEUED | FT_DEFER_FIRST;
-			nv->defer_id = ft_defer_id(q);
-		}
+		first = len | (__u64)(t->tcp_flags | (__u8)tfl) << 32;
+		q = !ft_defer_enabled || t->tcp_flags & (FT_TCP_FIN | FT_TCP_RST) ? 0 : ft_defer_room(nv, first, tpk, tby);
 		if (bpf_map_update_elem(&ft_flows, k, nv, BPF_NOEXIST) == 0) {
 			struct ft_flow_val *rv = 0;
 
 			sc->created = 1;
 			if (q)
-				ft_defer_push(q, k, nv, len, t->tcp_flags | (__u8)tfl, now);
+				ft_defer_push(q, k, nv, first, now);
 			/*
 			 * A SYN's new entry (the SYN, the SYN-ACK) is not looked
 			 * up again: it does not close, a created entry fills no

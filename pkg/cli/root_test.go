@@ -14,6 +14,8 @@ func TestBadCommandLinesAreUsageErrors(t *testing.T) {
 		{"observe", "--bogus"},
 		{"agent", "--attach-mode", "xdp"},
 		{"agent", "--flow-report-interval", "1ms"},
+		{"agent", "--flow-first-report-delay", "-1ms"},
+		{"agent", "--flow-first-report-delay", "2s"}, // over a quarter of the 5s report interval
 		{"agent", "--log-level", "loud"},
 		{"agent", "--include", "["},
 		{"agent", "--exclude", "veth[", "--include", "eth*"},

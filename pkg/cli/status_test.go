@@ -16,7 +16,8 @@ func TestPrintStatus(t *testing.T) {
 		NumFlows: 12, MaxFlows: 65536, SeenFlows: 99, MaxFlowAge: durationpb.New(time.Hour),
 		Version: "v0.1.0", Uptime: durationpb.New(90*time.Minute + 400*time.Millisecond), NodeName: "node-1",
 		Features: &flowtracev1.DatapathFeatures{TcAttach: "tcx", DropHook: "tp_btf", DropReasons: 132,
-			ConntrackNfct: true, MtuCheck: true, FlowCache: true, DropDirect: true},
+			ConntrackNfct: true, MtuCheck: true, FlowCache: true, DropDirect: true,
+			FirstReportDelay: durationpb.New(20 * time.Millisecond)},
 		LostEvents: []*flowtracev1.LostEventsCount{
 			{Source: flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_KERNEL_RING_BUFFER, Count: 3},
 		},
@@ -35,6 +36,7 @@ func TestPrintStatus(t *testing.T) {
 		"tc tcx, drops tp_btf, 132 kernel drop reasons", "Features:", "conntrack_nfct on, conntrack_lookup off, mtu_check on, flow_cache on, drop_memo off, drop_direct on", "kernel ring buffer  3",
 		"ftv-frontend  7      tcx   veth  shop/frontend-6c9f7d", "kubernetes  synced  3 pods",
 		"drops_out_of_scope  5\n  parse_errors        2",
+		"New flows:", "first reported 20ms after their first packet, or by their close if sooner",
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("status lacks %q:\n%s", want, s)
@@ -48,7 +50,9 @@ func TestPrintStatusFeaturesOff(t *testing.T) {
 	if err := printStatus(&out, &flowtracev1.ServerStatusResponse{}); err != nil {
 		t.Fatal(err)
 	}
-	if want := "conntrack_nfct off, conntrack_lookup off, mtu_check off, flow_cache off"; !strings.Contains(out.String(), want) {
-		t.Errorf("status lacks %q:\n%s", want, out.String())
+	for _, want := range []string{"conntrack_nfct off, conntrack_lookup off, mtu_check off, flow_cache off", "reported at their first packet"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, out.String())
+		}
 	}
 }
