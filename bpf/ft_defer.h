@@ -181,15 +181,8 @@ static __always_inline void ft_defer_emit(const struct ft_flow_key *k, __u64 ts,
 	t->status = 0;
 	t->_pad[0] = 0;
 	t->_pad[1] = 0;
-	e->packets = packets;
-	e->bytes = bytes;
-	e->ifindex = k->ifindex;
-	e->netns = netns;
-	e->pkt_len = pkt_len;
-	e->dir = k->dir;
-	e->reason = reason;
+	ft_fill_flow(e, k, netns, pkt_len, reason, packets, bytes);
 	e->rev_tcp_flags = 0;
-	e->_pad = 0;
 	if (ct)
 		e->ct = *ct;
 	else

@@ -146,15 +146,8 @@ static __always_inline void ft_emit_flow(const struct ft_scratch *sc, const stru
 	ft_fill_hdr(&e->hdr, FT_EV_FLOW, sizeof(*e), bpf_ktime_get_boot_ns());
 	ft_tuple_copy(&e->tuple, t);
 	e->tuple.tcp_flags = flags;
-	e->packets = packets;
-	e->bytes = bytes;
-	e->ifindex = k->ifindex;
-	e->netns = netns;
-	e->pkt_len = pkt_len;
-	e->dir = k->dir;
-	e->reason = reason;
+	ft_fill_flow(e, k, netns, pkt_len, reason, packets, bytes);
 	e->rev_tcp_flags = (__u8)sc->rev_flags;
-	e->_pad = 0;
 	e->ct = *ct;
 	e->encap = *enc;
 	e->rev_packets = sc->rev_packets;

@@ -266,4 +266,19 @@ static __always_inline void ft_fill_hdr(struct ft_event_hdr *h, __u8 type, __u16
 	h->ts_ns = ts;
 }
 
+/* A flow event's fields after its tuple, but for ct, encap and rev_*. */
+static __always_inline void ft_fill_flow(struct ft_flow_event *e, const struct ft_flow_key *k,
+					 __u32 netns, __u32 pkt_len, __u8 reason, __u64 packets,
+					 __u64 bytes)
+{
+	e->packets = packets;
+	e->bytes = bytes;
+	e->ifindex = k->ifindex;
+	e->netns = netns;
+	e->pkt_len = pkt_len;
+	e->dir = k->dir;
+	e->reason = reason;
+	e->_pad = 0;
+}
+
 #endif /* FT_MAPS_H */

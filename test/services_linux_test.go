@@ -86,6 +86,11 @@ func TestServicesAndMTU(t *testing.T) {
 			if _, err := io.ReadFull(c, buf); err != nil {
 				t.Fatal(err)
 			}
+			// Open past the agent's first-report delay (20 ms): each
+			// direction's first report is then a flow of its own, and the
+			// reply's must name the Service as its source. (A shorter
+			// connection is its closes, whose reverse counts are the reply's.)
+			time.Sleep(200 * time.Millisecond)
 			c.Close()
 
 			byPort := &flowtracev1.FlowFilter{SourcePort: []uint32{port}}

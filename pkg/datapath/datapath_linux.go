@@ -758,6 +758,22 @@ func (d *Datapath) attachDrops(spec *ebpf.CollectionSpec, direct bool) error {
 }
 
 func (d *Datapath) tryDrop(spec *ebpf.CollectionSpec, prog string, attach func(*ebpf.Program) (link.Link, error)) error {
+	coll, err := d.loadAlone(spec, prog)
+	if err != nil {
+		return err
+	}
+	l, err := attach(coll.Programs[prog])
+	if err != nil {
+		coll.Close()
+		return fmt.Errorf("attach %s: %w", prog, err)
+	}
+	d.dropColl, d.dropProg, d.dropLink = coll, coll.Programs[prog], l
+	return nil
+}
+
+// loadAlone loads program prog of spec on its own, with the maps the core
+// objects already created.
+func (d *Datapath) loadAlone(spec *ebpf.CollectionSpec, prog string) (*ebpf.Collection, error) {
 	one := spec.Copy()
 	for name := range one.Programs {
 		if name != prog {
@@ -781,15 +797,9 @@ func (d *Datapath) tryDrop(spec *ebpf.CollectionSpec, prog string, attach func(*
 	}
 	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
-		return fmt.Errorf("load %s: %w", prog, err)
+		return nil, fmt.Errorf("load %s: %w", prog, err)
 	}
-	l, err := attach(coll.Programs[prog])
-	if err != nil {
-		coll.Close()
-		return fmt.Errorf("attach %s: %w", prog, err)
-	}
-	d.dropColl, d.dropProg, d.dropLink = coll, coll.Programs[prog], l
-	return nil
+	return coll, nil
 }
 
 // Ingress returns the tc program for the ingress hook (TCX or clsact).

@@ -26,28 +26,9 @@ func (d *Datapath) startDefer(spec *ebpf.CollectionSpec) error {
 	if !d.deferOn {
 		return nil
 	}
-	one := spec.Copy()
-	for name := range one.Programs {
-		if name != deferInitProgram {
-			delete(one.Programs, name)
-		}
-	}
-	repl := map[string]*ebpf.Map{
-		"ft_defer":  d.objs.FtDefer,
-		"ft_events": d.objs.FtEvents,
-		"ft_flows":  d.objs.FtFlows,
-		"ft_lost":   d.objs.FtLost,
-		"ft_rb_seq": d.objs.FtRbSeq,
-		"ft_stats":  d.objs.FtStats,
-	}
-	for name := range one.Maps {
-		if _, ok := repl[name]; !ok && !isDataSection(name) {
-			delete(one.Maps, name)
-		}
-	}
-	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: repl})
+	coll, err := d.loadAlone(spec, deferInitProgram)
 	if err != nil {
-		return fmt.Errorf("load %s: %w", deferInitProgram, verifierDetail(err))
+		return verifierDetail(err)
 	}
 	ncpu := int(d.objs.FtDefer.MaxEntries())
 	// struct ft_defer_init_arg, padded to a minimal Ethernet frame (the
@@ -76,10 +57,4 @@ func (d *Datapath) startDefer(spec *ebpf.CollectionSpec) error {
 	d.deferColl = coll
 	d.features.FirstReportDelay = d.cfg.FirstReportDelay
 	return nil
-}
-
-// isDataSection: .rodata, .data, .bss and their named variants, which a
-// collection recreates from the spec's configured contents.
-func isDataSection(name string) bool {
-	return len(name) > 0 && name[0] == '.'
 }

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -135,10 +136,10 @@ func TestFirstReportHeld(t *testing.T) {
 				}
 				return out
 			}
-			if got := reasons(now); !equalReasons(got, tc.now) {
+			if got := reasons(now); !slices.Equal(got, tc.now) {
 				t.Errorf("reports before the delay %v, want %v: %+v", got, tc.now, now)
 			}
-			if got := reasons(later); !equalReasons(got, tc.later) {
+			if got := reasons(later); !slices.Equal(got, tc.later) {
 				t.Errorf("reports the delay brought %v, want %v: %+v", got, tc.later, later)
 			}
 			for _, ev := range later {
@@ -155,18 +156,6 @@ func TestFirstReportHeld(t *testing.T) {
 			}
 		})
 	}
-}
-
-func equalReasons(a, b []decode.FlowReason) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestFirstReportNeverLost: under overload the held first reports are
