@@ -91,8 +91,6 @@ static __noinline struct ft_defer_q *ft_defer_room(struct ft_flow_val *nv, __u64
 	__u32 cpu;
 	struct ft_defer_q *q;
 
-	if (!nv)
-		return 0;
 	cpu = bpf_get_smp_processor_id();
 	q = bpf_map_lookup_elem(&ft_defer, &cpu);
 	if (!q || !q->delay_ns)
@@ -121,8 +119,6 @@ static __noinline int ft_defer_push(struct ft_defer_q *q, const struct ft_flow_k
 	__u32 pkt_len = (__u32)first;
 	__u8 flags = (__u8)(first >> 32);
 
-	if (!q || !k || !nv)
-		return 0;
 	s = &q->slots[q->tail & (FT_DEFER_SLOTS - 1)];
 
 	__builtin_memcpy(&s->key, k, sizeof(s->key));
@@ -145,6 +141,19 @@ static __noinline int ft_defer_push(struct ft_defer_q *q, const struct ft_flow_k
 		bpf_timer_start(&q->timer, q->delay_ns, q->pin);
 	}
 	return 0;
+}
+
+/*
+ * After its close was reported: an entry the queue refers to is left for
+ * the callback to delete (ENDED). Returns whether it was.
+ */
+static __always_inline int ft_defer_end(struct ft_flow_val *v)
+{
+	if (!(v->defer & FT_DEFER_QUEUED))
+		return 0;
+	v->defer = FT_DEFER_QUEUED | FT_DEFER_ENDED;
+	v->fin = 3;
+	return 1;
 }
 
 /* A flow event from an entry's key alone (no packet at hand). */

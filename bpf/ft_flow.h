@@ -413,20 +413,15 @@ static __always_inline int ft_flow_end(struct ft_scratch *sc, const struct ft_fl
 {
 	/* An entry a queued first report refers to is the queue's to delete. */
 	if (rv) {
-		if (rv->defer & FT_DEFER_QUEUED) {
-			rv->defer = FT_DEFER_QUEUED | FT_DEFER_ENDED;
-			rv->fin = 3;
-		} else if (!rv->slots && !rv->packets && !bpf_map_delete_elem(&ft_flows, &sc->rk)) {
-			ft_stat_inc(FT_STAT_FLOWS_CLOSED);
-		} else {
-			rv->fin = 3;
+		if (!ft_defer_end(rv)) {
+			if (!rv->slots && !rv->packets && !bpf_map_delete_elem(&ft_flows, &sc->rk))
+				ft_stat_inc(FT_STAT_FLOWS_CLOSED);
+			else
+				rv->fin = 3;
 		}
 	}
-	if (v->defer & FT_DEFER_QUEUED) {
-		v->defer = FT_DEFER_QUEUED | FT_DEFER_ENDED;
-		v->fin = 3;
+	if (ft_defer_end(v))
 		return 0;
-	}
 	if (v->slots) {
 		v->fin = 3;
 		return 0;
