@@ -25,10 +25,11 @@
  *  - sends the NEW from it (all its counts so far, dated by the first
  *    packet) unless a report went out meanwhile (FT_DEFER_FIRST clear);
  *  - deletes it when its close was reported (FT_DEFER_ENDED): an entry
- *    the queue refers to (FT_DEFER_QUEUED) is only deleted here, so a
- *    missing entry means the LRU evicted it, and the first packet is
- *    reported from the queue (FT_STAT_DEFER_EVICTED), never lost. An
- *    entry made again under the same key after an eviction has another
+ *    the queue refers to (FT_DEFER_QUEUED) is only deleted here (the
+ *    agent's idle walk leaves it too), so a missing entry means a delete
+ *    raced with its making (the walk read the key's previous entry), and
+ *    the first packet is reported from the queue (FT_STAT_DEFER_EVICTED),
+ *    never lost. An entry made again under the same key since has another
  *    defer_id.
  *
  * Only tc on the queue's CPU fills it and only the callback empties it,
@@ -227,7 +228,7 @@ static __always_inline __u64 ft_defer_take(struct ft_flow_val *v, __u64 *bytes, 
 	return pk;
 }
 
-/* A slot whose delay is up, with its entry v (or NULL: evicted). */
+/* A slot whose delay is up, with its entry v (or NULL: deleted). */
 static __always_inline void ft_defer_settle(const struct ft_defer_slot *s, struct ft_flow_val *v,
 					    __u64 now)
 {

@@ -227,7 +227,8 @@ enum ft_stat {
 	FT_STAT_DROPS_PARSED_FAST, /* counted in ft_drop_hdrs.parsed_fast (ft_drop.h) */
 	FT_STAT_DROPS_TEARDOWN,    /* a socket's teardown, not reported (ft_reason_socket_close) */
 	FT_STAT_DEFER_FULL,        /* first reports sent at once: this CPU's queue was full (ft_defer.h) */
-	FT_STAT_DEFER_EVICTED,     /* queued first reports whose entry the LRU evicted: sent from the queue */
+	FT_STAT_DEFER_EVICTED,     /* queued first reports whose entry was deleted meanwhile: sent from the queue */
+	FT_STAT_FLOW_TABLE_FULL,   /* packets reported on their own: no room for their flow entry */
 	FT_STAT_MAX,
 };
 

@@ -102,7 +102,7 @@ static __always_inline void ft_fc_clear(struct ft_fc_slot *s)
 /*
  * Writes a slot's counts back into its flow entry, which no longer counts
  * the slot among its holders, and empties the slot. The entry may be gone
- * (LRU eviction, the idle walk deleted it): the counts are then counted as
+ * (the idle walk deleted it): the counts are then counted as
  * orphaned, not dropped silently.
  */
 static __noinline int ft_fc_evict(struct ft_fc_slot *s)

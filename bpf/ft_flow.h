@@ -459,6 +459,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	__u32 tfl = sc->take_flags;
 	__u32 netns;
 	__u64 pk, by;
+	long err;
 	__u8 reason = 0;
 	__u8 fl;
 
@@ -509,9 +510,23 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 		 */
 		first = len | (__u64)(t->tcp_flags | (__u8)tfl) << 32;
 		q = !ft_defer_enabled || t->tcp_flags & (FT_TCP_FIN | FT_TCP_RST) ? 0 : ft_defer_room(nv, first, tpk, tby);
-		if (bpf_map_update_elem(&ft_flows, k, nv, BPF_NOEXIST) == 0) {
+		err = bpf_map_update_elem(&ft_flows, k, nv, BPF_NOEXIST);
+		if (!err || err == -FT_E2BIG) {
 			struct ft_flow_val *rv = 0;
 
+			/*
+			 * The table is full: the packet, with what a slot held
+			 * for it, is reported at once (the NEW below, which no
+			 * entry follows), and counted. Through the code a new
+			 * entry's report takes: a second copy of the report's
+			 * code for it, never run by a forwarded packet, made the
+			 * bench's UDP probe's tc runs ~7 ns slower (63-64
+			 * against 56-57 ns; ~4 ns as a subprogram).
+			 */
+			if (err) {
+				ft_stat_inc(FT_STAT_FLOW_TABLE_FULL);
+				q = 0;
+			}
 			sc->created = 1;
 			if (q)
 				ft_defer_push(q, k, nv, first, now);

@@ -40,9 +40,22 @@ struct {
 	__type(value, __u64);
 } ft_stats SEC(".maps");
 
-/* Per-connection aggregation; max_entries is rewritten by the loader. */
+#define FT_E2BIG 7 /* a full hash map's update error (-E2BIG) */
+
+/*
+ * Per-connection aggregation; max_entries is rewritten by the loader.
+ *
+ * A plain hash, not an LRU: entries leave when their connection closes
+ * (ft_flow_end) or the agent's idle walk reports them, never by eviction.
+ * The LRU's evictions took a live flow's unreported counts with them, with
+ * no trace, and under connection churn its free-list handling
+ * (bpf_lru_pop_free, bpf_lru_push_free, their shared lock) was ~30% of tc's
+ * samples in a perf profile of the bench's paced churn. When this table is
+ * full, a packet without an entry is reported on its own and counted
+ * (FT_STAT_FLOW_TABLE_FULL): more events, none lost in silence.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct ft_flow_key);
 	__type(value, struct ft_flow_val);

@@ -228,6 +228,7 @@ var statNames = [...]string{
 	"drops_socket_teardown",
 	"first_reports_unqueued",
 	"first_reports_evicted",
+	"flow_table_full",
 }
 
 // coreObjects is what always loads: maps and tc programs. The kfree_skb
@@ -1365,7 +1366,7 @@ func (d *Datapath) walkFlowsOneByOne(visit func(*ftFtFlowKey, *ftFtFlowVal)) err
 }
 
 // deleteKeys deletes keys from m, many per syscall; a key already gone
-// (the kernel's LRU evicted it meanwhile) is skipped. Kernels without
+// (deleted by the kernel meanwhile: its connection closed) is skipped. Kernels without
 // batch deletes (before 5.6) delete one key per syscall.
 func deleteKeys[K any](m *ebpf.Map, keys []K) error {
 	for len(keys) > 0 {

@@ -162,18 +162,22 @@ func TestFirstReportHeld(t *testing.T) {
 
 // TestFirstReportNeverLost: under overload the held first reports are
 // still every flow's: a queue that is full reports at once
-// (first_reports_unqueued), and an entry the LRU evicted before its delay
-// is reported from the queue (first_reports_evicted), so each of many
-// one-packet flows is reported exactly once either way.
+// (first_reports_unqueued), a packet the full flow table has no room for
+// is reported on its own (flow_table_full), and an entry deleted before
+// its delay (the idle walk racing its making) is reported from the queue
+// (first_reports_evicted), so each of many one-packet flows is reported
+// exactly once either way.
 func TestFirstReportNeverLost(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		flows   int
 		entries int
+		del     bool // delete every entry from user space after the packets
 		stat    string
 	}{
-		{"more new flows than a CPU's queue holds", deferSlots + 200, 65536, "first_reports_unqueued"},
-		{"a table too small to hold them until the delay", 600, 128, "first_reports_evicted"},
+		{"more new flows than a CPU's queue holds", deferSlots + 200, 65536, false, "first_reports_unqueued"},
+		{"a flow table too small for them", 600, 128, false, "flow_table_full"},
+		{"entries deleted before the delay", 300, 65536, true, "first_reports_evicted"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// A longer delay: the flows must all be sent within it (~170 ms
@@ -184,6 +188,13 @@ func TestFirstReportNeverLost(t *testing.T) {
 			start := time.Now()
 			for i := range tc.flows {
 				run(t, d.Egress(), cat(eth(0x0800), ipv4(17, "10.1.0.1", "10.1.0.2", 0, nil, udp(uint16(20000+i), 53, make([]byte, 20)))))
+			}
+			if tc.del {
+				for k := range flowEntries(t, d) {
+					if err := d.objs.FtFlows.Delete(&k); err != nil {
+						t.Fatal(err)
+					}
+				}
 			}
 			if sent := time.Since(start); sent > delay/2 {
 				testutil.SkipOrFail(t, fmt.Sprintf("sending took %v, too close to the delay %v to tell", sent, delay))
@@ -201,8 +212,9 @@ func TestFirstReportNeverLost(t *testing.T) {
 					t.Errorf("flow %d reported %d times, want once", i, n)
 				}
 			}
-			// Where the kernel reports at once, each flow's NEW is its own.
-			if n := stats(t, d)[tc.stat]; held && n == 0 {
+			// Where the kernel reports at once, each flow's NEW is its own;
+			// a full table is full either way.
+			if n := stats(t, d)[tc.stat]; (held || tc.stat == "flow_table_full") && n == 0 {
 				t.Errorf("%s is 0: the case did not happen", tc.stat)
 			}
 		})

@@ -34,10 +34,10 @@ func flowEntries(t *testing.T, d *Datapath) map[ftFtFlowKey]ftFtFlowVal {
 // once per hook, by the packet that ends it (RST, or the final ACK after
 // both FINs: CLOSED), with what the other direction held unreported (its
 // FIN, the last ACKs) as the report's rev counts; a FIN is not reported on
-// its own. Both entries are then deleted, so closed connections neither
-// fill the table nor make the LRU evict live flows, and no count is lost
-// on the way: the client leaves through egress, the server's replies come
-// in through ingress of the same device.
+// its own. Both entries are then deleted, so closed connections do not
+// fill the table, and no count is lost on the way: the client leaves
+// through egress, the server's replies come in through ingress of the same
+// device.
 func TestFlowEntriesEndWithConnection(t *testing.T) {
 	const interval = 200 * time.Millisecond
 	type pkt struct {
