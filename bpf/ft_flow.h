@@ -459,7 +459,12 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 	__u32 tfl = sc->take_flags;
 	__u32 netns;
 	__u64 pk, by;
-	long err;
+	/*
+	 * An int: before 6.4 a map's update returned int into the 64-bit r0
+	 * (its upper half zero, not the sign), so only the low 32 bits hold
+	 * the error (5.10: -EEXIST read as 0xffffffef).
+	 */
+	int err;
 	__u8 reason = 0;
 	__u8 fl;
 
@@ -511,13 +516,14 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 		first = len | (__u64)(t->tcp_flags | (__u8)tfl) << 32;
 		q = !ft_defer_enabled || t->tcp_flags & (FT_TCP_FIN | FT_TCP_RST) ? 0 : ft_defer_room(nv, first, tpk, tby);
 		err = bpf_map_update_elem(&ft_flows, k, nv, BPF_NOEXIST);
-		if (!err || err == -FT_E2BIG) {
+		if (err != -FT_EEXIST) {
 			struct ft_flow_val *rv = 0;
 
 			/*
-			 * The table is full: the packet, with what a slot held
-			 * for it, is reported at once (the NEW below, which no
-			 * entry follows), and counted. Through the code a new
+			 * No room (the table is full: E2BIG) or another failure:
+			 * the packet, with what a slot held for it, is reported
+			 * at once (the NEW below, which no entry follows), and
+			 * counted. Through the code a new
 			 * entry's report takes: a second copy of the report's
 			 * code for it, never run by a forwarded packet, made the
 			 * bench's UDP probe's tc runs ~7 ns slower (63-64

@@ -40,7 +40,7 @@ struct {
 	__type(value, __u64);
 } ft_stats SEC(".maps");
 
-#define FT_E2BIG 7 /* a full hash map's update error (-E2BIG) */
+#define FT_EEXIST 17 /* a BPF_NOEXIST update's error when the key is there (-EEXIST) */
 
 /*
  * Per-connection aggregation; max_entries is rewritten by the loader.
