@@ -523,11 +523,11 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 			 * No room (the table is full: E2BIG) or another failure:
 			 * the packet, with what a slot held for it, is reported
 			 * at once (the NEW below, which no entry follows), and
-			 * counted. Through the code a new
-			 * entry's report takes: a second copy of the report's
-			 * code for it, never run by a forwarded packet, made the
-			 * bench's UDP probe's tc runs ~7 ns slower (63-64
-			 * against 56-57 ns; ~4 ns as a subprogram).
+			 * counted. It takes a new entry's own report: a second
+			 * copy of the report's code for it, never run by a
+			 * forwarded packet, made the bench's UDP probe's tc runs
+			 * ~7 ns slower (63-64 against 56-57 ns; ~4 ns as a
+			 * subprogram).
 			 */
 			if (err) {
 				ft_stat_inc(FT_STAT_FLOW_TABLE_FULL);
@@ -552,7 +552,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 			sc->closing = v ? ft_flow_closing(sc, k, v, t->tcp_flags) : FT_CLOSE_NONE;
 			if (sc->closing)
 				rv = ft_flow_take_rev(sc, k);
-			/* Counts a slot held for an entry that was evicted meanwhile go with it. */
+			/* Counts a slot held for an entry that was deleted meanwhile go with it. */
 			if (!q)
 				ft_emit_flow(sc, t, k, &nv->ct, enc, netns, len, FT_REASON_NEW, 1 + tpk,
 					     len + tby, t->tcp_flags | (__u8)tfl);

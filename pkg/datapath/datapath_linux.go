@@ -1366,8 +1366,8 @@ func (d *Datapath) walkFlowsOneByOne(visit func(*ftFtFlowKey, *ftFtFlowVal)) err
 }
 
 // deleteKeys deletes keys from m, many per syscall; a key already gone
-// (deleted by the kernel meanwhile: its connection closed) is skipped. Kernels without
-// batch deletes (before 5.6) delete one key per syscall.
+// (deleted by the kernel meanwhile: its connection closed) is skipped.
+// Kernels without batch deletes (before 5.6) delete one key per syscall.
 func deleteKeys[K any](m *ebpf.Map, keys []K) error {
 	for len(keys) > 0 {
 		n, err := m.BatchDelete(keys, nil)
