@@ -533,7 +533,7 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 				ft_stat_inc(FT_STAT_FLOW_TABLE_FULL);
 				q = 0;
 			}
-			sc->created = 1;
+			sc->created = !err;
 			if (q)
 				ft_defer_push(q, k, nv, first, now);
 			/*
@@ -541,10 +541,11 @@ static __noinline struct ft_flow_val *ft_flow_account(struct __sk_buff *skb, str
 			 * up again: it does not close, a created entry fills no
 			 * flow-cache slot, and tc checks its MTU only at ingress,
 			 * for a packet above the MTU check's minimum. One hash
-			 * walk less for each of a connection's new entries.
+			 * walk less for each of a connection's new entries; none
+			 * where the insert failed (there is no entry).
 			 */
-			if (ft_syn_opens(t) && (dir == FT_DIR_EGRESS || enc->ip_version ||
-						!ft_mtu_wire(skb, t->ip_version, &sc->m)))
+			if (err || (ft_syn_opens(t) && (dir == FT_DIR_EGRESS || enc->ip_version ||
+							!ft_mtu_wire(skb, t->ip_version, &sc->m))))
 				v = 0;
 			else
 				v = bpf_map_lookup_elem(&ft_flows, k);
