@@ -57,7 +57,11 @@ type Config struct {
 	// a page; default DefaultRingBufferBytes). Its pages are mapped twice
 	// into the agent, so it costs twice its size in RSS once written.
 	RingBufferBytes int
-	ScopeAllNetns   bool // report drops from every netns, not only ours and our pods'
+	// FlowTableEntries sizes the kernel's flow table (tc's per-connection
+	// aggregation; default datapath.DefaultFlowTableEntries): preallocated
+	// kernel memory, not the agent's.
+	FlowTableEntries int
+	ScopeAllNetns    bool // report drops from every netns, not only ours and our pods'
 	// SocketTeardownDrops reports what a socket's teardown frees (drop
 	// reasons SOCKET_CLOSE, QUEUE_PURGE) as drops; otherwise counted only.
 	SocketTeardownDrops bool
@@ -292,6 +296,7 @@ func (a *Agent) setup() error {
 		FlowReportInterval:  a.cfg.FlowReportInterval,
 		FirstReportDelay:    a.cfg.FirstReportDelay,
 		RingBufferBytes:     a.cfg.RingBufferBytes,
+		FlowTableEntries:    a.cfg.FlowTableEntries,
 		ScopeAllNetns:       a.cfg.ScopeAllNetns,
 		SocketTeardownDrops: a.cfg.SocketTeardownDrops,
 		NoFlowCache:         a.cfg.NoFlowCache,

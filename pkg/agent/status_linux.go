@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 )
@@ -38,8 +39,14 @@ func (a *Agent) Status(context.Context) *flowtracev1.ServerStatusResponse {
 	}
 	st.LostEvents = append(st.LostEvents, &flowtracev1.LostEventsCount{
 		Source: flowtracev1.LostEventsSource_LOST_EVENTS_SOURCE_AGENT_QUEUE, Count: a.queueLost.Load()})
+	ft := a.dp.FlowTable()
+	st.FlowTable = &flowtracev1.KernelFlowTable{Capacity: uint64(ft.Capacity)}
+	if !ft.WalkedAt.IsZero() {
+		st.FlowTable.Used, st.FlowTable.WalkedAt = uint64(ft.Used), timestamppb.New(ft.WalkedAt)
+	}
 	if c, err := a.dp.Stats(); err == nil {
 		st.DatapathCounters = c
+		st.FlowTable.Full = c["flow_table_full"]
 		for _, s := range statLosses {
 			st.LostEvents = append(st.LostEvents, &flowtracev1.LostEventsCount{Source: s.src, Count: c[s.counter]})
 		}

@@ -13,8 +13,13 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/flowtrace/flowtrace/pkg/agent"
+	"github.com/flowtrace/flowtrace/pkg/datapath"
 	"github.com/flowtrace/flowtrace/pkg/server"
 )
+
+// maxFlowTableEntries bounds --flow-table-entries: 16 M entries is ~4.3 GiB
+// of preallocated kernel memory, more than any node should give a tracer.
+const maxFlowTableEntries = 1 << 24
 
 func newAgentCmd(version string) *cobra.Command {
 	cfg := agent.Config{Version: version}
@@ -67,6 +72,9 @@ serves Prometheus metrics.`,
 			}
 			if n := cfg.RingBufferBytes; n < os.Getpagesize() || n&(n-1) != 0 {
 				return usageErrorf("--ring-buffer-bytes %d: want a power of two of at least %d", n, os.Getpagesize())
+			}
+			if n := cfg.FlowTableEntries; n < 1 || n > maxFlowTableEntries {
+				return usageErrorf("--flow-table-entries %d: want 1 to %d", n, maxFlowTableEntries)
 			}
 			if cfg.IdentityGrace < 0 {
 				return usageErrorf("--identity-grace %s: must not be negative", cfg.IdentityGrace)
@@ -124,6 +132,7 @@ serves Prometheus metrics.`,
 	f.IntVar(&cfg.MaxFlows, "max-flows", 65536, "flows held in history (count bound)")
 	f.DurationVar(&cfg.MaxFlowAge, "max-flow-age", time.Hour, "flows held in history (age bound)")
 	f.IntVar(&cfg.RingBufferBytes, "ring-buffer-bytes", agent.DefaultRingBufferBytes, "BPF ring buffer size (power of two): events the kernel can queue while the agent catches up; costs twice this in memory")
+	f.IntVar(&cfg.FlowTableEntries, "flow-table-entries", datapath.DefaultFlowTableEntries, "kernel flow table size: entries for one direction of a connection at one interface each (a pod's veth needs two per connection); preallocated kernel memory, ~272 bytes an entry (17 MiB at the default). When it is full, packets are reported unaggregated and counted (flowtrace status: Flow table)")
 	f.BoolVar(&cfg.ScopeAllNetns, "all-netns", false, "report drops from every network namespace on the machine, not only the node's and its pods'")
 	f.BoolVar(&cfg.SocketTeardownDrops, "socket-teardown-drops", false, "also report what a socket's teardown frees (drop reasons SOCKET_CLOSE, QUEUE_PURGE: a closed socket's unread data, a netlink socket's queue); by default they are only counted (drops_socket_teardown in status): no packet died on the network")
 	addListenFlags(f, &cfg.ListenAddress, &cfg.TLS, &cfg.InsecureListen)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -107,6 +108,10 @@ func printStatus(out io.Writer, r *flowtracev1.ServerStatusResponse) error {
 		row("New flows", "reported at their first packet")
 	}
 
+	if ft := r.GetFlowTable(); ft != nil {
+		row("Flow table", "%s", flowTableText(ft))
+	}
+
 	fmt.Fprintln(w, "Lost events:\t")
 	for _, lc := range r.GetLostEvents() {
 		fmt.Fprintf(w, "  %s\t%d\n", printer.SourceText(lc.GetSource()), lc.GetCount())
@@ -146,4 +151,27 @@ func printStatus(out io.Writer, r *flowtracev1.ServerStatusResponse) error {
 		return err
 	}
 	return nil
+}
+
+// flowTableText says how full the kernel's flow table was at the agent's
+// last walk of it, and what to do when it ran out of room.
+func flowTableText(ft *flowtracev1.KernelFlowTable) string {
+	var b strings.Builder
+	if ft.GetWalkedAt() != nil {
+		used := ft.GetUsed()
+		pct := 0.0
+		if c := ft.GetCapacity(); c > 0 {
+			pct = 100 * float64(used) / float64(c)
+		}
+		fmt.Fprintf(&b, "%d/%d entries (%.0f%%) at %s", used, ft.GetCapacity(), pct,
+			ft.GetWalkedAt().AsTime().Local().Format(time.TimeOnly))
+	} else {
+		fmt.Fprintf(&b, "%d entries, not walked yet", ft.GetCapacity())
+	}
+	if n := ft.GetFull(); n > 0 {
+		fmt.Fprintf(&b, "; full for %d packets, reported unaggregated: raise the agent's --flow-table-entries", n)
+	} else {
+		b.WriteString("; never full")
+	}
+	return b.String()
 }

@@ -8,6 +8,7 @@ import (
 
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 func TestPrintStatus(t *testing.T) {
@@ -26,6 +27,8 @@ func TestPrintStatus(t *testing.T) {
 		},
 		IdentitySources:  []*flowtracev1.IdentitySourceStatus{{Name: "kubernetes", Synced: true, Detail: "3 pods"}},
 		DatapathCounters: map[string]uint64{"parse_errors": 2, "drops_out_of_scope": 5},
+		FlowTable: &flowtracev1.KernelFlowTable{Capacity: 65536, Used: 16384,
+			WalkedAt: timestamppb.New(time.Date(2026, 12, 7, 9, 30, 15, 0, time.Local))},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -37,6 +40,7 @@ func TestPrintStatus(t *testing.T) {
 		"ftv-frontend  7      tcx   veth  shop/frontend-6c9f7d", "kubernetes  synced  3 pods",
 		"drops_out_of_scope  5\n  parse_errors        2",
 		"New flows:", "first reported 20ms after their first packet, or by their close if sooner",
+		"Flow table:", "16384/65536 entries (25%) at 09:30:15; never full",
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("status lacks %q:\n%s", want, s)
@@ -54,5 +58,38 @@ func TestPrintStatusFeaturesOff(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("status lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+func TestPrintStatusFlowTable(t *testing.T) {
+	// What a user reads off the kernel flow table's line: before the
+	// agent's first walk, and once it ran out of room (with the flag that
+	// gives it more).
+	for _, tc := range []struct {
+		name string
+		ft   *flowtracev1.KernelFlowTable
+		want string
+	}{
+		{"before the first walk", &flowtracev1.KernelFlowTable{Capacity: 4096}, "4096 entries, not walked yet; never full"},
+		{"full", &flowtracev1.KernelFlowTable{Capacity: 1024, Used: 1024, Full: 37,
+			WalkedAt: timestamppb.New(time.Date(2026, 12, 7, 23, 59, 1, 0, time.Local))},
+			"1024/1024 entries (100%) at 23:59:01; full for 37 packets, reported unaggregated: raise the agent's --flow-table-entries"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			if err := printStatus(&out, &flowtracev1.ServerStatusResponse{FlowTable: tc.ft}); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(out.String(), tc.want) {
+				t.Errorf("status lacks %q:\n%s", tc.want, out.String())
+			}
+		})
+	}
+	var out bytes.Buffer
+	if err := printStatus(&out, &flowtracev1.ServerStatusResponse{}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "Flow table") {
+		t.Errorf("a status without a flow table (a relay's) shows one:\n%s", out.String())
 	}
 }

@@ -33,7 +33,7 @@ import (
 type Config struct {
 	FlowReportInterval time.Duration // default 5s
 	RingBufferBytes    int           // default 4 MiB, power of two
-	FlowTableEntries   int           // default 65536
+	FlowTableEntries   int           // default DefaultFlowTableEntries
 	ScopeAllNetns      bool
 	// MTUCheckMinLen: packets with an L3 length at or below this skip the
 	// ingress MTU check (default 576; no real link is smaller).
@@ -88,6 +88,13 @@ type Config struct {
 	// between is written back, which keeps counts exact but moves them.
 	fcHold time.Duration
 }
+
+// DefaultFlowTableEntries sizes the flow table unless Config says
+// otherwise. An entry is one direction of a connection at one hook (a pod's
+// veth holds two per connection); a TCP connection's entries leave at its
+// close, any other at the idle walk after two report intervals without a
+// packet.
+const DefaultFlowTableEntries = 65536
 
 // Features reports which optional kernel paths are live.
 type Features struct {
@@ -144,7 +151,6 @@ const (
 const (
 	defaultReportInterval = 5 * time.Second
 	defaultRingBytes      = 4 << 20
-	defaultFlowEntries    = 65536
 	defaultMTUCheckMinLen = 576
 	defaultFoldWindow     = time.Second
 	// defaultFirstReportDelay: a connection shorter than this is one
@@ -269,13 +275,17 @@ type Datapath struct {
 	loadRefusal error
 
 	decodeErrors atomic.Uint64
-	scopeMu      sync.Mutex
-	scopeGen     uint32 // last ft_scope_gen set (under scopeMu); the object starts at 1
-	folds        foldTracker
-	bootOffset   atomic.Int64 // wall ns - boot ns
-	closeOnce    sync.Once
-	closeErr     error
-	closed       atomic.Bool // Close began: Run's wait failing is the shutdown
+	// The flow table's entries at FlushIdle's last complete walk, and when
+	// it ran (unix ns; 0: no walk yet): FlowTable.
+	flowsUsed   atomic.Int64
+	flowsWalked atomic.Int64
+	scopeMu     sync.Mutex
+	scopeGen    uint32 // last ft_scope_gen set (under scopeMu); the object starts at 1
+	folds       foldTracker
+	bootOffset  atomic.Int64 // wall ns - boot ns
+	closeOnce   sync.Once
+	closeErr    error
+	closed      atomic.Bool // Close began: Run's wait failing is the shutdown
 	// ringMu keeps Run's look at the ring's positions (available) apart
 	// from Close unmapping the ring.
 	ringMu sync.RWMutex
@@ -300,7 +310,7 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("ring buffer size %d is not a power of two >= page size", c.RingBufferBytes)
 	}
 	if c.FlowTableEntries == 0 {
-		c.FlowTableEntries = defaultFlowEntries
+		c.FlowTableEntries = DefaultFlowTableEntries
 	}
 	if c.FlowTableEntries < 0 {
 		return c, fmt.Errorf("flow table entries %d is negative", c.FlowTableEntries)
@@ -1117,6 +1127,30 @@ func (d *Datapath) wallTime(boot uint64) time.Time {
 	return time.Unix(0, int64(boot)+d.bootOffset.Load())
 }
 
+// FlowTable is the kernel's flow table (tc's per-connection aggregation):
+// its size and how full FlushIdle's last walk found it.
+type FlowTable struct {
+	// Capacity is the entries it holds at most (Config.FlowTableEntries),
+	// preallocated: a connection's packet that finds it full is reported
+	// at once, unaggregated, and counted (flow_table_full).
+	Capacity int
+	// Used is the entries the last walk saw, WalkedAt when it ran; zero
+	// before the first walk.
+	Used     int
+	WalkedAt time.Time
+}
+
+// FlowTable reports the flow table's capacity and use as of the last idle
+// walk (every flow report interval): counting entries takes a walk of the
+// whole table, which that walk does anyway.
+func (d *Datapath) FlowTable() FlowTable {
+	ft := FlowTable{Capacity: d.cfg.FlowTableEntries}
+	if at := d.flowsWalked.Load(); at != 0 {
+		ft.Used, ft.WalkedAt = int(d.flowsUsed.Load()), time.Unix(0, at)
+	}
+	return ft
+}
+
 // FlushIdle walks the flow table: entries idle for longer than the report
 // interval have their unreported counts emitted through fn (reason
 // IdleFlush) and zeroed; entries idle for more than twice the interval are
@@ -1173,7 +1207,9 @@ func (d *Datapath) FlushIdle(fn func(*decode.Event)) (int, error) {
 	// the walk with their other direction, which may come later in it; a
 	// FIN's entry (finOne) waits too, in case it is that other direction.
 	var closed, halfClosed []flowEntry
+	var used int64
 	err := d.walkFlows(func(key *ftFtFlowKey, val *ftFtFlowVal) {
+		used++
 		if now < val.LastSeenNs || now-val.LastSeenNs <= interval {
 			return
 		}
@@ -1191,6 +1227,9 @@ func (d *Datapath) FlushIdle(fn func(*decode.Event)) (int, error) {
 	})
 	if err != nil {
 		errs = append(errs, fmt.Errorf("iterate flow table: %w", err))
+	} else {
+		d.flowsUsed.Store(used)
+		d.flowsWalked.Store(time.Now().UnixNano())
 	}
 	var byKey map[ftFtFlowKey]int // halfClosed's index, when a close needs it
 	if len(closed) > 0 && len(halfClosed) > 0 {

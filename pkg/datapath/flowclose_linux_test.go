@@ -424,3 +424,59 @@ func TestConntrackViewFromTheOtherDirection(t *testing.T) {
 		}
 	}
 }
+
+// TestFlowTableUse: what `flowtrace status` says of the kernel flow table
+// (its size, as configured, and the entries the idle walk saw), and that
+// a table with no room left reports the flows it cannot hold on their own
+// and counts them, rather than losing them.
+func TestFlowTableUse(t *testing.T) {
+	const capacity = 64
+	d := load(t, Config{FlowTableEntries: capacity})
+	if n := d.objs.FtFlows.MaxEntries(); n != capacity {
+		t.Fatalf("flow table of %d entries, want the configured %d", n, capacity)
+	}
+	ft := d.FlowTable()
+	if ft.Capacity != capacity || ft.Used != 0 || !ft.WalkedAt.IsZero() {
+		t.Fatalf("before any walk: %+v, want capacity %d, no use and no walk", ft, capacity)
+	}
+	pinCPU(t, -1)
+	send := func(from, n int) {
+		for i := from; i < from+n; i++ {
+			run(t, d.Egress(), cat(eth(0x0800), ipv4(17, "10.1.0.1", "10.1.0.2", 0, nil, udp(uint16(20000+i), 53, make([]byte, 20)))))
+		}
+	}
+	walk := func() FlowTable {
+		t.Helper()
+		before := time.Now()
+		if _, err := d.FlushIdle(func(*decode.Event) {}); err != nil {
+			t.Fatal(err)
+		}
+		ft := d.FlowTable()
+		if ft.WalkedAt.Before(before) || ft.Capacity != capacity {
+			t.Fatalf("after a walk at %v: %+v", before, ft)
+		}
+		return ft
+	}
+	send(0, 40)
+	if ft := walk(); ft.Used != 40 {
+		t.Errorf("40 flows in the table, the walk says %d", ft.Used)
+	}
+	drain(t, d)
+	send(40, 100)
+	if ft := walk(); ft.Used != capacity {
+		t.Errorf("140 flows into %d entries, the walk says %d used", capacity, ft.Used)
+	}
+	if n := stats(t, d)["flow_table_full"]; n != 140-capacity {
+		t.Errorf("flow_table_full %d, want the %d flows that found no room", n, 140-capacity)
+	}
+	// Each of them was reported all the same, at its packet.
+	ports := map[uint16]bool{}
+	for _, ev := range drain(t, d) {
+		ports[ev.SrcPort] = true
+	}
+	for i := 40; i < 140; i++ {
+		if !ports[uint16(20000+i)] {
+			t.Errorf("flow from port %d never reported", 20000+i)
+		}
+	}
+}

@@ -16,6 +16,8 @@
 //	flowtrace_seen_flows_total             counter  -                  flows published since start
 //	flowtrace_ring_buffer_used_bytes       gauge    -                  bytes waiting in the BPF ring buffer (when the datapath reports it)
 //	flowtrace_ring_buffer_size_bytes       gauge    -                  BPF ring buffer size (when the datapath reports it)
+//	flowtrace_flow_table_entries           gauge    -                  entries in the kernel's flow table at the agent's last walk (every flow report interval)
+//	flowtrace_flow_table_capacity_entries  gauge    -                  kernel flow table size (--flow-table-entries); flow_table_full counts packets that found it full
 //	flowtrace_datapath_counter_total       counter  name               kernel-side counters (parse failures, out-of-scope drops, ...)
 //
 // Cardinality is bounded: reason is an enum (about 130 values), and

@@ -190,6 +190,10 @@ var (
 		"Bytes waiting in the BPF ring buffer.", nil, nil)
 	descRingSize = prometheus.NewDesc("flowtrace_ring_buffer_size_bytes",
 		"Size of the BPF ring buffer.", nil, nil)
+	descTableUsed = prometheus.NewDesc("flowtrace_flow_table_entries",
+		"Entries in the kernel's flow table at the agent's last walk of it.", nil, nil)
+	descTableSize = prometheus.NewDesc("flowtrace_flow_table_capacity_entries",
+		"Size of the kernel's flow table (--flow-table-entries).", nil, nil)
 	descCounter = prometheus.NewDesc("flowtrace_datapath_counter_total",
 		"Kernel-side datapath counters.", []string{"name"}, nil)
 )
@@ -198,7 +202,7 @@ var (
 type scrape struct{ src Sources }
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLost, descIfaces, descSubs, descHeld, descMax, descSeen, descRingUsed, descRingSize, descCounter} {
+	for _, d := range []*prometheus.Desc{descLost, descIfaces, descSubs, descHeld, descMax, descSeen, descRingUsed, descRingSize, descTableUsed, descTableSize, descCounter} {
 		ch <- d
 	}
 }
@@ -241,6 +245,12 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, float64(st.GetNumFlows()))
 	ch <- prometheus.MustNewConstMetric(descMax, prometheus.GaugeValue, float64(st.GetMaxFlows()))
 	ch <- prometheus.MustNewConstMetric(descSeen, prometheus.CounterValue, float64(st.GetSeenFlows()))
+	if ft := st.GetFlowTable(); ft != nil {
+		ch <- prometheus.MustNewConstMetric(descTableSize, prometheus.GaugeValue, float64(ft.GetCapacity()))
+		if ft.GetWalkedAt() != nil {
+			ch <- prometheus.MustNewConstMetric(descTableUsed, prometheus.GaugeValue, float64(ft.GetUsed()))
+		}
+	}
 	for name, v := range st.GetDatapathCounters() {
 		ch <- prometheus.MustNewConstMetric(descCounter, prometheus.CounterValue, float64(v), name)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 func drop(ns string, reason flowtracev1.DropReason, count uint32) *flowtracev1.Flow {
@@ -63,6 +64,7 @@ func TestMetrics(t *testing.T) {
 			{Name: "a", Mode: "tcx", Kind: "veth"}, {Name: "b", Mode: "tcx", Kind: "veth"}, {Name: "eth0", Mode: "clsact", Kind: "device"},
 		},
 		DatapathCounters: map[string]uint64{"parse_errors": 4},
+		FlowTable:        &flowtracev1.KernelFlowTable{Capacity: 65536, Used: 812, WalkedAt: timestamppb.Now()},
 	}
 	m := New(Config{TopNamespaces: 2}, Sources{
 		Status:      func(context.Context) (*flowtracev1.ServerStatusResponse, error) { return status, nil },
@@ -98,6 +100,8 @@ func TestMetrics(t *testing.T) {
 		`flowtrace_ring_buffer_used_bytes 4096`,
 		`flowtrace_ring_buffer_size_bytes 1.048576e+06`,
 		`flowtrace_datapath_counter_total{name="parse_errors"} 4`,
+		`flowtrace_flow_table_entries 812`,
+		`flowtrace_flow_table_capacity_entries 65536`,
 		`go_goroutines `,
 	} {
 		if !strings.Contains(out, want+"\n") && !strings.Contains(out, want) {

@@ -839,7 +839,10 @@ type ServerStatusResponse struct {
 	DatapathCounters map[string]uint64 `protobuf:"bytes,14,rep,name=datapath_counters,json=datapathCounters,proto3" json:"datapath_counters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// evicted_flows left history because of its count or age bound; a request
 	// reaching before oldest_flow_time cannot be answered in full.
-	EvictedFlows  uint64 `protobuf:"varint,15,opt,name=evicted_flows,json=evictedFlows,proto3" json:"evicted_flows,omitempty"`
+	EvictedFlows uint64 `protobuf:"varint,15,opt,name=evicted_flows,json=evictedFlows,proto3" json:"evicted_flows,omitempty"`
+	// flow_table is the kernel's per-connection table on this node (unset
+	// where no datapath answers, e.g. a relay's merged status).
+	FlowTable     *KernelFlowTable `protobuf:"bytes,16,opt,name=flow_table,json=flowTable,proto3" json:"flow_table,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -979,6 +982,91 @@ func (x *ServerStatusResponse) GetEvictedFlows() uint64 {
 	return 0
 }
 
+func (x *ServerStatusResponse) GetFlowTable() *KernelFlowTable {
+	if x != nil {
+		return x.FlowTable
+	}
+	return nil
+}
+
+// KernelFlowTable is the kernel's per-connection aggregation table (tc):
+// an entry is one direction of a connection at one interface.
+type KernelFlowTable struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// capacity is the entries it holds at most (the agent's
+	// --flow-table-entries), preallocated.
+	Capacity uint64 `protobuf:"varint,1,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	// used is the entries the agent's last walk of the table saw (it walks
+	// it every flow report interval, for idle flows), at walked_at; both are
+	// unset before the first walk.
+	Used     uint64                 `protobuf:"varint,2,opt,name=used,proto3" json:"used,omitempty"`
+	WalkedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=walked_at,json=walkedAt,proto3" json:"walked_at,omitempty"`
+	// full counts packets that found the table full: each was reported at
+	// once, on its own, instead of aggregated into a flow entry
+	// (datapath_counters["flow_table_full"]).
+	Full          uint64 `protobuf:"varint,4,opt,name=full,proto3" json:"full,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KernelFlowTable) Reset() {
+	*x = KernelFlowTable{}
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KernelFlowTable) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KernelFlowTable) ProtoMessage() {}
+
+func (x *KernelFlowTable) ProtoReflect() protoreflect.Message {
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KernelFlowTable.ProtoReflect.Descriptor instead.
+func (*KernelFlowTable) Descriptor() ([]byte, []int) {
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *KernelFlowTable) GetCapacity() uint64 {
+	if x != nil {
+		return x.Capacity
+	}
+	return 0
+}
+
+func (x *KernelFlowTable) GetUsed() uint64 {
+	if x != nil {
+		return x.Used
+	}
+	return 0
+}
+
+func (x *KernelFlowTable) GetWalkedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.WalkedAt
+	}
+	return nil
+}
+
+func (x *KernelFlowTable) GetFull() uint64 {
+	if x != nil {
+		return x.Full
+	}
+	return 0
+}
+
 // LostEventsCount is a total of lost events for one stage.
 type LostEventsCount struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -990,7 +1078,7 @@ type LostEventsCount struct {
 
 func (x *LostEventsCount) Reset() {
 	*x = LostEventsCount{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[7]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1002,7 +1090,7 @@ func (x *LostEventsCount) String() string {
 func (*LostEventsCount) ProtoMessage() {}
 
 func (x *LostEventsCount) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[7]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1015,7 +1103,7 @@ func (x *LostEventsCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LostEventsCount.ProtoReflect.Descriptor instead.
 func (*LostEventsCount) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{7}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LostEventsCount) GetSource() LostEventsSource {
@@ -1049,7 +1137,7 @@ type AttachedInterface struct {
 
 func (x *AttachedInterface) Reset() {
 	*x = AttachedInterface{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[8]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1149,7 @@ func (x *AttachedInterface) String() string {
 func (*AttachedInterface) ProtoMessage() {}
 
 func (x *AttachedInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[8]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1162,7 @@ func (x *AttachedInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachedInterface.ProtoReflect.Descriptor instead.
 func (*AttachedInterface) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{8}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AttachedInterface) GetName() string {
@@ -1149,7 +1237,7 @@ type DatapathFeatures struct {
 
 func (x *DatapathFeatures) Reset() {
 	*x = DatapathFeatures{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[9]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1249,7 @@ func (x *DatapathFeatures) String() string {
 func (*DatapathFeatures) ProtoMessage() {}
 
 func (x *DatapathFeatures) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[9]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1262,7 @@ func (x *DatapathFeatures) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DatapathFeatures.ProtoReflect.Descriptor instead.
 func (*DatapathFeatures) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{9}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DatapathFeatures) GetTcAttach() string {
@@ -1259,7 +1347,7 @@ type IdentitySourceStatus struct {
 
 func (x *IdentitySourceStatus) Reset() {
 	*x = IdentitySourceStatus{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[10]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1359,7 @@ func (x *IdentitySourceStatus) String() string {
 func (*IdentitySourceStatus) ProtoMessage() {}
 
 func (x *IdentitySourceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[10]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1372,7 @@ func (x *IdentitySourceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentitySourceStatus.ProtoReflect.Descriptor instead.
 func (*IdentitySourceStatus) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{10}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *IdentitySourceStatus) GetName() string {
@@ -1320,7 +1408,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[11]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1420,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[11]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1433,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{11}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *NodeStatus) GetNodeName() string {
@@ -1436,7 +1524,7 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x0fnum_events_lost\x18\x02 \x01(\x04R\rnumEventsLost\x12\x15\n" +
 	"\x03cpu\x18\x03 \x01(\rH\x00R\x03cpu\x88\x01\x01B\x06\n" +
 	"\x04_cpu\"\x15\n" +
-	"\x13ServerStatusRequest\"\xff\x06\n" +
+	"\x13ServerStatusRequest\"\xbd\a\n" +
 	"\x14ServerStatusResponse\x12\x1b\n" +
 	"\tnum_flows\x18\x01 \x01(\x04R\bnumFlows\x12\x1b\n" +
 	"\tmax_flows\x18\x02 \x01(\x04R\bmaxFlows\x12\x1d\n" +
@@ -1458,10 +1546,17 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\tnode_name\x18\f \x01(\tR\bnodeName\x12M\n" +
 	"\x10identity_sources\x18\r \x03(\v2\".flowtrace.v1.IdentitySourceStatusR\x0fidentitySources\x12e\n" +
 	"\x11datapath_counters\x18\x0e \x03(\v28.flowtrace.v1.ServerStatusResponse.DatapathCountersEntryR\x10datapathCounters\x12#\n" +
-	"\revicted_flows\x18\x0f \x01(\x04R\fevictedFlows\x1aC\n" +
+	"\revicted_flows\x18\x0f \x01(\x04R\fevictedFlows\x12<\n" +
+	"\n" +
+	"flow_table\x18\x10 \x01(\v2\x1d.flowtrace.v1.KernelFlowTableR\tflowTable\x1aC\n" +
 	"\x15DatapathCountersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"_\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x8e\x01\n" +
+	"\x0fKernelFlowTable\x12\x1a\n" +
+	"\bcapacity\x18\x01 \x01(\x04R\bcapacity\x12\x12\n" +
+	"\x04used\x18\x02 \x01(\x04R\x04used\x127\n" +
+	"\twalked_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bwalkedAt\x12\x12\n" +
+	"\x04full\x18\x04 \x01(\x04R\x04full\"_\n" +
 	"\x0fLostEventsCount\x126\n" +
 	"\x06source\x18\x01 \x01(\x0e2\x1e.flowtrace.v1.LostEventsSourceR\x06source\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x04R\x05count\"\x84\x01\n" +
@@ -1524,7 +1619,7 @@ func file_flowtrace_v1_observer_proto_rawDescGZIP() []byte {
 }
 
 var file_flowtrace_v1_observer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_flowtrace_v1_observer_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_flowtrace_v1_observer_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_flowtrace_v1_observer_proto_goTypes = []any{
 	(LostEventsSource)(0),         // 0: flowtrace.v1.LostEventsSource
 	(NodeState)(0),                // 1: flowtrace.v1.NodeState
@@ -1535,64 +1630,67 @@ var file_flowtrace_v1_observer_proto_goTypes = []any{
 	(*LostEvents)(nil),            // 6: flowtrace.v1.LostEvents
 	(*ServerStatusRequest)(nil),   // 7: flowtrace.v1.ServerStatusRequest
 	(*ServerStatusResponse)(nil),  // 8: flowtrace.v1.ServerStatusResponse
-	(*LostEventsCount)(nil),       // 9: flowtrace.v1.LostEventsCount
-	(*AttachedInterface)(nil),     // 10: flowtrace.v1.AttachedInterface
-	(*DatapathFeatures)(nil),      // 11: flowtrace.v1.DatapathFeatures
-	(*IdentitySourceStatus)(nil),  // 12: flowtrace.v1.IdentitySourceStatus
-	(*NodeStatus)(nil),            // 13: flowtrace.v1.NodeStatus
-	nil,                           // 14: flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil), // 16: google.protobuf.FieldMask
-	(Verdict)(0),                  // 17: flowtrace.v1.Verdict
-	(DropReason)(0),               // 18: flowtrace.v1.DropReason
-	(*TCPFlags)(nil),              // 19: flowtrace.v1.TCPFlags
-	(TrafficDirection)(0),         // 20: flowtrace.v1.TrafficDirection
-	(ObservationPoint)(0),         // 21: flowtrace.v1.ObservationPoint
-	(IPVersion)(0),                // 22: flowtrace.v1.IPVersion
-	(*Flow)(nil),                  // 23: flowtrace.v1.Flow
-	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
+	(*KernelFlowTable)(nil),       // 9: flowtrace.v1.KernelFlowTable
+	(*LostEventsCount)(nil),       // 10: flowtrace.v1.LostEventsCount
+	(*AttachedInterface)(nil),     // 11: flowtrace.v1.AttachedInterface
+	(*DatapathFeatures)(nil),      // 12: flowtrace.v1.DatapathFeatures
+	(*IdentitySourceStatus)(nil),  // 13: flowtrace.v1.IdentitySourceStatus
+	(*NodeStatus)(nil),            // 14: flowtrace.v1.NodeStatus
+	nil,                           // 15: flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil), // 17: google.protobuf.FieldMask
+	(Verdict)(0),                  // 18: flowtrace.v1.Verdict
+	(DropReason)(0),               // 19: flowtrace.v1.DropReason
+	(*TCPFlags)(nil),              // 20: flowtrace.v1.TCPFlags
+	(TrafficDirection)(0),         // 21: flowtrace.v1.TrafficDirection
+	(ObservationPoint)(0),         // 22: flowtrace.v1.ObservationPoint
+	(IPVersion)(0),                // 23: flowtrace.v1.IPVersion
+	(*Flow)(nil),                  // 24: flowtrace.v1.Flow
+	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
 }
 var file_flowtrace_v1_observer_proto_depIdxs = []int32{
-	15, // 0: flowtrace.v1.GetFlowsRequest.since:type_name -> google.protobuf.Timestamp
-	15, // 1: flowtrace.v1.GetFlowsRequest.until:type_name -> google.protobuf.Timestamp
+	16, // 0: flowtrace.v1.GetFlowsRequest.since:type_name -> google.protobuf.Timestamp
+	16, // 1: flowtrace.v1.GetFlowsRequest.until:type_name -> google.protobuf.Timestamp
 	3,  // 2: flowtrace.v1.GetFlowsRequest.allowlist:type_name -> flowtrace.v1.FlowFilter
 	3,  // 3: flowtrace.v1.GetFlowsRequest.denylist:type_name -> flowtrace.v1.FlowFilter
-	16, // 4: flowtrace.v1.GetFlowsRequest.field_mask:type_name -> google.protobuf.FieldMask
-	17, // 5: flowtrace.v1.FlowFilter.verdict:type_name -> flowtrace.v1.Verdict
-	18, // 6: flowtrace.v1.FlowFilter.drop_reason:type_name -> flowtrace.v1.DropReason
-	19, // 7: flowtrace.v1.FlowFilter.tcp_flags:type_name -> flowtrace.v1.TCPFlags
-	20, // 8: flowtrace.v1.FlowFilter.traffic_direction:type_name -> flowtrace.v1.TrafficDirection
-	21, // 9: flowtrace.v1.FlowFilter.observation_point:type_name -> flowtrace.v1.ObservationPoint
-	22, // 10: flowtrace.v1.FlowFilter.ip_version:type_name -> flowtrace.v1.IPVersion
-	23, // 11: flowtrace.v1.GetFlowsResponse.flow:type_name -> flowtrace.v1.Flow
+	17, // 4: flowtrace.v1.GetFlowsRequest.field_mask:type_name -> google.protobuf.FieldMask
+	18, // 5: flowtrace.v1.FlowFilter.verdict:type_name -> flowtrace.v1.Verdict
+	19, // 6: flowtrace.v1.FlowFilter.drop_reason:type_name -> flowtrace.v1.DropReason
+	20, // 7: flowtrace.v1.FlowFilter.tcp_flags:type_name -> flowtrace.v1.TCPFlags
+	21, // 8: flowtrace.v1.FlowFilter.traffic_direction:type_name -> flowtrace.v1.TrafficDirection
+	22, // 9: flowtrace.v1.FlowFilter.observation_point:type_name -> flowtrace.v1.ObservationPoint
+	23, // 10: flowtrace.v1.FlowFilter.ip_version:type_name -> flowtrace.v1.IPVersion
+	24, // 11: flowtrace.v1.GetFlowsResponse.flow:type_name -> flowtrace.v1.Flow
 	6,  // 12: flowtrace.v1.GetFlowsResponse.lost_events:type_name -> flowtrace.v1.LostEvents
 	5,  // 13: flowtrace.v1.GetFlowsResponse.history_start:type_name -> flowtrace.v1.HistoryStart
-	13, // 14: flowtrace.v1.GetFlowsResponse.node_status:type_name -> flowtrace.v1.NodeStatus
-	15, // 15: flowtrace.v1.GetFlowsResponse.time:type_name -> google.protobuf.Timestamp
-	15, // 16: flowtrace.v1.HistoryStart.oldest_flow_time:type_name -> google.protobuf.Timestamp
-	15, // 17: flowtrace.v1.HistoryStart.requested_since:type_name -> google.protobuf.Timestamp
+	14, // 14: flowtrace.v1.GetFlowsResponse.node_status:type_name -> flowtrace.v1.NodeStatus
+	16, // 15: flowtrace.v1.GetFlowsResponse.time:type_name -> google.protobuf.Timestamp
+	16, // 16: flowtrace.v1.HistoryStart.oldest_flow_time:type_name -> google.protobuf.Timestamp
+	16, // 17: flowtrace.v1.HistoryStart.requested_since:type_name -> google.protobuf.Timestamp
 	0,  // 18: flowtrace.v1.LostEvents.source:type_name -> flowtrace.v1.LostEventsSource
-	15, // 19: flowtrace.v1.ServerStatusResponse.oldest_flow_time:type_name -> google.protobuf.Timestamp
-	15, // 20: flowtrace.v1.ServerStatusResponse.newest_flow_time:type_name -> google.protobuf.Timestamp
-	24, // 21: flowtrace.v1.ServerStatusResponse.max_flow_age:type_name -> google.protobuf.Duration
-	9,  // 22: flowtrace.v1.ServerStatusResponse.lost_events:type_name -> flowtrace.v1.LostEventsCount
-	10, // 23: flowtrace.v1.ServerStatusResponse.interfaces:type_name -> flowtrace.v1.AttachedInterface
-	11, // 24: flowtrace.v1.ServerStatusResponse.features:type_name -> flowtrace.v1.DatapathFeatures
-	24, // 25: flowtrace.v1.ServerStatusResponse.uptime:type_name -> google.protobuf.Duration
-	12, // 26: flowtrace.v1.ServerStatusResponse.identity_sources:type_name -> flowtrace.v1.IdentitySourceStatus
-	14, // 27: flowtrace.v1.ServerStatusResponse.datapath_counters:type_name -> flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
-	0,  // 28: flowtrace.v1.LostEventsCount.source:type_name -> flowtrace.v1.LostEventsSource
-	24, // 29: flowtrace.v1.DatapathFeatures.first_report_delay:type_name -> google.protobuf.Duration
-	1,  // 30: flowtrace.v1.NodeStatus.state:type_name -> flowtrace.v1.NodeState
-	2,  // 31: flowtrace.v1.ObserverService.GetFlows:input_type -> flowtrace.v1.GetFlowsRequest
-	7,  // 32: flowtrace.v1.ObserverService.ServerStatus:input_type -> flowtrace.v1.ServerStatusRequest
-	4,  // 33: flowtrace.v1.ObserverService.GetFlows:output_type -> flowtrace.v1.GetFlowsResponse
-	8,  // 34: flowtrace.v1.ObserverService.ServerStatus:output_type -> flowtrace.v1.ServerStatusResponse
-	33, // [33:35] is the sub-list for method output_type
-	31, // [31:33] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	16, // 19: flowtrace.v1.ServerStatusResponse.oldest_flow_time:type_name -> google.protobuf.Timestamp
+	16, // 20: flowtrace.v1.ServerStatusResponse.newest_flow_time:type_name -> google.protobuf.Timestamp
+	25, // 21: flowtrace.v1.ServerStatusResponse.max_flow_age:type_name -> google.protobuf.Duration
+	10, // 22: flowtrace.v1.ServerStatusResponse.lost_events:type_name -> flowtrace.v1.LostEventsCount
+	11, // 23: flowtrace.v1.ServerStatusResponse.interfaces:type_name -> flowtrace.v1.AttachedInterface
+	12, // 24: flowtrace.v1.ServerStatusResponse.features:type_name -> flowtrace.v1.DatapathFeatures
+	25, // 25: flowtrace.v1.ServerStatusResponse.uptime:type_name -> google.protobuf.Duration
+	13, // 26: flowtrace.v1.ServerStatusResponse.identity_sources:type_name -> flowtrace.v1.IdentitySourceStatus
+	15, // 27: flowtrace.v1.ServerStatusResponse.datapath_counters:type_name -> flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
+	9,  // 28: flowtrace.v1.ServerStatusResponse.flow_table:type_name -> flowtrace.v1.KernelFlowTable
+	16, // 29: flowtrace.v1.KernelFlowTable.walked_at:type_name -> google.protobuf.Timestamp
+	0,  // 30: flowtrace.v1.LostEventsCount.source:type_name -> flowtrace.v1.LostEventsSource
+	25, // 31: flowtrace.v1.DatapathFeatures.first_report_delay:type_name -> google.protobuf.Duration
+	1,  // 32: flowtrace.v1.NodeStatus.state:type_name -> flowtrace.v1.NodeState
+	2,  // 33: flowtrace.v1.ObserverService.GetFlows:input_type -> flowtrace.v1.GetFlowsRequest
+	7,  // 34: flowtrace.v1.ObserverService.ServerStatus:input_type -> flowtrace.v1.ServerStatusRequest
+	4,  // 35: flowtrace.v1.ObserverService.GetFlows:output_type -> flowtrace.v1.GetFlowsResponse
+	8,  // 36: flowtrace.v1.ObserverService.ServerStatus:output_type -> flowtrace.v1.ServerStatusResponse
+	35, // [35:37] is the sub-list for method output_type
+	33, // [33:35] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_flowtrace_v1_observer_proto_init() }
@@ -1614,7 +1712,7 @@ func file_flowtrace_v1_observer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowtrace_v1_observer_proto_rawDesc), len(file_flowtrace_v1_observer_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
