@@ -323,39 +323,57 @@ static __always_inline int ft_drop_headers_copied(const unsigned char *head, __u
 	return 0;
 }
 
-/*
- * Reads the dropped packet's headers: into r when the fast read takes
- * them, else the general way into k's tuple. In place where the kernel
- * allows it (ft_drop_direct): a load past the mapping reads 0 instead of
- * faulting, and the length keeps the read inside the linear data.
- * Returns FT_HDRS_IN_PLACE (r filled, k untouched: a storm's drop, which
- * never needs k, does not pay for zeroing it), FT_HDRS_FAST (r filled, k
- * zeroed) or FT_HDRS_GENERAL (k zeroed, its tuple parsed).
- */
-enum { FT_HDRS_GENERAL, FT_HDRS_FAST, FT_HDRS_IN_PLACE };
+/* Where the dropped packet's network header is, and whether the hook may read it in place. */
+struct ft_drop_nh {
+	const unsigned char *head;
+	__u32 end; /* linear bytes from the network header; valid when set */
+	__u16 proto;
+	__u8 set; /* the network header was set (early drops may come before) */
+	__u8 in_place;
+};
 
-static __always_inline int ft_drop_headers(struct sk_buff *skb, struct ft_drop_key *k,
-					   struct ft_drop_hdr *hb, int btf, struct ft_drop_sig *r)
+static __always_inline void ft_drop_nh_of(struct sk_buff *skb, int btf, struct ft_drop_nh *h)
 {
-	const unsigned char *head = FT_SKB(btf, skb, head);
 	__u32 tail = FT_SKB(btf, skb, tail);
 	__u16 nh = FT_SKB(btf, skb, network_header);
-	__u16 proto = bpf_ntohs(FT_SKB(btf, skb, protocol));
-	/* Early drops may happen before the network header was set. */
-	int set = nh != FT_HDR_UNSET && nh != 0 && nh < tail;
-	int in_place = set && btf && ft_drop_direct && ft_drop_fast_parse;
-	__u32 end = tail - nh; /* used only when set */
 
-	if (in_place && ft_drop_raw(bpf_rdonly_cast(head + nh, 0),
-				    end < FT_DROP_HDR ? end : FT_DROP_HDR, proto, r))
-		return FT_HDRS_IN_PLACE;
+	h->head = FT_SKB(btf, skb, head) + nh;
+	h->proto = bpf_ntohs(FT_SKB(btf, skb, protocol));
+	h->set = nh != FT_HDR_UNSET && nh != 0 && nh < tail;
+	h->in_place = h->set && btf && ft_drop_direct && ft_drop_fast_parse;
+	h->end = tail - nh;
+}
+
+/*
+ * A storm's drop: its header words read in place into r (1), where the
+ * kernel allows it (ft_drop_direct): a load past the mapping reads 0
+ * instead of faulting, and the length keeps the read inside the linear
+ * data. 0: the rest of the hook reads them (ft_drop_headers).
+ */
+static __always_inline int ft_drop_sig_in_place(const struct ft_drop_nh *h, struct ft_drop_sig *r)
+{
+	return h->in_place &&
+	       ft_drop_raw(bpf_rdonly_cast(h->head, 0), h->end < FT_DROP_HDR ? h->end : FT_DROP_HDR,
+			   h->proto, r);
+}
+
+/*
+ * Reads the dropped packet's headers when ft_drop_sig_in_place did not:
+ * into r when the fast read takes them from a copy (FT_HDRS_FAST), else
+ * the general way into k's tuple (FT_HDRS_GENERAL). k is zeroed.
+ */
+enum { FT_HDRS_GENERAL, FT_HDRS_FAST };
+
+static __always_inline int ft_drop_headers(const struct ft_drop_nh *h, struct ft_drop_key *k,
+					   struct ft_drop_hdr *hb, struct ft_drop_sig *r)
+{
 	__builtin_memset(k, 0, sizeof(*k));
-	if (!set) {
-		k->tuple.ethertype = proto;
+	if (!h->set) {
+		k->tuple.ethertype = h->proto;
 		k->tuple.status = FT_PARSE_TRUNCATED;
 		return FT_HDRS_GENERAL;
 	}
-	return ft_drop_headers_copied(head + nh, end, proto, &k->tuple, hb, in_place, r) ?
+	return ft_drop_headers_copied(h->head, h->end, h->proto, &k->tuple, hb, h->in_place, r) ?
 		       FT_HDRS_FAST :
 		       FT_HDRS_GENERAL;
 }
@@ -588,57 +606,59 @@ static __always_inline int ft_drop_fold(struct ft_drop_hdr *hb, struct ft_drop_k
 }
 
 /*
- * has_reason and btf are compile-time constants per program: kernels before
- * 5.17 pass no reason (and call consume_skb, not kfree_skb, for normal
- * frees); btf says the skb may be dereferenced directly (tp_btf).
+ * What the drop hook's first part learned, for the rest (ft_drop_rest):
+ * on its stack, passed by pointer (a subprogram takes five arguments).
  */
-static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, __u32 reason,
-					  int has_reason, int btf)
+struct ft_drop_in {
+	struct ft_drop_sig r; /* the signature; complete when sig */
+	struct ft_drop_nh h;
+	__u64 location;
+	__u32 reason;
+	__u32 netns;
+	__u32 ifindex;
+	__u32 sig;
+};
+
+/* r's identity: where, why, which device and netns (kind's headers come from ft_drop_raw). */
+static __always_inline void ft_drop_sig_id(struct ft_drop_in *in)
+{
+	in->r.location = in->location;
+	in->r.id = in->reason | (__u64)in->ifindex << 32;
+	in->r.kind |= in->netns;
+}
+
+/*
+ * Everything but a storm's drop that the memo counted: the headers read
+ * from a copy or the general way, the fold slots, the event. btf is a
+ * compile-time constant per caller (ft_drop_rest_btf, ft_drop_rest_raw).
+ */
+static __always_inline int ft_drop_rest(struct sk_buff *skb, struct ft_drop_in *in, int btf)
 {
 	struct ft_drop_event *e;
-	struct ft_drop_key k; /* zeroed by ft_drop_headers or below, when needed */
-	struct ft_drop_sig r, *raw = 0;
+	struct ft_drop_key k; /* zeroed below */
+	struct ft_drop_sig *raw = 0;
 	struct ft_drop_hdr *hb;
-	__u32 zero = 0, netns, ifindex;
+	__u32 zero = 0;
 	__u64 now;
-	int hdrs;
 
-	if (has_reason && (reason == ft_reason_not_dropped || reason == ft_reason_consumed))
-		return 0;
-	if (has_reason && (reason == ft_reason_socket_close || reason == ft_reason_queue_purge)) {
-		ft_stat_inc(FT_STAT_DROPS_TEARDOWN);
-		return 0;
-	}
 	hb = bpf_map_lookup_elem(&ft_drop_hdrs, &zero);
-	if (hb)
-		hb->seen += 1; /* per-CPU value: no atomic needed */
-	else
-		ft_stat_inc(FT_STAT_DROPS_SEEN);
-
-	netns = ft_skb_netns(skb, &ifindex, btf, hb);
-	if (!ft_scope_all_netns && !ft_in_scope(hb, netns)) {
-		ft_stat_inc(FT_STAT_DROPS_OUT_OF_SCOPE);
-		return 0;
-	}
-	/* hb is always there (a one-entry array); without it, no folding. */
-	hdrs = ft_drop_headers(skb, &k, hb, btf, &r);
-	if (hdrs != FT_HDRS_GENERAL) {
-		r.location = location;
-		r.id = reason | (__u64)ifindex << 32;
-		r.kind |= netns;
+	if (in->sig) {
+		__builtin_memset(&k, 0, sizeof(k));
+		ft_drop_tuple_raw(&in->r, &k.tuple);
+		raw = &in->r;
+	} else if (ft_drop_headers(&in->h, &k, hb, &in->r) == FT_HDRS_FAST) {
+		ft_drop_sig_id(in);
 		if (hb)
 			hb->parsed_fast += 1; /* per-CPU value: no atomic needed */
-		if (ft_drop_fold_window_ns && hb && ft_drop_storm(hb, &r, skb, btf))
+		if (ft_drop_fold_window_ns && hb && ft_drop_storm(hb, &in->r, skb, btf))
 			return 0;
-		if (hdrs == FT_HDRS_IN_PLACE)
-			__builtin_memset(&k, 0, sizeof(k));
-		ft_drop_tuple_raw(&r, &k.tuple);
-		raw = &r;
+		ft_drop_tuple_raw(&in->r, &k.tuple);
+		raw = &in->r;
 	}
-	k.netns = netns;
-	k.ifindex = ifindex;
-	k.location = location;
-	k.reason = reason;
+	k.netns = in->netns;
+	k.ifindex = in->ifindex;
+	k.location = in->location;
+	k.reason = in->reason;
 	if (ft_drop_fold_window_ns && hb &&
 	    ft_drop_fold(hb, &k, raw, skb, ft_boot_memo(&hb->clk), btf))
 		return 0;
@@ -655,10 +675,10 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 		return 0;
 	ft_fill_hdr(&e->hdr, FT_EV_DROP, sizeof(*e), now);
 	__builtin_memcpy(&e->tuple, &k.tuple, sizeof(e->tuple));
-	e->location = location;
+	e->location = in->location;
 	e->first_ns = now;
 	e->last_ns = now;
-	e->reason = reason;
+	e->reason = in->reason;
 	e->ifindex = k.ifindex;
 	e->skb_iif = FT_SKB(btf, skb, skb_iif);
 	e->netns = k.netns;
@@ -668,6 +688,68 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 	bpf_ringbuf_submit(e, ft_rb_flags());
 	ft_stat_inc(FT_STAT_DROP_EVENTS);
 	return 0;
+}
+
+/*
+ * Subprograms, one per way of reading the sk_buff: each program is then
+ * only its storm path (scope, signature, memo), a few cache lines of code
+ * that every drop of a storm runs start to end, with the rest out of its
+ * way. The chain stays within the 512-byte stack on 5.10 and 6.1 (the
+ * program's frame and this one's: 480 bytes); tc's hit path could not be
+ * split the same way (ft_tc).
+ */
+static __noinline int ft_drop_rest_btf(struct sk_buff *skb, struct ft_drop_in *in)
+{
+	return ft_drop_rest(skb, in, 1);
+}
+
+static __noinline int ft_drop_rest_raw(struct sk_buff *skb, struct ft_drop_in *in)
+{
+	return ft_drop_rest(skb, in, 0);
+}
+
+/*
+ * has_reason and btf are compile-time constants per program: kernels before
+ * 5.17 pass no reason (and call consume_skb, not kfree_skb, for normal
+ * frees); btf says the skb may be dereferenced directly (tp_btf).
+ */
+static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, __u32 reason,
+					  int has_reason, int btf)
+{
+	struct ft_drop_in in;
+	struct ft_drop_hdr *hb;
+	__u32 zero = 0;
+
+	if (has_reason && (reason == ft_reason_not_dropped || reason == ft_reason_consumed))
+		return 0;
+	if (has_reason && (reason == ft_reason_socket_close || reason == ft_reason_queue_purge)) {
+		ft_stat_inc(FT_STAT_DROPS_TEARDOWN);
+		return 0;
+	}
+	hb = bpf_map_lookup_elem(&ft_drop_hdrs, &zero);
+	if (hb)
+		hb->seen += 1; /* per-CPU value: no atomic needed */
+	else
+		ft_stat_inc(FT_STAT_DROPS_SEEN);
+
+	in.netns = ft_skb_netns(skb, &in.ifindex, btf, hb);
+	if (!ft_scope_all_netns && !ft_in_scope(hb, in.netns)) {
+		ft_stat_inc(FT_STAT_DROPS_OUT_OF_SCOPE);
+		return 0;
+	}
+	in.location = location;
+	in.reason = reason;
+	ft_drop_nh_of(skb, btf, &in.h);
+	in.sig = ft_drop_sig_in_place(&in.h, &in.r);
+	if (in.sig) {
+		ft_drop_sig_id(&in);
+		if (hb)
+			hb->parsed_fast += 1; /* per-CPU value: no atomic needed */
+		/* hb is always there (a one-entry array); without it, no folding. */
+		if (ft_drop_fold_window_ns && hb && ft_drop_storm(hb, &in.r, skb, btf))
+			return 0;
+	}
+	return btf ? ft_drop_rest_btf(skb, &in) : ft_drop_rest_raw(skb, &in);
 }
 
 /*
