@@ -619,12 +619,21 @@ struct ft_drop_in {
 	__u32 sig;
 };
 
-/* r's identity: where, why, which device and netns (kind's headers come from ft_drop_raw). */
-static __always_inline void ft_drop_sig_id(struct ft_drop_in *in)
+/*
+ * A drop whose headers ft_drop_raw read (in place, or from a copy):
+ * completes its signature with where, why, which device and netns, and
+ * counts it in the memo when it is a storm's (1: done).
+ */
+static __always_inline int ft_drop_sig_storm(struct ft_drop_hdr *hb, struct ft_drop_in *in,
+					     struct sk_buff *skb, int btf)
 {
 	in->r.location = in->location;
 	in->r.id = in->reason | (__u64)in->ifindex << 32;
 	in->r.kind |= in->netns;
+	if (!hb)
+		return 0; /* always there (a one-entry array); without it, no folding */
+	hb->parsed_fast += 1; /* per-CPU value: no atomic needed */
+	return ft_drop_fold_window_ns && ft_drop_storm(hb, &in->r, skb, btf);
 }
 
 /*
@@ -647,10 +656,7 @@ static __always_inline int ft_drop_rest(struct sk_buff *skb, struct ft_drop_in *
 		ft_drop_tuple_raw(&in->r, &k.tuple);
 		raw = &in->r;
 	} else if (ft_drop_headers(&in->h, &k, hb, &in->r) == FT_HDRS_FAST) {
-		ft_drop_sig_id(in);
-		if (hb)
-			hb->parsed_fast += 1; /* per-CPU value: no atomic needed */
-		if (ft_drop_fold_window_ns && hb && ft_drop_storm(hb, &in->r, skb, btf))
+		if (ft_drop_sig_storm(hb, in, skb, btf))
 			return 0;
 		ft_drop_tuple_raw(&in->r, &k.tuple);
 		raw = &in->r;
@@ -741,14 +747,8 @@ static __always_inline int ft_handle_drop(struct sk_buff *skb, __u64 location, _
 	in.reason = reason;
 	ft_drop_nh_of(skb, btf, &in.h);
 	in.sig = ft_drop_sig_in_place(&in.h, &in.r);
-	if (in.sig) {
-		ft_drop_sig_id(&in);
-		if (hb)
-			hb->parsed_fast += 1; /* per-CPU value: no atomic needed */
-		/* hb is always there (a one-entry array); without it, no folding. */
-		if (ft_drop_fold_window_ns && hb && ft_drop_storm(hb, &in.r, skb, btf))
-			return 0;
-	}
+	if (in.sig && ft_drop_sig_storm(hb, &in, skb, btf))
+		return 0;
 	return btf ? ft_drop_rest_btf(skb, &in) : ft_drop_rest_raw(skb, &in);
 }
 
