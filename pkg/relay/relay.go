@@ -458,6 +458,7 @@ func (r *Relay) ServerStatus(ctx context.Context, _ *flowtracev1.ServerStatusReq
 		if out.Features == nil {
 			out.Features = st.GetFeatures()
 		}
+		out.FlowTable = mergeFlowTable(out.FlowTable, st.GetFlowTable())
 	}
 	out.DatapathCounters["relay_peers_connected"] = connected
 	out.DatapathCounters["relay_peers_unavailable"] = unavailable
@@ -466,4 +467,30 @@ func (r *Relay) ServerStatus(ctx context.Context, _ *flowtracev1.ServerStatusReq
 	}
 	slices.SortFunc(out.LostEvents, func(a, b *flowtracev1.LostEventsCount) int { return cmp.Compare(a.Source, b.Source) })
 	return out, nil
+}
+
+// mergeFlowTable adds one node's kernel flow table to the sum of the others:
+// capacities, the entries seen and the packets that found a table full add
+// up, so a full table on any node shows in the relay's status (the per-node
+// figures are each agent's own). The sum is dated by its oldest walk, and
+// has none until every node with a table has walked it: a used count
+// missing a node's entries would read as room that is not there.
+func mergeFlowTable(sum, ft *flowtracev1.KernelFlowTable) *flowtracev1.KernelFlowTable {
+	if ft == nil {
+		return sum
+	}
+	if sum == nil {
+		return proto.Clone(ft).(*flowtracev1.KernelFlowTable)
+	}
+	sum.Capacity += ft.GetCapacity()
+	sum.Full += ft.GetFull()
+	if sum.WalkedAt == nil || ft.GetWalkedAt() == nil {
+		sum.Used, sum.WalkedAt = 0, nil
+		return sum
+	}
+	sum.Used += ft.GetUsed()
+	if ft.GetWalkedAt().AsTime().Before(sum.WalkedAt.AsTime()) {
+		sum.WalkedAt = ft.GetWalkedAt()
+	}
+	return sum
 }

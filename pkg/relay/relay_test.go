@@ -32,6 +32,20 @@ type agent struct {
 // startAgent serves an observer named name on a unix socket, as an agent does.
 func startAgent(t *testing.T, name string) *agent {
 	t.Helper()
+	return startAgentWithStatus(t, name, nil)
+}
+
+// fixedStatus is an agent's datapath part of ServerStatus.
+type fixedStatus struct {
+	*flowtracev1.ServerStatusResponse
+}
+
+func (f fixedStatus) Status(context.Context) *flowtracev1.ServerStatusResponse {
+	return f.ServerStatusResponse
+}
+
+func startAgentWithStatus(t *testing.T, name string, st server.StatusSource) *agent {
+	t.Helper()
 	obs := observer.New(observer.Config{MaxFlows: 100, NodeName: name}, nil)
 	sock := filepath.Join(t.TempDir(), name+".sock")
 	lis, err := server.ListenUnix(sock)
@@ -40,7 +54,7 @@ func startAgent(t *testing.T, name string) *agent {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- server.New(obs, nil, nil).Serve(ctx, lis) }()
+	go func() { done <- server.New(obs, st, nil).Serve(ctx, lis) }()
 	stopped := false
 	stop := func() {
 		if stopped {
@@ -280,6 +294,41 @@ func TestServerStatusAcrossNodes(t *testing.T) {
 	}
 	if got := strings.Join(peers, ","); !strings.Contains(got, "peer node-a=true") || !strings.Contains(got, "peer node-b=true") || !strings.Contains(got, "="+"false") {
 		t.Errorf("peers %s", got)
+	}
+}
+
+// The relay's status sums its nodes' kernel flow tables, so one node's full
+// table shows; the sum is dated by the oldest walk, and has no used count
+// while a node has not walked its table yet.
+func TestServerStatusSumsFlowTables(t *testing.T) {
+	at := func(sec int) *timestamppb.Timestamp {
+		return timestamppb.New(base.Add(time.Duration(sec) * time.Second))
+	}
+	withTable := func(name string, ft *flowtracev1.KernelFlowTable) *agent {
+		return startAgentWithStatus(t, name, fixedStatus{&flowtracev1.ServerStatusResponse{FlowTable: ft}})
+	}
+	a := withTable("node-a", &flowtracev1.KernelFlowTable{Capacity: 100, Used: 100, WalkedAt: at(20), Full: 7})
+	b := withTable("node-b", &flowtracev1.KernelFlowTable{Capacity: 50, Used: 10, WalkedAt: at(12)})
+	old := startAgent(t, "node-old") // an agent without a flow table in its status
+	_, c := startRelay(t, Config{Peers: peersOf([]*agent{a, b, old})})
+	st, err := c.ServerStatus(context.Background(), &flowtracev1.ServerStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ft := st.GetFlowTable()
+	if ft.GetCapacity() != 150 || ft.GetUsed() != 110 || ft.GetFull() != 7 || !ft.GetWalkedAt().AsTime().Equal(base.Add(12*time.Second)) {
+		t.Errorf("summed flow table %v, want 110/150 entries at base+12s, full 7", ft)
+	}
+
+	fresh := withTable("node-fresh", &flowtracev1.KernelFlowTable{Capacity: 30})
+	_, c = startRelay(t, Config{Peers: peersOf([]*agent{a, fresh, b})})
+	st, err = c.ServerStatus(context.Background(), &flowtracev1.ServerStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ft = st.GetFlowTable()
+	if ft.GetCapacity() != 180 || ft.GetUsed() != 0 || ft.GetWalkedAt() != nil || ft.GetFull() != 7 {
+		t.Errorf("with a node not walked yet: %v, want 180 entries, no walk, full 7", ft)
 	}
 }
 
