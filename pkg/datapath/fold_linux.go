@@ -300,6 +300,9 @@ func (w *foldWalk) visit(key ftFtDropKey, slots []ftFtDropFold) {
 			// answer to "when did these drops happen".
 			fillFoldEvent(&w.ev, &key, &slots[newest], uint32(newest), uint32(n), first, last)
 			w.ev.Time = w.d.wallTime(w.ev.TimeNs)
+			if n > 1 {
+				w.ev.LastTime = w.d.wallTime(last)
+			}
 			w.fn(&w.ev)
 			w.emitted++
 			delta -= n

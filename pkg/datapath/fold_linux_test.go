@@ -238,10 +238,24 @@ func TestDropFoldStorm(t *testing.T) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	multi := 0
 	for _, ev := range f.evs {
 		if ev.Count == 0 || ev.FirstNs > ev.LastNs || ev.DstPort != 7 || ev.Src != a("127.0.0.1") || ev.Ifindex != 1 {
 			t.Fatalf("bad folded event %+v", ev)
 		}
+		// A report of several drops says when the last one was (a
+		// flow's last_time), no earlier than its time; one drop has none.
+		switch {
+		case ev.Count == 1 && !ev.LastTime.IsZero():
+			t.Fatalf("a one-drop report has a last time: %+v", ev)
+		case ev.Count > 1 && (ev.LastTime.IsZero() || ev.LastTime.Before(ev.Time)):
+			t.Fatalf("a %d-drop report's last time %v, time %v", ev.Count, ev.LastTime, ev.Time)
+		case ev.Count > 1:
+			multi++
+		}
+	}
+	if multi == 0 {
+		t.Fatal("no report folded several drops")
 	}
 }
 

@@ -144,10 +144,13 @@ type Embedded struct {
 
 // Event is one decoded event. Fields that do not apply to Kind are zero.
 type Event struct {
-	Kind      Kind
-	CPU       uint32
-	TimeNs    uint64    // CLOCK_BOOTTIME nanoseconds from the kernel
-	Time      time.Time // wall time, filled by the datapath
+	Kind   Kind
+	CPU    uint32
+	TimeNs uint64    // CLOCK_BOOTTIME nanoseconds from the kernel
+	Time   time.Time // wall time, filled by the datapath
+	// LastTime is a folded drop report's last drop (LastNs) in wall time,
+	// filled by the datapath when the report stands for several drops.
+	LastTime  time.Time
 	Ifindex   uint32
 	Netns     uint32
 	Direction Direction

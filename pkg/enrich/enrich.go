@@ -225,6 +225,10 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 		f.ObservationPoint = flowtracev1.ObservationPoint_OBSERVATION_POINT_KFREE_SKB
 		f.Packets, f.Bytes = uint64(max(ev.Count, 1)), uint64(ev.PktLen)
 		f.EventCount = max(ev.Count, 1)
+		if ev.Count > 1 && !ev.LastTime.IsZero() {
+			// Its own allocation: only a folded report has one.
+			f.LastTime = timestamppb.New(ev.LastTime)
+		}
 		if e.reasons != nil {
 			r := e.reasons.Lookup(ev.DropReason)
 			f.DropReason, f.DropReasonKernel = r.Stable, r.Kernel

@@ -68,6 +68,16 @@ func TestDrop(t *testing.T) {
 	if !strings.Contains(f.Summary, "NETFILTER_DROP at nf_hook_slow") {
 		t.Errorf("summary %q", f.Summary)
 	}
+	if f.LastTime != nil {
+		t.Errorf("a single drop has a last time: %v", f.LastTime)
+	}
+
+	// A folded report: its count, and the span of its drops.
+	ev.Count, ev.LastTime = 5000, now.Add(1500*time.Millisecond)
+	f = e.Flow(ev)
+	if f.EventCount != 5000 || f.Packets != 5000 || !f.Time.AsTime().Equal(now) || !f.GetLastTime().AsTime().Equal(ev.LastTime) {
+		t.Errorf("folded report: count %d, packets %d, time %v, last %v", f.EventCount, f.Packets, f.Time.AsTime(), f.GetLastTime())
+	}
 }
 
 func TestFlowAndUnknowns(t *testing.T) {

@@ -216,6 +216,9 @@ func (e *encoder) flow(f *flowtracev1.Flow) {
 	if f.ReverseTcpFlags != nil {
 		e.tcpFlags(33, f.ReverseTcpFlags)
 	}
+	if f.LastTime != nil {
+		e.timestamp(34, f.LastTime)
+	}
 }
 
 // varint writes a non-zero integer field (enums, uint32/64, bools, and

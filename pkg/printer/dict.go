@@ -126,6 +126,7 @@ func (p *Printer) dict(r *flowtracev1.GetFlowsResponse) {
 	kv("PROTOCOL", L4Text(f))
 	kv("VERDICT", p.verdict(f.GetVerdict()))
 	kv("DROP REASON", p.paint(colorReason, ReasonText(f)))
+	kv("DROPS", FoldText(f))
 	if f.GetVerdict() == flowtracev1.Verdict_VERDICT_FORWARDED {
 		kv("REPORT", ReportText(f.GetReport()))
 		kv("TRAFFIC", CountsText(f))

@@ -195,8 +195,9 @@ func (p *Printer) compact(r *flowtracev1.GetFlowsResponse) {
 		sb.WriteString(p.paint(colorReason, reason))
 		sb.WriteByte(')')
 	}
-	if f.GetEventCount() > 1 {
-		fmt.Fprintf(sb, " x%d", f.GetEventCount())
+	if fold := FoldText(f); fold != "" {
+		sb.WriteByte(' ')
+		sb.WriteString(fold)
 	}
 	if f.GetVerdict() == flowtracev1.Verdict_VERDICT_FORWARDED {
 		if rep := ReportText(f.GetReport()); rep != "" {
@@ -313,6 +314,7 @@ func tableDetail(f *flowtracev1.Flow) string {
 		}
 	}
 	add(ReasonText(f))
+	add(FoldText(f))
 	if f.GetVerdict() == flowtracev1.Verdict_VERDICT_FORWARDED {
 		add(ReportText(f.GetReport()))
 		add(CountsText(f))
@@ -597,6 +599,33 @@ func ReportText(r flowtracev1.FlowReport) string {
 		return "closed"
 	}
 	return ""
+}
+
+// FoldText is a folded record's drop count and how long its storm ran:
+// "x5000 over 1.2s" ("x3" without a last time), or "" for a single packet.
+func FoldText(f *flowtracev1.Flow) string {
+	n := f.GetEventCount()
+	if n <= 1 {
+		return ""
+	}
+	s := "x" + strconv.FormatUint(uint64(n), 10)
+	if f.GetLastTime() == nil || f.GetTime() == nil {
+		return s
+	}
+	d := f.GetLastTime().AsTime().Sub(f.GetTime().AsTime())
+	switch {
+	case d <= 0:
+		return s
+	case d < time.Millisecond:
+		d = d.Round(time.Microsecond)
+	case d < 10*time.Millisecond:
+		d = d.Round(10 * time.Microsecond)
+	case d < time.Second:
+		d = d.Round(time.Millisecond)
+	default:
+		d = d.Round(100 * time.Millisecond)
+	}
+	return s + " over " + d.String()
 }
 
 // CountsText is a FORWARDED report's counts, "3 pkts 162 bytes", and on a

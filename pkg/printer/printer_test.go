@@ -54,6 +54,7 @@ func fixtures() []*flowtracev1.GetFlowsResponse {
 		flowResp(&flowtracev1.Flow{
 			Time: timestamppb.New(t0.Add(2 * time.Second)), Verdict: flowtracev1.Verdict_VERDICT_DROPPED,
 			DropReason: flowtracev1.DropReason_DROP_REASON_UNKNOWN, DropReasonKernel: "SOME_NEW_REASON", EventCount: 3,
+			LastTime:       timestamppb.New(t0.Add(3500 * time.Millisecond)),
 			DropLocation:   "ip_rcv_core+0x12",
 			Ip:             &flowtracev1.IP{Source: "10.0.0.1", Destination: "10.0.1.1"},
 			L4:             &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Udp{Udp: &flowtracev1.UDP{SourcePort: 5353, DestinationPort: 53}}},
@@ -404,5 +405,39 @@ func TestColor(t *testing.T) {
 	// Without Color, no escape codes at all.
 	if strings.Contains(string(render(t, Compact))+string(render(t, Dict))+string(render(t, Table)), "\x1b[") {
 		t.Error("escape codes without Color")
+	}
+}
+
+// A folded record says how many drops it stands for and over how long,
+// rounded to what a reader can use; a single packet says nothing.
+func TestFoldText(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 4, 0, 0, 0, time.UTC)
+	fold := func(n uint32, last time.Duration) *flowtracev1.Flow {
+		f := &flowtracev1.Flow{Time: timestamppb.New(t0), EventCount: n}
+		if last >= 0 {
+			f.LastTime = timestamppb.New(t0.Add(last))
+		}
+		return f
+	}
+	for _, c := range []struct {
+		f    *flowtracev1.Flow
+		want string
+	}{
+		{fold(0, -1), ""},
+		{fold(1, -1), ""},
+		{fold(1, time.Second), ""},
+		{fold(3, -1), "x3"},
+		{fold(3, 0), "x3"},
+		{fold(200000, 1234567), "x200000 over 1.23ms"},
+		{fold(2, 812), "x2 over 1µs"},
+		{fold(40, 421512345), "x40 over 422ms"},
+		{fold(2000000, 9987654321), "x2000000 over 10s"},
+		{fold(5, 61*time.Second+449*time.Millisecond), "x5 over 1m1.4s"},
+		{&flowtracev1.Flow{EventCount: 4, LastTime: timestamppb.New(t0)}, "x4"},
+	} {
+		if got := FoldText(c.f); got != c.want {
+			t.Errorf("FoldText(count %d, time %v, last %v) = %q, want %q", c.f.GetEventCount(),
+				c.f.GetTime(), c.f.GetLastTime(), got, c.want)
+		}
 	}
 }

@@ -859,7 +859,8 @@ type Flow struct {
 	// symbol+offset, e.g. "nf_hook_slow+0x8d".
 	DropLocation string `protobuf:"bytes,8,opt,name=drop_location,json=dropLocation,proto3" json:"drop_location,omitempty"`
 	// event_count is how many identical packets this record stands for
-	// (folded drops); 1 for a single drop.
+	// (folded drops); 1 for a single drop. A record of several spans time
+	// (its first drop, or a lower bound of it) to last_time.
 	EventCount  uint32    `protobuf:"varint,9,opt,name=event_count,json=eventCount,proto3" json:"event_count,omitempty"`
 	Ip          *IP       `protobuf:"bytes,10,opt,name=ip,proto3" json:"ip,omitempty"`
 	L4          *Layer4   `protobuf:"bytes,11,opt,name=l4,proto3" json:"l4,omitempty"`
@@ -910,8 +911,12 @@ type Flow struct {
 	ReversePackets  uint64    `protobuf:"varint,31,opt,name=reverse_packets,json=reversePackets,proto3" json:"reverse_packets,omitempty"`
 	ReverseBytes    uint64    `protobuf:"varint,32,opt,name=reverse_bytes,json=reverseBytes,proto3" json:"reverse_bytes,omitempty"`
 	ReverseTcpFlags *TCPFlags `protobuf:"bytes,33,opt,name=reverse_tcp_flags,json=reverseTcpFlags,proto3" json:"reverse_tcp_flags,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// last_time is when the last of a folded record's drops happened
+	// (event_count > 1): the storm it stands for ran from time to last_time.
+	// Unset for a single packet.
+	LastTime      *timestamppb.Timestamp `protobuf:"bytes,34,opt,name=last_time,json=lastTime,proto3" json:"last_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Flow) Reset() {
@@ -1171,6 +1176,13 @@ func (x *Flow) GetReverseBytes() uint64 {
 func (x *Flow) GetReverseTcpFlags() *TCPFlags {
 	if x != nil {
 		return x.ReverseTcpFlags
+	}
+	return nil
+}
+
+func (x *Flow) GetLastTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastTime
 	}
 	return nil
 }
@@ -2294,7 +2306,7 @@ var File_flowtrace_v1_flow_proto protoreflect.FileDescriptor
 
 const file_flowtrace_v1_flow_proto_rawDesc = "" +
 	"\n" +
-	"\x17flowtrace/v1/flow.proto\x12\fflowtrace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\f\n" +
+	"\x17flowtrace/v1/flow.proto\x12\fflowtrace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\f\n" +
 	"\x04Flow\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x1b\n" +
@@ -2332,7 +2344,8 @@ const file_flowtrace_v1_flow_proto_rawDesc = "" +
 	"\bis_reply\x18\x1e \x01(\bR\aisReply\x12'\n" +
 	"\x0freverse_packets\x18\x1f \x01(\x04R\x0ereversePackets\x12#\n" +
 	"\rreverse_bytes\x18  \x01(\x04R\freverseBytes\x12B\n" +
-	"\x11reverse_tcp_flags\x18! \x01(\v2\x16.flowtrace.v1.TCPFlagsR\x0freverseTcpFlags\"l\n" +
+	"\x11reverse_tcp_flags\x18! \x01(\v2\x16.flowtrace.v1.TCPFlagsR\x0freverseTcpFlags\x127\n" +
+	"\tlast_time\x18\" \x01(\v2\x1a.google.protobuf.TimestampR\blastTime\"l\n" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
@@ -2644,23 +2657,24 @@ var file_flowtrace_v1_flow_proto_depIdxs = []int32{
 	12, // 16: flowtrace.v1.Flow.encapsulation:type_name -> flowtrace.v1.Encapsulation
 	1,  // 17: flowtrace.v1.Flow.drop_cause:type_name -> flowtrace.v1.DropCause
 	16, // 18: flowtrace.v1.Flow.reverse_tcp_flags:type_name -> flowtrace.v1.TCPFlags
-	0,  // 19: flowtrace.v1.MTUInfo.event:type_name -> flowtrace.v1.MTUEvent
-	23, // 20: flowtrace.v1.MTUInfo.egress_interface:type_name -> flowtrace.v1.Interface
-	13, // 21: flowtrace.v1.MTUInfo.quoted_ip:type_name -> flowtrace.v1.IP
-	14, // 22: flowtrace.v1.MTUInfo.quoted_l4:type_name -> flowtrace.v1.Layer4
-	6,  // 23: flowtrace.v1.IP.ip_version:type_name -> flowtrace.v1.IPVersion
-	15, // 24: flowtrace.v1.Layer4.tcp:type_name -> flowtrace.v1.TCP
-	17, // 25: flowtrace.v1.Layer4.udp:type_name -> flowtrace.v1.UDP
-	19, // 26: flowtrace.v1.Layer4.icmpv4:type_name -> flowtrace.v1.ICMPv4
-	20, // 27: flowtrace.v1.Layer4.icmpv6:type_name -> flowtrace.v1.ICMPv6
-	18, // 28: flowtrace.v1.Layer4.sctp:type_name -> flowtrace.v1.SCTP
-	16, // 29: flowtrace.v1.TCP.flags:type_name -> flowtrace.v1.TCPFlags
-	22, // 30: flowtrace.v1.Endpoint.workload:type_name -> flowtrace.v1.Workload
-	31, // [31:31] is the sub-list for method output_type
-	31, // [31:31] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	24, // 19: flowtrace.v1.Flow.last_time:type_name -> google.protobuf.Timestamp
+	0,  // 20: flowtrace.v1.MTUInfo.event:type_name -> flowtrace.v1.MTUEvent
+	23, // 21: flowtrace.v1.MTUInfo.egress_interface:type_name -> flowtrace.v1.Interface
+	13, // 22: flowtrace.v1.MTUInfo.quoted_ip:type_name -> flowtrace.v1.IP
+	14, // 23: flowtrace.v1.MTUInfo.quoted_l4:type_name -> flowtrace.v1.Layer4
+	6,  // 24: flowtrace.v1.IP.ip_version:type_name -> flowtrace.v1.IPVersion
+	15, // 25: flowtrace.v1.Layer4.tcp:type_name -> flowtrace.v1.TCP
+	17, // 26: flowtrace.v1.Layer4.udp:type_name -> flowtrace.v1.UDP
+	19, // 27: flowtrace.v1.Layer4.icmpv4:type_name -> flowtrace.v1.ICMPv4
+	20, // 28: flowtrace.v1.Layer4.icmpv6:type_name -> flowtrace.v1.ICMPv6
+	18, // 29: flowtrace.v1.Layer4.sctp:type_name -> flowtrace.v1.SCTP
+	16, // 30: flowtrace.v1.TCP.flags:type_name -> flowtrace.v1.TCPFlags
+	22, // 31: flowtrace.v1.Endpoint.workload:type_name -> flowtrace.v1.Workload
+	32, // [32:32] is the sub-list for method output_type
+	32, // [32:32] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_flowtrace_v1_flow_proto_init() }
