@@ -609,13 +609,23 @@ func FoldText(f *flowtracev1.Flow) string {
 		return ""
 	}
 	s := "x" + strconv.FormatUint(uint64(n), 10)
-	if f.GetLastTime() == nil || f.GetTime() == nil {
-		return s
+	if span := FoldSpan(f); span != "" {
+		s += " over " + span
+	}
+	return s
+}
+
+// FoldSpan is how long a folded record's drops went on, from its time to
+// its last_time, rounded to what a reader can use ("48ms", "1.2s"); ""
+// without a span.
+func FoldSpan(f *flowtracev1.Flow) string {
+	if f.GetEventCount() <= 1 || f.GetLastTime() == nil || f.GetTime() == nil {
+		return ""
 	}
 	d := f.GetLastTime().AsTime().Sub(f.GetTime().AsTime())
 	switch {
 	case d <= 0:
-		return s
+		return ""
 	case d < time.Millisecond:
 		d = d.Round(time.Microsecond)
 	case d < 10*time.Millisecond:
@@ -625,7 +635,7 @@ func FoldText(f *flowtracev1.Flow) string {
 	default:
 		d = d.Round(100 * time.Millisecond)
 	}
-	return s + " over " + d.String()
+	return d.String()
 }
 
 // CountsText is a FORWARDED report's counts, "3 pkts 162 bytes", and on a

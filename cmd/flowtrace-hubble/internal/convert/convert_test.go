@@ -3,8 +3,10 @@ package convert
 import (
 	"strings"
 	"testing"
+	"time"
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 )
@@ -48,6 +50,15 @@ func TestFlowDrop(t *testing.T) {
 	nf.DestinationService = &flowtracev1.Service{Namespace: "shop", Name: "ghost"}
 	if f := Flow(nf, nil); f.GetDropReasonDesc() != flowpb.DropReason_SERVICE_BACKEND_NOT_FOUND || !strings.Contains(f.GetSummary(), "Service shop/ghost has no endpoints") {
 		t.Errorf("no endpoints: %v %q", f.GetDropReasonDesc(), f.GetSummary())
+	}
+
+	// A folded storm: its count and span, in the summary Hubble's CLI shows.
+	storm := policyDrop()
+	storm.EventCount = 2000
+	storm.Time = timestamppb.New(time.Date(2026, 12, 7, 4, 15, 23, 0, time.UTC))
+	storm.LastTime = timestamppb.New(storm.Time.AsTime().Add(48 * time.Millisecond))
+	if want := "kernel drop reason NETFILTER_DROP at nft_do_chain+0x3e8 on ftv-db; TCP Flags: SYN; 2000 packets over 48ms"; Flow(storm, nil).GetSummary() != want {
+		t.Errorf("storm summary %q, want %q", Flow(storm, nil).GetSummary(), want)
 	}
 }
 

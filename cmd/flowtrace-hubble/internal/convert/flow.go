@@ -17,6 +17,7 @@ import (
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/flowtrace/flowtrace/pkg/printer"
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 )
 
@@ -332,6 +333,9 @@ func dropSummary(f *flowtracev1.Flow) string {
 	count := ""
 	if n := f.GetEventCount(); n > 1 {
 		count = fmt.Sprintf("%d packets", n)
+		if span := printer.FoldSpan(f); span != "" {
+			count += " over " + span
+		}
 	}
 	return join(s, cause, tcpSummary(f.GetL4()), count)
 }
