@@ -95,6 +95,31 @@ func TestLabAgent(t *testing.T) {
 		}, dropped)
 	})
 
+	// ping as root uses a raw socket (a new netns allows no ICMP datagram
+	// socket): the kernel frees each reply it also handed the raw socket,
+	// as a drop. A working ping's replies must not read as lost.
+	t.Run("a root ping's echo replies are explained, not lost", func(t *testing.T) {
+		out, err := exec.Command("ip", "netns", "exec", frontend.Netns, "ping", "-c", "3", "-i", "0.2", "-W", "1", backend.IPv4.String()).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), " 0% packet loss") {
+			t.Fatalf("ping backend: %v\n%s", err, out)
+		}
+		replies := &flowtracev1.FlowFilter{Verdict: dropped.Verdict, Protocol: []string{"icmp"}, DestinationPod: []string{"shop/" + frontend.Name}}
+		a.waitFlows(t, "the echo replies' drops, explained", func(fs []*flowtracev1.Flow) bool {
+			var n uint32
+			for _, f := range fs {
+				if f.L4.GetIcmpv4().GetType() != 0 {
+					continue
+				}
+				if f.DropCause != flowtracev1.DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED {
+					t.Fatalf("an echo reply of a working ping reads as a plain drop: %s at %s, cause %v",
+						f.DropReasonKernel, f.DropLocation, f.DropCause)
+				}
+				n += f.EventCount
+			}
+			return n >= 3
+		}, replies)
+	})
+
 	t.Run("a 1000-packet connection yields a handful of events", func(t *testing.T) {
 		listen(t, l, "backend", 8080, func(c net.Conn) {
 			b := make([]byte, 100)

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -246,6 +247,9 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 			if s, ok := e.lookupService(e.serviceVIP(ev), uint16(svc.Port), ev.Proto); ok && s.NoEndpoints() {
 				f.DropCause = flowtracev1.DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS
 			}
+		}
+		if echoReplyUnclaimed(ev, f) {
+			f.DropCause = flowtracev1.DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED
 		}
 		f.Summary = bytesString(appendSummaryDrop(blk.summary[:0], f))
 	case decode.KindTranslated:
@@ -668,6 +672,27 @@ func protoName(p uint8) string {
 	return fmt.Sprintf("proto %d", p)
 }
 
+// echoReplyUnclaimed says whether f is an ICMP echo reply the kernel freed
+// because no ICMP datagram ("ping") socket asked for it. ping run as root
+// uses a raw socket, which gets its own copy of every reply before that:
+// each reply of a working ping otherwise read as a NO_SOCKET drop. From
+// 6.0 the kernel says so (NO_SOCKET); before, the reply is freed unnamed
+// (no reasons before 5.17, NOT_SPECIFIED after) where ICMP is received.
+func echoReplyUnclaimed(ev *decode.Event, f *flowtracev1.Flow) bool {
+	if !(ev.Proto == protoICMP && ev.ICMPType == 0) && !(ev.Proto == protoICMPv6 && ev.ICMPType == 129) {
+		return false
+	}
+	switch {
+	case f.DropReason == flowtracev1.DropReason_DROP_REASON_NO_SOCKET:
+		return true
+	case f.DropReason == flowtracev1.DropReason_DROP_REASON_NOT_SPECIFIED,
+		f.DropReason == flowtracev1.DropReason_DROP_REASON_UNKNOWN && f.DropReasonKernel == "UNKNOWN":
+		sym, _, _ := strings.Cut(f.DropLocation, "+")
+		return sym == "icmp_rcv" || sym == "icmpv6_rcv" || sym == "ping_rcv"
+	}
+	return false
+}
+
 func appendSummaryDrop(b []byte, f *flowtracev1.Flow) []byte {
 	b = append(b, "dropped: "...)
 	b = append(b, f.DropReasonKernel...)
@@ -677,6 +702,9 @@ func appendSummaryDrop(b []byte, f *flowtracev1.Flow) []byte {
 		b = append(b, '/')
 		b = append(b, f.DestinationService.GetName()...)
 		b = append(b, " has no endpoints)"...)
+	}
+	if f.DropCause == flowtracev1.DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED {
+		b = append(b, " (echo reply no ping socket asked for; a raw-socket ping got its own copy)"...)
 	}
 	if f.DropLocation != "" {
 		b = append(b, " at "...)

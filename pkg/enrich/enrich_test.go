@@ -286,3 +286,62 @@ func TestUUIDs(t *testing.T) {
 		}
 	}
 }
+
+type (
+	reasonTable map[uint32]dropreason.Reason
+	symTable    map[uint64]string
+)
+
+func (r reasonTable) Lookup(c uint32) dropreason.Reason { return r[c] }
+func (s symTable) Resolve(a uint64) string              { return s[a] }
+
+// An echo reply no ping socket asked for says why (a root ping's raw socket
+// had its copy), whichever way the kernel names the drop; other echo reply
+// drops and other NO_SOCKET drops keep no cause.
+func TestEchoReplyUnclaimed(t *testing.T) {
+	const noSocket, notSpecified, none, filtered = 3, 2, 0, 77
+	reasons := reasonTable{
+		noSocket:     {Code: noSocket, Kernel: "NO_SOCKET", Stable: flowtracev1.DropReason_DROP_REASON_NO_SOCKET},
+		notSpecified: {Code: notSpecified, Kernel: "NOT_SPECIFIED", Stable: flowtracev1.DropReason_DROP_REASON_NOT_SPECIFIED},
+		none:         {Code: none, Kernel: "UNKNOWN", Stable: flowtracev1.DropReason_DROP_REASON_UNKNOWN},
+		filtered:     {Code: filtered, Kernel: "NETFILTER_DROP", Stable: flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP},
+		99:           {Code: 99, Kernel: "SOME_NEW_REASON", Stable: flowtracev1.DropReason_DROP_REASON_UNKNOWN},
+	}
+	const pingRcv, icmpRcv, icmpv6Rcv, nfHook = 1, 2, 3, 4
+	syms := symTable{pingRcv: "ping_rcv+0xb3", icmpRcv: "icmp_rcv+0x1f2", icmpv6Rcv: "icmpv6_rcv+0x2a0", nfHook: "nft_do_chain+0x46f"}
+	e := New("n1", ids, reasons, syms, fakeIfaces{})
+	v6 := netip.MustParseAddr("fd00::10")
+	for _, c := range []struct {
+		name      string
+		proto     uint8
+		icmpType  uint8
+		reason    uint32
+		location  uint64
+		unclaimed bool
+	}{
+		{"6.0+: ping_rcv's NO_SOCKET", 1, 0, noSocket, pingRcv, true},
+		{"IPv6 echo reply, NO_SOCKET", 58, 129, noSocket, pingRcv, true},
+		{"5.17-5.19: NOT_SPECIFIED in icmp_rcv", 1, 0, notSpecified, icmpRcv, true},
+		{"before 5.17: no reason, in icmpv6_rcv", 58, 129, none, icmpv6Rcv, true},
+		{"no reason, elsewhere", 1, 0, none, nfHook, false},
+		{"a reason newer than flowtrace in icmp_rcv", 1, 0, 99, icmpRcv, false},
+		{"a policy drop of an echo reply", 1, 0, filtered, nfHook, false},
+		{"an echo request to nobody", 1, 8, noSocket, pingRcv, false},
+		{"UDP to a closed port", 17, 0, noSocket, nfHook, false},
+	} {
+		src, dst, ipv := frontend, db, uint8(4)
+		if c.proto == 58 {
+			src, dst, ipv = v6, v6, 6
+		}
+		ev := &decode.Event{Kind: decode.KindDrop, IPVersion: ipv, Src: src, Dst: dst, Proto: c.proto, ICMPType: c.icmpType,
+			DropReason: c.reason, Location: c.location, Ifindex: 7, Count: 1}
+		f := e.Flow(ev)
+		got := f.DropCause == flowtracev1.DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED
+		if got != c.unclaimed {
+			t.Errorf("%s: cause %v (reason %s at %s)", c.name, f.DropCause, f.DropReasonKernel, f.DropLocation)
+		}
+		if got != strings.Contains(f.Summary, "raw-socket ping got its own copy") {
+			t.Errorf("%s: summary %q", c.name, f.Summary)
+		}
+	}
+}

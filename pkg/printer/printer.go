@@ -561,7 +561,7 @@ func ReasonText(f *flowtracev1.Flow) string {
 	default:
 		reason = kernel + ", " + ours
 	}
-	cause := causeText(f)
+	cause := CauseText(f)
 	switch {
 	case cause == "":
 		return reason
@@ -571,7 +571,9 @@ func ReasonText(f *flowtracev1.Flow) string {
 	return reason + ": " + cause
 }
 
-func causeText(f *flowtracev1.Flow) string {
+// CauseText is what flowtrace knows about why a drop happened beyond the
+// kernel's reason ("Service shop/ghost has no endpoints"), or "".
+func CauseText(f *flowtracev1.Flow) string {
 	switch f.GetDropCause() {
 	case flowtracev1.DropCause_DROP_CAUSE_UNSPECIFIED:
 		return ""
@@ -580,6 +582,8 @@ func causeText(f *flowtracev1.Flow) string {
 			return "Service " + svc + " has no endpoints"
 		}
 		return "Service " + hostPort(dash(f.GetIp().GetDestination()), dstPort(f)) + " has no endpoints"
+	case flowtracev1.DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED:
+		return "echo reply no ping socket asked for; a raw-socket ping got its own copy"
 	}
 	return strings.TrimPrefix(f.GetDropCause().String(), "DROP_CAUSE_")
 }

@@ -87,6 +87,11 @@ const (
 	// DROP_CAUSE_SERVICE_NO_ENDPOINTS: the destination is a Service VIP with no
 	// endpoints (kube-proxy rejects such traffic).
 	DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS DropCause = 1
+	// DROP_CAUSE_ECHO_REPLY_UNCLAIMED: an ICMP echo reply no ICMP datagram
+	// ("ping") socket asked for. A ping on a raw socket (ping run as root or
+	// with CAP_NET_RAW) is handed its own copy of every reply before the
+	// kernel frees this one: the reply was not lost if that ping counted it.
+	DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED DropCause = 2
 )
 
 // Enum value maps for DropCause.
@@ -94,10 +99,12 @@ var (
 	DropCause_name = map[int32]string{
 		0: "DROP_CAUSE_UNSPECIFIED",
 		1: "DROP_CAUSE_SERVICE_NO_ENDPOINTS",
+		2: "DROP_CAUSE_ECHO_REPLY_UNCLAIMED",
 	}
 	DropCause_value = map[string]int32{
 		"DROP_CAUSE_UNSPECIFIED":          0,
 		"DROP_CAUSE_SERVICE_NO_ENDPOINTS": 1,
+		"DROP_CAUSE_ECHO_REPLY_UNCLAIMED": 2,
 	}
 )
 
@@ -2433,10 +2440,11 @@ const file_flowtrace_v1_flow_proto_rawDesc = "" +
 	"\x15MTU_EVENT_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12MTU_EVENT_EXCEEDED\x10\x01\x12\x1e\n" +
 	"\x1aMTU_EVENT_ICMP_FRAG_NEEDED\x10\x02\x12#\n" +
-	"\x1fMTU_EVENT_ICMPV6_PACKET_TOO_BIG\x10\x03*L\n" +
+	"\x1fMTU_EVENT_ICMPV6_PACKET_TOO_BIG\x10\x03*q\n" +
 	"\tDropCause\x12\x1a\n" +
 	"\x16DROP_CAUSE_UNSPECIFIED\x10\x00\x12#\n" +
-	"\x1fDROP_CAUSE_SERVICE_NO_ENDPOINTS\x10\x01*\x80\x01\n" +
+	"\x1fDROP_CAUSE_SERVICE_NO_ENDPOINTS\x10\x01\x12#\n" +
+	"\x1fDROP_CAUSE_ECHO_REPLY_UNCLAIMED\x10\x02*\x80\x01\n" +
 	"\aVerdict\x12\x17\n" +
 	"\x13VERDICT_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11VERDICT_FORWARDED\x10\x01\x12\x13\n" +

@@ -52,6 +52,15 @@ func TestFlowDrop(t *testing.T) {
 		t.Errorf("no endpoints: %v %q", f.GetDropReasonDesc(), f.GetSummary())
 	}
 
+	// A root ping's echo reply: why it is no loss.
+	echo := policyDrop()
+	echo.DropReason, echo.DropReasonKernel, echo.DropLocation = flowtracev1.DropReason_DROP_REASON_NO_SOCKET, "NO_SOCKET", "ping_rcv+0xb3"
+	echo.L4 = &flowtracev1.Layer4{Protocol: &flowtracev1.Layer4_Icmpv4{Icmpv4: &flowtracev1.ICMPv4{Type: 0}}}
+	echo.DropCause = flowtracev1.DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED
+	if got := Flow(echo, nil).GetSummary(); !strings.Contains(got, "kernel drop reason NO_SOCKET at ping_rcv+0xb3 on ftv-db; echo reply no ping socket asked for; a raw-socket ping got its own copy") {
+		t.Errorf("echo reply summary %q", got)
+	}
+
 	// A folded storm: its count and span, in the summary Hubble's CLI shows.
 	storm := policyDrop()
 	storm.EventCount = 2000

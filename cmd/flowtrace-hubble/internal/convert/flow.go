@@ -326,10 +326,7 @@ func dropSummary(f *flowtracev1.Flow) string {
 	if n := f.GetInterface().GetName(); n != "" {
 		s += " on " + n
 	}
-	cause := ""
-	if f.GetDropCause() == flowtracev1.DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS {
-		cause = fmt.Sprintf("Service %s/%s has no endpoints", f.GetDestinationService().GetNamespace(), f.GetDestinationService().GetName())
-	}
+	cause := printer.CauseText(f)
 	count := ""
 	if n := f.GetEventCount(); n > 1 {
 		count = fmt.Sprintf("%d packets", n)
