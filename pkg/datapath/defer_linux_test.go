@@ -77,23 +77,38 @@ func TestFirstReportHeld(t *testing.T) {
 			nil, []decode.FlowReason{decode.ReasonNew}, 0, 0, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d, held := loadDeferred(t, Config{FlowReportInterval: 4 * deferTestDelay, FirstReportDelay: deferTestDelay})
 			pinCPU(t, -1)
-			first := uint64(bootNs())
-			start := time.Now()
-			for _, p := range tc.pkts {
-				switch {
-				case p.udp:
-					run(t, d.Egress(), cat(eth(0x0800), ipv4(17, "10.1.0.1", "10.1.0.2", 0, nil, udp(53000, 53, make([]byte, 20)))))
-				case p.reply:
-					run(t, d.Ingress(), replyFrame(51000, p.flags, 0))
-				default:
-					run(t, d.Egress(), tcpFrame(51000, p.flags, 0))
+			var d *Datapath
+			var held bool
+			var first uint64
+			var sent time.Duration
+			// The packets must all be in well within the delay. A busy
+			// machine (a qemu guest beside another) can stall a send for
+			// tens of milliseconds: try again on a fresh datapath, whose
+			// tables the slow attempt has not touched.
+			for attempt := 1; ; attempt++ {
+				d, held = loadDeferred(t, Config{FlowReportInterval: 4 * deferTestDelay, FirstReportDelay: deferTestDelay})
+				first = uint64(bootNs())
+				start := time.Now()
+				for _, p := range tc.pkts {
+					switch {
+					case p.udp:
+						run(t, d.Egress(), cat(eth(0x0800), ipv4(17, "10.1.0.1", "10.1.0.2", 0, nil, udp(53000, 53, make([]byte, 20)))))
+					case p.reply:
+						run(t, d.Ingress(), replyFrame(51000, p.flags, 0))
+					default:
+						run(t, d.Egress(), tcpFrame(51000, p.flags, 0))
+					}
 				}
-			}
-			sent := time.Since(start)
-			if sent > deferTestDelay/2 {
-				testutil.SkipOrFail(t, fmt.Sprintf("sending took %v, too close to the delay %v to tell", sent, deferTestDelay))
+				sent = time.Since(start)
+				if sent <= deferTestDelay/2 {
+					break
+				}
+				if attempt == 5 {
+					testutil.SkipOrFail(t, fmt.Sprintf("sending took %v (and as long in %d attempts before), too close to the delay %v to tell",
+						sent, attempt-1, deferTestDelay))
+				}
+				t.Logf("attempt %d: sending took %v, too close to the delay %v to tell; again", attempt, sent, deferTestDelay)
 			}
 			now := drain(t, d)
 			time.Sleep(deferTestDelay + 40*time.Millisecond)
