@@ -241,7 +241,7 @@ func TestLabAgent(t *testing.T) {
 				for _, f := range rsts {
 					t.Logf("flow: %v", f)
 				}
-				t.Fatalf("attempt %d: %d of the RST's reports carry the server's FIN, and the FIN is in no held NEW", attempt, n)
+				t.Fatalf("attempt %d: %d of the RST's reports carry the server's FIN (the FIN in a held NEW: %v)", attempt, n, finHeld)
 			}
 			t.Logf("attempt %d: the connection outlived the first-report delay after the server's FIN; again", attempt)
 		}
