@@ -248,8 +248,11 @@ func (e *Enricher) Flow(ev *decode.Event) *flowtracev1.Flow {
 				f.DropCause = flowtracev1.DropCause_DROP_CAUSE_SERVICE_NO_ENDPOINTS
 			}
 		}
-		if echoReplyUnclaimed(ev, f) {
+		switch {
+		case echoReplyUnclaimed(ev, f):
 			f.DropCause = flowtracev1.DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED
+		case multicastNotJoined(ev, f):
+			f.DropCause = flowtracev1.DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED
 		}
 		f.Summary = bytesString(appendSummaryDrop(blk.summary[:0], f))
 	case decode.KindTranslated:
@@ -685,10 +688,46 @@ func echoReplyUnclaimed(ev *decode.Event, f *flowtracev1.Flow) bool {
 	switch {
 	case f.DropReason == flowtracev1.DropReason_DROP_REASON_NO_SOCKET:
 		return true
-	case f.DropReason == flowtracev1.DropReason_DROP_REASON_NOT_SPECIFIED,
-		f.DropReason == flowtracev1.DropReason_DROP_REASON_UNKNOWN && f.DropReasonKernel == "UNKNOWN":
-		sym, _, _ := strings.Cut(f.DropLocation, "+")
+	case unnamedDrop(f):
+		sym := dropSymbol(f)
 		return sym == "icmp_rcv" || sym == "icmpv6_rcv" || sym == "ping_rcv"
+	}
+	return false
+}
+
+// unnamedDrop says whether the kernel freed f without naming why: no
+// reason before 5.17, NOT_SPECIFIED (a plain kfree_skb) after.
+func unnamedDrop(f *flowtracev1.Flow) bool {
+	return f.DropReason == flowtracev1.DropReason_DROP_REASON_NOT_SPECIFIED ||
+		f.DropReason == flowtracev1.DropReason_DROP_REASON_UNKNOWN && f.DropReasonKernel == "UNKNOWN"
+}
+
+// dropSymbol is the function f's drop location names, without its offset
+// or the compiler's suffixes (".isra.0", ".constprop.0"), which vary with
+// the kernel's build.
+func dropSymbol(f *flowtracev1.Flow) string {
+	sym, _, _ := strings.Cut(f.DropLocation, "+")
+	sym, _, _ = strings.Cut(sym, ".")
+	return sym
+}
+
+// multicastNotJoined says whether f is a multicast packet freed because
+// nothing in the receiving namespace joined its group: every host of a
+// link receives its multicast (the MLD reports each interface sends to
+// ff02::16 when it comes up, for one), and a host that did not ask for it
+// frees it unnamed where IP takes it in: ip6_mc_input for IPv6; for IPv4
+// the multicast route lookup in ip_rcv_finish_core (a source the kernel
+// refuses is IP_INVALID_SOURCE there, not unnamed), inlined into its
+// callers on some builds. A multicast router here would forward it instead.
+func multicastNotJoined(ev *decode.Event, f *flowtracev1.Flow) bool {
+	if !ev.Dst.IsMulticast() || !unnamedDrop(f) {
+		return false
+	}
+	switch dropSymbol(f) {
+	case "ip6_mc_input":
+		return ev.IPVersion == 6
+	case "ip_rcv_finish_core", "ip_rcv_finish", "ip_list_rcv_finish":
+		return ev.IPVersion == 4
 	}
 	return false
 }
@@ -703,8 +742,11 @@ func appendSummaryDrop(b []byte, f *flowtracev1.Flow) []byte {
 		b = append(b, f.DestinationService.GetName()...)
 		b = append(b, " has no endpoints)"...)
 	}
-	if f.DropCause == flowtracev1.DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED {
+	switch f.DropCause {
+	case flowtracev1.DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED:
 		b = append(b, " (echo reply no ping socket asked for; a raw-socket ping got its own copy)"...)
+	case flowtracev1.DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED:
+		b = append(b, " (multicast group nothing here joined)"...)
 	}
 	if f.DropLocation != "" {
 		b = append(b, " at "...)

@@ -345,3 +345,60 @@ func TestEchoReplyUnclaimed(t *testing.T) {
 		}
 	}
 }
+
+// A multicast packet freed unnamed where IP takes it in is one nothing
+// here joined the group of, on either IP version and whatever suffix the
+// kernel's build gave the function; a multicast packet dropped by policy
+// or for a named reason, and a unicast packet freed there, are not.
+func TestMulticastNotJoined(t *testing.T) {
+	const notSpecified, none, filtered, badSource = 2, 0, 77, 78
+	reasons := reasonTable{
+		notSpecified: {Code: notSpecified, Kernel: "NOT_SPECIFIED", Stable: flowtracev1.DropReason_DROP_REASON_NOT_SPECIFIED},
+		none:         {Code: none, Kernel: "UNKNOWN", Stable: flowtracev1.DropReason_DROP_REASON_UNKNOWN},
+		filtered:     {Code: filtered, Kernel: "NETFILTER_DROP", Stable: flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP},
+		badSource:    {Code: badSource, Kernel: "IP_INVALID_SOURCE", Stable: flowtracev1.DropReason_DROP_REASON_UNKNOWN},
+	}
+	const mc6, rcv4, rcv4Inlined, rcv4List, nfHook, icmp6 = 1, 2, 3, 4, 5, 6
+	syms := symTable{mc6: "ip6_mc_input+0xd4", rcv4: "ip_rcv_finish_core+0x260", rcv4Inlined: "ip_rcv_finish.isra.0+0x1c1",
+		rcv4List: "ip_list_rcv_finish.constprop.0+0x9a", nfHook: "nft_do_chain+0x46f", icmp6: "icmpv6_rcv+0x2a0"}
+	e := New("n1", ids, reasons, syms, fakeIfaces{})
+	mld, group4, uni6 := netip.MustParseAddr("ff02::16"), netip.MustParseAddr("239.1.2.3"), netip.MustParseAddr("fd00::10")
+	for _, c := range []struct {
+		name     string
+		dst      netip.Addr
+		proto    uint8
+		reason   uint32
+		location uint64
+		want     bool
+	}{
+		{"an MLD report at ip6_mc_input", mld, 58, notSpecified, mc6, true},
+		{"IPv4 UDP to a group, route lookup", group4, 17, notSpecified, rcv4, true},
+		{"before 5.17: no reason, inlined caller", group4, 17, none, rcv4Inlined, true},
+		{"the list receive path", group4, 17, notSpecified, rcv4List, true},
+		{"a policy drop of multicast", group4, 17, filtered, nfHook, false},
+		{"a refused source", group4, 17, badSource, rcv4, false},
+		{"multicast freed in ICMPv6", mld, 58, notSpecified, icmp6, false},
+		{"unicast freed at ip6_mc_input's place", uni6, 17, notSpecified, mc6, false},
+		{"IPv6 at IPv4's function", mld, 17, notSpecified, rcv4, false},
+	} {
+		ipv := uint8(4)
+		if c.dst.Is6() {
+			ipv = 6
+		}
+		ev := &decode.Event{Kind: decode.KindDrop, IPVersion: ipv, Dst: c.dst, Proto: c.proto,
+			DropReason: c.reason, Location: c.location, Ifindex: 7, Count: 1}
+		if ipv == 4 {
+			ev.Src = frontend
+		} else {
+			ev.Src = uni6
+		}
+		f := e.Flow(ev)
+		got := f.DropCause == flowtracev1.DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED
+		if got != c.want {
+			t.Errorf("%s: cause %v (reason %s at %s)", c.name, f.DropCause, f.DropReasonKernel, f.DropLocation)
+		}
+		if got != strings.Contains(f.Summary, "multicast group nothing here joined") {
+			t.Errorf("%s: summary %q", c.name, f.Summary)
+		}
+	}
+}

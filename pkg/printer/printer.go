@@ -584,6 +584,8 @@ func CauseText(f *flowtracev1.Flow) string {
 		return "Service " + hostPort(dash(f.GetIp().GetDestination()), dstPort(f)) + " has no endpoints"
 	case flowtracev1.DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED:
 		return "echo reply no ping socket asked for; a raw-socket ping got its own copy"
+	case flowtracev1.DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED:
+		return "multicast group nothing here joined"
 	}
 	return strings.TrimPrefix(f.GetDropCause().String(), "DROP_CAUSE_")
 }

@@ -92,6 +92,13 @@ const (
 	// with CAP_NET_RAW) is handed its own copy of every reply before the
 	// kernel frees this one: the reply was not lost if that ping counted it.
 	DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED DropCause = 2
+	// DROP_CAUSE_MULTICAST_NOT_JOINED: a multicast packet for a group that no
+	// socket in the receiving namespace joined (an MLD report to ff02::16 at
+	// every host that is not a multicast router, a stream nobody listens to
+	// here). Multicast reaches every host of the link, and a host frees what
+	// it has not asked for: normal, not a fault, unless a listener here
+	// should have joined the group.
+	DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED DropCause = 3
 )
 
 // Enum value maps for DropCause.
@@ -100,11 +107,13 @@ var (
 		0: "DROP_CAUSE_UNSPECIFIED",
 		1: "DROP_CAUSE_SERVICE_NO_ENDPOINTS",
 		2: "DROP_CAUSE_ECHO_REPLY_UNCLAIMED",
+		3: "DROP_CAUSE_MULTICAST_NOT_JOINED",
 	}
 	DropCause_value = map[string]int32{
 		"DROP_CAUSE_UNSPECIFIED":          0,
 		"DROP_CAUSE_SERVICE_NO_ENDPOINTS": 1,
 		"DROP_CAUSE_ECHO_REPLY_UNCLAIMED": 2,
+		"DROP_CAUSE_MULTICAST_NOT_JOINED": 3,
 	}
 )
 
@@ -2440,11 +2449,12 @@ const file_flowtrace_v1_flow_proto_rawDesc = "" +
 	"\x15MTU_EVENT_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12MTU_EVENT_EXCEEDED\x10\x01\x12\x1e\n" +
 	"\x1aMTU_EVENT_ICMP_FRAG_NEEDED\x10\x02\x12#\n" +
-	"\x1fMTU_EVENT_ICMPV6_PACKET_TOO_BIG\x10\x03*q\n" +
+	"\x1fMTU_EVENT_ICMPV6_PACKET_TOO_BIG\x10\x03*\x96\x01\n" +
 	"\tDropCause\x12\x1a\n" +
 	"\x16DROP_CAUSE_UNSPECIFIED\x10\x00\x12#\n" +
 	"\x1fDROP_CAUSE_SERVICE_NO_ENDPOINTS\x10\x01\x12#\n" +
-	"\x1fDROP_CAUSE_ECHO_REPLY_UNCLAIMED\x10\x02*\x80\x01\n" +
+	"\x1fDROP_CAUSE_ECHO_REPLY_UNCLAIMED\x10\x02\x12#\n" +
+	"\x1fDROP_CAUSE_MULTICAST_NOT_JOINED\x10\x03*\x80\x01\n" +
 	"\aVerdict\x12\x17\n" +
 	"\x13VERDICT_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11VERDICT_FORWARDED\x10\x01\x12\x13\n" +
