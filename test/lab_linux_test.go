@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -118,6 +119,61 @@ func TestLabAgent(t *testing.T) {
 			}
 			return n >= 3
 		}, replies)
+	})
+
+	// Multicast reaches every host of the link (the MLD reports each new
+	// interface sends, for one), and each host frees what no socket of its
+	// asked for: those frees must say so, and a user must be able to hide
+	// them.
+	t.Run("multicast nothing joined is explained, and can be hidden", func(t *testing.T) {
+		groups := []netip.AddrPort{netip.MustParseAddrPort("239.255.70.1:5000")}
+		if frontend.IPv6.IsValid() {
+			groups = append(groups, netip.AddrPortFrom(netip.MustParseAddr("ff02::4654").WithZone("eth0"), 5000))
+		}
+		err := l.Do(frontend.Netns, func() error {
+			for _, g := range groups {
+				c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(g))
+				if err != nil {
+					return err
+				}
+				for range 3 {
+					if _, err := c.Write([]byte("multicast")); err != nil {
+						c.Close()
+						return err
+					}
+				}
+				c.Close()
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("send multicast from %s: %v", frontend.Name, err)
+		}
+		for _, g := range groups {
+			to := g.Addr().WithZone("").String()
+			fs := a.waitFlows(t, "the drops of "+to+", explained", func(fs []*flowtracev1.Flow) bool {
+				for _, f := range fs {
+					if f.DropCause != flowtracev1.DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED {
+						t.Fatalf("a multicast datagram nothing joined reads as a plain drop: %s at %s, cause %v",
+							f.DropReasonKernel, f.DropLocation, f.DropCause)
+					}
+				}
+				return len(fs) > 0
+			}, &flowtracev1.FlowFilter{Verdict: dropped.Verdict, DestinationIp: []string{to}, Protocol: []string{"udp"}})
+			t.Logf("%s: %d drop records, e.g. %s", to, len(fs), fs[0].Summary)
+
+			// As a user types it: shown when asked for, hidden by --not.
+			out, err := exec.Command(flowtraceBin, "observe", "--server", a.sock, "--verdict", "DROPPED", "--to-ip", to,
+				"--drop-cause", "multicast-not-joined").CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "multicast group nothing here joined") {
+				t.Errorf("observe --drop-cause multicast-not-joined: %v\n%s", err, out)
+			}
+			out, err = exec.Command(flowtraceBin, "observe", "--server", a.sock, "--verdict", "DROPPED", "--to-ip", to,
+				"--not", "--drop-cause", "multicast-not-joined").CombinedOutput()
+			if err != nil || strings.TrimSpace(string(out)) != "" {
+				t.Errorf("observe --not --drop-cause multicast-not-joined still shows drops: %v\n%s", err, out)
+			}
+		}
 	})
 
 	t.Run("a 1000-packet connection yields a handful of events", func(t *testing.T) {

@@ -55,7 +55,7 @@ type observeOpts struct {
 
 // filterOpts is one list's worth of filter flags (allowlist or denylist).
 type filterOpts struct {
-	verdicts, dropReasons, protocols, interfaces []string
+	verdicts, dropReasons, dropCauses, protocols, interfaces []string
 
 	pods, fromPods, toPods                   []string
 	namespaces, fromNamespaces, toNamespaces []string
@@ -202,6 +202,9 @@ func (o *observeOpts) bindFlags(cmd *cobra.Command) {
 	}
 	add("verdict", "verdict: "+strings.Join(enumNames(flowtracev1.Verdict_name, "VERDICT_"), ", "), true, func(x *filterOpts) *[]string { return &x.verdicts })
 	add("drop-reason", "drop reason, e.g. NETFILTER_DROP, NO_SOCKET", true, func(x *filterOpts) *[]string { return &x.dropReasons })
+	add("drop-cause", "flowtrace's explanation of a drop: "+strings.Join(lower(dropCauseNames()), ", ")+
+		` ("none": drops it has none for); e.g. --not --drop-cause multicast-not-joined hides drops that are not faults`,
+		true, func(x *filterOpts) *[]string { return &x.dropCauses })
 	add("protocol", "protocol: "+strings.Join(filters.Protocols(), ", "), true, func(x *filterOpts) *[]string { return &x.protocols })
 	add("interface", `interface name, "prefix*", or "name@netns" as flows print it (eth0@shop/db-0)`, true, func(x *filterOpts) *[]string { return &x.interfaces })
 	add("pod", "pod at either end: namespace/name-prefix, namespace/, or name-prefix", true, func(x *filterOpts) *[]string { return &x.pods })
@@ -239,6 +242,7 @@ func (o *observeOpts) bindFlags(cmd *cobra.Command) {
 	for name, vals := range map[string][]string{
 		"verdict":           lower(enumNames(flowtracev1.Verdict_name, "VERDICT_")),
 		"drop-reason":       lower(enumNames(flowtracev1.DropReason_name, "DROP_REASON_")),
+		"drop-cause":        lower(dropCauseNames()),
 		"protocol":          filters.Protocols(),
 		"output":            printer.Formats(),
 		"traffic-direction": lower(enumNames(flowtracev1.TrafficDirection_name, "TRAFFIC_DIRECTION_")),
@@ -389,6 +393,13 @@ func (o *filterOpts) filters(neg string) ([]*flowtracev1.FlowFilter, error) {
 		}
 		common.DropReason = append(common.DropReason, flowtracev1.DropReason(n))
 	}
+	for _, v := range o.dropCauses {
+		c, err := parseDropCause(neg+"--drop-cause", v)
+		if err != nil {
+			return nil, err
+		}
+		common.DropCause = append(common.DropCause, c)
+	}
 	for _, v := range o.directions {
 		n, err := parseEnum(neg+"--traffic-direction", v, "TRAFFIC_DIRECTION_", flowtracev1.TrafficDirection_value, flowtracev1.TrafficDirection_name)
 		if err != nil {
@@ -537,6 +548,23 @@ func parseEnum(flag, v, prefix string, values map[string]int32, names map[int32]
 		return n, nil
 	}
 	return 0, usageErrorf("invalid %s %q: valid values are %s", flag, v, strings.Join(enumNames(names, prefix), ", "))
+}
+
+// dropCauseNames are --drop-cause's values: the causes, and "NONE" for a
+// drop flowtrace has no explanation for (DROP_CAUSE_UNSPECIFIED).
+func dropCauseNames() []string {
+	return append(enumNames(flowtracev1.DropCause_name, "DROP_CAUSE_"), "NONE")
+}
+
+func parseDropCause(flag, v string) (flowtracev1.DropCause, error) {
+	if strings.EqualFold(strings.TrimSpace(v), "none") {
+		return flowtracev1.DropCause_DROP_CAUSE_UNSPECIFIED, nil
+	}
+	n, err := parseEnum(flag, v, "DROP_CAUSE_", flowtracev1.DropCause_value, flowtracev1.DropCause_name)
+	if err != nil {
+		return 0, usageErrorf("invalid %s %q: valid values are %s", flag, v, strings.Join(dropCauseNames(), ", "))
+	}
+	return flowtracev1.DropCause(n), nil
 }
 
 // enumNames lists an enum's names without prefix and UNSPECIFIED, by number.

@@ -61,6 +61,13 @@ func TestObserveFlagsToRequest(t *testing.T) {
 			Verdict:    []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_DROPPED, flowtracev1.Verdict_VERDICT_FORWARDED, flowtracev1.Verdict_VERDICT_TRANSLATED},
 			DropReason: []flowtracev1.DropReason{flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP},
 		}}}},
+		{"drop causes, and none", []string{"--verdict", "dropped", "--drop-cause", "echo-reply-unclaimed,NONE", "--not", "--drop-cause", "DROP_CAUSE_MULTICAST_NOT_JOINED"}, &flowtracev1.GetFlowsRequest{Number: 20,
+			Allowlist: []*flowtracev1.FlowFilter{{
+				Verdict:   []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_DROPPED},
+				DropCause: []flowtracev1.DropCause{flowtracev1.DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED, flowtracev1.DropCause_DROP_CAUSE_UNSPECIFIED},
+			}},
+			Denylist: []*flowtracev1.FlowFilter{{DropCause: []flowtracev1.DropCause{flowtracev1.DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED}}},
+		}},
 		{"directional only: one filter", []string{"--from-pod", "shop/frontend", "--to-port", "5432", "--protocol", "TCP", "--to-ip", "10.0.0.0/8"}, &flowtracev1.GetFlowsRequest{Number: 20, Allowlist: []*flowtracev1.FlowFilter{{
 			SourcePod: []string{"shop/frontend"}, DestinationPort: []uint32{5432}, Protocol: []string{"tcp"}, DestinationIp: []string{"10.0.0.0/8"},
 		}}}},
@@ -111,6 +118,7 @@ func TestObserveUsageErrors(t *testing.T) {
 		{[]string{"--verdict", "blocked"}, `invalid --verdict "blocked": valid values are FORWARDED, DROPPED, TRANSLATED, MTU_EXCEEDED`},
 		{[]string{"--verdict", "unspecified"}, `invalid --verdict "unspecified"`},
 		{[]string{"--drop-reason", "nope"}, `invalid --drop-reason "nope": valid values are UNKNOWN, NOT_SPECIFIED, NO_SOCKET,`},
+		{[]string{"--drop-cause", "unspecified"}, `invalid --drop-cause "unspecified": valid values are SERVICE_NO_ENDPOINTS, ECHO_REPLY_UNCLAIMED, MULTICAST_NOT_JOINED, NONE`},
 		{[]string{"--protocol", "gre"}, `invalid --protocol "gre": valid values are tcp, udp, sctp, icmp, icmpv4, icmpv6`},
 		{[]string{"-o", "yaml"}, `invalid --output "yaml": valid values are compact, dict, json, table`},
 		{[]string{"--since", "yesterday"}, `invalid --since "yesterday": want RFC3339`},

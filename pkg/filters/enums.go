@@ -25,6 +25,26 @@ func buildVerdict(ff *flowtracev1.FlowFilter) (predicate, error) {
 	}, nil
 }
 
+// buildDropCause matches flowtrace's explanation of a drop; UNSPECIFIED
+// is a valid value: the drops flowtrace has no explanation for.
+func buildDropCause(ff *flowtracev1.FlowFilter) (predicate, error) {
+	cs := ff.GetDropCause()
+	if len(cs) == 0 {
+		return nil, nil
+	}
+	var mask uint64
+	for _, c := range cs {
+		if _, ok := flowtracev1.DropCause_name[int32(c)]; !ok || c >= 64 {
+			return nil, fmt.Errorf("%d is not a known drop cause", int32(c))
+		}
+		mask |= 1 << uint(c)
+	}
+	return func(f *flowtracev1.Flow) bool {
+		c := f.GetDropCause()
+		return c >= 0 && c < 64 && mask&(1<<uint(c)) != 0
+	}, nil
+}
+
 func buildDropReason(ff *flowtracev1.FlowFilter) (predicate, error) {
 	rs := ff.GetDropReason()
 	if len(rs) == 0 {

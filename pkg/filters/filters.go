@@ -93,6 +93,7 @@ type fieldBuilder struct {
 var fieldBuilders = [...]fieldBuilder{
 	{"verdict", buildVerdict},
 	{"drop_reason", buildDropReason},
+	{"drop_cause", buildDropCause},
 	{"source_pod", func(ff *flowtracev1.FlowFilter) (predicate, error) {
 		return buildPod(ff.GetSourcePod(), (*flowtracev1.Flow).GetSource)
 	}},

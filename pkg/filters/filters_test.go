@@ -24,6 +24,16 @@ func tcpFlow() *flowtracev1.Flow {
 	}
 }
 
+// multicastDrop is an MLD report a host that did not join ff02::16 freed.
+func multicastDrop() *flowtracev1.Flow {
+	return &flowtracev1.Flow{
+		Verdict:    flowtracev1.Verdict_VERDICT_DROPPED,
+		DropReason: flowtracev1.DropReason_DROP_REASON_NOT_SPECIFIED,
+		DropCause:  flowtracev1.DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED,
+		Ip:         &flowtracev1.IP{Source: "fe80::1", Destination: "ff02::16", IpVersion: flowtracev1.IPVersion_IP_VERSION_IPV6},
+	}
+}
+
 func udp6Flow() *flowtracev1.Flow {
 	return &flowtracev1.Flow{
 		Verdict: flowtracev1.Verdict_VERDICT_FORWARDED,
@@ -97,6 +107,11 @@ func TestMatch(t *testing.T) {
 		{"verdict OR", []*ff{{Verdict: []flowtracev1.Verdict{flowtracev1.Verdict_VERDICT_FORWARDED, flowtracev1.Verdict_VERDICT_DROPPED}}}, nil, tcpFlow(), true},
 		{"drop reason", []*ff{{DropReason: []flowtracev1.DropReason{flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP}}}, nil, tcpFlow(), true},
 		{"drop reason miss", []*ff{{DropReason: []flowtracev1.DropReason{flowtracev1.DropReason_DROP_REASON_NO_SOCKET}}}, nil, tcpFlow(), false},
+		{"drop cause none: an unexplained drop", []*ff{{DropCause: []flowtracev1.DropCause{flowtracev1.DropCause_DROP_CAUSE_UNSPECIFIED}}}, nil, tcpFlow(), true},
+		{"drop cause miss", []*ff{{DropCause: []flowtracev1.DropCause{flowtracev1.DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED}}}, nil, tcpFlow(), false},
+		{"drop cause match", []*ff{{DropCause: []flowtracev1.DropCause{flowtracev1.DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED, flowtracev1.DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED}}}, nil, multicastDrop(), true},
+		{"deny a drop cause keeps the rest", nil, []*ff{{DropCause: []flowtracev1.DropCause{flowtracev1.DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED}}}, tcpFlow(), true},
+		{"deny a drop cause", nil, []*ff{{DropCause: []flowtracev1.DropCause{flowtracev1.DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED}}}, multicastDrop(), false},
 		{"source pod ns/prefix", []*ff{{SourcePod: []string{"shop/frontend"}}}, nil, tcpFlow(), true},
 		{"source pod ns/", []*ff{{SourcePod: []string{"shop/"}}}, nil, tcpFlow(), true},
 		{"source pod other ns", []*ff{{SourcePod: []string{"default/frontend"}}}, nil, tcpFlow(), false},
@@ -184,6 +199,7 @@ func TestBuildErrors(t *testing.T) {
 		{"bad verdict", []*ff{{Verdict: []flowtracev1.Verdict{42}}}, nil, `allowlist[0].verdict: 42 is not a known verdict`},
 		{"unspecified verdict", []*ff{{Verdict: []flowtracev1.Verdict{0}}}, nil, `allowlist[0].verdict: 0 is not a known verdict`},
 		{"bad reason", []*ff{{DropReason: []flowtracev1.DropReason{9999}}}, nil, `allowlist[0].drop_reason: 9999 is not a known drop reason`},
+		{"bad cause", nil, []*ff{{DropCause: []flowtracev1.DropCause{64}}}, `denylist[0].drop_cause: 64 is not a known drop cause`},
 		{"empty pod", []*ff{{SourcePod: []string{""}}}, nil, `allowlist[0].source_pod: "" is not a pod`},
 		{"pod without ns", []*ff{{SourcePod: []string{"/x"}}}, nil, `allowlist[0].source_pod: "/x" is not a pod`},
 		{"bad iface", []*ff{{Interface: []string{"*"}}}, nil, ``},

@@ -308,7 +308,11 @@ type FlowFilter struct {
 	ObservationPoint []ObservationPoint `protobuf:"varint,23,rep,packed,name=observation_point,json=observationPoint,proto3,enum=flowtrace.v1.ObservationPoint" json:"observation_point,omitempty"`
 	IpVersion        []IPVersion        `protobuf:"varint,24,rep,packed,name=ip_version,json=ipVersion,proto3,enum=flowtrace.v1.IPVersion" json:"ip_version,omitempty"`
 	// reply: match Flow.is_reply.
-	Reply         []bool `protobuf:"varint,25,rep,packed,name=reply,proto3" json:"reply,omitempty"`
+	Reply []bool `protobuf:"varint,25,rep,packed,name=reply,proto3" json:"reply,omitempty"`
+	// drop_cause: match Flow.drop_cause, flowtrace's explanation of a drop;
+	// DROP_CAUSE_UNSPECIFIED matches a drop flowtrace has no explanation for
+	// (and every flow that is not a drop).
+	DropCause     []DropCause `protobuf:"varint,26,rep,packed,name=drop_cause,json=dropCause,proto3,enum=flowtrace.v1.DropCause" json:"drop_cause,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -514,6 +518,13 @@ func (x *FlowFilter) GetIpVersion() []IPVersion {
 func (x *FlowFilter) GetReply() []bool {
 	if x != nil {
 		return x.Reply
+	}
+	return nil
+}
+
+func (x *FlowFilter) GetDropCause() []DropCause {
+	if x != nil {
+		return x.DropCause
 	}
 	return nil
 }
@@ -1471,7 +1482,7 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\tallowlist\x18\x06 \x03(\v2\x18.flowtrace.v1.FlowFilterR\tallowlist\x124\n" +
 	"\bdenylist\x18\a \x03(\v2\x18.flowtrace.v1.FlowFilterR\bdenylist\x129\n" +
 	"\n" +
-	"field_mask\x18\b \x01(\v2\x1a.google.protobuf.FieldMaskR\tfieldMask\"\xbc\b\n" +
+	"field_mask\x18\b \x01(\v2\x1a.google.protobuf.FieldMaskR\tfieldMask\"\xf4\b\n" +
 	"\n" +
 	"FlowFilter\x12/\n" +
 	"\averdict\x18\x01 \x03(\x0e2\x15.flowtrace.v1.VerdictR\averdict\x129\n" +
@@ -1503,7 +1514,9 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x11observation_point\x18\x17 \x03(\x0e2\x1e.flowtrace.v1.ObservationPointR\x10observationPoint\x126\n" +
 	"\n" +
 	"ip_version\x18\x18 \x03(\x0e2\x17.flowtrace.v1.IPVersionR\tipVersion\x12\x14\n" +
-	"\x05reply\x18\x19 \x03(\bR\x05reply\"\xd8\x02\n" +
+	"\x05reply\x18\x19 \x03(\bR\x05reply\x126\n" +
+	"\n" +
+	"drop_cause\x18\x1a \x03(\x0e2\x17.flowtrace.v1.DropCauseR\tdropCause\"\xd8\x02\n" +
 	"\x10GetFlowsResponse\x12(\n" +
 	"\x04flow\x18\x01 \x01(\v2\x12.flowtrace.v1.FlowH\x00R\x04flow\x12;\n" +
 	"\vlost_events\x18\x02 \x01(\v2\x18.flowtrace.v1.LostEventsH\x00R\n" +
@@ -1645,8 +1658,9 @@ var file_flowtrace_v1_observer_proto_goTypes = []any{
 	(TrafficDirection)(0),         // 21: flowtrace.v1.TrafficDirection
 	(ObservationPoint)(0),         // 22: flowtrace.v1.ObservationPoint
 	(IPVersion)(0),                // 23: flowtrace.v1.IPVersion
-	(*Flow)(nil),                  // 24: flowtrace.v1.Flow
-	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
+	(DropCause)(0),                // 24: flowtrace.v1.DropCause
+	(*Flow)(nil),                  // 25: flowtrace.v1.Flow
+	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
 }
 var file_flowtrace_v1_observer_proto_depIdxs = []int32{
 	16, // 0: flowtrace.v1.GetFlowsRequest.since:type_name -> google.protobuf.Timestamp
@@ -1660,37 +1674,38 @@ var file_flowtrace_v1_observer_proto_depIdxs = []int32{
 	21, // 8: flowtrace.v1.FlowFilter.traffic_direction:type_name -> flowtrace.v1.TrafficDirection
 	22, // 9: flowtrace.v1.FlowFilter.observation_point:type_name -> flowtrace.v1.ObservationPoint
 	23, // 10: flowtrace.v1.FlowFilter.ip_version:type_name -> flowtrace.v1.IPVersion
-	24, // 11: flowtrace.v1.GetFlowsResponse.flow:type_name -> flowtrace.v1.Flow
-	6,  // 12: flowtrace.v1.GetFlowsResponse.lost_events:type_name -> flowtrace.v1.LostEvents
-	5,  // 13: flowtrace.v1.GetFlowsResponse.history_start:type_name -> flowtrace.v1.HistoryStart
-	14, // 14: flowtrace.v1.GetFlowsResponse.node_status:type_name -> flowtrace.v1.NodeStatus
-	16, // 15: flowtrace.v1.GetFlowsResponse.time:type_name -> google.protobuf.Timestamp
-	16, // 16: flowtrace.v1.HistoryStart.oldest_flow_time:type_name -> google.protobuf.Timestamp
-	16, // 17: flowtrace.v1.HistoryStart.requested_since:type_name -> google.protobuf.Timestamp
-	0,  // 18: flowtrace.v1.LostEvents.source:type_name -> flowtrace.v1.LostEventsSource
-	16, // 19: flowtrace.v1.ServerStatusResponse.oldest_flow_time:type_name -> google.protobuf.Timestamp
-	16, // 20: flowtrace.v1.ServerStatusResponse.newest_flow_time:type_name -> google.protobuf.Timestamp
-	25, // 21: flowtrace.v1.ServerStatusResponse.max_flow_age:type_name -> google.protobuf.Duration
-	10, // 22: flowtrace.v1.ServerStatusResponse.lost_events:type_name -> flowtrace.v1.LostEventsCount
-	11, // 23: flowtrace.v1.ServerStatusResponse.interfaces:type_name -> flowtrace.v1.AttachedInterface
-	12, // 24: flowtrace.v1.ServerStatusResponse.features:type_name -> flowtrace.v1.DatapathFeatures
-	25, // 25: flowtrace.v1.ServerStatusResponse.uptime:type_name -> google.protobuf.Duration
-	13, // 26: flowtrace.v1.ServerStatusResponse.identity_sources:type_name -> flowtrace.v1.IdentitySourceStatus
-	15, // 27: flowtrace.v1.ServerStatusResponse.datapath_counters:type_name -> flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
-	9,  // 28: flowtrace.v1.ServerStatusResponse.flow_table:type_name -> flowtrace.v1.KernelFlowTable
-	16, // 29: flowtrace.v1.KernelFlowTable.walked_at:type_name -> google.protobuf.Timestamp
-	0,  // 30: flowtrace.v1.LostEventsCount.source:type_name -> flowtrace.v1.LostEventsSource
-	25, // 31: flowtrace.v1.DatapathFeatures.first_report_delay:type_name -> google.protobuf.Duration
-	1,  // 32: flowtrace.v1.NodeStatus.state:type_name -> flowtrace.v1.NodeState
-	2,  // 33: flowtrace.v1.ObserverService.GetFlows:input_type -> flowtrace.v1.GetFlowsRequest
-	7,  // 34: flowtrace.v1.ObserverService.ServerStatus:input_type -> flowtrace.v1.ServerStatusRequest
-	4,  // 35: flowtrace.v1.ObserverService.GetFlows:output_type -> flowtrace.v1.GetFlowsResponse
-	8,  // 36: flowtrace.v1.ObserverService.ServerStatus:output_type -> flowtrace.v1.ServerStatusResponse
-	35, // [35:37] is the sub-list for method output_type
-	33, // [33:35] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	24, // 11: flowtrace.v1.FlowFilter.drop_cause:type_name -> flowtrace.v1.DropCause
+	25, // 12: flowtrace.v1.GetFlowsResponse.flow:type_name -> flowtrace.v1.Flow
+	6,  // 13: flowtrace.v1.GetFlowsResponse.lost_events:type_name -> flowtrace.v1.LostEvents
+	5,  // 14: flowtrace.v1.GetFlowsResponse.history_start:type_name -> flowtrace.v1.HistoryStart
+	14, // 15: flowtrace.v1.GetFlowsResponse.node_status:type_name -> flowtrace.v1.NodeStatus
+	16, // 16: flowtrace.v1.GetFlowsResponse.time:type_name -> google.protobuf.Timestamp
+	16, // 17: flowtrace.v1.HistoryStart.oldest_flow_time:type_name -> google.protobuf.Timestamp
+	16, // 18: flowtrace.v1.HistoryStart.requested_since:type_name -> google.protobuf.Timestamp
+	0,  // 19: flowtrace.v1.LostEvents.source:type_name -> flowtrace.v1.LostEventsSource
+	16, // 20: flowtrace.v1.ServerStatusResponse.oldest_flow_time:type_name -> google.protobuf.Timestamp
+	16, // 21: flowtrace.v1.ServerStatusResponse.newest_flow_time:type_name -> google.protobuf.Timestamp
+	26, // 22: flowtrace.v1.ServerStatusResponse.max_flow_age:type_name -> google.protobuf.Duration
+	10, // 23: flowtrace.v1.ServerStatusResponse.lost_events:type_name -> flowtrace.v1.LostEventsCount
+	11, // 24: flowtrace.v1.ServerStatusResponse.interfaces:type_name -> flowtrace.v1.AttachedInterface
+	12, // 25: flowtrace.v1.ServerStatusResponse.features:type_name -> flowtrace.v1.DatapathFeatures
+	26, // 26: flowtrace.v1.ServerStatusResponse.uptime:type_name -> google.protobuf.Duration
+	13, // 27: flowtrace.v1.ServerStatusResponse.identity_sources:type_name -> flowtrace.v1.IdentitySourceStatus
+	15, // 28: flowtrace.v1.ServerStatusResponse.datapath_counters:type_name -> flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
+	9,  // 29: flowtrace.v1.ServerStatusResponse.flow_table:type_name -> flowtrace.v1.KernelFlowTable
+	16, // 30: flowtrace.v1.KernelFlowTable.walked_at:type_name -> google.protobuf.Timestamp
+	0,  // 31: flowtrace.v1.LostEventsCount.source:type_name -> flowtrace.v1.LostEventsSource
+	26, // 32: flowtrace.v1.DatapathFeatures.first_report_delay:type_name -> google.protobuf.Duration
+	1,  // 33: flowtrace.v1.NodeStatus.state:type_name -> flowtrace.v1.NodeState
+	2,  // 34: flowtrace.v1.ObserverService.GetFlows:input_type -> flowtrace.v1.GetFlowsRequest
+	7,  // 35: flowtrace.v1.ObserverService.ServerStatus:input_type -> flowtrace.v1.ServerStatusRequest
+	4,  // 36: flowtrace.v1.ObserverService.GetFlows:output_type -> flowtrace.v1.GetFlowsResponse
+	8,  // 37: flowtrace.v1.ObserverService.ServerStatus:output_type -> flowtrace.v1.ServerStatusResponse
+	36, // [36:38] is the sub-list for method output_type
+	34, // [34:36] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_flowtrace_v1_observer_proto_init() }
