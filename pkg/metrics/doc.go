@@ -7,7 +7,8 @@
 //
 //	name                                   type     labels             meaning
 //	flowtrace_flows_total                  counter  verdict            flows published, by verdict (forwarded, dropped, translated, mtu_exceeded)
-//	flowtrace_drops_total                  counter  reason, namespace  dropped packets (event_count of each drop), by flowtrace drop reason and namespace
+//	flowtrace_drops_total                  counter  reason, cause,     dropped packets (event_count of each drop), by flowtrace drop reason,
+//	                                                namespace          flowtrace's explanation ("none", "multicast_not_joined", ...) and namespace
 //	flowtrace_lost_events_total            counter  stage              events lost, by stage (kernel_ring_buffer, agent_queue, history_evicted, client_queue)
 //	flowtrace_attached_interfaces          gauge    mode, kind         interfaces observed, by attach mode (tcx, clsact) and kind (veth, device)
 //	flowtrace_subscribers                  gauge    -                  clients following the flow stream
@@ -20,7 +21,9 @@
 //	flowtrace_flow_table_capacity_entries  gauge    -                  kernel flow table size (--flow-table-entries); flow_table_full counts packets that found it full
 //	flowtrace_datapath_counter_total       counter  name               kernel-side counters (parse failures, out-of-scope drops, ...)
 //
-// Cardinality is bounded: reason is an enum (about 130 values), and
+// Cardinality is bounded: reason is an enum (about 130 values), cause one
+// of a handful (alerts exclude echo_reply_unclaimed and
+// multicast_not_joined, which are no faults), and
 // namespace takes at most TopNamespaces distinct values (default 50) — the
 // first namespaces that drop keep their name, later ones are counted as
 // "other". A drop's namespace is its source's, else its destination's,

@@ -66,6 +66,7 @@ type Metrics struct {
 
 type dropKey struct {
 	reason flowtracev1.DropReason
+	cause  flowtracev1.DropCause
 	ns     string
 }
 
@@ -80,8 +81,8 @@ func New(cfg Config, src Sources) *Metrics {
 			Name: "flowtrace_flows_total", Help: "Flows published, by verdict.",
 		}, []string{"verdict"}),
 		drops: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "flowtrace_drops_total", Help: "Dropped packets, by flowtrace drop reason and namespace (bounded: see --metrics-top-namespaces).",
-		}, []string{"reason", "namespace"}),
+			Name: "flowtrace_drops_total", Help: "Dropped packets, by flowtrace drop reason, flowtrace's explanation (cause, none when it has none) and namespace (bounded: see --metrics-top-namespaces).",
+		}, []string{"reason", "cause", "namespace"}),
 		topN:  cfg.TopNamespaces,
 		nsSet: map[string]struct{}{},
 
@@ -115,7 +116,7 @@ func (m *Metrics) ObserveFlow(f *flowtracev1.Flow) {
 	if n == 0 {
 		n = 1
 	}
-	m.dropCounter(f.GetDropReason(), m.namespace(f)).Add(n)
+	m.dropCounter(dropKey{f.GetDropReason(), f.GetDropCause(), m.namespace(f)}).Add(n)
 }
 
 // ObserveForwarded counts n forwarded-traffic flows the agent kept
@@ -135,13 +136,16 @@ func (m *Metrics) flowCounter(v flowtracev1.Verdict) prometheus.Counter {
 	return c
 }
 
-func (m *Metrics) dropCounter(r flowtracev1.DropReason, ns string) prometheus.Counter {
+func (m *Metrics) dropCounter(k dropKey) prometheus.Counter {
 	m.cmu.Lock()
 	defer m.cmu.Unlock()
-	k := dropKey{r, ns}
 	c, ok := m.dropsBy[k]
 	if !ok {
-		c = m.drops.WithLabelValues(EnumLabel(r.String(), "DROP_REASON_"), ns)
+		cause := "none"
+		if k.cause != flowtracev1.DropCause_DROP_CAUSE_UNSPECIFIED {
+			cause = EnumLabel(k.cause.String(), "DROP_CAUSE_")
+		}
+		c = m.drops.WithLabelValues(EnumLabel(k.reason.String(), "DROP_REASON_"), cause, k.ns)
 		m.dropsBy[k] = c
 	}
 	return c

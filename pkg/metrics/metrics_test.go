@@ -77,17 +77,21 @@ func TestMetrics(t *testing.T) {
 	m.ObserveFlow(drop("third", flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP, 1))  // beyond top 2
 	m.ObserveFlow(drop("fourth", flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP, 1)) // beyond top 2
 	m.ObserveFlow(drop("", flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP, 1))
+	mld := drop("", flowtracev1.DropReason_DROP_REASON_NOT_SPECIFIED, 2) // an MLD report nothing joined, twice
+	mld.DropCause = flowtracev1.DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED
+	m.ObserveFlow(mld)
 	m.ObserveFlow(&flowtracev1.Flow{Verdict: flowtracev1.Verdict_VERDICT_FORWARDED})
 	m.ObserveForwarded(2) // kept lazily: counted all the same
 	m.ObserveFlow(nil)
 
 	out := scrapeText(t, m)
 	for _, want := range []string{
-		`flowtrace_drops_total{namespace="shop",reason="no_socket"} 4`,
-		`flowtrace_drops_total{namespace="web",reason="netfilter_drop"} 1`,
-		`flowtrace_drops_total{namespace="other",reason="netfilter_drop"} 2`,
-		`flowtrace_drops_total{namespace="none",reason="netfilter_drop"} 1`,
-		`flowtrace_flows_total{verdict="dropped"} 6`,
+		`flowtrace_drops_total{cause="none",namespace="shop",reason="no_socket"} 4`,
+		`flowtrace_drops_total{cause="none",namespace="web",reason="netfilter_drop"} 1`,
+		`flowtrace_drops_total{cause="none",namespace="other",reason="netfilter_drop"} 2`,
+		`flowtrace_drops_total{cause="none",namespace="none",reason="netfilter_drop"} 1`,
+		`flowtrace_drops_total{cause="multicast_not_joined",namespace="none",reason="not_specified"} 2`,
+		`flowtrace_flows_total{verdict="dropped"} 7`,
 		`flowtrace_flows_total{verdict="forwarded"} 3`,
 		`flowtrace_lost_events_total{stage="kernel_ring_buffer"} 3`,
 		`flowtrace_lost_events_total{stage="client_queue"} 5`,
@@ -161,7 +165,7 @@ func TestObserveFlowAllocs(t *testing.T) {
 	text := scrapeText(t, m)
 	for _, want := range []string{
 		`flowtrace_flows_total{verdict="forwarded"} 102`,
-		`flowtrace_drops_total{namespace="shop",reason="no_socket"} 306`,
+		`flowtrace_drops_total{cause="none",namespace="shop",reason="no_socket"} 306`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("metrics lack %s", want)
