@@ -7,42 +7,15 @@ import (
 )
 
 func buildVerdict(ff *flowtracev1.FlowFilter) (predicate, error) {
-	vs := ff.GetVerdict()
-	if len(vs) == 0 {
-		return nil, nil
-	}
-	// Verdicts are a handful of small numbers: a bitmask avoids a loop per flow.
-	var mask uint64
-	for _, v := range vs {
-		if _, ok := flowtracev1.Verdict_name[int32(v)]; !ok || v == flowtracev1.Verdict_VERDICT_UNSPECIFIED || v >= 64 {
-			return nil, fmt.Errorf("%d is not a known verdict", int32(v))
-		}
-		mask |= 1 << uint(v)
-	}
-	return func(f *flowtracev1.Flow) bool {
-		v := f.GetVerdict()
-		return v >= 0 && v < 64 && mask&(1<<uint(v)) != 0
-	}, nil
+	return buildEnumMask(enumInts(ff.GetVerdict()), flowtracev1.Verdict_name, "verdict", false,
+		func(f *flowtracev1.Flow) int32 { return int32(f.GetVerdict()) })
 }
 
 // buildDropCause matches flowtrace's explanation of a drop; UNSPECIFIED
 // is a valid value: the drops flowtrace has no explanation for.
 func buildDropCause(ff *flowtracev1.FlowFilter) (predicate, error) {
-	cs := ff.GetDropCause()
-	if len(cs) == 0 {
-		return nil, nil
-	}
-	var mask uint64
-	for _, c := range cs {
-		if _, ok := flowtracev1.DropCause_name[int32(c)]; !ok || c >= 64 {
-			return nil, fmt.Errorf("%d is not a known drop cause", int32(c))
-		}
-		mask |= 1 << uint(c)
-	}
-	return func(f *flowtracev1.Flow) bool {
-		c := f.GetDropCause()
-		return c >= 0 && c < 64 && mask&(1<<uint(c)) != 0
-	}, nil
+	return buildEnumMask(enumInts(ff.GetDropCause()), flowtracev1.DropCause_name, "drop cause", true,
+		func(f *flowtracev1.Flow) int32 { return int32(f.GetDropCause()) })
 }
 
 func buildDropReason(ff *flowtracev1.FlowFilter) (predicate, error) {

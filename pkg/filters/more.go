@@ -171,22 +171,22 @@ func buildTCPFlags(ff *flowtracev1.FlowFilter) (predicate, error) {
 }
 
 // buildEnumMask compiles a repeated enum field into a bitmask test; what
-// names the enum in errors. UNSPECIFIED is refused: it would match flows
-// that do not say, which nobody means.
-func buildEnumMask(vals []int32, names map[int32]string, what string, get func(*flowtracev1.Flow) int32) (predicate, error) {
+// names the enum in errors. UNSPECIFIED is refused unless unspecifiedOK:
+// mostly it would match flows that do not say, which nobody means.
+func buildEnumMask(vals []int32, names map[int32]string, what string, unspecifiedOK bool, get func(*flowtracev1.Flow) int32) (predicate, error) {
 	if len(vals) == 0 {
 		return nil, nil
 	}
 	var mask uint64
 	for _, v := range vals {
-		if _, ok := names[v]; !ok || v <= 0 || v >= 64 {
+		if _, ok := names[v]; !ok || v < 0 || v == 0 && !unspecifiedOK || v >= 64 {
 			return nil, fmt.Errorf("%d is not a known %s", v, what)
 		}
 		mask |= 1 << uint(v)
 	}
 	return func(f *flowtracev1.Flow) bool {
 		v := get(f)
-		return v > 0 && v < 64 && mask&(1<<uint(v)) != 0
+		return v >= 0 && v < 64 && mask&(1<<uint(v)) != 0
 	}, nil
 }
 
@@ -199,17 +199,17 @@ func enumInts[E ~int32](vs []E) []int32 {
 }
 
 func buildTrafficDirection(ff *flowtracev1.FlowFilter) (predicate, error) {
-	return buildEnumMask(enumInts(ff.GetTrafficDirection()), flowtracev1.TrafficDirection_name, "traffic direction",
+	return buildEnumMask(enumInts(ff.GetTrafficDirection()), flowtracev1.TrafficDirection_name, "traffic direction", false,
 		func(f *flowtracev1.Flow) int32 { return int32(f.GetTrafficDirection()) })
 }
 
 func buildObservationPoint(ff *flowtracev1.FlowFilter) (predicate, error) {
-	return buildEnumMask(enumInts(ff.GetObservationPoint()), flowtracev1.ObservationPoint_name, "observation point",
+	return buildEnumMask(enumInts(ff.GetObservationPoint()), flowtracev1.ObservationPoint_name, "observation point", false,
 		func(f *flowtracev1.Flow) int32 { return int32(f.GetObservationPoint()) })
 }
 
 func buildIPVersion(ff *flowtracev1.FlowFilter) (predicate, error) {
-	return buildEnumMask(enumInts(ff.GetIpVersion()), flowtracev1.IPVersion_name, "IP version",
+	return buildEnumMask(enumInts(ff.GetIpVersion()), flowtracev1.IPVersion_name, "IP version", false,
 		func(f *flowtracev1.Flow) int32 { return int32(f.GetIp().GetIpVersion()) })
 }
 
