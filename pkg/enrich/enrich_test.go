@@ -295,21 +295,27 @@ type (
 func (r reasonTable) Lookup(c uint32) dropreason.Reason { return r[c] }
 func (s symTable) Resolve(a uint64) string              { return s[a] }
 
+// The kernel's drop reasons the cause tests name, as a kernel's BTF would
+// map them: no reason (before 5.17) reads UNKNOWN, a reason newer than
+// flowtrace reads UNKNOWN under its own kernel name.
+const noSocket, notSpecified, noReason, filtered, badSource, newReason = 3, 2, 0, 77, 78, 99
+
+var causeReasons = reasonTable{
+	noSocket:     {Code: noSocket, Kernel: "NO_SOCKET", Stable: flowtracev1.DropReason_DROP_REASON_NO_SOCKET},
+	notSpecified: {Code: notSpecified, Kernel: "NOT_SPECIFIED", Stable: flowtracev1.DropReason_DROP_REASON_NOT_SPECIFIED},
+	noReason:     {Code: noReason, Kernel: "UNKNOWN", Stable: flowtracev1.DropReason_DROP_REASON_UNKNOWN},
+	filtered:     {Code: filtered, Kernel: "NETFILTER_DROP", Stable: flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP},
+	badSource:    {Code: badSource, Kernel: "IP_INVALID_SOURCE", Stable: flowtracev1.DropReason_DROP_REASON_UNKNOWN},
+	newReason:    {Code: newReason, Kernel: "SOME_NEW_REASON", Stable: flowtracev1.DropReason_DROP_REASON_UNKNOWN},
+}
+
 // An echo reply no ping socket asked for says why (a root ping's raw socket
 // had its copy), whichever way the kernel names the drop; other echo reply
 // drops and other NO_SOCKET drops keep no cause.
 func TestEchoReplyUnclaimed(t *testing.T) {
-	const noSocket, notSpecified, none, filtered = 3, 2, 0, 77
-	reasons := reasonTable{
-		noSocket:     {Code: noSocket, Kernel: "NO_SOCKET", Stable: flowtracev1.DropReason_DROP_REASON_NO_SOCKET},
-		notSpecified: {Code: notSpecified, Kernel: "NOT_SPECIFIED", Stable: flowtracev1.DropReason_DROP_REASON_NOT_SPECIFIED},
-		none:         {Code: none, Kernel: "UNKNOWN", Stable: flowtracev1.DropReason_DROP_REASON_UNKNOWN},
-		filtered:     {Code: filtered, Kernel: "NETFILTER_DROP", Stable: flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP},
-		99:           {Code: 99, Kernel: "SOME_NEW_REASON", Stable: flowtracev1.DropReason_DROP_REASON_UNKNOWN},
-	}
 	const pingRcv, icmpRcv, icmpv6Rcv, nfHook = 1, 2, 3, 4
 	syms := symTable{pingRcv: "ping_rcv+0xb3", icmpRcv: "icmp_rcv+0x1f2", icmpv6Rcv: "icmpv6_rcv+0x2a0", nfHook: "nft_do_chain+0x46f"}
-	e := New("n1", ids, reasons, syms, fakeIfaces{})
+	e := New("n1", ids, causeReasons, syms, fakeIfaces{})
 	v6 := netip.MustParseAddr("fd00::10")
 	for _, c := range []struct {
 		name      string
@@ -322,9 +328,9 @@ func TestEchoReplyUnclaimed(t *testing.T) {
 		{"6.0+: ping_rcv's NO_SOCKET", 1, 0, noSocket, pingRcv, true},
 		{"IPv6 echo reply, NO_SOCKET", 58, 129, noSocket, pingRcv, true},
 		{"5.17-5.19: NOT_SPECIFIED in icmp_rcv", 1, 0, notSpecified, icmpRcv, true},
-		{"before 5.17: no reason, in icmpv6_rcv", 58, 129, none, icmpv6Rcv, true},
-		{"no reason, elsewhere", 1, 0, none, nfHook, false},
-		{"a reason newer than flowtrace in icmp_rcv", 1, 0, 99, icmpRcv, false},
+		{"before 5.17: no reason, in icmpv6_rcv", 58, 129, noReason, icmpv6Rcv, true},
+		{"no reason, elsewhere", 1, 0, noReason, nfHook, false},
+		{"a reason newer than flowtrace in icmp_rcv", 1, 0, newReason, icmpRcv, false},
 		{"a policy drop of an echo reply", 1, 0, filtered, nfHook, false},
 		{"an echo request to nobody", 1, 8, noSocket, pingRcv, false},
 		{"UDP to a closed port", 17, 0, noSocket, nfHook, false},
@@ -351,17 +357,10 @@ func TestEchoReplyUnclaimed(t *testing.T) {
 // kernel's build gave the function; a multicast packet dropped by policy
 // or for a named reason, and a unicast packet freed there, are not.
 func TestMulticastNotJoined(t *testing.T) {
-	const notSpecified, none, filtered, badSource = 2, 0, 77, 78
-	reasons := reasonTable{
-		notSpecified: {Code: notSpecified, Kernel: "NOT_SPECIFIED", Stable: flowtracev1.DropReason_DROP_REASON_NOT_SPECIFIED},
-		none:         {Code: none, Kernel: "UNKNOWN", Stable: flowtracev1.DropReason_DROP_REASON_UNKNOWN},
-		filtered:     {Code: filtered, Kernel: "NETFILTER_DROP", Stable: flowtracev1.DropReason_DROP_REASON_NETFILTER_DROP},
-		badSource:    {Code: badSource, Kernel: "IP_INVALID_SOURCE", Stable: flowtracev1.DropReason_DROP_REASON_UNKNOWN},
-	}
 	const mc6, rcv4, rcv4Inlined, rcv4List, nfHook, icmp6 = 1, 2, 3, 4, 5, 6
 	syms := symTable{mc6: "ip6_mc_input+0xd4", rcv4: "ip_rcv_finish_core+0x260", rcv4Inlined: "ip_rcv_finish.isra.0+0x1c1",
 		rcv4List: "ip_list_rcv_finish.constprop.0+0x9a", nfHook: "nft_do_chain+0x46f", icmp6: "icmpv6_rcv+0x2a0"}
-	e := New("n1", ids, reasons, syms, fakeIfaces{})
+	e := New("n1", ids, causeReasons, syms, fakeIfaces{})
 	mld, group4, uni6 := netip.MustParseAddr("ff02::16"), netip.MustParseAddr("239.1.2.3"), netip.MustParseAddr("fd00::10")
 	for _, c := range []struct {
 		name     string
@@ -373,7 +372,7 @@ func TestMulticastNotJoined(t *testing.T) {
 	}{
 		{"an MLD report at ip6_mc_input", mld, 58, notSpecified, mc6, true},
 		{"IPv4 UDP to a group, route lookup", group4, 17, notSpecified, rcv4, true},
-		{"before 5.17: no reason, inlined caller", group4, 17, none, rcv4Inlined, true},
+		{"before 5.17: no reason, inlined caller", group4, 17, noReason, rcv4Inlined, true},
 		{"the list receive path", group4, 17, notSpecified, rcv4List, true},
 		{"a policy drop of multicast", group4, 17, filtered, nfHook, false},
 		{"a refused source", group4, 17, badSource, rcv4, false},
