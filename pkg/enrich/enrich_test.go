@@ -341,14 +341,20 @@ func TestEchoReplyUnclaimed(t *testing.T) {
 		}
 		ev := &decode.Event{Kind: decode.KindDrop, IPVersion: ipv, Src: src, Dst: dst, Proto: c.proto, ICMPType: c.icmpType,
 			DropReason: c.reason, Location: c.location, Ifindex: 7, Count: 1}
-		f := e.Flow(ev)
-		got := f.DropCause == flowtracev1.DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED
-		if got != c.unclaimed {
-			t.Errorf("%s: cause %v (reason %s at %s)", c.name, f.DropCause, f.DropReasonKernel, f.DropLocation)
-		}
-		if got != strings.Contains(f.Summary, "raw-socket ping got its own copy") {
-			t.Errorf("%s: summary %q", c.name, f.Summary)
-		}
+		checkCause(t, c.name, e.Flow(ev), flowtracev1.DropCause_DROP_CAUSE_ECHO_REPLY_UNCLAIMED, c.unclaimed, "raw-socket ping got its own copy")
+	}
+}
+
+// checkCause says whether f carries cause, as wanted, and its summary the
+// cause's text exactly when it does.
+func checkCause(t *testing.T, name string, f *flowtracev1.Flow, cause flowtracev1.DropCause, want bool, text string) {
+	t.Helper()
+	got := f.DropCause == cause
+	if got != want {
+		t.Errorf("%s: cause %v (reason %s at %s)", name, f.DropCause, f.DropReasonKernel, f.DropLocation)
+	}
+	if got != strings.Contains(f.Summary, text) {
+		t.Errorf("%s: summary %q", name, f.Summary)
 	}
 }
 
@@ -391,13 +397,6 @@ func TestMulticastNotJoined(t *testing.T) {
 		} else {
 			ev.Src = uni6
 		}
-		f := e.Flow(ev)
-		got := f.DropCause == flowtracev1.DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED
-		if got != c.want {
-			t.Errorf("%s: cause %v (reason %s at %s)", c.name, f.DropCause, f.DropReasonKernel, f.DropLocation)
-		}
-		if got != strings.Contains(f.Summary, "multicast group nothing here joined") {
-			t.Errorf("%s: summary %q", c.name, f.Summary)
-		}
+		checkCause(t, c.name, e.Flow(ev), flowtracev1.DropCause_DROP_CAUSE_MULTICAST_NOT_JOINED, c.want, "multicast group nothing here joined")
 	}
 }
