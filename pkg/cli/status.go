@@ -82,6 +82,7 @@ func printStatus(out io.Writer, r *flowtracev1.ServerStatusResponse) error {
 		age = d.String()
 	}
 	row("Flows", "%d/%d held, %d seen, max age %s", r.GetNumFlows(), r.GetMaxFlows(), r.GetSeenFlows(), age)
+	row("Followers", "%d streams following now", r.GetNumFollowers())
 	ts := func(t interface{ AsTime() time.Time }, ok bool) string {
 		if !ok {
 			return "-"

@@ -33,6 +33,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flowtrace/flowtrace/pkg/client"
@@ -75,6 +76,8 @@ type Relay struct {
 	log   *slog.Logger
 	peers *peerSet
 	start time.Time
+	// followers counts the GetFlows streams following now (ServerStatus).
+	followers atomic.Int32
 }
 
 // New validates cfg and connects (lazily) to the static peers.
@@ -183,6 +186,8 @@ func (r *Relay) GetFlows(req *flowtracev1.GetFlowsRequest, stream grpc.ServerStr
 		}
 	}
 	if req.GetFollow() {
+		r.followers.Add(1)
+		defer r.followers.Add(-1)
 		live = make(chan liveItem, 256)
 		startLive(peers)
 	}
@@ -415,6 +420,7 @@ func (r *Relay) ServerStatus(ctx context.Context, _ *flowtracev1.ServerStatusReq
 		NodeName:         r.cfg.NodeName,
 		Version:          r.cfg.Version,
 		Uptime:           durationpb.New(time.Since(r.start)),
+		NumFollowers:     uint32(r.followers.Load()),
 		DatapathCounters: map[string]uint64{},
 	}
 	lost := map[flowtracev1.LostEventsSource]uint64{}

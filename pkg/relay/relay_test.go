@@ -233,6 +233,10 @@ func TestFollowMergeWithNodeStopping(t *testing.T) {
 	}
 	// Let the live streams reach the agents before publishing.
 	waitFollowers(t, as)
+	// The relay counts its own follower, not the three agents' (its streams).
+	if st, err := c.ServerStatus(ctx, &flowtracev1.ServerStatusRequest{}); err != nil || st.GetNumFollowers() != 1 {
+		t.Errorf("relay status while one client follows: followers %d, %v; want 1", st.GetNumFollowers(), err)
+	}
 	// Published out of time order across nodes, inside the sort window.
 	as[0].obs.Publish(flowAt("node-a", 12))
 	as[1].obs.Publish(flowAt("node-b", 10))
@@ -274,7 +278,7 @@ func TestServerStatusAcrossNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.GetNodeName() != "relay-t" || st.GetNumFlows() != 7 || st.GetMaxFlows() != 200 || st.GetSeenFlows() != 7 {
+	if st.GetNodeName() != "relay-t" || st.GetNumFlows() != 7 || st.GetMaxFlows() != 200 || st.GetSeenFlows() != 7 || st.GetNumFollowers() != 0 {
 		t.Errorf("status %v", st)
 	}
 	if !st.GetOldestFlowTime().AsTime().Equal(base) || !st.GetNewestFlowTime().AsTime().Equal(base.Add(9*time.Second)) {

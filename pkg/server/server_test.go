@@ -116,6 +116,11 @@ func TestGetFlowsOverSocket(t *testing.T) {
 		t.Errorf("got %s, want 7,9", got)
 	}
 
+	// A request that does not follow is never counted as a follower.
+	if n := followers(t, c); n != 0 {
+		t.Errorf("followers before any follow request: %d, want 0", n)
+	}
+
 	// Follow: history then live.
 	fctx, fcancel := context.WithCancel(ctx)
 	defer fcancel()
@@ -132,6 +137,29 @@ func TestGetFlowsOverSocket(t *testing.T) {
 	if err != nil || r.GetFlow().GetUuid() != "10" {
 		t.Fatalf("live response %v, %v", r, err)
 	}
+	// It got a live flow, so it is subscribed: status must count it, and
+	// stop counting it once the client goes.
+	if n := followers(t, c); n != 1 {
+		t.Errorf("followers while one stream follows: %d, want 1", n)
+	}
+	fcancel()
+	deadline := time.Now().Add(5 * time.Second)
+	for followers(t, c) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("a cancelled follower is still counted after 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// followers is ServerStatus's num_followers.
+func followers(t *testing.T, c flowtracev1.ObserverServiceClient) uint32 {
+	t.Helper()
+	st, err := c.ServerStatus(context.Background(), &flowtracev1.ServerStatusRequest{})
+	if err != nil {
+		t.Fatalf("ServerStatus: %v", err)
+	}
+	return st.GetNumFollowers()
 }
 
 func TestValidation(t *testing.T) {

@@ -36,11 +36,43 @@ const (
 	followSettle   = "settle"
 	settleQuiet    = time.Second
 	settleMax      = 15 * time.Second
-	// subscribeGrace: the agent registers a follower asynchronously after
-	// the request arrives and says nothing when it has; no storm starts
-	// before this much has passed.
-	subscribeGrace = 300 * time.Millisecond
+	// subscribeWait bounds the wait for the agent to count the follow
+	// stream (ServerStatus num_followers): it subscribes a stream
+	// asynchronously after the request arrives, and a storm started before
+	// that would lose its first drops to the stream.
+	subscribeWait = 10 * time.Second
 )
+
+// waitSubscribed returns once the agent counts more followers than before:
+// this process's stream is subscribed, and gets every flow published from
+// then on. It returns at once when the stream has ended (its error is in
+// the results).
+func waitSubscribed(ctx context.Context, a *agentConn, before uint32, ended <-chan struct{}) error {
+	deadline := time.Now().Add(subscribeWait)
+	for {
+		select {
+		case <-ended:
+			return nil
+		default:
+		}
+		st, err := a.status(ctx)
+		if err != nil {
+			return fmt.Errorf("agent status: %w", err)
+		}
+		if st.GetNumFollowers() > before {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the agent does not count the follow stream after %v (%d followers, %d before it)",
+				subscribeWait, st.GetNumFollowers(), before)
+		}
+		select {
+		case <-time.After(5 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
 
 // followResult is what a follow-drops process counted.
 type followResult struct {
@@ -78,13 +110,18 @@ func followDrops(ctx context.Context, args []string, stdin io.Reader, stdout io.
 		return fmt.Errorf("agent at %s: %w", *sock, err)
 	}
 	defer a.Close()
+	st, err := a.status(ctx)
+	if err != nil {
+		return fmt.Errorf("agent status: %w", err)
+	}
+	before := st.GetNumFollowers()
 	f, err := follow(ctx, a, ports)
 	if err != nil {
 		return err
 	}
-	select {
-	case <-time.After(subscribeGrace):
-	case <-ctx.Done():
+	if err := waitSubscribed(ctx, a, before, f.done); err != nil {
+		f.close()
+		return err
 	}
 	if _, err := fmt.Fprintln(stdout, followReady); err != nil {
 		f.close()
@@ -297,7 +334,8 @@ func startFollow(ctx context.Context, sock, ports string) (*followProc, error) {
 		close(p.lines)
 		p.exited <- p.cmd.Wait()
 	}()
-	line, err := p.next(ctx, "ready line", 10*time.Second)
+	// The process gives up (and says why) after subscribeWait.
+	line, err := p.next(ctx, "ready line", subscribeWait+5*time.Second)
 	if err == nil && line != followReady {
 		err = fmt.Errorf("storm follower: said %q, want %q", line, followReady)
 		p.stop(0)

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,14 +43,27 @@ func TestParsePorts(t *testing.T) {
 
 // fakeAgent streams a fixed storm to every follower, then either keeps
 // the stream open or, with fail, ends it with an error.
+// Like the agent, it counts a follower in ServerStatus only once it has
+// subscribed it, subscribeDelay after the request.
 type fakeAgent struct {
 	flowtracev1.UnimplementedObserverServiceServer
-	fail bool
-	reqs chan *flowtracev1.GetFlowsRequest
+	fail      bool
+	reqs      chan *flowtracev1.GetFlowsRequest
+	followers atomic.Uint32
+}
+
+// subscribeDelay is how long the fake takes to subscribe a follower.
+const subscribeDelay = 300 * time.Millisecond
+
+func (s *fakeAgent) ServerStatus(context.Context, *flowtracev1.ServerStatusRequest) (*flowtracev1.ServerStatusResponse, error) {
+	return &flowtracev1.ServerStatusResponse{NumFollowers: s.followers.Load()}, nil
 }
 
 func (s *fakeAgent) GetFlows(req *flowtracev1.GetFlowsRequest, stream grpc.ServerStreamingServer[flowtracev1.GetFlowsResponse]) error {
 	s.reqs <- req
+	time.Sleep(subscribeDelay)
+	s.followers.Add(1)
+	defer s.followers.Add(^uint32(0))
 	now := time.Now()
 	send := []*flowtracev1.GetFlowsResponse{
 		// A folded report of 5 drops, 40 ms old, and a lone one 10 ms old.
@@ -92,9 +106,14 @@ func serveFake(t *testing.T, fail bool) (sock string, reqs chan *flowtracev1.Get
 func TestFollowProcess(t *testing.T) {
 	sock, reqs := serveFake(t, false)
 	ctx := context.Background()
+	begin := time.Now()
 	p, err := startFollow(ctx, sock, "9999,10000-10001")
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Ready (a storm may start) only once the agent counts the stream.
+	if el := time.Since(begin); el < subscribeDelay {
+		t.Errorf("ready after %s, before the agent subscribed the stream (%s)", el, subscribeDelay)
 	}
 	req := <-reqs
 	f := req.GetAllowlist()[0]

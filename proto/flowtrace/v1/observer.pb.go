@@ -853,7 +853,13 @@ type ServerStatusResponse struct {
 	EvictedFlows uint64 `protobuf:"varint,15,opt,name=evicted_flows,json=evictedFlows,proto3" json:"evicted_flows,omitempty"`
 	// flow_table is the kernel's per-connection table on this node (unset
 	// where no datapath answers, e.g. a relay's merged status).
-	FlowTable     *KernelFlowTable `protobuf:"bytes,16,opt,name=flow_table,json=flowTable,proto3" json:"flow_table,omitempty"`
+	FlowTable *KernelFlowTable `protobuf:"bytes,16,opt,name=flow_table,json=flowTable,proto3" json:"flow_table,omitempty"`
+	// num_followers is the GetFlows streams following this server now
+	// (follow set). An agent counts a stream once it is subscribed: a client
+	// that needs every flow from some moment on can wait until its stream is
+	// counted, and miss nothing published after. A relay counts its own
+	// followers (not its peers'), from when their request arrives.
+	NumFollowers  uint32 `protobuf:"varint,17,opt,name=num_followers,json=numFollowers,proto3" json:"num_followers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -998,6 +1004,13 @@ func (x *ServerStatusResponse) GetFlowTable() *KernelFlowTable {
 		return x.FlowTable
 	}
 	return nil
+}
+
+func (x *ServerStatusResponse) GetNumFollowers() uint32 {
+	if x != nil {
+		return x.NumFollowers
+	}
+	return 0
 }
 
 // KernelFlowTable is the kernel's per-connection aggregation table (tc):
@@ -1537,7 +1550,7 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x0fnum_events_lost\x18\x02 \x01(\x04R\rnumEventsLost\x12\x15\n" +
 	"\x03cpu\x18\x03 \x01(\rH\x00R\x03cpu\x88\x01\x01B\x06\n" +
 	"\x04_cpu\"\x15\n" +
-	"\x13ServerStatusRequest\"\xbd\a\n" +
+	"\x13ServerStatusRequest\"\xe2\a\n" +
 	"\x14ServerStatusResponse\x12\x1b\n" +
 	"\tnum_flows\x18\x01 \x01(\x04R\bnumFlows\x12\x1b\n" +
 	"\tmax_flows\x18\x02 \x01(\x04R\bmaxFlows\x12\x1d\n" +
@@ -1561,7 +1574,8 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x11datapath_counters\x18\x0e \x03(\v28.flowtrace.v1.ServerStatusResponse.DatapathCountersEntryR\x10datapathCounters\x12#\n" +
 	"\revicted_flows\x18\x0f \x01(\x04R\fevictedFlows\x12<\n" +
 	"\n" +
-	"flow_table\x18\x10 \x01(\v2\x1d.flowtrace.v1.KernelFlowTableR\tflowTable\x1aC\n" +
+	"flow_table\x18\x10 \x01(\v2\x1d.flowtrace.v1.KernelFlowTableR\tflowTable\x12#\n" +
+	"\rnum_followers\x18\x11 \x01(\rR\fnumFollowers\x1aC\n" +
 	"\x15DatapathCountersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x8e\x01\n" +
