@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -94,6 +96,9 @@ func dialFrom(l *lab.Lab, pod string, to netip.Addr, port int) (net.Conn, error)
 
 // The real hubble CLI against flowtrace-hubble against a flowtrace agent on
 // the lab: what a Hubble user types, and what they must see.
+// flowsPerSecond finds the rate in hubble status's "Flows/s: 12.34" line.
+var flowsPerSecond = regexp.MustCompile(`Flows/s:\s*([0-9.]+)`)
+
 func TestHubbleCLI(t *testing.T) {
 	testutil.RequirePrivileged(t)
 	hubble := os.Getenv(HubbleBinEnv)
@@ -227,6 +232,21 @@ func TestHubbleCLI(t *testing.T) {
 		}
 	}
 	podName := func(p lab.Pod) string { return p.Namespace + "/" + p.Name }
+
+	t.Run("status says the rate of the last minute", func(t *testing.T) {
+		// The agent has seen the lab come up and the traffic above within
+		// the last minute: hubble's Flows/s line carries the agent's
+		// flows_rate, which is more than nothing.
+		out := waitOut(t, func(s string) bool {
+			m := flowsPerSecond.FindStringSubmatch(s)
+			if m == nil {
+				return false
+			}
+			r, err := strconv.ParseFloat(m[1], 64)
+			return err == nil && r > 0
+		}, "status")
+		t.Logf("hubble status after the traffic:\n%s", out)
+	})
 
 	t.Run("observe --verdict DROPPED shows pods and the kernel reason", func(t *testing.T) {
 		// --last: a new lab's IPv6 MLD reports are dropped by the pods'

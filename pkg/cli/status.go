@@ -81,7 +81,8 @@ func printStatus(out io.Writer, r *flowtracev1.ServerStatusResponse) error {
 	if d := r.GetMaxFlowAge().AsDuration(); d > 0 {
 		age = d.String()
 	}
-	row("Flows", "%d/%d held, %d seen, max age %s", r.GetNumFlows(), r.GetMaxFlows(), r.GetSeenFlows(), age)
+	row("Flows", "%d/%d held, %d seen (%.1f/s over the last minute), max age %s", r.GetNumFlows(), r.GetMaxFlows(), r.GetSeenFlows(),
+		r.GetFlowsRate(), age)
 	row("Followers", "%d streams following now", r.GetNumFollowers())
 	ts := func(t interface{ AsTime() time.Time }, ok bool) string {
 		if !ok {

@@ -14,7 +14,7 @@ import (
 func TestPrintStatus(t *testing.T) {
 	var out bytes.Buffer
 	err := printStatus(&out, &flowtracev1.ServerStatusResponse{
-		NumFlows: 12, MaxFlows: 65536, SeenFlows: 99, MaxFlowAge: durationpb.New(time.Hour), NumFollowers: 2,
+		NumFlows: 12, MaxFlows: 65536, SeenFlows: 99, MaxFlowAge: durationpb.New(time.Hour), NumFollowers: 2, FlowsRate: 12.345,
 		Version: "v0.1.0", Uptime: durationpb.New(90*time.Minute + 400*time.Millisecond), NodeName: "node-1",
 		Features: &flowtracev1.DatapathFeatures{TcAttach: "tcx", DropHook: "tp_btf", DropReasons: 132,
 			ConntrackNfct: true, MtuCheck: true, FlowCache: true, DropDirect: true,
@@ -35,7 +35,7 @@ func TestPrintStatus(t *testing.T) {
 	}
 	s := out.String()
 	for _, want := range []string{
-		"Node:", "node-1", "v0.1.0 (uptime 1h30m0s)", "12/65536 held, 99 seen, max age 1h0m0s", "2 streams following now",
+		"Node:", "node-1", "v0.1.0 (uptime 1h30m0s)", "12/65536 held, 99 seen (12.3/s over the last minute), max age 1h0m0s", "2 streams following now",
 		"tc tcx, drops tp_btf, 132 kernel drop reasons", "Features:", "conntrack_nfct on, conntrack_lookup off, mtu_check on, flow_cache on, drop_memo off, drop_direct on", "kernel ring buffer  3",
 		"ftv-frontend  7      tcx   veth  shop/frontend-6c9f7d", "kubernetes  synced  3 pods",
 		"drops_out_of_scope  5\n  parse_errors        2",

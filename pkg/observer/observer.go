@@ -138,7 +138,8 @@ type Observer struct {
 	hist      store                         // flows held: seqs hist.next-hist.n .. hist.next-1
 	live      [liveWindow]*flowtracev1.Flow // flow seq s at live[s%liveWindow], while held
 	seen      uint64
-	evicted   uint64 // flows that left history (count or age bound)
+	rate      rateWindow // flows taken per second, for FlowsRate
+	evicted   uint64     // flows that left history (count or age bound)
 	lost      [numSources]uint64
 	followers map[*follower]struct{}
 	ageTimer  *time.Timer
@@ -356,6 +357,7 @@ func (o *Observer) appendLocked(es []entry, flows []*flowtracev1.Flow) (live boo
 	defer o.mu.Unlock()
 	live = len(o.followers) > 0
 	o.evictLocked(es[0].added)
+	seen := o.seen
 	for i := range es {
 		e := &es[i]
 		var sp *flowSpans
@@ -382,6 +384,7 @@ func (o *Observer) appendLocked(es []entry, flows []*flowtracev1.Flow) (live boo
 		o.live[(o.hist.next-1)%liveWindow] = f
 		o.seen++
 	}
+	o.rate.add(es[0].added, o.seen-seen)
 	o.armAgeTimerLocked(es[0].added)
 	for fl := range o.followers {
 		select {
@@ -473,6 +476,8 @@ type Status struct {
 	NumFlows  uint64
 	MaxFlows  uint64
 	SeenFlows uint64
+	// FlowsRate is flows seen per second over the last minute (rateWindow).
+	FlowsRate float64
 	// EvictedFlows left history because of the count or age bound.
 	EvictedFlows uint64
 	MaxAge       time.Duration
@@ -497,6 +502,7 @@ func (o *Observer) Status() Status {
 		NumFlows:     uint64(o.hist.n),
 		MaxFlows:     uint64(len(o.hist.idx)),
 		SeenFlows:    o.seen,
+		FlowsRate:    o.rate.rate(now),
 		EvictedFlows: o.evicted,
 		MaxAge:       o.cfg.MaxAge,
 		Followers:    len(o.followers),

@@ -441,6 +441,7 @@ func (r *Relay) ServerStatus(ctx context.Context, _ *flowtracev1.ServerStatusReq
 		out.NumFlows += st.GetNumFlows()
 		out.MaxFlows += st.GetMaxFlows()
 		out.SeenFlows += st.GetSeenFlows()
+		out.FlowsRate += st.GetFlowsRate()
 		if o := st.GetOldestFlowTime(); o != nil && (out.OldestFlowTime == nil || o.AsTime().Before(out.OldestFlowTime.AsTime())) {
 			out.OldestFlowTime = o
 		}

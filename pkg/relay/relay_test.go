@@ -281,6 +281,12 @@ func TestServerStatusAcrossNodes(t *testing.T) {
 	if st.GetNodeName() != "relay-t" || st.GetNumFlows() != 7 || st.GetMaxFlows() != 200 || st.GetSeenFlows() != 7 || st.GetNumFollowers() != 0 {
 		t.Errorf("status %v", st)
 	}
+	// The two live nodes took their 4 and 3 flows just now, each read as
+	// its flows over at least a second: the sum is 7/s, and above node-a's
+	// 4 whenever this status came within 1.75 s.
+	if r := st.GetFlowsRate(); r <= 4 || r > 7 {
+		t.Errorf("flows rate %v, want the two nodes' sum, 7/s", r)
+	}
 	if !st.GetOldestFlowTime().AsTime().Equal(base) || !st.GetNewestFlowTime().AsTime().Equal(base.Add(9*time.Second)) {
 		t.Errorf("oldest %v newest %v", st.GetOldestFlowTime().AsTime(), st.GetNewestFlowTime().AsTime())
 	}

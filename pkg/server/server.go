@@ -159,6 +159,7 @@ func (s *Server) ServerStatus(ctx context.Context, _ *flowtracev1.ServerStatusRe
 	resp.SeenFlows = os.SeenFlows
 	resp.EvictedFlows = os.EvictedFlows
 	resp.NumFollowers = uint32(os.Followers)
+	resp.FlowsRate = os.FlowsRate
 	resp.MaxFlowAge = durationpb.New(os.MaxAge)
 	resp.OldestFlowTime, resp.NewestFlowTime = nil, nil
 	if !os.OldestFlow.IsZero() {

@@ -859,7 +859,11 @@ type ServerStatusResponse struct {
 	// that needs every flow from some moment on can wait until its stream is
 	// counted, and miss nothing published after. A relay counts its own
 	// followers (not its peers'), from when their request arrives.
-	NumFollowers  uint32 `protobuf:"varint,17,opt,name=num_followers,json=numFollowers,proto3" json:"num_followers,omitempty"`
+	NumFollowers uint32 `protobuf:"varint,17,opt,name=num_followers,json=numFollowers,proto3" json:"num_followers,omitempty"`
+	// flows_rate is the flows seen per second over the last minute (since
+	// the first flow, if that is later): how busy the node is now, where
+	// seen_flows over uptime is a lifetime average. A relay sums its peers'.
+	FlowsRate     float64 `protobuf:"fixed64,18,opt,name=flows_rate,json=flowsRate,proto3" json:"flows_rate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1009,6 +1013,13 @@ func (x *ServerStatusResponse) GetFlowTable() *KernelFlowTable {
 func (x *ServerStatusResponse) GetNumFollowers() uint32 {
 	if x != nil {
 		return x.NumFollowers
+	}
+	return 0
+}
+
+func (x *ServerStatusResponse) GetFlowsRate() float64 {
+	if x != nil {
+		return x.FlowsRate
 	}
 	return 0
 }
@@ -1550,7 +1561,7 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x0fnum_events_lost\x18\x02 \x01(\x04R\rnumEventsLost\x12\x15\n" +
 	"\x03cpu\x18\x03 \x01(\rH\x00R\x03cpu\x88\x01\x01B\x06\n" +
 	"\x04_cpu\"\x15\n" +
-	"\x13ServerStatusRequest\"\xe2\a\n" +
+	"\x13ServerStatusRequest\"\x81\b\n" +
 	"\x14ServerStatusResponse\x12\x1b\n" +
 	"\tnum_flows\x18\x01 \x01(\x04R\bnumFlows\x12\x1b\n" +
 	"\tmax_flows\x18\x02 \x01(\x04R\bmaxFlows\x12\x1d\n" +
@@ -1575,7 +1586,9 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\revicted_flows\x18\x0f \x01(\x04R\fevictedFlows\x12<\n" +
 	"\n" +
 	"flow_table\x18\x10 \x01(\v2\x1d.flowtrace.v1.KernelFlowTableR\tflowTable\x12#\n" +
-	"\rnum_followers\x18\x11 \x01(\rR\fnumFollowers\x1aC\n" +
+	"\rnum_followers\x18\x11 \x01(\rR\fnumFollowers\x12\x1d\n" +
+	"\n" +
+	"flows_rate\x18\x12 \x01(\x01R\tflowsRate\x1aC\n" +
 	"\x15DatapathCountersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x8e\x01\n" +

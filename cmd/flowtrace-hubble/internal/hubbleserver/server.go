@@ -398,19 +398,13 @@ func (s *Server) ServerStatus(ctx context.Context, _ *observerpb.ServerStatusReq
 		return nil, upstreamErr(err)
 	}
 	up := st.GetUptime().AsDuration()
-	rate := 0.0
-	if up > 0 {
-		// The agent counts flows since start; its lifetime average is the
-		// rate it can give without a sampling history.
-		rate = float64(st.GetSeenFlows()) / up.Seconds()
-	}
 	return &observerpb.ServerStatusResponse{
 		NumFlows:            st.GetNumFlows(),
 		MaxFlows:            st.GetMaxFlows(),
 		SeenFlows:           st.GetSeenFlows(),
 		UptimeNs:            uint64(up.Nanoseconds()),
 		Version:             s.version(st),
-		FlowsRate:           rate,
+		FlowsRate:           st.GetFlowsRate(), // the last minute's, as Hubble's
 		NumConnectedNodes:   wrapperspb.UInt32(1),
 		NumUnavailableNodes: wrapperspb.UInt32(0),
 	}, nil
