@@ -13,6 +13,7 @@ import (
 	"github.com/flowtrace/flowtrace/pkg/server"
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -261,9 +262,23 @@ func TestObserveAndStatusAgainstServer(t *testing.T) {
 		}
 	}
 
+	// status -o json: one line a script can read back as the response.
+	out, err = run("status", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st flowtracev1.ServerStatusResponse
+	if err := protojson.Unmarshal([]byte(out), &st); err != nil || strings.Count(out, "\n") != 1 ||
+		st.GetNodeName() != "node-x" || st.GetNumFlows() != 31 || st.GetMaxFlows() != 100 || st.GetFlowsRate() <= 0 {
+		t.Errorf("status -o json (%v):\n%s", err, out)
+	}
+
 	// A bad flag value exits as a usage error before dialing.
 	if _, err := run("observe", "--verdict", "nope"); !IsUsageError(err) {
 		t.Errorf("bad verdict: %v, want a usage error", err)
+	}
+	if _, err := run("status", "-o", "yaml"); !IsUsageError(err) || !strings.Contains(err.Error(), "text, json") {
+		t.Errorf("status -o yaml: %v, want a usage error naming the formats", err)
 	}
 	// A missing agent says so.
 	var out2 bytes.Buffer

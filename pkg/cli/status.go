@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -14,14 +16,25 @@ import (
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// Status output formats.
+const (
+	statusText = "text"
+	statusJSON = "json"
 )
 
 func newStatusCmd(g *globalOpts) *cobra.Command {
-	return &cobra.Command{
+	var output string
+	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the agent's status: history, losses, interfaces, features",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != statusText && output != statusJSON {
+				return usageErrorf("invalid --output %q: valid values are %s, %s", output, statusText, statusJSON)
+			}
 			ctx, cancel := context.WithTimeout(cmdContext(cmd), g.timeout)
 			defer cancel()
 			conn, err := g.dial(ctx)
@@ -33,9 +46,32 @@ func newStatusCmd(g *globalOpts) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("get agent status: %w", err)
 			}
+			if output == statusJSON {
+				return printStatusJSON(cmd.OutOrStdout(), r)
+			}
 			return printStatus(cmd.OutOrStdout(), r)
 		},
 	}
+	cmd.Flags().StringVarP(&output, "output", "o", statusText,
+		"output format: text, or json (the ServerStatus response as one protojson object, for scripts: e.g. jq .flowsRate)")
+	return cmd
+}
+
+// printStatusJSON writes r as one line of protojson, as observe -o json
+// writes flows.
+func printStatusJSON(out io.Writer, r *flowtracev1.ServerStatusResponse) error {
+	b, err := protojson.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode status: %w", err)
+	}
+	// protojson varies its whitespace on purpose: compact it to one stable line.
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, b); err != nil {
+		return fmt.Errorf("compact status: %w", err)
+	}
+	buf.WriteByte('\n')
+	_, err = out.Write(buf.Bytes())
+	return err
 }
 
 // addClientTLSFlags registers the client's TLS flags on root (persistent:
