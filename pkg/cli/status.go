@@ -3,7 +3,6 @@ package cli
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -16,7 +15,6 @@ import (
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // Status output formats.
@@ -47,7 +45,8 @@ func newStatusCmd(g *globalOpts) *cobra.Command {
 				return fmt.Errorf("get agent status: %w", err)
 			}
 			if output == statusJSON {
-				return printStatusJSON(cmd.OutOrStdout(), r)
+				var buf bytes.Buffer
+				return printer.WriteJSONLine(cmd.OutOrStdout(), &buf, r)
 			}
 			return printStatus(cmd.OutOrStdout(), r)
 		},
@@ -55,23 +54,6 @@ func newStatusCmd(g *globalOpts) *cobra.Command {
 	cmd.Flags().StringVarP(&output, "output", "o", statusText,
 		"output format: text, or json (the ServerStatus response as one protojson object, for scripts: e.g. jq .flowsRate)")
 	return cmd
-}
-
-// printStatusJSON writes r as one line of protojson, as observe -o json
-// writes flows.
-func printStatusJSON(out io.Writer, r *flowtracev1.ServerStatusResponse) error {
-	b, err := protojson.Marshal(r)
-	if err != nil {
-		return fmt.Errorf("encode status: %w", err)
-	}
-	// protojson varies its whitespace on purpose: compact it to one stable line.
-	var buf bytes.Buffer
-	if err := json.Compact(&buf, b); err != nil {
-		return fmt.Errorf("compact status: %w", err)
-	}
-	buf.WriteByte('\n')
-	_, err = out.Write(buf.Bytes())
-	return err
 }
 
 // addClientTLSFlags registers the client's TLS flags on root (persistent:

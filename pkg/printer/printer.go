@@ -16,6 +16,7 @@ import (
 
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 )
 
 // Output formats.
@@ -119,21 +120,28 @@ func (p *Printer) Flush() error {
 }
 
 func (p *Printer) printJSON(r *flowtracev1.GetFlowsResponse) error {
-	b, err := protojson.Marshal(r)
-	if err != nil {
-		return fmt.Errorf("marshal response: %w", err)
-	}
-	// protojson randomizes whitespace on purpose; compacting gives one stable
-	// object per line for scripts and golden files.
-	p.jb.Reset()
-	if err := json.Compact(&p.jb, b); err != nil {
-		return fmt.Errorf("compact json: %w", err)
-	}
-	p.jb.WriteByte('\n')
-	if _, err := p.w.Write(p.jb.Bytes()); err != nil {
+	if err := WriteJSONLine(p.w, &p.jb, r); err != nil {
 		return err
 	}
 	return p.w.Flush()
+}
+
+// WriteJSONLine writes m to w as one line of protojson, using buf (reset
+// first) as scratch: what -o json prints, one object per line.
+func WriteJSONLine(w io.Writer, buf *bytes.Buffer, m proto.Message) error {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("marshal %s: %w", m.ProtoReflect().Descriptor().Name(), err)
+	}
+	// protojson randomizes whitespace on purpose; compacting gives one stable
+	// object per line for scripts and golden files.
+	buf.Reset()
+	if err := json.Compact(buf, b); err != nil {
+		return fmt.Errorf("compact json: %w", err)
+	}
+	buf.WriteByte('\n')
+	_, err = w.Write(buf.Bytes())
+	return err
 }
 
 func (p *Printer) timeOf(r *flowtracev1.GetFlowsResponse) string {
