@@ -17,11 +17,9 @@ import (
 	"google.golang.org/grpc"
 )
 
-// Status output formats.
-const (
-	statusText = "text"
-	statusJSON = "json"
-)
+// statusText is status's default output; its other is printer.JSON, the
+// same one-object-per-line JSON that observe -o json writes.
+const statusText = "text"
 
 func newStatusCmd(g *globalOpts) *cobra.Command {
 	var output string
@@ -30,8 +28,8 @@ func newStatusCmd(g *globalOpts) *cobra.Command {
 		Short: "Show the agent's status: history, losses, interfaces, features",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != statusText && output != statusJSON {
-				return usageErrorf("invalid --output %q: valid values are %s, %s", output, statusText, statusJSON)
+			if output != statusText && output != printer.JSON {
+				return usageErrorf("invalid --output %q: valid values are %s, %s", output, statusText, printer.JSON)
 			}
 			ctx, cancel := context.WithTimeout(cmdContext(cmd), g.timeout)
 			defer cancel()
@@ -44,7 +42,7 @@ func newStatusCmd(g *globalOpts) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("get agent status: %w", err)
 			}
-			if output == statusJSON {
+			if output == printer.JSON {
 				var buf bytes.Buffer
 				return printer.WriteJSONLine(cmd.OutOrStdout(), &buf, r)
 			}
