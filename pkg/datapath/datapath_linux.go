@@ -173,6 +173,12 @@ const (
 	// ms, or at once for a backlog (ft_rb_flags); readPollLone is the poll
 	// with that wake-up. Without jiffies it wakes every 256th event, and
 	// readPoll is the poll.
+	//
+	// With the wake-up, only a record submitted within FT_RB_WAKE_GAP (4
+	// jiffies, 40 ms at HZ=100) of its CPU's last wake-up goes unannounced,
+	// and the reader reads that wake-up's record after it happened: so a
+	// readPollLone after the last record it read, every record is
+	// announced, and the reader sleeps until its next table walk (quietPoll).
 	readPoll     = 25 * time.Millisecond
 	readPollLone = 100 * time.Millisecond
 	// clockResync re-measures the boot-time to wall-time offset, which moves
@@ -957,6 +963,13 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 	sawDrop := false
 	var foldActiveUntil time.Time
 	drained, sinceLook := true, 0
+	// lastRead: when the loop last looked at the clock after reading a
+	// record. A poll that long after it finds every record announced.
+	read, lastRead := false, time.Now()
+	if d.wait != nil {
+		// The quiet sleep can be long: ctx's end wakes it.
+		defer context.AfterFunc(ctx, d.wait.interrupt)()
+	}
 	for {
 		// The clock, ctx and the poll deadline are looked at when the ring
 		// is drained (the next read may wait) and every housekeepEvery
@@ -977,7 +990,13 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 				}
 				lastFlush = now
 			}
+			if read {
+				lastRead, read = now, false
+			}
 			poll = pollEvery
+			if d.wait != nil && d.readPoll == readPollLone && now.Sub(lastRead) >= readPollLone {
+				poll = quietPoll(now, lastFlush.Add(d.cfg.FlowReportInterval), lastSync.Add(clockResync))
+			}
 			if sawDrop {
 				foldActiveUntil, sawDrop = now.Add(2*d.cfg.DropFoldWindow), false
 			}
@@ -1028,6 +1047,7 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 			return fmt.Errorf("read ring buffer: %w", err)
 		}
 		sinceLook++
+		read = true
 		drained = !d.available()
 		if k, ok := decode.RecordKind(rec.RawSample); ok && k == decode.KindDrop {
 			sawDrop = true
@@ -1039,6 +1059,22 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 	}
 }
 
+// quietPoll is how long a reader that every record now wakes may sleep:
+// until the earliest of its timed chores (the idle flow walk, the clock
+// resync), at least a millisecond. An idle agent then wakes a few times a
+// minute, not ten times a second: each wake-up was several thread switches
+// (the netpoller, the runtime's sysmon) on CPUs the node's pods are using,
+// and the request/response latency of the pods traced paid for them.
+func quietPoll(now time.Time, chores ...time.Time) time.Duration {
+	next := chores[0]
+	for _, c := range chores[1:] {
+		if c.Before(next) {
+			next = c
+		}
+	}
+	return max(next.Sub(now), time.Millisecond)
+}
+
 // ringWaiter parks the reader in the Go runtime's netpoller while the ring
 // buffer is empty. The ring buffer reader's own wait is a blocking
 // epoll_wait: a goroutine blocked in a syscall makes the runtime's sysmon
@@ -1048,6 +1084,8 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 type ringWaiter struct {
 	f  *os.File
 	rc syscall.RawConn
+	// stopped: interrupt was called; wait returns at once from then on.
+	stopped atomic.Bool
 }
 
 func newRingWaiter(m *ebpf.Map, rd *ringbuf.Reader) (*ringWaiter, error) {
@@ -1077,16 +1115,27 @@ func newRingWaiter(m *ebpf.Map, rd *ringbuf.Reader) (*ringWaiter, error) {
 	return w, nil
 }
 
-// wait returns once ready (the ring buffer has data) or after timeout.
+// wait returns once ready (the ring buffer has data), after timeout or
+// once interrupt was called.
 func (w *ringWaiter) wait(timeout time.Duration, ready func() bool) error {
 	if err := w.f.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return err
+	}
+	// After the deadline is set: an interrupt from here on moves it.
+	if w.stopped.Load() {
+		return nil
 	}
 	err := w.rc.Read(func(uintptr) bool { return ready() })
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return nil
 	}
 	return err
+}
+
+// interrupt ends a wait in progress and every later one (Run's ctx ended).
+func (w *ringWaiter) interrupt() {
+	w.stopped.Store(true)
+	_ = w.f.SetReadDeadline(time.Unix(1, 0))
 }
 
 func (w *ringWaiter) Close() error { return w.f.Close() }

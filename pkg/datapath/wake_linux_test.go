@@ -3,6 +3,8 @@
 package datapath
 
 import (
+	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -118,4 +120,98 @@ func wakeSteps(t *testing.T, state func() ftFtRbState, burst func(uint32) time.D
 		t.Logf("the gap (%d jiffies) passed during the burst: the backlog rule was not what woke it", after.Woke-before.Woke)
 	}
 	return ""
+}
+
+// TestReaderSleepsWhenQuiet: a readPollLone after the last record it read,
+// the reader is announced every record (ft_rb_flags) and sleeps until its
+// next timed chore instead of polling ten times a second, each wake-up a
+// few thread switches on CPUs the node's pods use. It still gets a record
+// submitted without a wake-up just after one, and its ctx's end still
+// stops it at once. Without jiffies it must keep polling.
+func TestReaderSleepsWhenQuiet(t *testing.T) {
+	d := load(t, Config{FlowReportInterval: time.Hour})
+	if d.wait == nil {
+		t.Fatal("the ring buffer fd was not pollable by the Go runtime")
+	}
+	cpu := pinCPU(t, -1)
+	wakes := func() uint64 {
+		var vals []ftFtRbState
+		if err := d.objs.FtRbSeq.Lookup(uint32(0), &vals); err != nil {
+			t.Fatalf("read ft_rb_seq: %v", err)
+		}
+		return vals[cpu].Wakes
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan uint16, 64)
+	var looks atomic.Int64 // the reader's passes: each wake-up is one
+	done := make(chan error, 1)
+	go func() {
+		done <- d.RunFlush(ctx, func(ev *decode.Event) { got <- ev.SrcPort }, func() { looks.Add(1) })
+	}()
+	await := func(port uint16, within time.Duration) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for {
+			select {
+			case p := <-got:
+				if p == port {
+					return time.Since(start)
+				}
+			case <-time.After(within):
+				t.Fatalf("the record of port %d was not read within %v", port, within)
+			}
+		}
+	}
+
+	// A record right after one the reader was woken for and has read goes
+	// unannounced (the CPU woke it less than FT_RB_WAKE_GAP ago). The
+	// bound is loose for emulated kernels in the matrix; a reader that
+	// slept till its next chore would wait the clock resync's 10 s.
+	port := uint16(43000)
+	for attempt := 1; ; attempt++ {
+		run(t, d.Ingress(), tcpFrame(port, decode.TCPSyn, 0))
+		await(port, time.Second)
+		before := wakes()
+		run(t, d.Ingress(), tcpFrame(port+1, decode.TCPSyn, 0))
+		announced := wakes() != before
+		lat := await(port+1, 2*time.Second)
+		if !announced {
+			t.Logf("an unannounced record was read after %v", lat)
+			break
+		}
+		if attempt == 5 {
+			t.Fatalf("the record after a read one woke the reader in %d attempts: the gap passed in between", attempt)
+		}
+		port += 2
+	}
+
+	// Quiet: count the reader's passes over a second, once a readPollLone
+	// has passed since the last record. Records from elsewhere (the drop
+	// hook sees the whole machine) disturb a window: it is tried again.
+	for attempt := 1; ; attempt++ {
+		time.Sleep(readPollLone + 50*time.Millisecond)
+		n0 := looks.Load()
+		time.Sleep(time.Second)
+		n := looks.Load() - n0
+		if len(got) > 0 {
+			if attempt == 5 {
+				t.Fatalf("records arrived in every quiet second of %d", attempt)
+			}
+			for len(got) > 0 {
+				<-got
+			}
+			continue
+		}
+		if d.readPoll == readPollLone && n > 1 {
+			t.Fatalf("the quiet reader woke %d times in a second, want at most 1", n)
+		}
+		if d.readPoll != readPollLone && n < int64(time.Second/readPoll/2) {
+			t.Fatalf("without jiffies the reader woke %d times in a second: it must poll every %v", n, readPoll)
+		}
+		t.Logf("the quiet reader woke %d times in a second", n)
+		break
+	}
+	cancel()
+	waitErr(t, done, time.Second, "Run, after its ctx ended")
 }
