@@ -247,14 +247,21 @@ func follow(ctx context.Context, a *agentConn, ports []uint32) (*follower, error
 	return f, nil
 }
 
-// settle waits until nothing arrived for quiet, or max passed, or the
-// stream ended.
+// settle waits until nothing arrived for quiet (and at least quiet), or
+// max passed, or the stream ended.
 func (f *follower) settle(ctx context.Context, quiet, max time.Duration) {
-	end := time.Now().Add(max)
+	start := time.Now()
+	end := start.Add(max)
 	for time.Now().Before(end) && ctx.Err() == nil {
 		f.mu.Lock()
-		idle := time.Since(f.last) > quiet
+		last := f.last
 		f.mu.Unlock()
+		// Quiet since the last report, or since settle began if none came
+		// yet: reports still in flight when it is asked are waited for.
+		if last.Before(start) {
+			last = start
+		}
+		idle := time.Since(last) > quiet
 		if idle {
 			return
 		}

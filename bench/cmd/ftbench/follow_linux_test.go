@@ -64,6 +64,9 @@ func (s *fakeAgent) GetFlows(req *flowtracev1.GetFlowsRequest, stream grpc.Serve
 	time.Sleep(subscribeDelay)
 	s.followers.Add(1)
 	defer s.followers.Add(^uint32(0))
+	// Reports come a while after the stream is counted, as a storm's do:
+	// the follower may be told to settle before any arrived.
+	time.Sleep(100 * time.Millisecond)
 	now := time.Now()
 	send := []*flowtracev1.GetFlowsResponse{
 		// A folded report of 5 drops, 40 ms old, and a lone one 10 ms old.
