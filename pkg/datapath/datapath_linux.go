@@ -178,7 +178,7 @@ const (
 	// jiffies, 40 ms at HZ=100) of its CPU's last wake-up goes unannounced,
 	// and the reader reads that wake-up's record after it happened: so a
 	// readPollLone after the last record it read, every record is
-	// announced, and the reader sleeps until its next table walk (quietPoll).
+	// announced, and the reader sleeps until its next table walk (RunSink).
 	readPoll     = 25 * time.Millisecond
 	readPollLone = 100 * time.Millisecond
 	// clockResync re-measures the boot-time to wall-time offset, which moves
@@ -965,7 +965,7 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 	drained, sinceLook := true, 0
 	// lastRead: when the loop last looked at the clock after reading a
 	// record. A poll that long after it finds every record announced.
-	read, lastRead := false, time.Now()
+	lastRead := time.Now()
 	if d.wait != nil {
 		// The quiet sleep can be long: ctx's end wakes it.
 		defer context.AfterFunc(ctx, d.wait.interrupt)()
@@ -975,6 +975,7 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 		// is drained (the next read may wait) and every housekeepEvery
 		// records, not per record.
 		if drained || sinceLook >= housekeepEvery {
+			read := sinceLook > 0
 			sinceLook = 0
 			if err := ctx.Err(); err != nil {
 				return nil
@@ -991,11 +992,17 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 				lastFlush = now
 			}
 			if read {
-				lastRead, read = now, false
+				lastRead = now
 			}
 			poll = pollEvery
 			if d.wait != nil && d.readPoll == readPollLone && now.Sub(lastRead) >= readPollLone {
-				poll = quietPoll(now, lastFlush.Add(d.cfg.FlowReportInterval), lastSync.Add(clockResync))
+				// Every record now wakes the reader: it sleeps until its
+				// next timed chore (the idle flow walk, the clock resync).
+				// An idle agent then wakes a few times a minute, not ten
+				// times a second, each wake-up several thread switches (the
+				// netpoller, the runtime's sysmon) on CPUs the node's pods
+				// use, whose request/response latency paid for them.
+				poll = max(min(lastFlush.Add(d.cfg.FlowReportInterval).Sub(now), lastSync.Add(clockResync).Sub(now)), time.Millisecond)
 			}
 			if sawDrop {
 				foldActiveUntil, sawDrop = now.Add(2*d.cfg.DropFoldWindow), false
@@ -1047,7 +1054,6 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 			return fmt.Errorf("read ring buffer: %w", err)
 		}
 		sinceLook++
-		read = true
 		drained = !d.available()
 		if k, ok := decode.RecordKind(rec.RawSample); ok && k == decode.KindDrop {
 			sawDrop = true
@@ -1057,22 +1063,6 @@ func (d *Datapath) RunSink(ctx context.Context, sink Sink) error {
 			flush()
 		}
 	}
-}
-
-// quietPoll is how long a reader that every record now wakes may sleep:
-// until the earliest of its timed chores (the idle flow walk, the clock
-// resync), at least a millisecond. An idle agent then wakes a few times a
-// minute, not ten times a second: each wake-up was several thread switches
-// (the netpoller, the runtime's sysmon) on CPUs the node's pods are using,
-// and the request/response latency of the pods traced paid for them.
-func quietPoll(now time.Time, chores ...time.Time) time.Duration {
-	next := chores[0]
-	for _, c := range chores[1:] {
-		if c.Before(next) {
-			next = c
-		}
-	}
-	return max(next.Sub(now), time.Millisecond)
 }
 
 // ringWaiter parks the reader in the Go runtime's netpoller while the ring
