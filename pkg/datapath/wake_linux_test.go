@@ -171,6 +171,9 @@ func TestReaderSleepsWhenQuiet(t *testing.T) {
 	// bounds are loose for emulated kernels in the matrix; a reader that
 	// slept till its next chore would wait the clock resync's 10 s.
 	port := uint16(43000)
+	// After a quiet spell longer than the short poll, so the reader must
+	// have noted the read of the first record to look again for the next.
+	time.Sleep(readPollLone + 50*time.Millisecond)
 	for attempt := 1; ; attempt++ {
 		run(t, d.Ingress(), tcpFrame(port, decode.TCPSyn, 0))
 		await(port, 2*time.Second)
