@@ -9,10 +9,14 @@ import (
 	"net/netip"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/flowtrace/flowtrace/pkg/lab"
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
@@ -415,6 +419,58 @@ func TestLabAgent(t *testing.T) {
 			}
 		case <-ctx.Done():
 			t.Fatal("follower received no drop")
+		}
+	})
+
+	t.Run("status says what the agent and its programs cost", func(t *testing.T) {
+		// The kernel keeps programs' run times only while someone asks it
+		// to: this test does, for the traffic below.
+		stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+		if err != nil {
+			t.Fatalf("enable BPF statistics: %v", err)
+		}
+		defer stats.Close()
+		progs := func() map[string]*flowtracev1.ProgramCost {
+			t.Helper()
+			st, err := a.status()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := st.GetCost()
+			if w := c.GetCpuWindow().AsDuration(); c.GetCpuTime().AsDuration() <= 0 || w <= 0 || w > 61*time.Second ||
+				c.GetCpuRate() < 0 || c.GetCpuRate() > float64(runtime.NumCPU()) ||
+				c.GetRssBytes() < 4<<20 || c.GetRssBytes() > 1<<30 || c.GetPeakRssBytes() < c.GetRssBytes() {
+				t.Fatalf("agent cost: %v", c)
+			}
+			m := map[string]*flowtracev1.ProgramCost{}
+			for _, p := range c.GetPrograms() {
+				m[p.GetName()] = p
+			}
+			return m
+		}
+		before := progs()
+		// A refused connection: its SYN and RST cross both veths both ways,
+		// and the SYN is freed with NO_SOCKET.
+		_, _ = dial(l, "frontend", backend.IPv4, 9998, time.Second)
+		after := progs()
+		for _, name := range []string{"tc ingress", "tc egress", "kfree_skb"} {
+			b, a := before[name], after[name]
+			if a == nil {
+				t.Errorf("status has no %q program: %v", name, after)
+				continue
+			}
+			if a.GetRunCount() <= b.GetRunCount() || a.GetRunTime().AsDuration() <= b.GetRunTime().AsDuration() {
+				t.Errorf("%s: %d runs in %v before the connection, %d in %v after", name,
+					b.GetRunCount(), b.GetRunTime().AsDuration(), a.GetRunCount(), a.GetRunTime().AsDuration())
+			}
+		}
+		out, err := exec.Command(flowtraceBin, "status", "--server", a.sock).CombinedOutput()
+		if err != nil {
+			t.Fatalf("flowtrace status: %v\n%s", err, out)
+		}
+		if !regexp.MustCompile(`Agent cost: +[0-9.]+% of a CPU over the last [0-9]+s, [0-9.]+m?s of CPU since start; RSS [0-9.]+ MiB`).Match(out) ||
+			!regexp.MustCompile(`BPF programs: +tc ingress [0-9]+ ns a run over [0-9]+ runs`).Match(out) {
+			t.Errorf("flowtrace status lacks the agent's cost:\n%s", out)
 		}
 	})
 

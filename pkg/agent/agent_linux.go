@@ -145,6 +145,7 @@ type Agent struct {
 	cfg   Config
 	log   *slog.Logger
 	start time.Time
+	costs costMeter // the agent's CPU over the last minute, for its status
 
 	selfNetns uint32
 	dp        *datapath.Datapath
@@ -201,6 +202,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 // It always detaches everything it attached before returning.
 func (a *Agent) Run(ctx context.Context) (err error) {
 	a.start = time.Now()
+	if s, ok := sampleCPU(); ok {
+		a.costs.begin(s)
+	}
 	if err := a.setup(); err != nil {
 		return errors.Join(err, a.teardown())
 	}

@@ -412,7 +412,8 @@ func (l *lossDeltas) agentQueue(q uint64, publish publishLost) {
 // reportLosses tells followers about the kernel's per-CPU reserve
 // failures, the datapath's loss counters and the agent queue's drops as
 // LostEvents, once a second at most: a storm yields one message per stage
-// per second, not one per event.
+// per second, not one per event. The same tick samples the agent's CPU time
+// for its status (costMeter).
 func (a *Agent) reportLosses(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -422,6 +423,9 @@ func (a *Agent) reportLosses(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if s, ok := sampleCPU(); ok {
+			a.costs.add(s)
 		}
 		if _, perCPU, err := a.dp.Lost(); err == nil {
 			l.ring(perCPU, a.obs.PublishLost)

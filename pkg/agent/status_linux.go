@@ -72,5 +72,6 @@ func (a *Agent) Status(context.Context) *flowtracev1.ServerStatusResponse {
 		ok, detail := s.Synced()
 		st.IdentitySources = append(st.IdentitySources, &flowtracev1.IdentitySourceStatus{Name: s.Name(), Synced: ok, Detail: detail})
 	}
+	st.Cost = a.cost()
 	return st
 }

@@ -129,6 +129,10 @@ func printStatus(out io.Writer, r *flowtracev1.ServerStatusResponse) error {
 	if ft := r.GetFlowTable(); ft != nil {
 		row("Flow table", "%s", flowTableText(ft))
 	}
+	if c := r.GetCost(); c != nil {
+		row("Agent cost", "%s", agentCostText(c))
+		row("BPF programs", "%s", programCostText(c.GetPrograms()))
+	}
 
 	fmt.Fprintln(w, "Lost events:\t")
 	for _, lc := range r.GetLostEvents() {
@@ -192,4 +196,39 @@ func flowTableText(ft *flowtracev1.KernelFlowTable) string {
 		b.WriteString("; never full")
 	}
 	return b.String()
+}
+
+// agentCostText says what the agent process takes: its CPU now (the last
+// minute) and in all, and its memory.
+func agentCostText(c *flowtracev1.AgentCost) string {
+	var b strings.Builder
+	if w := c.GetCpuWindow().AsDuration(); c.GetCpuWindow() != nil && w > 0 {
+		fmt.Fprintf(&b, "%.2f%% of a CPU over the last %s, %s of CPU since start",
+			100*c.GetCpuRate(), w.Round(time.Second), c.GetCpuTime().AsDuration().Round(time.Millisecond))
+	} else {
+		b.WriteString("CPU unknown")
+	}
+	if c.GetRssBytes() > 0 {
+		fmt.Fprintf(&b, "; RSS %.1f MiB (peak %.1f MiB)", float64(c.GetRssBytes())/(1<<20), float64(c.GetPeakRssBytes())/(1<<20))
+	} else {
+		b.WriteString("; memory unknown")
+	}
+	return b.String()
+}
+
+// programCostText gives each program's mean kernel time a run, where the
+// kernel measured any, or says how to have it measured.
+func programCostText(ps []*flowtracev1.ProgramCost) string {
+	var parts []string
+	for _, p := range ps {
+		if p.GetRunCount() == 0 {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %.0f ns a run over %d runs", p.GetName(),
+			float64(p.GetRunTime().AsDuration().Nanoseconds())/float64(p.GetRunCount()), p.GetRunCount()))
+	}
+	if len(parts) == 0 {
+		return "run time not measured: the kernel keeps it while sysctl kernel.bpf_stats_enabled=1 (every program run then pays two clock reads)"
+	}
+	return strings.Join(parts, ", ") + " (while the kernel's BPF statistics were on)"
 }

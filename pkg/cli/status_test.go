@@ -93,3 +93,55 @@ func TestPrintStatusFlowTable(t *testing.T) {
 		t.Errorf("a status without a flow table (a relay's) shows one:\n%s", out.String())
 	}
 }
+
+func TestPrintStatusCost(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cost *flowtracev1.AgentCost
+		want []string
+		not  []string
+	}{{
+		name: "measured",
+		cost: &flowtracev1.AgentCost{CpuTime: durationpb.New(12345 * time.Millisecond), CpuRate: 0.0042,
+			CpuWindow: durationpb.New(time.Minute), RssBytes: 43 << 20, PeakRssBytes: 47<<20 + 1<<19,
+			Programs: []*flowtracev1.ProgramCost{
+				{Name: "tc ingress", RunCount: 2000, RunTime: durationpb.New(116 * time.Microsecond)},
+				{Name: "tc egress", RunCount: 0},
+				{Name: "kfree_skb", RunCount: 10, RunTime: durationpb.New(750 * time.Nanosecond)},
+			}},
+		want: []string{"Agent cost:", "0.42% of a CPU over the last 1m0s, 12.345s of CPU since start; RSS 43.0 MiB (peak 47.5 MiB)",
+			"BPF programs:", "tc ingress 58 ns a run over 2000 runs, kfree_skb 75 ns a run over 10 runs (while the kernel's BPF statistics were on)"},
+		not: []string{"tc egress"},
+	}, {
+		name: "stats off, memory unknown",
+		cost: &flowtracev1.AgentCost{CpuTime: durationpb.New(time.Second), CpuRate: 0.5, CpuWindow: durationpb.New(2 * time.Second),
+			Programs: []*flowtracev1.ProgramCost{{Name: "tc ingress"}}},
+		want: []string{"50.00% of a CPU over the last 2s, 1s of CPU since start; memory unknown",
+			"run time not measured: the kernel keeps it while sysctl kernel.bpf_stats_enabled=1"},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			if err := printStatus(&out, &flowtracev1.ServerStatusResponse{Cost: tc.cost}); err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("status lacks %q:\n%s", w, out.String())
+				}
+			}
+			for _, n := range tc.not {
+				if strings.Contains(out.String(), n) {
+					t.Errorf("status has %q:\n%s", n, out.String())
+				}
+			}
+		})
+	}
+	// A relay's merged status has no cost: no line for it.
+	var out bytes.Buffer
+	if err := printStatus(&out, &flowtracev1.ServerStatusResponse{}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "Agent cost") {
+		t.Errorf("a status without cost prints one:\n%s", out.String())
+	}
+}

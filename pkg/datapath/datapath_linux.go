@@ -828,6 +828,38 @@ func (d *Datapath) Egress() *ebpf.Program { return d.objs.FtTcEgress }
 // DropProgram returns the loaded kfree_skb program.
 func (d *Datapath) DropProgram() *ebpf.Program { return d.dropProg }
 
+// ProgramCost is one program's kernel run-time statistics: zero while the
+// kernel keeps none (kernel.bpf_stats_enabled off, nobody holding
+// BPF_ENABLE_STATS), and only the time they were on otherwise.
+type ProgramCost struct {
+	Name    string // where it runs: "tc ingress", "tc egress", "kfree_skb"
+	Runs    uint64
+	RunTime time.Duration
+}
+
+// ProgramCosts returns the statistics of the programs that run for every
+// packet or drop: the two tc programs and, where attached, the drop hook.
+// (The held first reports' timer callback is not among them: the kernel
+// keeps no statistics for callbacks.)
+func (d *Datapath) ProgramCosts() ([]ProgramCost, error) {
+	progs := []struct {
+		name string
+		p    *ebpf.Program
+	}{{"tc ingress", d.objs.FtTcIngress}, {"tc egress", d.objs.FtTcEgress}, {"kfree_skb", d.dropProg}}
+	out := make([]ProgramCost, 0, len(progs))
+	for _, pr := range progs {
+		if pr.p == nil {
+			continue
+		}
+		st, err := pr.p.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("%s program's statistics: %w", pr.name, err)
+		}
+		out = append(out, ProgramCost{Name: pr.name, Runs: st.RunCount, RunTime: st.Runtime})
+	}
+	return out, nil
+}
+
 // Features reports the kernel paths in use.
 func (d *Datapath) Features() Features { return d.features }
 

@@ -200,13 +200,20 @@ var (
 		"Size of the kernel's flow table (--flow-table-entries).", nil, nil)
 	descCounter = prometheus.NewDesc("flowtrace_datapath_counter_total",
 		"Kernel-side datapath counters.", []string{"name"}, nil)
+	// The kernel counts programs' runs and run time only while its BPF
+	// statistics are on (kernel.bpf_stats_enabled): a program it has never
+	// counted has neither series, rather than a zero that reads as idle.
+	descProgRuns = prometheus.NewDesc("flowtrace_bpf_program_runs_total",
+		"Runs of the agent's per-packet and per-drop BPF programs the kernel counted while its BPF statistics were on.", []string{"program"}, nil)
+	descProgTime = prometheus.NewDesc("flowtrace_bpf_program_run_seconds_total",
+		"Kernel time of the agent's per-packet and per-drop BPF programs, counted while the kernel's BPF statistics were on.", []string{"program"}, nil)
 )
 
 // scrape reads the sources at scrape time.
 type scrape struct{ src Sources }
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLost, descIfaces, descSubs, descHeld, descMax, descSeen, descRingUsed, descRingSize, descTableUsed, descTableSize, descCounter} {
+	for _, d := range []*prometheus.Desc{descLost, descIfaces, descSubs, descHeld, descMax, descSeen, descRingUsed, descRingSize, descTableUsed, descTableSize, descCounter, descProgRuns, descProgTime} {
 		ch <- d
 	}
 }
@@ -257,6 +264,13 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	}
 	for name, v := range st.GetDatapathCounters() {
 		ch <- prometheus.MustNewConstMetric(descCounter, prometheus.CounterValue, float64(v), name)
+	}
+	for _, p := range st.GetCost().GetPrograms() {
+		if p.GetRunCount() == 0 {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(descProgRuns, prometheus.CounterValue, float64(p.GetRunCount()), p.GetName())
+		ch <- prometheus.MustNewConstMetric(descProgTime, prometheus.CounterValue, p.GetRunTime().AsDuration().Seconds(), p.GetName())
 	}
 }
 

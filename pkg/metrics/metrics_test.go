@@ -11,6 +11,7 @@ import (
 	"time"
 
 	flowtracev1 "github.com/flowtrace/flowtrace/proto/flowtrace/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -65,6 +66,10 @@ func TestMetrics(t *testing.T) {
 		},
 		DatapathCounters: map[string]uint64{"parse_errors": 4},
 		FlowTable:        &flowtracev1.KernelFlowTable{Capacity: 65536, Used: 812, WalkedAt: timestamppb.Now()},
+		Cost: &flowtracev1.AgentCost{Programs: []*flowtracev1.ProgramCost{
+			{Name: "tc ingress", RunCount: 2000, RunTime: durationpb.New(116 * time.Microsecond)},
+			{Name: "kfree_skb"}, // never counted: no series
+		}},
 	}
 	m := New(Config{TopNamespaces: 2}, Sources{
 		Status:      func(context.Context) (*flowtracev1.ServerStatusResponse, error) { return status, nil },
@@ -106,11 +111,16 @@ func TestMetrics(t *testing.T) {
 		`flowtrace_datapath_counter_total{name="parse_errors"} 4`,
 		`flowtrace_flow_table_entries 812`,
 		`flowtrace_flow_table_capacity_entries 65536`,
+		`flowtrace_bpf_program_runs_total{program="tc ingress"} 2000`,
+		`flowtrace_bpf_program_run_seconds_total{program="tc ingress"} 0.000116`,
 		`go_goroutines `,
 	} {
 		if !strings.Contains(out, want+"\n") && !strings.Contains(out, want) {
 			t.Errorf("missing %q", want)
 		}
+	}
+	if strings.Contains(out, `program="kfree_skb"`) {
+		t.Error("a program the kernel never counted is exported")
 	}
 	if strings.Contains(out, `namespace="third"`) || strings.Contains(out, `namespace="fourth"`) {
 		t.Error("namespace beyond TopNamespaces exported with its own label")

@@ -863,7 +863,10 @@ type ServerStatusResponse struct {
 	// flows_rate is the flows seen per second over the last minute (since
 	// the first flow, if that is later): how busy the node is now, where
 	// seen_flows over uptime is a lifetime average. A relay sums its peers'.
-	FlowsRate     float64 `protobuf:"fixed64,18,opt,name=flows_rate,json=flowsRate,proto3" json:"flows_rate,omitempty"`
+	FlowsRate float64 `protobuf:"fixed64,18,opt,name=flows_rate,json=flowsRate,proto3" json:"flows_rate,omitempty"`
+	// cost is what the agent itself takes from its node: its process's CPU
+	// and memory, and its BPF programs' kernel run time. Unset from a relay.
+	Cost          *AgentCost `protobuf:"bytes,19,opt,name=cost,proto3" json:"cost,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1024,6 +1027,176 @@ func (x *ServerStatusResponse) GetFlowsRate() float64 {
 	return 0
 }
 
+func (x *ServerStatusResponse) GetCost() *AgentCost {
+	if x != nil {
+		return x.Cost
+	}
+	return nil
+}
+
+// AgentCost is what an agent costs its node, for an SRE asking what the
+// observer itself takes (the bench measures it against targets; this is the
+// running node's own figure).
+type AgentCost struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// cpu_time is the agent process's CPU time (all threads, user and
+	// system) since it started, its start-up (loading its programs) included.
+	CpuTime *durationpb.Duration `protobuf:"bytes,1,opt,name=cpu_time,json=cpuTime,proto3" json:"cpu_time,omitempty"`
+	// cpu_rate is CPU seconds per second over cpu_window: 0.01 is 1% of one
+	// CPU.
+	CpuRate float64 `protobuf:"fixed64,2,opt,name=cpu_rate,json=cpuRate,proto3" json:"cpu_rate,omitempty"`
+	// cpu_window is the last minute, or the time since the agent started
+	// when that is shorter.
+	CpuWindow *durationpb.Duration `protobuf:"bytes,3,opt,name=cpu_window,json=cpuWindow,proto3" json:"cpu_window,omitempty"`
+	// rss_bytes is the process's resident memory now; peak_rss_bytes its
+	// high-water mark.
+	RssBytes     uint64 `protobuf:"varint,4,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
+	PeakRssBytes uint64 `protobuf:"varint,5,opt,name=peak_rss_bytes,json=peakRssBytes,proto3" json:"peak_rss_bytes,omitempty"`
+	// programs are the BPF programs that run for every packet or drop, with
+	// the kernel's run-time statistics. The kernel keeps those only while
+	// statistics are on (sysctl kernel.bpf_stats_enabled=1, or a process
+	// holding BPF_ENABLE_STATS), as every run then pays two clock reads: both
+	// counts stay zero while nothing turned them on, and cover only the time
+	// they were on.
+	Programs      []*ProgramCost `protobuf:"bytes,6,rep,name=programs,proto3" json:"programs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentCost) Reset() {
+	*x = AgentCost{}
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentCost) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentCost) ProtoMessage() {}
+
+func (x *AgentCost) ProtoReflect() protoreflect.Message {
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentCost.ProtoReflect.Descriptor instead.
+func (*AgentCost) Descriptor() ([]byte, []int) {
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AgentCost) GetCpuTime() *durationpb.Duration {
+	if x != nil {
+		return x.CpuTime
+	}
+	return nil
+}
+
+func (x *AgentCost) GetCpuRate() float64 {
+	if x != nil {
+		return x.CpuRate
+	}
+	return 0
+}
+
+func (x *AgentCost) GetCpuWindow() *durationpb.Duration {
+	if x != nil {
+		return x.CpuWindow
+	}
+	return nil
+}
+
+func (x *AgentCost) GetRssBytes() uint64 {
+	if x != nil {
+		return x.RssBytes
+	}
+	return 0
+}
+
+func (x *AgentCost) GetPeakRssBytes() uint64 {
+	if x != nil {
+		return x.PeakRssBytes
+	}
+	return 0
+}
+
+func (x *AgentCost) GetPrograms() []*ProgramCost {
+	if x != nil {
+		return x.Programs
+	}
+	return nil
+}
+
+// ProgramCost is one BPF program's kernel run-time statistics.
+type ProgramCost struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name says where it runs, e.g. "tc ingress", "kfree_skb".
+	Name          string               `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	RunCount      uint64               `protobuf:"varint,2,opt,name=run_count,json=runCount,proto3" json:"run_count,omitempty"`
+	RunTime       *durationpb.Duration `protobuf:"bytes,3,opt,name=run_time,json=runTime,proto3" json:"run_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProgramCost) Reset() {
+	*x = ProgramCost{}
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProgramCost) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProgramCost) ProtoMessage() {}
+
+func (x *ProgramCost) ProtoReflect() protoreflect.Message {
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProgramCost.ProtoReflect.Descriptor instead.
+func (*ProgramCost) Descriptor() ([]byte, []int) {
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ProgramCost) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ProgramCost) GetRunCount() uint64 {
+	if x != nil {
+		return x.RunCount
+	}
+	return 0
+}
+
+func (x *ProgramCost) GetRunTime() *durationpb.Duration {
+	if x != nil {
+		return x.RunTime
+	}
+	return nil
+}
+
 // KernelFlowTable is the kernel's per-connection aggregation table (tc):
 // an entry is one direction of a connection at one interface.
 type KernelFlowTable struct {
@@ -1046,7 +1219,7 @@ type KernelFlowTable struct {
 
 func (x *KernelFlowTable) Reset() {
 	*x = KernelFlowTable{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[7]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1231,7 @@ func (x *KernelFlowTable) String() string {
 func (*KernelFlowTable) ProtoMessage() {}
 
 func (x *KernelFlowTable) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[7]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1244,7 @@ func (x *KernelFlowTable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KernelFlowTable.ProtoReflect.Descriptor instead.
 func (*KernelFlowTable) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{7}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *KernelFlowTable) GetCapacity() uint64 {
@@ -1113,7 +1286,7 @@ type LostEventsCount struct {
 
 func (x *LostEventsCount) Reset() {
 	*x = LostEventsCount{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[8]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1125,7 +1298,7 @@ func (x *LostEventsCount) String() string {
 func (*LostEventsCount) ProtoMessage() {}
 
 func (x *LostEventsCount) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[8]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1138,7 +1311,7 @@ func (x *LostEventsCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LostEventsCount.ProtoReflect.Descriptor instead.
 func (*LostEventsCount) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{8}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LostEventsCount) GetSource() LostEventsSource {
@@ -1172,7 +1345,7 @@ type AttachedInterface struct {
 
 func (x *AttachedInterface) Reset() {
 	*x = AttachedInterface{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[9]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1357,7 @@ func (x *AttachedInterface) String() string {
 func (*AttachedInterface) ProtoMessage() {}
 
 func (x *AttachedInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[9]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1370,7 @@ func (x *AttachedInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachedInterface.ProtoReflect.Descriptor instead.
 func (*AttachedInterface) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{9}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AttachedInterface) GetName() string {
@@ -1272,7 +1445,7 @@ type DatapathFeatures struct {
 
 func (x *DatapathFeatures) Reset() {
 	*x = DatapathFeatures{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[10]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1457,7 @@ func (x *DatapathFeatures) String() string {
 func (*DatapathFeatures) ProtoMessage() {}
 
 func (x *DatapathFeatures) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[10]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1470,7 @@ func (x *DatapathFeatures) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DatapathFeatures.ProtoReflect.Descriptor instead.
 func (*DatapathFeatures) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{10}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DatapathFeatures) GetTcAttach() string {
@@ -1382,7 +1555,7 @@ type IdentitySourceStatus struct {
 
 func (x *IdentitySourceStatus) Reset() {
 	*x = IdentitySourceStatus{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[11]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1567,7 @@ func (x *IdentitySourceStatus) String() string {
 func (*IdentitySourceStatus) ProtoMessage() {}
 
 func (x *IdentitySourceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[11]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1580,7 @@ func (x *IdentitySourceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentitySourceStatus.ProtoReflect.Descriptor instead.
 func (*IdentitySourceStatus) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{11}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *IdentitySourceStatus) GetName() string {
@@ -1443,7 +1616,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[12]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1455,7 +1628,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_flowtrace_v1_observer_proto_msgTypes[12]
+	mi := &file_flowtrace_v1_observer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1468,7 +1641,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{12}
+	return file_flowtrace_v1_observer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *NodeStatus) GetNodeName() string {
@@ -1561,7 +1734,7 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"\x0fnum_events_lost\x18\x02 \x01(\x04R\rnumEventsLost\x12\x15\n" +
 	"\x03cpu\x18\x03 \x01(\rH\x00R\x03cpu\x88\x01\x01B\x06\n" +
 	"\x04_cpu\"\x15\n" +
-	"\x13ServerStatusRequest\"\x81\b\n" +
+	"\x13ServerStatusRequest\"\xae\b\n" +
 	"\x14ServerStatusResponse\x12\x1b\n" +
 	"\tnum_flows\x18\x01 \x01(\x04R\bnumFlows\x12\x1b\n" +
 	"\tmax_flows\x18\x02 \x01(\x04R\bmaxFlows\x12\x1d\n" +
@@ -1588,10 +1761,23 @@ const file_flowtrace_v1_observer_proto_rawDesc = "" +
 	"flow_table\x18\x10 \x01(\v2\x1d.flowtrace.v1.KernelFlowTableR\tflowTable\x12#\n" +
 	"\rnum_followers\x18\x11 \x01(\rR\fnumFollowers\x12\x1d\n" +
 	"\n" +
-	"flows_rate\x18\x12 \x01(\x01R\tflowsRate\x1aC\n" +
+	"flows_rate\x18\x12 \x01(\x01R\tflowsRate\x12+\n" +
+	"\x04cost\x18\x13 \x01(\v2\x17.flowtrace.v1.AgentCostR\x04cost\x1aC\n" +
 	"\x15DatapathCountersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x8e\x01\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x90\x02\n" +
+	"\tAgentCost\x124\n" +
+	"\bcpu_time\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\acpuTime\x12\x19\n" +
+	"\bcpu_rate\x18\x02 \x01(\x01R\acpuRate\x128\n" +
+	"\n" +
+	"cpu_window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\tcpuWindow\x12\x1b\n" +
+	"\trss_bytes\x18\x04 \x01(\x04R\brssBytes\x12$\n" +
+	"\x0epeak_rss_bytes\x18\x05 \x01(\x04R\fpeakRssBytes\x125\n" +
+	"\bprograms\x18\x06 \x03(\v2\x19.flowtrace.v1.ProgramCostR\bprograms\"t\n" +
+	"\vProgramCost\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\trun_count\x18\x02 \x01(\x04R\brunCount\x124\n" +
+	"\brun_time\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\arunTime\"\x8e\x01\n" +
 	"\x0fKernelFlowTable\x12\x1a\n" +
 	"\bcapacity\x18\x01 \x01(\x04R\bcapacity\x12\x12\n" +
 	"\x04used\x18\x02 \x01(\x04R\x04used\x127\n" +
@@ -1659,7 +1845,7 @@ func file_flowtrace_v1_observer_proto_rawDescGZIP() []byte {
 }
 
 var file_flowtrace_v1_observer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_flowtrace_v1_observer_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_flowtrace_v1_observer_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_flowtrace_v1_observer_proto_goTypes = []any{
 	(LostEventsSource)(0),         // 0: flowtrace.v1.LostEventsSource
 	(NodeState)(0),                // 1: flowtrace.v1.NodeState
@@ -1670,69 +1856,76 @@ var file_flowtrace_v1_observer_proto_goTypes = []any{
 	(*LostEvents)(nil),            // 6: flowtrace.v1.LostEvents
 	(*ServerStatusRequest)(nil),   // 7: flowtrace.v1.ServerStatusRequest
 	(*ServerStatusResponse)(nil),  // 8: flowtrace.v1.ServerStatusResponse
-	(*KernelFlowTable)(nil),       // 9: flowtrace.v1.KernelFlowTable
-	(*LostEventsCount)(nil),       // 10: flowtrace.v1.LostEventsCount
-	(*AttachedInterface)(nil),     // 11: flowtrace.v1.AttachedInterface
-	(*DatapathFeatures)(nil),      // 12: flowtrace.v1.DatapathFeatures
-	(*IdentitySourceStatus)(nil),  // 13: flowtrace.v1.IdentitySourceStatus
-	(*NodeStatus)(nil),            // 14: flowtrace.v1.NodeStatus
-	nil,                           // 15: flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil), // 17: google.protobuf.FieldMask
-	(Verdict)(0),                  // 18: flowtrace.v1.Verdict
-	(DropReason)(0),               // 19: flowtrace.v1.DropReason
-	(*TCPFlags)(nil),              // 20: flowtrace.v1.TCPFlags
-	(TrafficDirection)(0),         // 21: flowtrace.v1.TrafficDirection
-	(ObservationPoint)(0),         // 22: flowtrace.v1.ObservationPoint
-	(IPVersion)(0),                // 23: flowtrace.v1.IPVersion
-	(DropCause)(0),                // 24: flowtrace.v1.DropCause
-	(*Flow)(nil),                  // 25: flowtrace.v1.Flow
-	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
+	(*AgentCost)(nil),             // 9: flowtrace.v1.AgentCost
+	(*ProgramCost)(nil),           // 10: flowtrace.v1.ProgramCost
+	(*KernelFlowTable)(nil),       // 11: flowtrace.v1.KernelFlowTable
+	(*LostEventsCount)(nil),       // 12: flowtrace.v1.LostEventsCount
+	(*AttachedInterface)(nil),     // 13: flowtrace.v1.AttachedInterface
+	(*DatapathFeatures)(nil),      // 14: flowtrace.v1.DatapathFeatures
+	(*IdentitySourceStatus)(nil),  // 15: flowtrace.v1.IdentitySourceStatus
+	(*NodeStatus)(nil),            // 16: flowtrace.v1.NodeStatus
+	nil,                           // 17: flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil), // 19: google.protobuf.FieldMask
+	(Verdict)(0),                  // 20: flowtrace.v1.Verdict
+	(DropReason)(0),               // 21: flowtrace.v1.DropReason
+	(*TCPFlags)(nil),              // 22: flowtrace.v1.TCPFlags
+	(TrafficDirection)(0),         // 23: flowtrace.v1.TrafficDirection
+	(ObservationPoint)(0),         // 24: flowtrace.v1.ObservationPoint
+	(IPVersion)(0),                // 25: flowtrace.v1.IPVersion
+	(DropCause)(0),                // 26: flowtrace.v1.DropCause
+	(*Flow)(nil),                  // 27: flowtrace.v1.Flow
+	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
 }
 var file_flowtrace_v1_observer_proto_depIdxs = []int32{
-	16, // 0: flowtrace.v1.GetFlowsRequest.since:type_name -> google.protobuf.Timestamp
-	16, // 1: flowtrace.v1.GetFlowsRequest.until:type_name -> google.protobuf.Timestamp
+	18, // 0: flowtrace.v1.GetFlowsRequest.since:type_name -> google.protobuf.Timestamp
+	18, // 1: flowtrace.v1.GetFlowsRequest.until:type_name -> google.protobuf.Timestamp
 	3,  // 2: flowtrace.v1.GetFlowsRequest.allowlist:type_name -> flowtrace.v1.FlowFilter
 	3,  // 3: flowtrace.v1.GetFlowsRequest.denylist:type_name -> flowtrace.v1.FlowFilter
-	17, // 4: flowtrace.v1.GetFlowsRequest.field_mask:type_name -> google.protobuf.FieldMask
-	18, // 5: flowtrace.v1.FlowFilter.verdict:type_name -> flowtrace.v1.Verdict
-	19, // 6: flowtrace.v1.FlowFilter.drop_reason:type_name -> flowtrace.v1.DropReason
-	20, // 7: flowtrace.v1.FlowFilter.tcp_flags:type_name -> flowtrace.v1.TCPFlags
-	21, // 8: flowtrace.v1.FlowFilter.traffic_direction:type_name -> flowtrace.v1.TrafficDirection
-	22, // 9: flowtrace.v1.FlowFilter.observation_point:type_name -> flowtrace.v1.ObservationPoint
-	23, // 10: flowtrace.v1.FlowFilter.ip_version:type_name -> flowtrace.v1.IPVersion
-	24, // 11: flowtrace.v1.FlowFilter.drop_cause:type_name -> flowtrace.v1.DropCause
-	25, // 12: flowtrace.v1.GetFlowsResponse.flow:type_name -> flowtrace.v1.Flow
+	19, // 4: flowtrace.v1.GetFlowsRequest.field_mask:type_name -> google.protobuf.FieldMask
+	20, // 5: flowtrace.v1.FlowFilter.verdict:type_name -> flowtrace.v1.Verdict
+	21, // 6: flowtrace.v1.FlowFilter.drop_reason:type_name -> flowtrace.v1.DropReason
+	22, // 7: flowtrace.v1.FlowFilter.tcp_flags:type_name -> flowtrace.v1.TCPFlags
+	23, // 8: flowtrace.v1.FlowFilter.traffic_direction:type_name -> flowtrace.v1.TrafficDirection
+	24, // 9: flowtrace.v1.FlowFilter.observation_point:type_name -> flowtrace.v1.ObservationPoint
+	25, // 10: flowtrace.v1.FlowFilter.ip_version:type_name -> flowtrace.v1.IPVersion
+	26, // 11: flowtrace.v1.FlowFilter.drop_cause:type_name -> flowtrace.v1.DropCause
+	27, // 12: flowtrace.v1.GetFlowsResponse.flow:type_name -> flowtrace.v1.Flow
 	6,  // 13: flowtrace.v1.GetFlowsResponse.lost_events:type_name -> flowtrace.v1.LostEvents
 	5,  // 14: flowtrace.v1.GetFlowsResponse.history_start:type_name -> flowtrace.v1.HistoryStart
-	14, // 15: flowtrace.v1.GetFlowsResponse.node_status:type_name -> flowtrace.v1.NodeStatus
-	16, // 16: flowtrace.v1.GetFlowsResponse.time:type_name -> google.protobuf.Timestamp
-	16, // 17: flowtrace.v1.HistoryStart.oldest_flow_time:type_name -> google.protobuf.Timestamp
-	16, // 18: flowtrace.v1.HistoryStart.requested_since:type_name -> google.protobuf.Timestamp
+	16, // 15: flowtrace.v1.GetFlowsResponse.node_status:type_name -> flowtrace.v1.NodeStatus
+	18, // 16: flowtrace.v1.GetFlowsResponse.time:type_name -> google.protobuf.Timestamp
+	18, // 17: flowtrace.v1.HistoryStart.oldest_flow_time:type_name -> google.protobuf.Timestamp
+	18, // 18: flowtrace.v1.HistoryStart.requested_since:type_name -> google.protobuf.Timestamp
 	0,  // 19: flowtrace.v1.LostEvents.source:type_name -> flowtrace.v1.LostEventsSource
-	16, // 20: flowtrace.v1.ServerStatusResponse.oldest_flow_time:type_name -> google.protobuf.Timestamp
-	16, // 21: flowtrace.v1.ServerStatusResponse.newest_flow_time:type_name -> google.protobuf.Timestamp
-	26, // 22: flowtrace.v1.ServerStatusResponse.max_flow_age:type_name -> google.protobuf.Duration
-	10, // 23: flowtrace.v1.ServerStatusResponse.lost_events:type_name -> flowtrace.v1.LostEventsCount
-	11, // 24: flowtrace.v1.ServerStatusResponse.interfaces:type_name -> flowtrace.v1.AttachedInterface
-	12, // 25: flowtrace.v1.ServerStatusResponse.features:type_name -> flowtrace.v1.DatapathFeatures
-	26, // 26: flowtrace.v1.ServerStatusResponse.uptime:type_name -> google.protobuf.Duration
-	13, // 27: flowtrace.v1.ServerStatusResponse.identity_sources:type_name -> flowtrace.v1.IdentitySourceStatus
-	15, // 28: flowtrace.v1.ServerStatusResponse.datapath_counters:type_name -> flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
-	9,  // 29: flowtrace.v1.ServerStatusResponse.flow_table:type_name -> flowtrace.v1.KernelFlowTable
-	16, // 30: flowtrace.v1.KernelFlowTable.walked_at:type_name -> google.protobuf.Timestamp
-	0,  // 31: flowtrace.v1.LostEventsCount.source:type_name -> flowtrace.v1.LostEventsSource
-	26, // 32: flowtrace.v1.DatapathFeatures.first_report_delay:type_name -> google.protobuf.Duration
-	1,  // 33: flowtrace.v1.NodeStatus.state:type_name -> flowtrace.v1.NodeState
-	2,  // 34: flowtrace.v1.ObserverService.GetFlows:input_type -> flowtrace.v1.GetFlowsRequest
-	7,  // 35: flowtrace.v1.ObserverService.ServerStatus:input_type -> flowtrace.v1.ServerStatusRequest
-	4,  // 36: flowtrace.v1.ObserverService.GetFlows:output_type -> flowtrace.v1.GetFlowsResponse
-	8,  // 37: flowtrace.v1.ObserverService.ServerStatus:output_type -> flowtrace.v1.ServerStatusResponse
-	36, // [36:38] is the sub-list for method output_type
-	34, // [34:36] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	18, // 20: flowtrace.v1.ServerStatusResponse.oldest_flow_time:type_name -> google.protobuf.Timestamp
+	18, // 21: flowtrace.v1.ServerStatusResponse.newest_flow_time:type_name -> google.protobuf.Timestamp
+	28, // 22: flowtrace.v1.ServerStatusResponse.max_flow_age:type_name -> google.protobuf.Duration
+	12, // 23: flowtrace.v1.ServerStatusResponse.lost_events:type_name -> flowtrace.v1.LostEventsCount
+	13, // 24: flowtrace.v1.ServerStatusResponse.interfaces:type_name -> flowtrace.v1.AttachedInterface
+	14, // 25: flowtrace.v1.ServerStatusResponse.features:type_name -> flowtrace.v1.DatapathFeatures
+	28, // 26: flowtrace.v1.ServerStatusResponse.uptime:type_name -> google.protobuf.Duration
+	15, // 27: flowtrace.v1.ServerStatusResponse.identity_sources:type_name -> flowtrace.v1.IdentitySourceStatus
+	17, // 28: flowtrace.v1.ServerStatusResponse.datapath_counters:type_name -> flowtrace.v1.ServerStatusResponse.DatapathCountersEntry
+	11, // 29: flowtrace.v1.ServerStatusResponse.flow_table:type_name -> flowtrace.v1.KernelFlowTable
+	9,  // 30: flowtrace.v1.ServerStatusResponse.cost:type_name -> flowtrace.v1.AgentCost
+	28, // 31: flowtrace.v1.AgentCost.cpu_time:type_name -> google.protobuf.Duration
+	28, // 32: flowtrace.v1.AgentCost.cpu_window:type_name -> google.protobuf.Duration
+	10, // 33: flowtrace.v1.AgentCost.programs:type_name -> flowtrace.v1.ProgramCost
+	28, // 34: flowtrace.v1.ProgramCost.run_time:type_name -> google.protobuf.Duration
+	18, // 35: flowtrace.v1.KernelFlowTable.walked_at:type_name -> google.protobuf.Timestamp
+	0,  // 36: flowtrace.v1.LostEventsCount.source:type_name -> flowtrace.v1.LostEventsSource
+	28, // 37: flowtrace.v1.DatapathFeatures.first_report_delay:type_name -> google.protobuf.Duration
+	1,  // 38: flowtrace.v1.NodeStatus.state:type_name -> flowtrace.v1.NodeState
+	2,  // 39: flowtrace.v1.ObserverService.GetFlows:input_type -> flowtrace.v1.GetFlowsRequest
+	7,  // 40: flowtrace.v1.ObserverService.ServerStatus:input_type -> flowtrace.v1.ServerStatusRequest
+	4,  // 41: flowtrace.v1.ObserverService.GetFlows:output_type -> flowtrace.v1.GetFlowsResponse
+	8,  // 42: flowtrace.v1.ObserverService.ServerStatus:output_type -> flowtrace.v1.ServerStatusResponse
+	41, // [41:43] is the sub-list for method output_type
+	39, // [39:41] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_flowtrace_v1_observer_proto_init() }
@@ -1754,7 +1947,7 @@ func file_flowtrace_v1_observer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flowtrace_v1_observer_proto_rawDesc), len(file_flowtrace_v1_observer_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
