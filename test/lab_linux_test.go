@@ -453,7 +453,7 @@ func TestLabAgent(t *testing.T) {
 		// and the SYN is freed with NO_SOCKET.
 		_, _ = dial(l, "frontend", backend.IPv4, 9998, time.Second)
 		after := progs()
-		for _, name := range []string{"tc ingress", "tc egress", "kfree_skb"} {
+		for _, name := range []string{"tc_ingress", "tc_egress", "kfree_skb"} {
 			b, a := before[name], after[name]
 			if a == nil {
 				t.Errorf("status has no %q program: %v", name, after)
@@ -468,8 +468,10 @@ func TestLabAgent(t *testing.T) {
 		if err != nil {
 			t.Fatalf("flowtrace status: %v\n%s", err, out)
 		}
-		if !regexp.MustCompile(`Agent cost: +[0-9.]+% of a CPU over the last [0-9]+s, [0-9.]+m?s of CPU since start; RSS [0-9.]+ MiB`).Match(out) ||
-			!regexp.MustCompile(`BPF programs: +tc ingress [0-9]+ ns a run over [0-9]+ runs`).Match(out) {
+		// The window is since the start in the agent's first minute, the
+		// last minute after it; CPU time prints as a duration ("1m2.3s").
+		if !regexp.MustCompile(`Agent cost: +[0-9.]+% of a CPU (over the last [0-9]+s|since its start [0-9]+s ago \(start-up included\)), [0-9hms.]+ of CPU since start; RSS [0-9.]+ MiB`).Match(out) ||
+			!regexp.MustCompile(`BPF programs: +tc_ingress [0-9]+ ns a run over [0-9]+ runs`).Match(out) {
 			t.Errorf("flowtrace status lacks the agent's cost:\n%s", out)
 		}
 	})

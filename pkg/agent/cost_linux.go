@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -29,6 +30,10 @@ type cpuSample struct {
 // costMeter keeps a minute of the agent's CPU time, one sample a second,
 // taken on the loss report's tick so it adds no wake-up of its own.
 type costMeter struct {
+	// warned: a part of the cost was found unavailable and said so at
+	// warning level; later failures (a status each scrape) go to debug.
+	warned atomic.Bool
+
 	mu    sync.Mutex
 	start cpuSample // when Run began
 	ring  [int(costWindow/time.Second) + 1]cpuSample
@@ -136,21 +141,32 @@ func (a *Agent) cost() *flowtracev1.AgentCost {
 		r, win := a.costs.rate(now)
 		c.CpuRate, c.CpuWindow = r, durationpb.New(win)
 	} else {
-		a.log.Warn("agent CPU time unavailable")
+		a.costUnavailable("agent CPU time unavailable", nil)
 	}
 	if b, err := os.ReadFile("/proc/self/status"); err != nil {
-		a.log.Warn("agent memory unavailable", "error", err)
+		a.costUnavailable("agent memory unavailable", err)
 	} else if rss, peak, err := memoryKB(b); err != nil {
-		a.log.Warn("agent memory unavailable", "error", fmt.Errorf("/proc/self/status: %w", err))
+		a.costUnavailable("agent memory unavailable", fmt.Errorf("/proc/self/status: %w", err))
 	} else {
 		c.RssBytes, c.PeakRssBytes = rss<<10, peak<<10
 	}
 	progs, err := a.dp.ProgramCosts()
 	if err != nil {
-		a.log.Warn("BPF program statistics unavailable", "error", err)
+		a.costUnavailable("BPF program statistics unavailable", err)
 	}
 	for _, p := range progs {
 		c.Programs = append(c.Programs, &flowtracev1.ProgramCost{Name: p.Name, RunCount: p.Runs, RunTime: durationpb.New(p.RunTime)})
 	}
 	return c
+}
+
+// costUnavailable logs a part of the cost the kernel did not give: at
+// warning level the first time, then at debug level, as every status and
+// metrics scrape would repeat it.
+func (a *Agent) costUnavailable(msg string, err error) {
+	if a.costs.warned.CompareAndSwap(false, true) {
+		a.log.Warn(msg+" (repeats are logged at debug level)", "error", err)
+		return
+	}
+	a.log.Debug(msg, "error", err)
 }

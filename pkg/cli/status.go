@@ -130,7 +130,7 @@ func printStatus(out io.Writer, r *flowtracev1.ServerStatusResponse) error {
 		row("Flow table", "%s", flowTableText(ft))
 	}
 	if c := r.GetCost(); c != nil {
-		row("Agent cost", "%s", agentCostText(c))
+		row("Agent cost", "%s", agentCostText(c, r.GetUptime().AsDuration()))
 		row("BPF programs", "%s", programCostText(c.GetPrograms()))
 	}
 
@@ -199,12 +199,17 @@ func flowTableText(ft *flowtracev1.KernelFlowTable) string {
 }
 
 // agentCostText says what the agent process takes: its CPU now (the last
-// minute) and in all, and its memory.
-func agentCostText(c *flowtracev1.AgentCost) string {
+// minute, or since start in its first minute, start-up included) and in
+// all, and its memory.
+func agentCostText(c *flowtracev1.AgentCost, uptime time.Duration) string {
 	var b strings.Builder
 	if w := c.GetCpuWindow().AsDuration(); c.GetCpuWindow() != nil && w > 0 {
-		fmt.Fprintf(&b, "%.2f%% of a CPU over the last %s, %s of CPU since start",
-			100*c.GetCpuRate(), w.Round(time.Second), c.GetCpuTime().AsDuration().Round(time.Millisecond))
+		span := fmt.Sprintf("over the last %.0fs", w.Seconds())
+		if uptime > 0 && w >= uptime-time.Second {
+			span = fmt.Sprintf("since its start %.0fs ago (start-up included)", w.Seconds())
+		}
+		fmt.Fprintf(&b, "%.2f%% of a CPU %s, %s of CPU since start",
+			100*c.GetCpuRate(), span, c.GetCpuTime().AsDuration().Round(time.Millisecond))
 	} else {
 		b.WriteString("CPU unknown")
 	}
@@ -219,6 +224,9 @@ func agentCostText(c *flowtracev1.AgentCost) string {
 // programCostText gives each program's mean kernel time a run, where the
 // kernel measured any, or says how to have it measured.
 func programCostText(ps []*flowtracev1.ProgramCost) string {
+	if len(ps) == 0 {
+		return "unknown (the agent could not read its programs' statistics: see its log)"
+	}
 	var parts []string
 	for _, p := range ps {
 		if p.GetRunCount() == 0 {
@@ -228,7 +236,7 @@ func programCostText(ps []*flowtracev1.ProgramCost) string {
 			float64(p.GetRunTime().AsDuration().Nanoseconds())/float64(p.GetRunCount()), p.GetRunCount()))
 	}
 	if len(parts) == 0 {
-		return "run time not measured: the kernel keeps it while sysctl kernel.bpf_stats_enabled=1 (every program run then pays two clock reads)"
+		return "no runs measured: the kernel counts them only while sysctl kernel.bpf_stats_enabled=1 (every program run then pays two clock reads)"
 	}
 	return strings.Join(parts, ", ") + " (while the kernel's BPF statistics were on)"
 }

@@ -96,32 +96,37 @@ func TestPrintStatusFlowTable(t *testing.T) {
 
 func TestPrintStatusCost(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		cost *flowtracev1.AgentCost
-		want []string
-		not  []string
+		name   string
+		uptime time.Duration
+		cost   *flowtracev1.AgentCost
+		want   []string
+		not    []string
 	}{{
-		name: "measured",
+		name: "measured", uptime: 90 * time.Minute,
 		cost: &flowtracev1.AgentCost{CpuTime: durationpb.New(12345 * time.Millisecond), CpuRate: 0.0042,
 			CpuWindow: durationpb.New(time.Minute), RssBytes: 43 << 20, PeakRssBytes: 47<<20 + 1<<19,
 			Programs: []*flowtracev1.ProgramCost{
-				{Name: "tc ingress", RunCount: 2000, RunTime: durationpb.New(116 * time.Microsecond)},
-				{Name: "tc egress", RunCount: 0},
+				{Name: "tc_ingress", RunCount: 2000, RunTime: durationpb.New(116 * time.Microsecond)},
+				{Name: "tc_egress", RunCount: 0},
 				{Name: "kfree_skb", RunCount: 10, RunTime: durationpb.New(750 * time.Nanosecond)},
 			}},
-		want: []string{"Agent cost:", "0.42% of a CPU over the last 1m0s, 12.345s of CPU since start; RSS 43.0 MiB (peak 47.5 MiB)",
-			"BPF programs:", "tc ingress 58 ns a run over 2000 runs, kfree_skb 75 ns a run over 10 runs (while the kernel's BPF statistics were on)"},
-		not: []string{"tc egress"},
+		want: []string{"Agent cost:", "0.42% of a CPU over the last 60s, 12.345s of CPU since start; RSS 43.0 MiB (peak 47.5 MiB)",
+			"BPF programs:", "tc_ingress 58 ns a run over 2000 runs, kfree_skb 75 ns a run over 10 runs (while the kernel's BPF statistics were on)"},
+		not: []string{"tc_egress"},
 	}, {
-		name: "stats off, memory unknown",
+		name: "first minute, stats off, memory unknown", uptime: 2*time.Second + 300*time.Millisecond,
 		cost: &flowtracev1.AgentCost{CpuTime: durationpb.New(time.Second), CpuRate: 0.5, CpuWindow: durationpb.New(2 * time.Second),
-			Programs: []*flowtracev1.ProgramCost{{Name: "tc ingress"}}},
-		want: []string{"50.00% of a CPU over the last 2s, 1s of CPU since start; memory unknown",
-			"run time not measured: the kernel keeps it while sysctl kernel.bpf_stats_enabled=1"},
+			Programs: []*flowtracev1.ProgramCost{{Name: "tc_ingress"}}},
+		want: []string{"50.00% of a CPU since its start 2s ago (start-up included), 1s of CPU since start; memory unknown",
+			"no runs measured: the kernel counts them only while sysctl kernel.bpf_stats_enabled=1"},
+	}, {
+		name: "no statistics",
+		cost: &flowtracev1.AgentCost{},
+		want: []string{"CPU unknown; memory unknown", "BPF programs:", "unknown (the agent could not read its programs' statistics: see its log)"},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out bytes.Buffer
-			if err := printStatus(&out, &flowtracev1.ServerStatusResponse{Cost: tc.cost}); err != nil {
+			if err := printStatus(&out, &flowtracev1.ServerStatusResponse{Cost: tc.cost, Uptime: durationpb.New(tc.uptime)}); err != nil {
 				t.Fatal(err)
 			}
 			for _, w := range tc.want {

@@ -832,7 +832,7 @@ func (d *Datapath) DropProgram() *ebpf.Program { return d.dropProg }
 // kernel keeps none (kernel.bpf_stats_enabled off, nobody holding
 // BPF_ENABLE_STATS), and only the time they were on otherwise.
 type ProgramCost struct {
-	Name    string // where it runs: "tc ingress", "tc egress", "kfree_skb"
+	Name    string // where it runs: "tc_ingress", "tc_egress", "kfree_skb"
 	Runs    uint64
 	RunTime time.Duration
 }
@@ -840,24 +840,27 @@ type ProgramCost struct {
 // ProgramCosts returns the statistics of the programs that run for every
 // packet or drop: the two tc programs and, where attached, the drop hook.
 // (The held first reports' timer callback is not among them: the kernel
-// keeps no statistics for callbacks.)
+// keeps no statistics for callbacks.) A program whose statistics cannot be
+// read is left out, and its error returned with the others'.
 func (d *Datapath) ProgramCosts() ([]ProgramCost, error) {
 	progs := []struct {
 		name string
 		p    *ebpf.Program
-	}{{"tc ingress", d.objs.FtTcIngress}, {"tc egress", d.objs.FtTcEgress}, {"kfree_skb", d.dropProg}}
+	}{{"tc_ingress", d.objs.FtTcIngress}, {"tc_egress", d.objs.FtTcEgress}, {"kfree_skb", d.dropProg}}
 	out := make([]ProgramCost, 0, len(progs))
+	var errs []error
 	for _, pr := range progs {
 		if pr.p == nil {
 			continue
 		}
 		st, err := pr.p.Stats()
 		if err != nil {
-			return nil, fmt.Errorf("%s program's statistics: %w", pr.name, err)
+			errs = append(errs, fmt.Errorf("%s program's statistics: %w", pr.name, err))
+			continue
 		}
 		out = append(out, ProgramCost{Name: pr.name, Runs: st.RunCount, RunTime: st.Runtime})
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
 // Features reports the kernel paths in use.

@@ -67,7 +67,7 @@ func TestMetrics(t *testing.T) {
 		DatapathCounters: map[string]uint64{"parse_errors": 4},
 		FlowTable:        &flowtracev1.KernelFlowTable{Capacity: 65536, Used: 812, WalkedAt: timestamppb.Now()},
 		Cost: &flowtracev1.AgentCost{Programs: []*flowtracev1.ProgramCost{
-			{Name: "tc ingress", RunCount: 2000, RunTime: durationpb.New(116 * time.Microsecond)},
+			{Name: "tc_ingress", RunCount: 2000, RunTime: durationpb.New(116 * time.Microsecond)},
 			{Name: "kfree_skb"}, // never counted: no series
 		}},
 	}
@@ -111,8 +111,8 @@ func TestMetrics(t *testing.T) {
 		`flowtrace_datapath_counter_total{name="parse_errors"} 4`,
 		`flowtrace_flow_table_entries 812`,
 		`flowtrace_flow_table_capacity_entries 65536`,
-		`flowtrace_bpf_program_runs_total{program="tc ingress"} 2000`,
-		`flowtrace_bpf_program_run_seconds_total{program="tc ingress"} 0.000116`,
+		`flowtrace_bpf_program_runs_total{program="tc_ingress"} 2000`,
+		`flowtrace_bpf_program_run_seconds_total{program="tc_ingress"} 0.000116`,
 		`go_goroutines `,
 	} {
 		if !strings.Contains(out, want+"\n") && !strings.Contains(out, want) {

@@ -1045,8 +1045,10 @@ type AgentCost struct {
 	// cpu_rate is CPU seconds per second over cpu_window: 0.01 is 1% of one
 	// CPU.
 	CpuRate float64 `protobuf:"fixed64,2,opt,name=cpu_rate,json=cpuRate,proto3" json:"cpu_rate,omitempty"`
-	// cpu_window is the last minute, or the time since the agent started
-	// when that is shorter.
+	// cpu_window is what cpu_rate covers: since the agent started (its
+	// start-up included) while that is less than a minute ago, then from the
+	// oldest of its once-a-second samples within the last minute (59-60 s;
+	// longer only if its sampling stalled).
 	CpuWindow *durationpb.Duration `protobuf:"bytes,3,opt,name=cpu_window,json=cpuWindow,proto3" json:"cpu_window,omitempty"`
 	// rss_bytes is the process's resident memory now; peak_rss_bytes its
 	// high-water mark.
@@ -1138,7 +1140,7 @@ func (x *AgentCost) GetPrograms() []*ProgramCost {
 // ProgramCost is one BPF program's kernel run-time statistics.
 type ProgramCost struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// name says where it runs, e.g. "tc ingress", "kfree_skb".
+	// name says where it runs: "tc_ingress", "tc_egress", "kfree_skb".
 	Name          string               `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	RunCount      uint64               `protobuf:"varint,2,opt,name=run_count,json=runCount,proto3" json:"run_count,omitempty"`
 	RunTime       *durationpb.Duration `protobuf:"bytes,3,opt,name=run_time,json=runTime,proto3" json:"run_time,omitempty"`
