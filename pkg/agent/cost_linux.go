@@ -1,15 +1,12 @@
 package agent
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
-	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -96,39 +93,13 @@ func sampleCPU() (cpuSample, bool) {
 	return cpuSample{at: at, cpu: cpu}, err == nil
 }
 
-// memoryKB reads VmRSS and VmHWM (kB) from a /proc/PID/status.
-func memoryKB(status []byte) (rss, peak uint64, err error) {
-	var found int
-	sc := bufio.NewScanner(bytes.NewReader(status))
-	for sc.Scan() {
-		k, v, ok := bytes.Cut(sc.Bytes(), []byte(":"))
-		if !ok {
-			continue
-		}
-		var dst *uint64
-		switch string(k) {
-		case "VmRSS":
-			dst = &rss
-		case "VmHWM":
-			dst = &peak
-		default:
-			continue
-		}
-		f := bytes.Fields(v)
-		if len(f) != 2 || string(f[1]) != "kB" {
-			return 0, 0, fmt.Errorf("%s: unexpected %q", k, v)
-		}
-		n, err := strconv.ParseUint(string(f[0]), 10, 64)
-		if err != nil {
-			return 0, 0, fmt.Errorf("%s: %w", k, err)
-		}
-		*dst = n
-		found++
+// selfStatus is this process's /proc status (VmRSS, VmHWM in bytes).
+func selfStatus() (procfs.ProcStatus, error) {
+	p, err := procfs.Self()
+	if err != nil {
+		return procfs.ProcStatus{}, fmt.Errorf("/proc/self: %w", err)
 	}
-	if found != 2 {
-		return 0, 0, fmt.Errorf("VmRSS or VmHWM missing")
-	}
-	return rss, peak, nil
+	return p.NewStatus()
 }
 
 // cost is the status's AgentCost: what this process takes, and what its
@@ -143,12 +114,11 @@ func (a *Agent) cost() *flowtracev1.AgentCost {
 	} else {
 		a.costUnavailable("agent CPU time unavailable", nil)
 	}
-	if b, err := os.ReadFile("/proc/self/status"); err != nil {
+	// procfs: the parser the process collector of --metrics-address uses.
+	if st, err := selfStatus(); err != nil {
 		a.costUnavailable("agent memory unavailable", err)
-	} else if rss, peak, err := memoryKB(b); err != nil {
-		a.costUnavailable("agent memory unavailable", fmt.Errorf("/proc/self/status: %w", err))
 	} else {
-		c.RssBytes, c.PeakRssBytes = rss<<10, peak<<10
+		c.RssBytes, c.PeakRssBytes = st.VmRSS, st.VmHWM
 	}
 	progs, err := a.dp.ProgramCosts()
 	if err != nil {
