@@ -412,7 +412,7 @@ static __always_inline struct ft_flow_val *ft_flow_take_rev(struct ft_scratch *s
 static __always_inline int ft_flow_end(struct ft_scratch *sc, const struct ft_flow_key *k,
 				       struct ft_flow_val *v, struct ft_flow_val *rv)
 {
-	/* An entry a queued first report refers to is the queue's to delete. */
+	/* An entry left to the queue's callback (ft_defer_end) is its to delete. */
 	if (rv) {
 		if (!ft_defer_end(rv)) {
 			if (!rv->slots && !rv->packets && !bpf_map_delete_elem(&ft_flows, &sc->rk))

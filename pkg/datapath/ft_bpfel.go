@@ -51,7 +51,8 @@ type ftFtDeferQ struct {
 		Ethertype uint16
 		Vlan      uint16
 		Flags     uint8
-		Pad       [7]uint8
+		Voided    uint8
+		Pad       [6]uint8
 	}
 }
 
