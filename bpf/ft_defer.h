@@ -170,7 +170,8 @@ static __always_inline int ft_defer_end(struct ft_flow_val *v)
 	struct ft_defer_q *q;
 	__u32 cpu;
 
-	if (!(v->defer & FT_DEFER_QUEUED))
+	/* ft_defer_enabled: nothing is queued, and 5.10 is not shown the queue. */
+	if (!ft_defer_enabled || !(v->defer & FT_DEFER_QUEUED))
 		return 0;
 	cpu = bpf_get_smp_processor_id();
 	if ((v->defer_id & 0xff) == (cpu & 0xff)) {
