@@ -147,6 +147,17 @@ static __noinline int ft_defer_push(struct ft_defer_q *q, const struct ft_flow_k
 	return 0;
 }
 
+static __always_inline int ft_flow_key_eq(const struct ft_flow_key *a, const struct ft_flow_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	_Static_assert(sizeof(*a) % 8 == 0, "ft_flow_key is compared 8 bytes at a time");
+	for (int i = 0; i < sizeof(*a) / 8; i++)
+		if (x[i] != y[i])
+			return 0;
+	return 1;
+}
+
 /*
  * After its close was reported, an entry the queue refers to (QUEUED)
  * either leaves its slot now or is left for the callback to delete
@@ -164,7 +175,7 @@ static __noinline int ft_defer_push(struct ft_defer_q *q, const struct ft_flow_k
  * still in the cache. Elsewhere (the close on another CPU, a kernel
  * that cannot pin) the callback deletes it, as it always could.
  */
-static __always_inline int ft_defer_end(struct ft_flow_val *v)
+static __always_inline int ft_defer_end(struct ft_flow_val *v, const struct ft_flow_key *k)
 {
 	struct ft_defer_slot *s;
 	struct ft_defer_q *q;
@@ -177,9 +188,13 @@ static __always_inline int ft_defer_end(struct ft_flow_val *v)
 	if ((v->defer_id & 0xff) == (cpu & 0xff)) {
 		q = bpf_map_lookup_elem(&ft_defer, &cpu);
 		if (q && q->pin) {
-			/* QUEUED: the callback has not settled it, the slot is its. */
+			/*
+			 * QUEUED: the callback has not settled it, so the slot is
+			 * its, if this CPU made it: defer_id keeps 8 bits of the
+			 * CPU, and the key tells CPU 1's entry from CPU 257's.
+			 */
 			s = &q->slots[(v->defer_id >> 8) & (FT_DEFER_SLOTS - 1)];
-			if (s->id == v->defer_id) {
+			if (s->id == v->defer_id && ft_flow_key_eq(&s->key, k)) {
 				s->voided = 1;
 				v->defer = 0;
 				return 0;

@@ -414,14 +414,14 @@ static __always_inline int ft_flow_end(struct ft_scratch *sc, const struct ft_fl
 {
 	/* An entry left to the queue's callback (ft_defer_end) is its to delete. */
 	if (rv) {
-		if (!ft_defer_end(rv)) {
+		if (!ft_defer_end(rv, &sc->rk)) {
 			if (!rv->slots && !rv->packets && !bpf_map_delete_elem(&ft_flows, &sc->rk))
 				ft_stat_inc(FT_STAT_FLOWS_CLOSED);
 			else
 				rv->fin = 3;
 		}
 	}
-	if (ft_defer_end(v))
+	if (ft_defer_end(v, k))
 		return 0;
 	if (v->slots) {
 		v->fin = 3;
