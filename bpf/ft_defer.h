@@ -147,17 +147,6 @@ static __noinline int ft_defer_push(struct ft_defer_q *q, const struct ft_flow_k
 	return 0;
 }
 
-static __always_inline int ft_flow_key_eq(const struct ft_flow_key *a, const struct ft_flow_key *b)
-{
-	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
-
-	_Static_assert(sizeof(*a) % 8 == 0, "ft_flow_key is compared 8 bytes at a time");
-	for (int i = 0; i < sizeof(*a) / 8; i++)
-		if (x[i] != y[i])
-			return 0;
-	return 1;
-}
-
 /*
  * After its close was reported, an entry the queue refers to (QUEUED)
  * either leaves its slot now or is left for the callback to delete
@@ -170,9 +159,9 @@ static __always_inline int ft_flow_key_eq(const struct ft_flow_key *a, const str
  * this CPU's queue and the queue's timer is pinned to this CPU (6.7+),
  * tc (bottom halves off) and the callback (a softirq) never interleave,
  * as ft_defer_q's plain loads and stores already rely on, so tc marks the
- * slot void, which the callback skips without a
- * lookup, and the entry ends like any other (ft_flow_end), while it is
- * still in the cache. Elsewhere (the close on another CPU, a kernel
+ * slot void, which the callback skips without a lookup, and the entry
+ * ends like any other (ft_flow_end), while it is still in the cache.
+ * Elsewhere (the close on another CPU, a kernel
  * that cannot pin) the callback deletes it, as it always could.
  */
 static __always_inline int ft_defer_end(struct ft_flow_val *v, const struct ft_flow_key *k)
@@ -180,6 +169,8 @@ static __always_inline int ft_defer_end(struct ft_flow_val *v, const struct ft_f
 	struct ft_defer_slot *s;
 	struct ft_defer_q *q;
 	__u32 cpu;
+
+	_Static_assert(sizeof(*k) % 8 == 0, "ft_flow_key is compared in 8-byte words");
 
 	/* ft_defer_enabled: nothing is queued, and 5.10 is not shown the queue. */
 	if (!ft_defer_enabled || !(v->defer & FT_DEFER_QUEUED))
@@ -194,7 +185,7 @@ static __always_inline int ft_defer_end(struct ft_flow_val *v, const struct ft_f
 			 * CPU, and the key tells CPU 1's entry from CPU 257's.
 			 */
 			s = &q->slots[(v->defer_id >> 8) & (FT_DEFER_SLOTS - 1)];
-			if (s->id == v->defer_id && ft_flow_key_eq(&s->key, k)) {
+			if (s->id == v->defer_id && ft_words_eq(&s->key, k, sizeof(*k) / 8)) {
 				s->voided = 1;
 				v->defer = 0;
 				return 0;

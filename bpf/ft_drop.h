@@ -455,10 +455,8 @@ static __always_inline int ft_drop_fold_in(struct ft_drop_key *k, struct sk_buff
 
 static __always_inline int ft_drop_key_eq(const struct ft_drop_key *a, const struct ft_drop_key *b)
 {
-	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
-
-	return !((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4]) |
-		 (x[5] ^ y[5]) | (x[6] ^ y[6]) | (x[7] ^ y[7]) | (x[8] ^ y[8]));
+	_Static_assert(sizeof(*a) == 72, "ft_drop_key is compared as 9 words");
+	return ft_words_eq(a, b, sizeof(*a) / 8);
 }
 
 /* Counts a drop of the memo's signature in it while its window lasts. */

@@ -258,6 +258,20 @@ static __always_inline __u64 ft_boot_memo(struct ft_clock_memo *c)
 }
 
 /*
+ * Whether two keys of n 8-byte words are equal (n a constant: unrolled),
+ * without a branch per word.
+ */
+static __always_inline int ft_words_eq(const void *a, const void *b, const int n)
+{
+	const __u64 *x = a, *y = b;
+	__u64 diff = 0;
+
+	for (int i = 0; i < n; i++)
+		diff |= x[i] ^ y[i];
+	return !diff;
+}
+
+/*
  * Time from then to now of ft_now (or ft_boot_memo) values, signed: a flow
  * entry is shared by all CPUs, and another CPU's memo may be a tick ahead of this one's (and
  * without the memo, its read may simply land later), so a time stored in the
